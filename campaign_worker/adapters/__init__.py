@@ -1,0 +1,1 @@
+"""Adapters: the outside world (MongoDB, template files, Prometheus, logging, clocks)."""

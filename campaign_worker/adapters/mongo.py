@@ -1,0 +1,636 @@
+"""PyMongo adapters: the client per process, indexes and the repositories.
+
+Every write is one atomic operation with the condition that makes a replay harmless
+(a version compare-and-set, a unique index, a status filter); batch work goes through
+``insert_many(ordered=False)`` / ``bulk_write`` so round trips are per batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+
+from pymongo import ASCENDING, MongoClient, ReturnDocument, UpdateOne
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    WTimeoutError,
+)
+
+from campaign_worker.domain.documents import Campaign, CampaignStatus, ConversationState
+from campaign_worker.domain.errors import InvalidDocumentError, TransientError
+from campaign_worker.domain.progression import MetricsDelta, OutboundEnvelope
+from campaign_worker.settings import Settings
+
+Doc = dict[str, Any]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DUPLICATE_KEY = 11000
+# Server errors that mean "try again later" rather than "this request is wrong".
+_TRANSIENT_CODES = {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436}
+
+CONVERSATIONS = "conversation_states"
+CAMPAIGNS = "campaigns"
+METRICS = "campaign_metrics"
+OUTBOX = "outbox"
+DEAD_LETTERS = "dead_letters"
+
+
+def translate_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Map PyMongo's connectivity errors to TransientError (the retryable kind)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except (ConnectionFailure, ExecutionTimeout, WTimeoutError) as exc:
+            raise TransientError(f"MongoDB unavailable: {exc}") from exc
+        except OperationFailure as exc:
+            if exc.code in _TRANSIENT_CODES or exc.has_error_label("RetryableWriteError"):
+                raise TransientError(f"MongoDB transient failure: {exc}") from exc
+            raise
+
+    return wrapper
+
+
+class MongoClientProvider:
+    """One MongoClient per process, created on first use.
+
+    PyMongo clients are not fork-safe: a process that forked (Celery prefork) gets a fresh
+    client the first time it asks, because the owning pid is checked on every access.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        factory: Callable[[], MongoClient[Doc]] | None = None,
+        event_listeners: Sequence[Any] = (),
+    ) -> None:
+        self._settings = settings
+        self._factory = factory
+        self._listeners = list(event_listeners)
+        self._lock = threading.Lock()
+        self._client: MongoClient[Doc] | None = None
+        self._pid: int | None = None
+
+    def _build(self) -> MongoClient[Doc]:
+        if self._factory is not None:
+            return self._factory()
+        s = self._settings
+        return MongoClient(
+            s.mongodb_uri,
+            tz_aware=True,
+            tzinfo=UTC,
+            maxPoolSize=s.mongodb_max_pool_size,
+            serverSelectionTimeoutMS=s.mongodb_server_selection_timeout_ms,
+            connectTimeoutMS=s.mongodb_connect_timeout_ms,
+            socketTimeoutMS=s.mongodb_socket_timeout_ms,
+            retryWrites=True,
+            appname="campaign-worker",
+            event_listeners=self._listeners,
+        )
+
+    @property
+    def client(self) -> MongoClient[Doc]:
+        pid = os.getpid()
+        with self._lock:
+            if self._client is None or self._pid != pid:
+                # The inherited client (if any) belongs to the parent: drop it unclosed.
+                self._client = self._build()
+                self._pid = pid
+            return self._client
+
+    @property
+    def database(self) -> Database[Doc]:
+        return self.client[self._settings.mongodb_db]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None and self._pid == os.getpid():
+                self._client.close()
+            self._client = None
+            self._pid = None
+
+
+def _ignore_duplicates(exc: BulkWriteError) -> int:
+    """Return how many documents an unordered insert_many did insert; re-raise anything
+    that is not a duplicate key error."""
+    details = exc.details
+    other = [e for e in details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
+    if other or details.get("writeConcernErrors"):
+        raise exc
+    return int(details.get("nInserted", 0))
+
+
+def _due_filter(campaign_id: str, now: datetime, status: str, stage: str | None) -> Doc:
+    query: Doc = {"campaign_id": campaign_id, "status": status, "next_action_at": {"$lte": now}}
+    if stage is not None:
+        query["current_stage"] = stage
+    return query
+
+
+def _unleased(now: datetime) -> Doc:
+    return {"$or": [{"lease_until": None}, {"lease_until": {"$lte": now}}]}
+
+
+_NOT_DIFFED = {"_id", "message_history", "version", "lease_owner", "lease_until", "last_write"}
+
+
+def state_update(old: ConversationState, new: ConversationState, token: str) -> Doc:
+    """The single atomic update that turns ``old`` into ``new`` (appends are $push)."""
+    before, after = old.to_mongo(), new.to_mongo()
+    changes = {
+        key: value
+        for key, value in after.items()
+        if key not in _NOT_DIFFED and before.get(key) != value
+    }
+    old_history, new_history = before["message_history"], after["message_history"]
+    if new_history[: len(old_history)] != old_history:
+        raise ValueError("message_history may only be appended to")
+    update: Doc = {"$set": {**changes, "last_write": token}, "$inc": {"version": 1}}
+    appended = new_history[len(old_history) :]
+    if appended:
+        update["$push"] = {"message_history": {"$each": appended}}
+    return update
+
+
+class MongoConversationStateRepository:
+    """The seed's ConversationStateRepository over PyMongo (collection conversation_states)."""
+
+    def __init__(self, db: Database[Doc]) -> None:
+        self._db = db
+        self._collection: Collection[Doc] = db[CONVERSATIONS]
+
+    @translate_errors
+    def initialize(self) -> None:
+        """Create the indexes (idempotent)."""
+        c = self._collection
+        c.create_index([("campaign_id", ASCENDING)], name="campaign_id")
+        c.create_index([("user_id", ASCENDING)], name="user_id")
+        c.create_index([("status", ASCENDING)], name="status")
+        c.create_index(
+            [("campaign_id", ASCENDING), ("user_id", ASCENDING)],
+            unique=True,
+            name="campaign_user_unique",
+        )
+        # Serves get_pending_conversations/claim: equality on campaign and status, range on
+        # next_action_at (ESR order).
+        c.create_index(
+            [("campaign_id", ASCENDING), ("status", ASCENDING), ("next_action_at", ASCENDING)],
+            name="pending",
+        )
+        # Serves the poller's lag probe across campaigns.
+        c.create_index([("status", ASCENDING), ("next_action_at", ASCENDING)], name="due")
+
+    @translate_errors
+    def create_conversation_state(self, data: Doc) -> Doc:
+        """Insert one conversation; raises DuplicateKeyError if (campaign, user) exists."""
+        self._collection.insert_one(data)
+        return data
+
+    @translate_errors
+    def get_conversation_state(self, id: str) -> Doc | None:
+        return self._collection.find_one({"_id": id})
+
+    @translate_errors
+    def get_by_user(self, campaign_id: str, user_id: str) -> Doc | None:
+        return self._collection.find_one({"campaign_id": campaign_id, "user_id": user_id})
+
+    @translate_errors
+    def update_conversation_state(self, id: str, updates: Doc) -> Doc | None:
+        """Apply ``updates`` atomically and return the new document (None if absent).
+
+        ``updates`` is either an update document ($set, $inc, ...) or plain fields, which
+        are $set. Every update bumps ``version`` so in-flight compare-and-sets notice it.
+        """
+        if not updates:
+            raise InvalidDocumentError("updates must not be empty")
+        operators = all(key.startswith("$") for key in updates)
+        if not operators and any(key.startswith("$") for key in updates):
+            raise InvalidDocumentError("updates mix operators and plain fields")
+        update = dict(updates) if operators else {"$set": dict(updates)}
+        inc = dict(update.get("$inc", {}))
+        inc["version"] = 1
+        update["$inc"] = inc
+        return self._collection.find_one_and_update(
+            {"_id": id}, update, return_document=ReturnDocument.AFTER
+        )
+
+    @translate_errors
+    def delete_conversation_state(self, id: str) -> bool:
+        return self._collection.delete_one({"_id": id}).deleted_count == 1
+
+    @translate_errors
+    def find_conversation_states(
+        self, query: Doc, *, limit: int = 0, sort: list[tuple[str, int]] | None = None
+    ) -> list[Doc]:
+        cursor = self._collection.find(query, limit=limit)
+        if sort:
+            cursor = cursor.sort(sort)
+        return list(cursor)
+
+    @translate_errors
+    def insert_many_states(self, docs: Sequence[Doc]) -> int:
+        """Insert a batch; duplicates (already initialized) are skipped. Returns inserted."""
+        if not docs:
+            return 0
+        try:
+            return len(self._collection.insert_many(list(docs), ordered=False).inserted_ids)
+        except BulkWriteError as exc:
+            return _ignore_duplicates(exc)
+
+    @translate_errors
+    def find_due(
+        self, campaign_id: str, now: datetime, *, stage: str | None, status: str, limit: int
+    ) -> list[Doc]:
+        query = _due_filter(campaign_id, now, status, stage)
+        return list(self._collection.find(query).sort("next_action_at", ASCENDING).limit(limit))
+
+    @translate_errors
+    def claim_due(
+        self,
+        campaign_id: str,
+        now: datetime,
+        *,
+        owner: str,
+        lease_until: datetime,
+        stage: str | None,
+        limit: int,
+    ) -> list[Doc]:
+        """Lease up to ``limit`` due conversations to ``owner``; return the leased ones.
+
+        Three round trips whatever the batch size: read candidate ids, one conditional
+        update_many (still due and unleased, so two claimers never share one), read back.
+        """
+        query = {**_due_filter(campaign_id, now, "active", stage), **_unleased(now)}
+        ids = [
+            doc["_id"]
+            for doc in self._collection.find(query, {"_id": 1})
+            .sort("next_action_at", ASCENDING)
+            .limit(limit)
+        ]
+        if not ids:
+            return []
+        self._collection.update_many(
+            {"_id": {"$in": ids}, **query},
+            {"$set": {"lease_owner": owner, "lease_until": lease_until}},
+        )
+        return list(self._collection.find({"_id": {"$in": ids}, "lease_owner": owner}))
+
+    @translate_errors
+    def release(self, ids: Sequence[str], owner: str) -> int:
+        result = self._collection.update_many(
+            {"_id": {"$in": list(ids)}, "lease_owner": owner},
+            {"$unset": {"lease_owner": "", "lease_until": ""}},
+        )
+        return result.modified_count
+
+    @translate_errors
+    def save_transitions(
+        self, changes: Sequence[tuple[ConversationState, ConversationState]]
+    ) -> set[str]:
+        """Write each (old, new) pair as a compare-and-set on ``old.version``.
+
+        One bulk_write for the batch; each write also drops any lease, since a newer
+        version makes whatever the lease holder is computing stale anyway. Returns the ids
+        whose write applied; the others lost to a concurrent writer.
+        """
+        if not changes:
+            return set()
+        batch = uuid.uuid4().hex
+        ops, tokens = [], {}
+        for index, (old, new) in enumerate(changes):
+            token = f"{batch}:{index}"
+            tokens[old.id] = token
+            update = state_update(old, new, token)
+            update["$unset"] = {"lease_owner": "", "lease_until": ""}
+            ops.append(UpdateOne({"_id": old.id, "version": old.version}, update))
+        result = self._collection.bulk_write(ops, ordered=False)
+        if result.matched_count == len(ops):
+            return set(tokens)
+        # Some lost: find out which of ours did land (their token is still there).
+        landed = self._collection.find(
+            {"_id": {"$in": list(tokens)}, "last_write": {"$in": list(tokens.values())}},
+            {"_id": 1},
+        )
+        return {doc["_id"] for doc in landed}
+
+    @translate_errors
+    def has_due(self, campaign_id: str, now: datetime) -> bool:
+        query = {**_due_filter(campaign_id, now, "active", None), **_unleased(now)}
+        return self._collection.find_one(query, {"_id": 1}) is not None
+
+    @translate_errors
+    def count_active(self, campaign_id: str) -> int:
+        return self._collection.count_documents({"campaign_id": campaign_id, "status": "active"})
+
+    @translate_errors
+    def oldest_due(self, now: datetime) -> datetime | None:
+        doc = self._collection.find_one(
+            {"status": "active", "next_action_at": {"$lte": now}},
+            {"next_action_at": 1},
+            sort=[("next_action_at", ASCENDING)],
+        )
+        return doc["next_action_at"] if doc else None
+
+    @translate_errors
+    def aggregate_campaign(self, campaign_id: str) -> Doc:
+        """Recompute a campaign's metrics from its conversations in one aggregation."""
+        pipeline: list[Doc] = [
+            {"$match": {"campaign_id": campaign_id}},
+            {
+                "$facet": {
+                    "status": [{"$group": {"_id": "$status", "n": {"$sum": 1}}}],
+                    "messages": [
+                        {
+                            "$group": {
+                                "_id": None,
+                                "sent": {"$sum": "$metrics.messages_sent"},
+                                "received": {"$sum": "$metrics.messages_received"},
+                            }
+                        }
+                    ],
+                    "stages": [
+                        {"$unwind": "$stages"},
+                        {
+                            "$group": {
+                                "_id": "$stages.name",
+                                "entered": {"$sum": 1},
+                                "completed": {"$sum": {"$cond": ["$stages.completed", 1, 0]}},
+                                "total_ms": {
+                                    "$sum": {
+                                        "$cond": [
+                                            "$stages.completed",
+                                            {
+                                                "$subtract": [
+                                                    "$stages.exited_at",
+                                                    "$stages.entered_at",
+                                                ]
+                                            },
+                                            0,
+                                        ]
+                                    }
+                                },
+                            }
+                        },
+                    ],
+                }
+            },
+        ]
+        result = list(self._collection.aggregate(pipeline))
+        return result[0] if result else {"status": [], "messages": [], "stages": []}
+
+
+class MongoCampaignRepository:
+    def __init__(self, db: Database[Doc]) -> None:
+        self._db = db
+        self._collection: Collection[Doc] = db[CAMPAIGNS]
+
+    @translate_errors
+    def initialize(self) -> None:
+        self._collection.create_index(
+            [("status", ASCENDING), ("start_at", ASCENDING)], name="status_start"
+        )
+
+    @translate_errors
+    def insert(self, campaign: Campaign) -> bool:
+        """Insert; False if a campaign with that id exists already (replay-safe)."""
+        try:
+            self._collection.insert_one(campaign.to_mongo())
+        except DuplicateKeyError:
+            return False
+        return True
+
+    @translate_errors
+    def get(self, campaign_id: str, *, with_recipients: bool = False) -> Doc | None:
+        projection = None if with_recipients else {"recipients": 0}
+        doc = self._collection.find_one({"_id": campaign_id}, projection)
+        return doc
+
+    @translate_errors
+    def transition(
+        self,
+        campaign_id: str,
+        allowed_from: Iterable[CampaignStatus],
+        to: CampaignStatus,
+        now: datetime,
+        extra: Doc | None = None,
+    ) -> Doc | None:
+        """Conditional status change; None if the campaign is not in ``allowed_from``."""
+        update: Doc = {"$set": {"status": to.value, "updated_at": now, **(extra or {})}}
+        if to not in (CampaignStatus.INITIALIZING,):
+            update["$unset"] = {"lease_owner": "", "lease_until": ""}
+        return self._collection.find_one_and_update(
+            {"_id": campaign_id, "status": {"$in": [s.value for s in allowed_from]}},
+            update,
+            projection={"recipients": 0},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    @translate_errors
+    def claim_for_initialization(
+        self, now: datetime, owner: str, lease_until: datetime, limit: int
+    ) -> list[Doc]:
+        """Claim due scheduled campaigns (or initializations whose owner died).
+
+        One find_one_and_update per campaign: campaigns are few, and only one poller can
+        win each (the filter includes the status it moves away from).
+        """
+        claimed = []
+        due: Doc = {
+            "$or": [
+                {
+                    "status": CampaignStatus.SCHEDULED.value,
+                    "$or": [{"start_at": None}, {"start_at": {"$lte": now}}],
+                },
+                {"status": CampaignStatus.INITIALIZING.value, "lease_until": {"$lte": now}},
+            ]
+        }
+        for _ in range(limit):
+            doc = self._collection.find_one_and_update(
+                due,
+                {
+                    "$set": {
+                        "status": CampaignStatus.INITIALIZING.value,
+                        "lease_owner": owner,
+                        "lease_until": lease_until,
+                        "updated_at": now,
+                    }
+                },
+                projection={"recipients": 0},
+                sort=[("start_at", ASCENDING)],
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is None:
+                break
+            claimed.append(doc)
+        return claimed
+
+    @translate_errors
+    def find_by_status(self, statuses: Iterable[CampaignStatus]) -> list[Doc]:
+        return list(
+            self._collection.find(
+                {"status": {"$in": [s.value for s in statuses]}}, {"recipients": 0}
+            )
+        )
+
+    @translate_errors
+    def iter_recipients(self, campaign: Doc, batch_size: int) -> Iterator[list[Doc]]:
+        """Yield recipients in batches; a referenced collection is streamed by cursor."""
+        recipients = campaign.get("recipients")
+        if isinstance(recipients, list):
+            for start in range(0, len(recipients), batch_size):
+                yield recipients[start : start + batch_size]
+            return
+        if not isinstance(recipients, dict):
+            raise InvalidDocumentError(f"campaign {campaign.get('_id')!r} has no recipients")
+        cursor = (
+            self._db[recipients["collection"]]
+            .find(
+                recipients.get("query") or {},
+                {"_id": 0, "user_id": 1, "attributes": 1, "timezone": 1},
+            )
+            .sort("_id", ASCENDING)
+            .batch_size(batch_size)
+        )
+        batch: list[Doc] = []
+        for doc in cursor:
+            batch.append(doc)
+            if len(batch) >= batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+def metrics_inc(delta: MetricsDelta) -> Doc:
+    """The $inc document for a metrics delta (zero entries left out)."""
+    inc: Doc = {
+        "total_recipients": delta.total_recipients,
+        "active_conversations": delta.active,
+        "completed_conversations": delta.completed,
+        "failed_conversations": delta.failed,
+        "opted_out_conversations": delta.opted_out,
+        "message_metrics.total_sent": delta.sent,
+        "message_metrics.total_received": delta.received,
+    }
+    for stage, count in delta.stage_entered.items():
+        inc[f"stage_metrics.{stage}.entered"] = count
+    for stage, count in delta.stage_completed.items():
+        inc[f"stage_metrics.{stage}.completed"] = count
+    for stage, seconds in delta.stage_duration.items():
+        inc[f"stage_metrics.{stage}.total_duration_seconds"] = seconds
+    return {key: value for key, value in inc.items() if value}
+
+
+class MongoCampaignMetricsRepository:
+    def __init__(self, db: Database[Doc]) -> None:
+        self._collection: Collection[Doc] = db[METRICS]
+
+    def initialize(self) -> None:
+        return None  # _id is the campaign id; no other lookups
+
+    @translate_errors
+    def ensure(self, campaign_id: str, now: datetime) -> None:
+        self._collection.update_one(
+            {"_id": campaign_id},
+            {"$setOnInsert": {"campaign_id": campaign_id, "updated_at": now}},
+            upsert=True,
+        )
+
+    @translate_errors
+    def apply_delta(self, campaign_id: str, delta: MetricsDelta, now: datetime) -> None:
+        """One atomic $inc for a whole batch's changes to this campaign."""
+        inc = metrics_inc(delta)
+        if not inc:
+            return
+        self._collection.update_one(
+            {"_id": campaign_id},
+            {
+                "$inc": inc,
+                "$set": {"updated_at": now},
+                "$setOnInsert": {"campaign_id": campaign_id},
+            },
+            upsert=True,
+        )
+
+    @translate_errors
+    def get(self, campaign_id: str) -> Doc | None:
+        return self._collection.find_one({"_id": campaign_id})
+
+    @translate_errors
+    def replace_counts(self, campaign_id: str, doc: Doc) -> None:
+        self._collection.replace_one({"_id": campaign_id}, {"_id": campaign_id, **doc}, upsert=True)
+
+
+class MongoOutboxRepository:
+    """Messages for the delivering service (collection ``outbox``, ``_id`` = message_id)."""
+
+    def __init__(self, db: Database[Doc]) -> None:
+        self._collection: Collection[Doc] = db[OUTBOX]
+
+    @translate_errors
+    def initialize(self) -> None:
+        self._collection.create_index(
+            [("status", ASCENDING), ("created_at", ASCENDING)], name="status_created"
+        )
+        self._collection.create_index([("conversation_id", ASCENDING)], name="conversation")
+
+    @translate_errors
+    def enqueue_many(self, envelopes: Sequence[OutboundEnvelope]) -> int:
+        """Insert; a message_id already there was sent by an earlier attempt: skipped."""
+        docs = [
+            {
+                "_id": e.message_id,
+                "conversation_id": e.conversation_id,
+                "campaign_id": e.campaign_id,
+                "user_id": e.user_id,
+                "channel": e.channel,
+                "content": e.content,
+                "stage": e.stage,
+                "step": e.step,
+                "status": "pending",
+                "created_at": e.created_at,
+            }
+            for e in envelopes
+        ]
+        if not docs:
+            return 0
+        try:
+            return len(self._collection.insert_many(docs, ordered=False).inserted_ids)
+        except BulkWriteError as exc:
+            return _ignore_duplicates(exc)
+
+    @translate_errors
+    def find(self, query: Doc, limit: int = 0) -> list[Doc]:
+        return list(self._collection.find(query, limit=limit).sort("created_at", ASCENDING))
+
+
+__all__ = [
+    "CAMPAIGNS",
+    "CONVERSATIONS",
+    "DEAD_LETTERS",
+    "METRICS",
+    "OUTBOX",
+    "MongoCampaignMetricsRepository",
+    "MongoCampaignRepository",
+    "MongoClientProvider",
+    "MongoConversationStateRepository",
+    "MongoOutboxRepository",
+    "PyMongoError",
+    "metrics_inc",
+    "state_update",
+    "translate_errors",
+]

@@ -1,0 +1,92 @@
+"""The composition root: builds a CampaignManager from settings with real adapters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from campaign_worker.adapters.clock import OffsetClock, SystemClock
+from campaign_worker.adapters.config_manager import ConfigManager
+from campaign_worker.adapters.mongo import (
+    MongoCampaignMetricsRepository,
+    MongoCampaignRepository,
+    MongoClientProvider,
+    MongoConversationStateRepository,
+    MongoOutboxRepository,
+)
+from campaign_worker.service.campaign_manager import CampaignManager
+from campaign_worker.service.ports import Clock, MetricsRecorder
+from campaign_worker.settings import Settings, get_settings
+
+
+@dataclass
+class Container:
+    """Everything one process needs, built once."""
+
+    settings: Settings
+    mongo: MongoClientProvider
+    manager: CampaignManager
+
+    @property
+    def db(self) -> Database[dict[str, Any]]:
+        return self.mongo.database
+
+    def close(self) -> None:
+        self.mongo.close()
+
+
+def build_manager(
+    db: Database[dict[str, Any]],
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    recorder: MetricsRecorder | None = None,
+    config_manager: ConfigManager | None = None,
+) -> CampaignManager:
+    return CampaignManager(
+        MongoConversationStateRepository(db),
+        config_manager or ConfigManager(settings.campaign_templates_dir),
+        recorder,
+        campaign_repository=MongoCampaignRepository(db),
+        metrics_repository=MongoCampaignMetricsRepository(db),
+        outbox_repository=MongoOutboxRepository(db),
+        clock=clock
+        or (
+            OffsetClock(speed=settings.clock_speed, epoch=settings.clock_epoch)
+            if settings.clock_speed != 1.0
+            else SystemClock()
+        ),
+        init_batch_size=settings.init_batch_size,
+        process_batch_size=settings.process_batch_size,
+        lease_seconds=settings.lease_seconds,
+    )
+
+
+def ensure_indexes(manager: CampaignManager) -> None:
+    """Create every collection's indexes (idempotent; run at process start)."""
+    manager.conversation_state_repository.initialize()
+    manager.campaigns.initialize()
+    manager.campaign_metrics.initialize()
+    manager.outbox.initialize()
+
+
+def bootstrap(
+    settings: Settings | None = None,
+    *,
+    clock: Clock | None = None,
+    recorder: MetricsRecorder | None = None,
+    client_factory: Callable[[], MongoClient[dict[str, Any]]] | None = None,
+    event_listeners: Sequence[Any] = (),
+    create_indexes: bool = True,
+) -> Container:
+    """Wire real adapters from settings. Call once per process (after fork)."""
+    settings = settings or get_settings()
+    provider = MongoClientProvider(settings, client_factory, event_listeners)
+    manager = build_manager(provider.database, settings, clock=clock, recorder=recorder)
+    if create_indexes:
+        ensure_indexes(manager)
+    return Container(settings=settings, mongo=provider, manager=manager)

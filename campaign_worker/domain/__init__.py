@@ -1,0 +1,1 @@
+"""Pure domain: documents, templates and progression rules. No I/O here."""

@@ -1,0 +1,308 @@
+"""Documents stored in MongoDB, as pydantic v2 models.
+
+Field names and nesting follow the seed's *Conversation State Document* and *Campaign
+Metrics Document*. Datetimes are timezone-aware UTC, truncated to milliseconds because
+that is what a BSON date holds; ``model_dump()`` keeps them as ``datetime`` so PyMongo
+stores BSON dates, never strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from campaign_worker.domain.errors import InvalidDocumentError
+
+
+def to_utc(value: datetime) -> datetime:
+    """Naive datetimes are taken as UTC (that is how BSON stores them)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(to_utc)]
+NonEmptyStr = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+
+class ConversationStatus(StrEnum):
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    OPTED_OUT = "opted_out"
+
+
+FINISHED_STATUSES = frozenset(
+    {ConversationStatus.COMPLETED, ConversationStatus.FAILED, ConversationStatus.OPTED_OUT}
+)
+
+
+class CampaignStatus(StrEnum):
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    INITIALIZING = "initializing"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+# Allowed campaign status moves; anything else is an InvalidStateTransitionError.
+CAMPAIGN_TRANSITIONS: dict[CampaignStatus, frozenset[CampaignStatus]] = {
+    CampaignStatus.DRAFT: frozenset({CampaignStatus.SCHEDULED, CampaignStatus.CANCELLED}),
+    CampaignStatus.SCHEDULED: frozenset(
+        {CampaignStatus.INITIALIZING, CampaignStatus.PAUSED, CampaignStatus.CANCELLED}
+    ),
+    CampaignStatus.INITIALIZING: frozenset(
+        {
+            CampaignStatus.RUNNING,
+            CampaignStatus.SCHEDULED,
+            CampaignStatus.PAUSED,
+            CampaignStatus.CANCELLED,
+        }
+    ),
+    CampaignStatus.RUNNING: frozenset(
+        {CampaignStatus.COMPLETED, CampaignStatus.PAUSED, CampaignStatus.CANCELLED}
+    ),
+    CampaignStatus.PAUSED: frozenset(
+        {CampaignStatus.SCHEDULED, CampaignStatus.RUNNING, CampaignStatus.CANCELLED}
+    ),
+    CampaignStatus.COMPLETED: frozenset(),
+    CampaignStatus.CANCELLED: frozenset(),
+}
+
+
+class Direction(StrEnum):
+    OUTBOUND = "outbound"
+    INBOUND = "inbound"
+
+
+class StageEntry(_Doc):
+    name: NonEmptyStr
+    entered_at: UtcDatetime
+    exited_at: UtcDatetime | None = None
+    completed: bool = False
+
+
+class Message(_Doc):
+    message_id: NonEmptyStr
+    direction: Direction
+    content: str
+    timestamp: UtcDatetime
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ConversationContext(_Doc):
+    template_id: NonEmptyStr
+    available_stages: list[NonEmptyStr] = Field(min_length=1)
+    # Recipient attributes fill message placeholders such as {first_name}.
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    timezone: str = "UTC"
+
+
+class ConversationMetrics(_Doc):
+    messages_sent: int = Field(default=0, ge=0)
+    messages_received: int = Field(default=0, ge=0)
+    stage_progressions: int = Field(default=0, ge=0)
+
+
+class ConversationState(_Doc):
+    """One recipient's conversation in one campaign (collection ``conversation_states``)."""
+
+    id: NonEmptyStr = Field(alias="_id")
+    user_id: NonEmptyStr
+    campaign_id: NonEmptyStr
+    campaign_type: NonEmptyStr
+    current_stage: NonEmptyStr
+    stages: list[StageEntry] = Field(min_length=1)
+    message_history: list[Message] = Field(default_factory=list)
+    context: ConversationContext
+    metrics: ConversationMetrics = Field(default_factory=ConversationMetrics)
+    status: ConversationStatus = ConversationStatus.ACTIVE
+    created_at: UtcDatetime
+    last_active: UtcDatetime
+    # Beyond the seed: scheduling, leasing and optimistic concurrency.
+    next_action_at: UtcDatetime | None = None
+    stage_step: int = Field(default=0, ge=0, description="outbound messages sent in this stage")
+    status_reason: str | None = None
+    finished_at: UtcDatetime | None = None
+    lease_owner: str | None = None
+    lease_until: UtcDatetime | None = None
+    version: int = Field(default=0, ge=0)
+    last_write: str | None = None
+
+    @model_validator(mode="after")
+    def _stage_consistency(self) -> ConversationState:
+        if self.current_stage not in self.context.available_stages:
+            raise ValueError(
+                f"current_stage {self.current_stage!r} is not in context.available_stages"
+            )
+        return self
+
+    def current_stage_entry(self) -> StageEntry:
+        for entry in reversed(self.stages):
+            if entry.name == self.current_stage:
+                return entry
+        return self.stages[-1]
+
+    def to_mongo(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="python")
+
+
+def conversation_id_for(campaign_id: str, user_id: str) -> str:
+    """Deterministic id: re-initializing a campaign can never mint a second conversation."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"campaign-worker:{campaign_id}:{user_id}").hex
+
+
+def message_id_for(conversation_id: str, stage: str, step: int) -> str:
+    """Deterministic outbound message id per (conversation, stage, step): replays dedupe."""
+    digest = hashlib.sha256(f"{conversation_id}|{stage}|{step}".encode()).hexdigest()
+    return f"out-{digest[:32]}"
+
+
+class Recipient(_Doc):
+    user_id: NonEmptyStr
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
+
+
+class RecipientsReference(_Doc):
+    """Recipients kept in their own collection (for large campaigns).
+
+    Each document there has the ``Recipient`` shape; ``query`` selects this campaign's.
+    """
+
+    collection: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,120}$")] = "recipients"
+    query: dict[str, Any] = Field(default_factory=dict)
+
+
+class Campaign(_Doc):
+    """A campaign (collection ``campaigns``)."""
+
+    id: NonEmptyStr = Field(alias="_id", default_factory=lambda: uuid.uuid4().hex)
+    name: NonEmptyStr
+    campaign_type: NonEmptyStr
+    template_id: NonEmptyStr
+    recipients: list[Recipient] | RecipientsReference
+    start_at: UtcDatetime | None = None
+    status: CampaignStatus = CampaignStatus.SCHEDULED
+    total_recipients: int = Field(default=0, ge=0)
+    initialized_at: UtcDatetime | None = None
+    created_at: UtcDatetime = Field(default_factory=lambda: to_utc(datetime.now(UTC)))
+    updated_at: UtcDatetime = Field(default_factory=lambda: to_utc(datetime.now(UTC)))
+    # Set while an initializer owns the campaign, so a crashed one can be taken over.
+    lease_owner: str | None = None
+    lease_until: UtcDatetime | None = None
+
+    @field_validator("recipients")
+    @classmethod
+    def _unique_users(
+        cls, value: list[Recipient] | RecipientsReference
+    ) -> list[Recipient] | RecipientsReference:
+        if isinstance(value, list):
+            seen: set[str] = set()
+            for index, recipient in enumerate(value):
+                if recipient.user_id in seen:
+                    raise ValueError(
+                        f"recipients[{index}].user_id {recipient.user_id!r} is duplicated"
+                    )
+                seen.add(recipient.user_id)
+        return value
+
+    def to_mongo(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="python")
+
+
+class StageMetrics(_Doc):
+    entered: int = Field(default=0, ge=0)
+    completed: int = Field(default=0, ge=0)
+    avg_duration_seconds: float = Field(default=0.0, ge=0)
+    # Stored so the average stays exact under concurrent $inc; avg is derived from it.
+    total_duration_seconds: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _derive_average(self) -> StageMetrics:
+        if self.completed:
+            average = self.total_duration_seconds / self.completed
+            if average != self.avg_duration_seconds:
+                object.__setattr__(self, "avg_duration_seconds", average)
+        return self
+
+
+class MessageMetrics(_Doc):
+    total_sent: int = Field(default=0, ge=0)
+    total_received: int = Field(default=0, ge=0)
+    response_rate: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _derive_rate(self) -> MessageMetrics:
+        # The seed's example: 120 received / 250 sent = 0.48.
+        rate = self.total_received / self.total_sent if self.total_sent else 0.0
+        if rate != self.response_rate:
+            object.__setattr__(self, "response_rate", rate)
+        return self
+
+
+class CampaignMetrics(_Doc):
+    """Per-campaign aggregate (collection ``campaign_metrics``, ``_id`` = campaign_id)."""
+
+    campaign_id: NonEmptyStr
+    total_recipients: int = Field(default=0, ge=0)
+    active_conversations: int = Field(default=0, ge=0)
+    completed_conversations: int = Field(default=0, ge=0)
+    failed_conversations: int = Field(default=0, ge=0)
+    opted_out_conversations: int = Field(default=0, ge=0)
+    stage_metrics: dict[str, StageMetrics] = Field(default_factory=dict)
+    message_metrics: MessageMetrics = Field(default_factory=MessageMetrics)
+    updated_at: UtcDatetime
+
+
+Outcome = Literal["completed", "failed", "opted_out"]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_document(model: type[M], data: Any, *, what: str) -> M:
+    """Validate ``data`` as ``model``; raise InvalidDocumentError naming each bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidDocumentError(f"invalid {what}: {describe_validation_error(exc)}") from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"]) or "<root>"
+        parts.append(f"{location}: {error['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,67 @@
+"""One exception hierarchy for the whole package.
+
+Entrypoints map these to behaviour: ``InvalidInputError`` (and its subclasses) is never
+retried and goes to the dead-letter store; ``TransientError`` is retried with backoff.
+"""
+
+from __future__ import annotations
+
+
+class CampaignWorkerError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class InvalidInputError(CampaignWorkerError, ValueError):
+    """The caller sent something that can never succeed as sent; do not retry."""
+
+
+class NotFoundError(InvalidInputError, LookupError):
+    """A referenced document does not exist."""
+
+
+class CampaignNotFoundError(NotFoundError):
+    def __init__(self, campaign_id: str) -> None:
+        super().__init__(f"campaign not found: {campaign_id!r}")
+        self.campaign_id = campaign_id
+
+
+class ConversationNotFoundError(NotFoundError):
+    def __init__(self, conversation_id: str) -> None:
+        super().__init__(f"conversation not found: {conversation_id!r}")
+        self.conversation_id = conversation_id
+
+
+class UnknownStageError(InvalidInputError):
+    def __init__(self, stage: str, available: list[str]) -> None:
+        super().__init__(f"unknown stage {stage!r}; available stages: {available}")
+        self.stage = stage
+        self.available = available
+
+
+class InvalidDocumentError(InvalidInputError):
+    """A document (payload or stored) failed validation; the message names the field."""
+
+
+class TemplateError(CampaignWorkerError):
+    """Base for template problems."""
+
+
+class TemplateNotFoundError(TemplateError, InvalidInputError):
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+
+
+class InvalidTemplateError(TemplateError):
+    """A template file failed validation; the message names file, stage and field."""
+
+
+class InvalidStateTransitionError(InvalidInputError):
+    """E.g. resuming a cancelled campaign."""
+
+
+class ConcurrencyConflictError(CampaignWorkerError):
+    """A compare-and-set kept losing to concurrent writers; safe to retry later."""
+
+
+class TransientError(CampaignWorkerError):
+    """An infrastructure hiccup (database or broker unreachable); retry with backoff."""

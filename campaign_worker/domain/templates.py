@@ -1,0 +1,156 @@
+"""Campaign templates: ordered stages, their messages and progression rules.
+
+A template file maps campaign types to stages::
+
+    template_id: default
+    opt_out_keywords: [STOP, UNSUBSCRIBE]
+    campaign_types:
+      sales:
+        stages:
+          - name: awareness
+            messages:
+              - text: "Hi {first_name}!"
+                wait: 1d            # before the next follow-up / next check
+            advance_when: {any: [{reply_received: true}, {min_time_in_stage: 3d}]}
+            max_time_in_stage: {after: 7d, then: fail}
+            max_followups_without_reply: {count: 2, then: fail}
+
+Durations are seconds, ``30m``/``2h``/``1d12h`` or ISO 8601 (``PT2H``).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _parse_duration(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text and _DURATION_PART.sub("", text) == "":
+            seconds = sum(
+                float(amount) * _UNIT_SECONDS[unit] for amount, unit in _DURATION_PART.findall(text)
+            )
+            return timedelta(seconds=seconds)
+    return value  # let pydantic handle ints, floats and ISO 8601
+
+
+Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
+StageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OutboundMessage(_Model):
+    text: str = Field(min_length=1)
+    wait: Duration = timedelta(days=1)
+    channel: str = "default"
+
+    @field_validator("text")
+    @classmethod
+    def _valid_placeholders(cls, value: str) -> str:
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(value) if name]
+        except ValueError as exc:
+            raise ValueError(f"bad placeholder syntax: {exc}") from exc
+        for name in fields:
+            if not name.isidentifier():
+                raise ValueError(f"placeholder {{{name}}} must be a plain attribute name")
+        return value
+
+    @field_validator("wait")
+    @classmethod
+    def _non_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("must not be negative")
+        return value
+
+
+class Rule(_Model):
+    """One progression condition, or an ``any``/``all`` combination of them."""
+
+    any: list[Rule] | None = Field(default=None, min_length=1)
+    all: list[Rule] | None = Field(default=None, min_length=1)
+    reply_received: Literal[True] | None = None
+    keywords: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    regex: str | None = None
+    min_messages_sent: int | None = Field(default=None, ge=0)
+    min_time_in_stage: Duration | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Rule:
+        given = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "a rule needs exactly one of any, all, reply_received, keywords, regex, "
+                f"min_messages_sent, min_time_in_stage (got {given or 'none'})"
+            )
+        return self
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regex: {exc}") from exc
+        return value
+
+
+class MaxTimeInStage(_Model):
+    after: Duration
+    then: Literal["advance", "fail"] = "fail"
+
+
+class MaxFollowups(_Model):
+    count: int = Field(ge=0)
+    then: Literal["fail", "complete"] = "fail"
+
+
+class Stage(_Model):
+    name: StageName
+    messages: list[OutboundMessage] = Field(default_factory=list)
+    advance_when: Rule | None = None
+    max_time_in_stage: MaxTimeInStage | None = None
+    max_followups_without_reply: MaxFollowups | None = None
+
+
+class CampaignTypeTemplate(_Model):
+    stages: list[Stage] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_stage_names(self) -> CampaignTypeTemplate:
+        names = [stage.name for stage in self.stages]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"duplicate stage names: {duplicated}")
+        return self
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [stage.name for stage in self.stages]
+
+    def stage(self, name: str) -> Stage | None:
+        return next((stage for stage in self.stages if stage.name == name), None)
+
+
+class Template(_Model):
+    template_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")]
+    description: str = ""
+    opt_out_keywords: list[str] = Field(default_factory=lambda: ["STOP", "UNSUBSCRIBE"])
+    # Used when a recipient lacks an attribute a message refers to.
+    attribute_defaults: dict[str, str] = Field(default_factory=dict)
+    campaign_types: dict[str, CampaignTypeTemplate] = Field(min_length=1)
+
+    def for_type(self, campaign_type: str) -> CampaignTypeTemplate | None:
+        return self.campaign_types.get(campaign_type)

@@ -1,0 +1,1 @@
+"""Service layer: CampaignManager orchestrates the domain over abstract ports."""

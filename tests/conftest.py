@@ -1,0 +1,191 @@
+"""Shared fixtures: an in-process fake MongoDB and a real wire-protocol server.
+
+Tier 1 (unit): ``mongomock-ng``. We chose the maintained fork over mongomock 4.3.0 because
+the latter breaks ``bulk_write(UpdateOne)`` on pymongo >= 4.11, and bulk_write is how
+every processing batch is written.
+
+Tier 2 (wire): ``MONGODB_URI`` when set (a real MongoDB), otherwise a ``secantusdb``
+server started here on a free port. Each test gets its own database, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mongomock_ng
+import pymongo
+import pytest
+
+from campaign_worker.adapters.clock import ManualClock
+from campaign_worker.bootstrap import build_manager, ensure_indexes
+from campaign_worker.service.campaign_manager import CampaignManager
+from campaign_worker.settings import Settings
+
+START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{host}:{port} did not open within {timeout}s")
+
+
+class SecantusServer:
+    """A secantusdb process (MongoDB wire protocol) with persistent storage."""
+
+    def __init__(self, storage: Path, port: int | None = None) -> None:
+        self.storage = storage
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        exe = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
+        self.storage.mkdir(parents=True, exist_ok=True)
+        log = open(self.storage.parent / f"secantus-{self.port}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--storage-path",
+                str(self.storage),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port("127.0.0.1", self.port)
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            self.uri, serverSelectionTimeoutMS=20000
+        )
+        client.admin.command("ping")
+        client.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def wire_uri() -> Iterator[str]:
+    """URI of a real wire-protocol server for the whole session."""
+    if os.environ.get("MONGODB_URI"):
+        yield os.environ["MONGODB_URI"]
+        return
+    base = Path(tempfile.mkdtemp(prefix="cw-secantus-"))
+    server = SecantusServer(base / "data")
+    server.start()
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def wire_client(wire_uri: str) -> Iterator[pymongo.MongoClient[dict[str, Any]]]:
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        wire_uri, tz_aware=True, tzinfo=UTC, serverSelectionTimeoutMS=20000
+    )
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def wire_db(wire_client: pymongo.MongoClient[dict[str, Any]]) -> Iterator[Any]:
+    name = f"cw_test_{uuid.uuid4().hex[:12]}"
+    yield wire_client[name]
+    wire_client.drop_database(name)
+
+
+@pytest.fixture
+def mock_db() -> Iterator[Any]:
+    client = mongomock_ng.MongoClient(tz_aware=True)
+    yield client["campaign_worker_test"]
+    client.close()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(mongodb_db="campaign_worker_test", init_batch_size=50, process_batch_size=50)
+
+
+ManagerFactory = Callable[..., CampaignManager]
+
+
+@pytest.fixture
+def make_manager(settings: Settings, clock: ManualClock) -> ManagerFactory:
+    def factory(db: Any, **overrides: Any) -> CampaignManager:
+        manager = build_manager(db, settings.model_copy(update=overrides), clock=clock)
+        ensure_indexes(manager)
+        return manager
+
+    return factory
+
+
+@pytest.fixture
+def manager(mock_db: Any, make_manager: ManagerFactory) -> CampaignManager:
+    return make_manager(mock_db)
+
+
+@pytest.fixture(params=["mock", "wire"])
+def any_db(request: pytest.FixtureRequest) -> Any:
+    """Runs a test on the in-process fake and over the wire."""
+    if request.param == "mock":
+        return request.getfixturevalue("mock_db")
+    return request.getfixturevalue("wire_db")
+
+
+def sample_campaign(n: int = 10, campaign_id: str = "camp-1", **extra: Any) -> dict[str, Any]:
+    return {
+        "_id": campaign_id,
+        "name": "Spring sale",
+        "campaign_type": "sales",
+        "template_id": "default",
+        "recipients": [
+            {"user_id": f"user-{i:05d}", "attributes": {"first_name": f"Ann{i}"}} for i in range(n)
+        ],
+        **extra,
+    }
