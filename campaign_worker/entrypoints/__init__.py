@@ -1,0 +1,1 @@
+"""Entrypoints: the Celery app and tasks, and the operator CLI. Thin by design."""
