@@ -1,0 +1,158 @@
+"""Every Prometheus metric of the worker, defined once.
+
+Names are ``campaign_worker_<what>_<unit>``. Prefork children share values through
+prometheus-client's multiprocess mode: the process that starts the worker sets
+``PROMETHEUS_MULTIPROC_DIR`` *before* this module is imported (see
+``entrypoints.observability.prepare_multiprocess_dir``) and the ``/metrics`` endpoint
+aggregates every child's files.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pymongo import monitoring
+
+NAMESPACE = "campaign_worker"
+
+_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_MONGO_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+_BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 200, 500, 1000, 2000, 5000)
+
+CONVERSATIONS_INITIALIZED = Counter(
+    "conversations_initialized",
+    "Conversations created by campaign initialization.",
+    ["campaign_type"],
+    namespace=NAMESPACE,
+)
+STAGE_TRANSITIONS = Counter(
+    "stage_transitions",
+    "Conversations moved from one stage to the next.",
+    ["campaign_type", "from_stage", "to_stage"],
+    namespace=NAMESPACE,
+)
+CONVERSATIONS_FINISHED = Counter(
+    "conversations_finished",
+    "Conversations that ended, by outcome.",
+    ["campaign_type", "outcome"],
+    namespace=NAMESPACE,
+)
+MESSAGES_SENT = Counter(
+    "messages_sent",
+    "Outbound messages written to the outbox.",
+    ["channel"],
+    namespace=NAMESPACE,
+)
+MESSAGES_RECEIVED = Counter(
+    "messages_received",
+    "Inbound messages recorded (duplicates excluded).",
+    ["channel"],
+    namespace=NAMESPACE,
+)
+TASK_DURATION = Histogram(
+    "task_duration_seconds",
+    "Wall time of each task run.",
+    ["task"],
+    namespace=NAMESPACE,
+    buckets=_SECONDS_BUCKETS,
+)
+TASK_FAILURES = Counter(
+    "task_failures",
+    "Task runs that raised, by exception class.",
+    ["task", "reason"],
+    namespace=NAMESPACE,
+)
+TASK_RETRIES = Counter(
+    "task_retries",
+    "Task runs scheduled for retry.",
+    ["task", "reason"],
+    namespace=NAMESPACE,
+)
+BATCH_SIZE = Histogram(
+    "batch_size",
+    "Documents handled per batch.",
+    ["operation"],
+    namespace=NAMESPACE,
+    buckets=_BATCH_BUCKETS,
+)
+MONGO_OPERATION_DURATION = Histogram(
+    "mongo_operation_duration_seconds",
+    "MongoDB command round-trip time.",
+    ["command"],
+    namespace=NAMESPACE,
+    buckets=_MONGO_BUCKETS,
+)
+DEAD_LETTERS = Counter(
+    "dead_letters",
+    "Task payloads rejected as invalid and stored in dead_letters.",
+    ["task"],
+    namespace=NAMESPACE,
+)
+POLLER_LAG = Gauge(
+    "poller_lag_seconds",
+    "Now minus the oldest due next_action_at (0 when none is due).",
+    namespace=NAMESPACE,
+    multiprocess_mode="mostrecent",
+)
+METRICS_DRIFT = Counter(
+    "metrics_drift",
+    "Absolute drift corrected by the metrics reconcile, by field.",
+    ["field"],
+    namespace=NAMESPACE,
+)
+
+
+class PrometheusRecorder:
+    """The service's MetricsRecorder port, backed by the counters above."""
+
+    def conversations_initialized(self, campaign_type: str, count: int) -> None:
+        CONVERSATIONS_INITIALIZED.labels(campaign_type).inc(count)
+
+    def stage_transition(self, campaign_type: str, from_stage: str, to_stage: str) -> None:
+        STAGE_TRANSITIONS.labels(campaign_type, from_stage, to_stage).inc()
+
+    def conversation_finished(self, campaign_type: str, outcome: str) -> None:
+        CONVERSATIONS_FINISHED.labels(campaign_type, outcome).inc()
+
+    def messages_sent(self, channel: str, count: int) -> None:
+        MESSAGES_SENT.labels(channel).inc(count)
+
+    def messages_received(self, channel: str, count: int) -> None:
+        MESSAGES_RECEIVED.labels(channel).inc(count)
+
+    def batch_size(self, operation: str, size: int) -> None:
+        BATCH_SIZE.labels(operation).observe(size)
+
+
+class MongoCommandTimer(monitoring.CommandListener):
+    """Times every MongoDB command on the wire (pymongo command monitoring)."""
+
+    def __init__(self) -> None:
+        self._started: dict[tuple[Any, int], float] = {}
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self._started[(event.connection_id, event.request_id)] = time.perf_counter()
+
+    def _finish(self, event: Any) -> None:
+        begun = self._started.pop((event.connection_id, event.request_id), None)
+        if begun is not None:
+            MONGO_OPERATION_DURATION.labels(event.command_name).observe(time.perf_counter() - begun)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        self._finish(event)
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        self._finish(event)
+
+
+def registry_for_exposition(multiprocess_dir: str | None) -> CollectorRegistry | None:
+    """A registry aggregating all prefork children when in multiprocess mode."""
+    if not multiprocess_dir:
+        return None  # the default registry
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+    return registry

@@ -1,0 +1,192 @@
+"""A sample campaign, end to end, with simulated recipients and a compressed clock.
+
+The audience is deterministic (seeded): each recipient has a persona that decides whether
+and when they answer in each stage. The funnel printed at the end is read back from the
+campaign metrics document, i.e. exactly what an operator would see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+SAMPLE_NAMES = [
+    "Ada",
+    "Grace",
+    "Alan",
+    "Edsger",
+    "Barbara",
+    "Ken",
+    "Margaret",
+    "Linus",
+    "Frances",
+    "Donald",
+    "Radia",
+    "Dennis",
+    "Hedy",
+    "John",
+    "Katherine",
+]
+
+
+def _roll(*parts: str) -> float:
+    """A deterministic number in [0, 1) for the given parts."""
+    digest = hashlib.sha256("|".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def sample_recipients(count: int, prefix: str = "user") -> list[dict[str, Any]]:
+    return [
+        {
+            "user_id": f"{prefix}-{index:05d}",
+            "attributes": {
+                "first_name": SAMPLE_NAMES[index % len(SAMPLE_NAMES)],
+                "product": "Acme Analytics",
+            },
+            "timezone": "UTC",
+        }
+        for index in range(count)
+    ]
+
+
+def sample_campaign(campaign_id: str, count: int) -> dict[str, Any]:
+    return {
+        "_id": campaign_id,
+        "name": "Acme Analytics launch (demo)",
+        "campaign_type": "sales",
+        "template_id": "default",
+        "recipients": sample_recipients(count),
+    }
+
+
+@dataclass(frozen=True)
+class Reply:
+    user_id: str
+    message_id: str
+    content: str
+
+
+# (probability, text) per stage: the first bucket the roll falls in decides.
+_PERSONAS: dict[str, list[tuple[float, str | None]]] = {
+    "awareness": [(0.06, "STOP"), (0.55, "Yes, tell me more"), (1.0, None)],
+    "consideration": [(0.55, "What's the pricing?"), (0.75, "Looks interesting"), (1.0, None)],
+    "decision": [(0.60, "Let's do it, BUY"), (0.70, "No thanks"), (1.0, None)],
+}
+
+
+def reply_for(user_id: str, stage: str) -> tuple[str | None, timedelta]:
+    """What this recipient answers in ``stage`` (None: silence) and after how long."""
+    options = _PERSONAS.get(stage, [(1.0, None)])
+    roll = _roll(user_id, stage)
+    text = next(text for limit, text in options if roll < limit)
+    delay = timedelta(hours=1 + 40 * _roll(user_id, stage, "delay"))
+    return text, delay
+
+
+def due_replies(conversations: Iterable[dict[str, Any]], now: datetime) -> list[Reply]:
+    """Replies the simulated audience sends by ``now``, given their conversations.
+
+    A recipient answers at most once per stage, ``delay`` after our first message there.
+    """
+    replies = []
+    for conversation in conversations:
+        if conversation.get("status") != "active":
+            continue
+        stage = conversation["current_stage"]
+        history = conversation.get("message_history", [])
+        if any(
+            m["direction"] == "inbound" and m.get("metadata", {}).get("stage") == stage
+            for m in history
+        ):
+            continue
+        first_out = next(
+            (
+                m
+                for m in history
+                if m["direction"] == "outbound" and m.get("metadata", {}).get("stage") == stage
+            ),
+            None,
+        )
+        if first_out is None:
+            continue
+        text, delay = reply_for(conversation["user_id"], stage)
+        if text is not None and now >= first_out["timestamp"] + delay:
+            replies.append(
+                Reply(conversation["user_id"], f"in-{conversation['_id']}-{stage}", text)
+            )
+    return replies
+
+
+def format_funnel(metrics: dict[str, Any], outcomes: dict[str, int] | None = None) -> str:
+    """The funnel as a small text table."""
+    lines = [
+        f"Campaign {metrics['campaign_id']}: {metrics['total_recipients']} recipients",
+        "",
+        f"{'stage':<16}{'entered':>9}{'completed':>11}{'conv.':>8}{'avg time':>12}",
+    ]
+    for stage, values in metrics["stage_metrics"].items():
+        entered, completed = values["entered"], values["completed"]
+        rate = f"{completed / entered:.0%}" if entered else "-"
+        hours = values["avg_duration_seconds"] / 3600
+        lines.append(f"{stage:<16}{entered:>9}{completed:>11}{rate:>8}{hours:>10.1f} h")
+    mm = metrics["message_metrics"]
+    lines += [
+        "",
+        f"messages sent {mm['total_sent']}, received {mm['total_received']}, "
+        f"response rate {mm['response_rate']:.2f}",
+        f"outcomes: completed {metrics['completed_conversations']}, "
+        f"failed {metrics['failed_conversations']}, "
+        f"opted out {metrics.get('opted_out_conversations', 0)}, "
+        f"still active {metrics['active_conversations']}",
+    ]
+    if outcomes:
+        lines.append(
+            "from conversation documents: "
+            + ", ".join(f"{key} {value}" for key, value in sorted(outcomes.items()))
+        )
+    return "\n".join(lines)
+
+
+def run_in_process(
+    manager: Any,
+    clock: Any,
+    campaign_id: str,
+    recipients: int,
+    *,
+    tick: timedelta = timedelta(hours=4),
+    max_days: int = 45,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Drive a campaign through CampaignManager directly with a ManualClock."""
+    manager.create_campaign(sample_campaign(campaign_id, recipients))
+    created = manager.initialize_campaign_conversations(campaign_id)
+    progress(f"initialized {created} conversations")
+    repo = manager.conversation_state_repository
+    start = clock.now()
+    last_day = -1
+    while clock.now() - start < timedelta(days=max_days):
+        while manager.process_due_conversations(campaign_id).claimed:
+            pass
+        active = repo.find_conversation_states({"campaign_id": campaign_id, "status": "active"})
+        for reply in due_replies(active, clock.now()):
+            manager.record_inbound_message(
+                campaign_id, reply.user_id, reply.message_id, reply.content
+            )
+        poll = manager.poll_campaigns()
+        day = (clock.now() - start).days
+        if day != last_day:
+            metrics = manager.get_campaign_metrics(campaign_id)
+            progress(
+                f"day {day:>2}: active {metrics['active_conversations']:>4}  completed "
+                f"{metrics['completed_conversations']:>4}  failed "
+                f"{metrics['failed_conversations']:>4}  opted out "
+                f"{metrics['opted_out_conversations']:>3}"
+            )
+            last_day = day
+        if campaign_id in poll.completed:
+            break
+        clock.advance(tick)
+    return dict(manager.get_campaign_metrics(campaign_id))
