@@ -559,7 +559,7 @@ class MongoCampaignMetricsRepository:
         self._collection.update_one(
             {"_id": campaign_id},
             {
-                "$inc": inc,
+                "$inc": {**inc, "revision": 1},
                 "$set": {"updated_at": now},
                 "$setOnInsert": {"campaign_id": campaign_id},
             },
@@ -571,8 +571,21 @@ class MongoCampaignMetricsRepository:
         return self._collection.find_one({"_id": campaign_id})
 
     @translate_errors
-    def replace_counts(self, campaign_id: str, doc: Doc) -> None:
-        self._collection.replace_one({"_id": campaign_id}, {"_id": campaign_id, **doc}, upsert=True)
+    def correct(
+        self, campaign_id: str, drift: dict[str, float], seen_revision: int, now: datetime
+    ) -> bool:
+        """$inc the drift, only if no other write touched the document since it was read
+        (every write bumps ``revision``)."""
+        result = self._collection.update_one(
+            {"_id": campaign_id, "revision": seen_revision if seen_revision else None},
+            {
+                "$inc": {**drift, "revision": 1},
+                "$set": {"updated_at": now},
+                "$setOnInsert": {"campaign_id": campaign_id},
+            },
+            upsert=not seen_revision,
+        )
+        return bool(result.modified_count or result.upserted_id is not None)
 
 
 class MongoOutboxRepository:

@@ -251,6 +251,11 @@ class StageMetrics(_Doc):
 
     @model_validator(mode="after")
     def _derive_average(self) -> StageMetrics:
+        if "total_duration_seconds" not in self.model_fields_set and self.avg_duration_seconds:
+            # A document in the seed's shape carries only the average: keep it.
+            total = self.avg_duration_seconds * self.completed
+            object.__setattr__(self, "total_duration_seconds", total)
+            return self
         if self.completed:
             average = self.total_duration_seconds / self.completed
             if average != self.avg_duration_seconds:
@@ -284,6 +289,8 @@ class CampaignMetrics(_Doc):
     stage_metrics: dict[str, StageMetrics] = Field(default_factory=dict)
     message_metrics: MessageMetrics = Field(default_factory=MessageMetrics)
     updated_at: UtcDatetime
+    # Bumped by every write; lets the reconcile detect concurrent increments.
+    revision: int = Field(default=0, ge=0)
 
 
 Outcome = Literal["completed", "failed", "opted_out"]

@@ -359,7 +359,7 @@ class CampaignManager:
             else {"entered": 0, "completed": 0, "avg_duration_seconds": 0.0}
             for name in names
         }
-        doc = metrics.model_dump(mode="python")
+        doc = metrics.model_dump(mode="python", exclude={"revision"})
         doc["stage_metrics"] = stage_metrics
         return doc
 
@@ -718,6 +718,42 @@ class CampaignManager:
         if not delta.is_empty():
             self.campaign_metrics.apply_delta(campaign_id, delta, now)
 
+    # ------------------------------------------------------------------ reconcile
+
+    def reconcile_campaign_metrics(self, campaign_id: str) -> dict[str, float]:
+        """Recompute the metrics document from the conversations; correct any drift.
+
+        Returns the drift corrected per field (expected minus stored; empty when exact).
+        The correction is a $inc guarded by the document's ``updated_at``, and is only
+        made when no increment landed while the aggregation ran: otherwise an in-flight
+        batch would be counted twice, and the next run decides instead.
+        """
+        self.get_campaign(campaign_id)
+        before = self.campaign_metrics.get(campaign_id) or {}
+        expected = _expected_counts(
+            self.conversation_state_repository.aggregate_campaign(campaign_id)
+        )
+        after = self.campaign_metrics.get(campaign_id) or {}
+        if before.get("revision") != after.get("revision"):
+            log.info(
+                "metrics_reconcile_deferred", campaign_id=campaign_id, reason="concurrent updates"
+            )
+            return {}
+        stored = _stored_counts(after)
+        drift = {
+            key: expected.get(key, 0) - stored.get(key, 0)
+            for key in set(expected) | set(stored)
+            if abs(expected.get(key, 0) - stored.get(key, 0)) > 1e-6
+        }
+        if drift:
+            applied = self.campaign_metrics.correct(
+                campaign_id, drift, int(after.get("revision") or 0), self.clock.now()
+            )
+            if not applied:
+                return {}
+            log.warning("metrics_drift_corrected", campaign_id=campaign_id, drift=drift)
+        return drift
+
     # ------------------------------------------------------------------ polling
 
     def poll_campaigns(self, owner: str | None = None, claim_limit: int = 10) -> PollResult:
@@ -748,3 +784,45 @@ class CampaignManager:
 
 
 __all__ = ["BatchResult", "CampaignManager", "PollResult", "evaluate_rule"]
+
+
+def _expected_counts(aggregate: Doc) -> dict[str, float]:
+    """Flatten a conversation aggregation into metrics-document field paths."""
+    counts: dict[str, float] = {"total_recipients": 0}
+    field_for_status = {
+        "active": "active_conversations",
+        "completed": "completed_conversations",
+        "failed": "failed_conversations",
+        "opted_out": "opted_out_conversations",
+    }
+    for row in aggregate.get("status", []):
+        counts["total_recipients"] += row["n"]
+        counts[field_for_status[str(row["_id"])]] = row["n"]
+    for row in aggregate.get("messages", []):
+        counts["message_metrics.total_sent"] = row["sent"]
+        counts["message_metrics.total_received"] = row["received"]
+    for row in aggregate.get("stages", []):
+        stage = row["_id"]
+        counts[f"stage_metrics.{stage}.entered"] = row["entered"]
+        counts[f"stage_metrics.{stage}.completed"] = row["completed"]
+        counts[f"stage_metrics.{stage}.total_duration_seconds"] = row["total_ms"] / 1000.0
+    return {key: value for key, value in counts.items() if value}
+
+
+def _stored_counts(doc: Doc) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for key in (
+        "total_recipients",
+        "active_conversations",
+        "completed_conversations",
+        "failed_conversations",
+        "opted_out_conversations",
+    ):
+        counts[key] = doc.get(key, 0)
+    messages = doc.get("message_metrics", {})
+    counts["message_metrics.total_sent"] = messages.get("total_sent", 0)
+    counts["message_metrics.total_received"] = messages.get("total_received", 0)
+    for stage, values in doc.get("stage_metrics", {}).items():
+        for name in ("entered", "completed", "total_duration_seconds"):
+            counts[f"stage_metrics.{stage}.{name}"] = values.get(name, 0)
+    return {key: value for key, value in counts.items() if value}
