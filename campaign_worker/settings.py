@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console", "auto"] = "auto"
     log_redact_bodies: bool = True
     metrics_port: int = Field(default=9808, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
 
     # Demo/test only: run the clock CLOCK_SPEED times faster than real time, counted from
     # CLOCK_EPOCH (which every process of one run must share).
