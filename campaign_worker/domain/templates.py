@@ -59,12 +59,19 @@ class OutboundMessage(_Model):
     @classmethod
     def _valid_placeholders(cls, value: str) -> str:
         try:
-            fields = [name for _, name, _, _ in string.Formatter().parse(value) if name]
+            fields = [
+                (name, conversion)
+                for _, name, _, conversion in string.Formatter().parse(value)
+                if name is not None
+            ]
         except ValueError as exc:
             raise ValueError(f"bad placeholder syntax: {exc}") from exc
-        for name in fields:
+        for name, conversion in fields:
+            # "{}" and "{0}" are positional: rendering them would raise at send time.
             if not name.isidentifier():
                 raise ValueError(f"placeholder {{{name}}} must be a plain attribute name")
+            if conversion not in (None, "r", "s", "a"):
+                raise ValueError(f"placeholder {{{name}!{conversion}}}: unknown conversion")
         return value
 
     @field_validator("wait")
@@ -124,6 +131,18 @@ class Stage(_Model):
     max_time_in_stage: MaxTimeInStage | None = None
     max_followups_without_reply: MaxFollowups | None = None
 
+    @model_validator(mode="after")
+    def _followups_reachable(self) -> Stage:
+        # A limit the stage's messages can never reach would leave a silent conversation
+        # active with nothing scheduled, forever.
+        limit = self.max_followups_without_reply
+        if limit is not None and limit.count >= len(self.messages):
+            raise ValueError(
+                f"max_followups_without_reply.count {limit.count} needs more than "
+                f"{limit.count} messages in the stage (it has {len(self.messages)})"
+            )
+        return self
+
 
 class CampaignTypeTemplate(_Model):
     stages: list[Stage] = Field(min_length=1)
@@ -147,7 +166,10 @@ class CampaignTypeTemplate(_Model):
 class Template(_Model):
     template_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")]
     description: str = ""
-    opt_out_keywords: list[str] = Field(default_factory=lambda: ["STOP", "UNSUBSCRIBE"])
+    # Each needs a word character: an empty one would match a punctuation-only reply.
+    opt_out_keywords: list[Annotated[str, Field(pattern=r"\w")]] = Field(
+        default_factory=lambda: ["STOP", "UNSUBSCRIBE"]
+    )
     # Used when a recipient lacks an attribute a message refers to.
     attribute_defaults: dict[str, str] = Field(default_factory=dict)
     campaign_types: dict[str, CampaignTypeTemplate] = Field(min_length=1)
