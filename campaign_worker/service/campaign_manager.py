@@ -515,6 +515,8 @@ class CampaignManager:
             )
             if new_state.context.available_stages != state.context.available_stages:
                 raise InvalidInputError("context.available_stages cannot be changed")
+            if new_state.context.template_id != state.context.template_id:
+                raise InvalidInputError("context.template_id cannot be changed")
             return new_state, Effects()
 
         return self._write_one(conversation_id, change).to_mongo()
@@ -530,6 +532,9 @@ class CampaignManager:
             now: datetime,
         ) -> tuple[ConversationState, Effects] | None:
             if state.status in FINISHED_STATUSES:
+                return None
+            # As process_due_conversations: a paused or cancelled campaign sends nothing.
+            if self.get_campaign(state.campaign_id)["status"] != CampaignStatus.RUNNING.value:
                 return None
             return run(state, template, type_template, now)
 
@@ -628,7 +633,7 @@ class CampaignManager:
         template, type_template = self._type_template(campaign)
         if stage is not None and stage not in type_template.stage_names:
             raise UnknownStageError(stage, type_template.stage_names)
-        batch_limit = limit or self.process_batch_size
+        batch_limit = self.process_batch_size if limit is None else limit
         if batch_limit < 1:
             raise InvalidInputError("limit must be a positive integer")
         now = self.clock.now()
