@@ -16,6 +16,7 @@ from campaign_worker.adapters.mongo import (
     MongoCampaignRepository,
     MongoClientProvider,
     MongoConversationStateRepository,
+    MongoDeadLetterRepository,
     MongoOutboxRepository,
 )
 from campaign_worker.service.campaign_manager import CampaignManager
@@ -34,6 +35,10 @@ class Container:
     @property
     def db(self) -> Database[dict[str, Any]]:
         return self.mongo.database
+
+    @property
+    def dead_letters(self) -> MongoDeadLetterRepository:
+        return MongoDeadLetterRepository(self.db)
 
     def close(self) -> None:
         self.mongo.close()
