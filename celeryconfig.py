@@ -1,0 +1,100 @@
+"""Celery settings for campaign-worker (lowercase names; every one overridable from the env).
+
+Loaded by ``campaign_worker.entrypoints.celery_app`` (``CELERY_CONFIG_MODULE`` names another
+module instead). Installed as a top-level module, so it imports wherever the worker runs.
+
+Environment variables (defaults in brackets):
+
+- ``CELERY_BROKER_URL`` [redis://localhost:6379/0]; ``CELERY_RESULT_BACKEND`` [none]
+- ``CELERY_VISIBILITY_TIMEOUT`` seconds [3600]: Redis redelivers an unacked message after it
+- ``CELERY_TASK_SOFT_TIME_LIMIT`` [240] / ``CELERY_TASK_TIME_LIMIT`` [300] seconds; both must
+  stay below the visibility timeout (checked here), or a running task gets redelivered
+- ``CELERY_PREFETCH_MULTIPLIER`` [1]: a batch task never waits behind another prefetched one
+- ``CELERY_RETRY_BACKOFF_MAX`` [300] seconds, ``CELERY_MAX_RETRIES`` [10]: transient errors
+- ``CELERY_DEFAULT_QUEUE`` [celery]: control tasks and anything sent without a queue
+- ``CELERY_SEND_TASK_EVENTS`` [false]: Flower switches events on by itself when it starts
+"""
+
+from __future__ import annotations
+
+import os
+
+from kombu import Exchange, Queue
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else int(raw)
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+# --------------------------------------------------------------------- broker and results
+broker_url = os.environ.get("CELERY_BROKER_URL") or "redis://localhost:6379/0"
+result_backend = os.environ.get("CELERY_RESULT_BACKEND") or None
+task_ignore_result = result_backend is None
+result_expires = _int("CELERY_RESULT_EXPIRES", 86_400)
+broker_connection_retry_on_startup = True
+
+visibility_timeout = _int("CELERY_VISIBILITY_TIMEOUT", 3600)
+broker_transport_options = {"visibility_timeout": visibility_timeout}
+result_backend_transport_options = {"visibility_timeout": visibility_timeout}
+
+# --------------------------------------------------------------------- serialization
+task_serializer = "json"
+result_serializer = "json"
+event_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+enable_utc = True
+timezone = "UTC"
+
+# --------------------------------------------------------------------- delivery guarantees
+# Ack after the task ran: a worker that dies mid-task leaves the message to be redelivered.
+# Every task is idempotent (leases, compare-and-set writes, deterministic ids), so a
+# redelivery is harmless.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = _int("CELERY_PREFETCH_MULTIPLIER", 1)
+task_soft_time_limit = _int("CELERY_TASK_SOFT_TIME_LIMIT", 240)
+task_time_limit = _int("CELERY_TASK_TIME_LIMIT", 300)
+if not task_soft_time_limit < task_time_limit < visibility_timeout:
+    raise ValueError(
+        "celeryconfig: need CELERY_TASK_SOFT_TIME_LIMIT < CELERY_TASK_TIME_LIMIT < "
+        f"CELERY_VISIBILITY_TIMEOUT, got {task_soft_time_limit} / {task_time_limit} / "
+        f"{visibility_timeout}"
+    )
+
+# Read by the task base class (campaign_worker.entrypoints.celery_app): autoretry policy
+# for transient errors. Exponential backoff with full jitter, capped below the visibility
+# timeout so a waiting retry is never redelivered early.
+campaign_retry_backoff_max = min(_int("CELERY_RETRY_BACKOFF_MAX", 300), visibility_timeout // 2)
+campaign_max_retries = _int("CELERY_MAX_RETRIES", 10)
+
+# --------------------------------------------------------------------- queues and routes
+# Separate queues so a large initialization or a processing backlog never starves replies.
+# Each queue uses Celery's default declaration (direct exchange of the same name), so a
+# client that only knows the queue name declares it identically (RabbitMQ checks).
+task_default_queue = os.environ.get("CELERY_DEFAULT_QUEUE") or "celery"
+task_queues = [
+    Queue(name, Exchange(name), routing_key=name)
+    for name in (task_default_queue, "polling", "initialization", "processing", "inbound")
+]
+task_routes = {
+    "campaign_worker.poll_campaigns": {"queue": "polling"},
+    "campaign_worker.initialize_campaign": {"queue": "initialization"},
+    "campaign_worker.process_conversations": {"queue": "processing"},
+    "campaign_worker.record_inbound_message": {"queue": "inbound"},
+    "campaign_worker.mark_conversation_complete": {"queue": "inbound"},
+}
+
+# --------------------------------------------------------------------- worker
+worker_send_task_events = _bool("CELERY_SEND_TASK_EVENTS", False)
+task_send_sent_event = worker_send_task_events
+worker_max_tasks_per_child = _int("CELERY_MAX_TASKS_PER_CHILD", 10_000)
+worker_cancel_long_running_tasks_on_connection_loss = True

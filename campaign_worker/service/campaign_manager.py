@@ -619,11 +619,14 @@ class CampaignManager:
         stage: str | None = None,
         limit: int | None = None,
         owner: str | None = None,
+        on_claimed: Callable[[int, int], None] | None = None,
     ) -> BatchResult:
         """Claim a batch of due conversations with a lease, progress each, write in bulk.
 
         Round trips per batch: campaign read, claim (3), outbox insert, bulk_write,
-        metrics $inc - whatever the batch size.
+        metrics $inc - whatever the batch size. ``on_claimed(claimed, limit)`` runs right
+        after the claim, before the work: a caller can fan out the next batch while this
+        one is processed.
         """
         result = BatchResult(campaign_id=campaign_id)
         campaign = self.get_campaign(campaign_id)
@@ -647,6 +650,8 @@ class CampaignManager:
             limit=batch_limit,
         )
         result.claimed = len(claimed)
+        if on_claimed is not None:
+            on_claimed(len(claimed), batch_limit)
         self.metrics.batch_size("process", len(claimed))
         changes: list[tuple[ConversationState, ConversationState]] = []
         effects_by_id: dict[str, Effects] = {}

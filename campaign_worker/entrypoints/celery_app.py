@@ -1,0 +1,313 @@
+"""The Celery application: configuration, beat schedule, per-process bootstrap, task policy.
+
+Start a worker and beat with::
+
+    celery -A campaign_worker.entrypoints.celery_app worker -l INFO
+    celery -A campaign_worker.entrypoints.celery_app beat -l INFO
+
+Settings come from ``celeryconfig`` (repo root; ``CELERY_CONFIG_MODULE`` names another
+module) and from ``campaign_worker.settings`` (MongoDB, batch sizes, poll interval).
+
+Process model: the worker's parent process ensures the MongoDB indexes once at start
+(``worker_init``) and closes its client before forking; each prefork child builds one
+Container (MongoClient, repositories, CampaignManager) in ``worker_process_init`` and
+closes it in ``worker_process_shutdown``. SIGTERM is Celery's warm shutdown: consuming
+stops, running tasks finish, unfinished (late-acked) messages go back to the broker.
+
+Task policy (``CampaignTask``, applied by ``public_task``): arguments are validated against
+the task function's signature; invalid input (``InvalidInputError``, which includes
+unknown ids) is stored in ``dead_letters`` and fails the task without retry; transient
+errors (MongoDB/broker connectivity, lost compare-and-set races) are retried with
+exponential backoff, full jitter and a cap; a task whose retries run out is dead-lettered
+too, so an operator can replay it (``campaign-worker dead-letters``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+import structlog
+from celery import Celery, Task, current_task, signals
+from kombu.exceptions import OperationalError as BrokerOperationalError
+from pydantic import ValidationError, validate_call
+from pydantic_core import to_jsonable_python
+from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError
+
+from campaign_worker.bootstrap import Container, bootstrap
+from campaign_worker.domain.documents import describe_validation_error
+from campaign_worker.domain.errors import (
+    ConcurrencyConflictError,
+    InvalidInputError,
+    TransientError,
+)
+from campaign_worker.entrypoints import signals as hooks
+from campaign_worker.settings import Settings, get_settings
+
+log = structlog.get_logger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+TASKS_MODULE = "campaign_worker.entrypoints.tasks"
+
+app = Celery("campaign_worker", include=[TASKS_MODULE])
+app.config_from_object(os.environ.get("CELERY_CONFIG_MODULE") or "celeryconfig")
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The poller runs every ``POLL_INTERVAL_SECONDS``; a poll nobody picked up within one
+    interval expires (the next one supersedes it) instead of piling up."""
+    interval = settings.poll_interval_seconds
+    return {
+        "poll-campaigns": {
+            "task": "campaign_worker.poll_campaigns",
+            "schedule": interval,
+            "options": {"queue": "polling", "expires": max(interval, 1.0)},
+        }
+    }
+
+
+app.conf.beat_schedule = beat_schedule(get_settings())
+hooks.install(app)
+
+# ----------------------------------------------------------------------------- container
+
+_lock = threading.Lock()
+_container: Container | None = None
+_container_pid: int | None = None
+_indexes_ready = False
+
+
+def _build_container(*, create_indexes: bool) -> Container:
+    settings = get_settings()
+    built = bootstrap(
+        settings,
+        recorder=hooks.metrics_recorder(settings),
+        event_listeners=hooks.mongo_event_listeners(settings),
+        create_indexes=create_indexes,
+    )
+    if create_indexes:
+        built.dead_letters.initialize()
+    return built
+
+
+def container() -> Container:
+    """This process's Container (built on first use if no signal built it)."""
+    global _container, _container_pid
+    with _lock:
+        if _container is None or _container_pid != os.getpid():
+            _container = _build_container(create_indexes=False)
+            _container_pid = os.getpid()
+        return _container
+
+
+def set_container(value: Container | None) -> None:
+    """Install a Container for this process (tests); None drops it (unclosed)."""
+    global _container, _container_pid
+    with _lock:
+        _container = value
+        _container_pid = os.getpid() if value is not None else None
+
+
+def close_container() -> None:
+    global _container, _container_pid
+    with _lock:
+        if _container is not None and _container_pid == os.getpid():
+            _container.close()
+        _container = None
+        _container_pid = None
+
+
+@signals.worker_init.connect
+def _ensure_indexes_at_start(**_: Any) -> None:
+    """Worker parent, before forking: create the indexes once, then drop the client."""
+    global _indexes_ready
+    try:
+        built = _build_container(create_indexes=True)
+    except (TransientError, PyMongoError) as exc:
+        log.error("indexes_not_ensured", error=str(exc), retry_in="worker processes")
+        return
+    built.close()
+    _indexes_ready = True
+    log.info("indexes_ensured", db=built.settings.mongodb_db)
+
+
+@signals.worker_process_init.connect
+def _init_process(**_: Any) -> None:
+    """Prefork child: one Container per process, built after the fork."""
+    global _container, _container_pid
+    with _lock:
+        _container, _container_pid = None, None  # the parent's, if any: not ours to close
+    built = _build_container(create_indexes=False)
+    set_container(built)
+    if not _indexes_ready:
+        try:
+            _build_indexes(built)
+        except (TransientError, PyMongoError) as exc:
+            log.error("indexes_not_ensured", error=str(exc))
+    log.info("worker_process_ready", pid=os.getpid())
+
+
+def _build_indexes(built: Container) -> None:
+    from campaign_worker.bootstrap import ensure_indexes
+
+    ensure_indexes(built.manager)
+    built.dead_letters.initialize()
+
+
+@signals.worker_process_shutdown.connect
+def _shutdown_process(**_: Any) -> None:
+    close_container()
+    log.info("worker_process_stopped", pid=os.getpid())
+
+
+@signals.worker_shutdown.connect
+def _shutdown_worker(**_: Any) -> None:
+    close_container()
+    log.info("worker_stopped", pid=os.getpid())
+
+
+# ----------------------------------------------------------------------------- task policy
+
+# Retried with backoff: the request was fine, the infrastructure was not (yet).
+RETRYABLE: tuple[type[BaseException], ...] = (
+    TransientError,
+    ConcurrencyConflictError,
+    ConnectionFailure,  # includes AutoReconnect, NetworkTimeout, ServerSelectionTimeoutError
+    ExecutionTimeout,
+    BrokerOperationalError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def current_task_id() -> str | None:
+    task = current_task
+    if task is None or task.request is None:
+        return None
+    task_id = task.request.id
+    return str(task_id) if task_id else None
+
+
+def jsonable(value: Any) -> Any:
+    """Task results are JSON: datetimes become ISO 8601 strings."""
+    return to_jsonable_python(value)
+
+
+def dead_letter(
+    task_name: str,
+    args: tuple[Any, ...] | list[Any],
+    kwargs: dict[str, Any],
+    error: BaseException,
+    *,
+    reason: str = "invalid_input",
+    task_id: str | None = None,
+) -> None:
+    """Keep a rejected message (payload, error, time) for an operator to list and replay."""
+    task_id = task_id or current_task_id() or uuid.uuid4().hex
+    c = container()
+    stored = c.dead_letters.add(
+        task_id,
+        task_name,
+        list(args),
+        dict(kwargs),
+        str(error),
+        type(error).__name__,
+        c.manager.clock.now(),
+        reason=reason,
+    )
+    log.warning(
+        "task_dead_lettered",
+        task_name=task_name,
+        task_id=task_id,
+        reason=reason,
+        error_type=type(error).__name__,
+        error=str(error),
+        first_time=stored,
+    )
+
+
+class CampaignTask(Task):  # type: ignore[type-arg]
+    """Base of every public task: retry policy and dead letters."""
+
+    autoretry_for = RETRYABLE
+    dont_autoretry_for = (InvalidInputError,)
+    retry_backoff = True  # 1s, 2s, 4s, ... (full jitter), capped below
+    retry_backoff_max = int(app.conf.get("campaign_retry_backoff_max", 300))
+    retry_jitter = True
+    max_retries = int(app.conf.get("campaign_max_retries", 10))
+    # Expected failures: logged as one line, without a traceback.
+    throws = (InvalidInputError,)
+
+    def on_failure(
+        self,
+        exc: Exception,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: Any,
+    ) -> None:
+        if isinstance(exc, RETRYABLE):
+            try:
+                dead_letter(
+                    self.name, args, kwargs, exc, reason="retries_exhausted", task_id=task_id
+                )
+            except Exception as store_error:  # the store may be what is down
+                log.error(
+                    "dead_letter_not_stored",
+                    task_name=self.name,
+                    task_id=task_id,
+                    error=str(store_error),
+                )
+
+
+def public_task(name: str) -> Callable[[Callable[P, R]], CampaignTask]:
+    """Register ``fn`` as the public task ``name`` with validated arguments.
+
+    Missing, unexpected or mistyped arguments raise ``InvalidInputError`` naming each
+    argument; any ``InvalidInputError`` is dead-lettered, then re-raised (no retry). A
+    failure to store the dead letter is transient, so the message is retried instead.
+    """
+
+    def decorate(fn: Callable[P, R]) -> CampaignTask:
+        validated = validate_call(fn)
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return jsonable(validated(*args, **kwargs))
+            except ValidationError as exc:
+                if exc.title != fn.__name__:
+                    raise  # a model deeper down: a bug, not the caller's payload
+                error = InvalidInputError(
+                    f"invalid arguments for {name}: {describe_validation_error(exc)}"
+                )
+                dead_letter(name, args, kwargs, error)
+                raise error from None
+            except InvalidInputError as exc:
+                dead_letter(name, args, kwargs, exc)
+                raise
+
+        return app.task(name=name, base=CampaignTask)(run)
+
+    return decorate
+
+
+__all__ = [
+    "RETRYABLE",
+    "CampaignTask",
+    "app",
+    "beat_schedule",
+    "close_container",
+    "container",
+    "current_task_id",
+    "dead_letter",
+    "jsonable",
+    "public_task",
+    "set_container",
+]

@@ -1,0 +1,188 @@
+"""The public task API: stable names, JSON arguments, JSON results.
+
+Other services call these by name without importing this package::
+
+    from celery import Celery
+    client = Celery(broker="redis://localhost:6379/0")
+    client.send_task("campaign_worker.create_campaign", kwargs={"campaign": {...}})
+
+Each task is thin: validate the arguments (``public_task``), call the CampaignManager,
+return JSON. Waits never become Celery countdowns: they live in MongoDB as
+``next_action_at`` and the beat-driven poller picks up what is due.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import structlog
+from pydantic import BeforeValidator, Field
+
+from campaign_worker.domain.errors import InvalidStateTransitionError
+from campaign_worker.entrypoints.celery_app import (
+    RETRYABLE,
+    container,
+    current_task_id,
+    public_task,
+)
+
+log = structlog.get_logger(__name__)
+
+Id = Annotated[str, Field(min_length=1, max_length=512)]
+PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+
+
+def _iso_8601(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO 8601 date-time string")
+    return value
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_8601)]
+
+
+def campaign_id_for_task(task_id: str) -> str:
+    """A create_campaign without ``_id`` gets one derived from its task id, so a redelivered
+    create finds the campaign it already made instead of making a second one."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"campaign-worker:create_campaign:{task_id}").hex
+
+
+def _enqueue_processing(
+    campaign_id: str, stage: str | None = None, limit: int | None = None
+) -> None:
+    kwargs: dict[str, Any] = {"campaign_id": campaign_id}
+    if stage is not None:
+        kwargs["stage"] = stage
+    if limit is not None:
+        kwargs["limit"] = limit
+    process_conversations.apply_async(kwargs=kwargs)
+
+
+@public_task("campaign_worker.create_campaign")
+def create_campaign(campaign: dict[str, Any]) -> str:
+    """Store a campaign (the Campaign document as JSON); returns its id."""
+    payload = dict(campaign)
+    if "_id" not in payload and "id" not in payload:
+        payload["_id"] = campaign_id_for_task(current_task_id() or uuid.uuid4().hex)
+    return container().manager.create_campaign(payload)
+
+
+@public_task("campaign_worker.poll_campaigns")
+def poll_campaigns() -> dict[str, Any]:
+    """Claim due campaigns for initialization and start processing where work is due."""
+    result = container().manager.poll_campaigns(owner=current_task_id())
+    for campaign_id in result.initialize:
+        initialize_campaign.apply_async(kwargs={"campaign_id": campaign_id})
+    for campaign_id in result.process:
+        _enqueue_processing(campaign_id)
+    return {
+        "initialize": result.initialize,
+        "process": result.process,
+        "completed": result.completed,
+        "oldest_due": result.oldest_due,
+    }
+
+
+@public_task("campaign_worker.initialize_campaign")
+def initialize_campaign(campaign_id: Id) -> int:
+    """Create the campaign's conversations; returns how many were new."""
+    try:
+        created = container().manager.initialize_campaign_conversations(campaign_id)
+    except InvalidStateTransitionError as exc:
+        # Paused or cancelled since it was claimed: not a bad request; resume re-schedules.
+        log.info("initialization_skipped", campaign_id=campaign_id, reason=str(exc))
+        return 0
+    if created:
+        _enqueue_processing(campaign_id)  # start now rather than at the next poll
+    return created
+
+
+@public_task("campaign_worker.process_conversations")
+def process_conversations(
+    campaign_id: Id, stage: str | None = None, limit: PositiveInt | None = None
+) -> dict[str, Any]:
+    """Claim one batch of due conversations (leased), advance each, write in bulk."""
+
+    def fan_out(claimed: int, batch_limit: int) -> None:
+        # A full batch suggests more is due: let another worker claim the next batch
+        # while this one works. An empty claim ends the chain; the poller is the backstop.
+        if claimed < batch_limit:
+            return
+        try:
+            _enqueue_processing(campaign_id, stage, limit)
+        except RETRYABLE as exc:
+            log.warning("fan_out_failed", campaign_id=campaign_id, error=str(exc))
+
+    owner = f"{current_task_id() or 'direct'}:{uuid.uuid4().hex[:8]}"
+    result = container().manager.process_due_conversations(
+        campaign_id, stage=stage, limit=limit, owner=owner, on_claimed=fan_out
+    )
+    return result.as_dict()
+
+
+@public_task("campaign_worker.record_inbound_message")
+def record_inbound_message(
+    campaign_id: Id,
+    user_id: Id,
+    message_id: Id,
+    content: str,
+    timestamp: IsoDatetime | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Store a reply (idempotent by message_id) and evaluate the conversation at once."""
+    return container().manager.record_inbound_message(
+        campaign_id, user_id, message_id, content, timestamp=timestamp, metadata=metadata
+    )
+
+
+@public_task("campaign_worker.mark_conversation_complete")
+def mark_conversation_complete(conversation_id: Id) -> dict[str, Any]:
+    state = container().manager.mark_conversation_complete(conversation_id)
+    return {
+        "conversation_id": state["_id"],
+        "status": state["status"],
+        "current_stage": state["current_stage"],
+    }
+
+
+def _status(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"campaign_id": doc["_id"], "status": doc["status"]}
+
+
+@public_task("campaign_worker.pause_campaign")
+def pause_campaign(campaign_id: Id) -> dict[str, Any]:
+    return _status(container().manager.pause_campaign(campaign_id))
+
+
+@public_task("campaign_worker.resume_campaign")
+def resume_campaign(campaign_id: Id) -> dict[str, Any]:
+    return _status(container().manager.resume_campaign(campaign_id))
+
+
+@public_task("campaign_worker.cancel_campaign")
+def cancel_campaign(campaign_id: Id) -> dict[str, Any]:
+    return _status(container().manager.cancel_campaign(campaign_id))
+
+
+@public_task("campaign_worker.get_campaign_metrics")
+def get_campaign_metrics(campaign_id: Id) -> dict[str, Any]:
+    """The campaign metrics document (datetimes as ISO 8601 strings)."""
+    return container().manager.get_campaign_metrics(campaign_id)
+
+
+PUBLIC_TASKS = (
+    create_campaign,
+    poll_campaigns,
+    initialize_campaign,
+    process_conversations,
+    record_inbound_message,
+    mark_conversation_complete,
+    pause_campaign,
+    resume_campaign,
+    cancel_campaign,
+    get_campaign_metrics,
+)

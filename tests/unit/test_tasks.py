@@ -1,0 +1,542 @@
+"""The public Celery tasks, run in-process (``Task.apply``) over the manager on mongomock.
+
+Nothing here talks to a broker: the tasks' own enqueues (``apply_async``) are recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from celery.result import EagerResult
+from pymongo.errors import AutoReconnect
+
+import celeryconfig
+from campaign_worker.adapters.clock import ManualClock
+from campaign_worker.adapters.mongo import MongoClientProvider, MongoDeadLetterRepository
+from campaign_worker.bootstrap import Container
+from campaign_worker.domain.documents import conversation_id_for
+from campaign_worker.domain.errors import (
+    ConcurrencyConflictError,
+    InvalidInputError,
+    InvalidStateTransitionError,
+    TransientError,
+)
+from campaign_worker.entrypoints import tasks
+from campaign_worker.entrypoints.celery_app import app, set_container
+from campaign_worker.settings import Settings
+from tests.conftest import START, ManagerFactory, sample_campaign
+
+Doc = dict[str, Any]
+
+
+class Enqueued:
+    """Records ``apply_async`` calls of the tasks the tasks themselves enqueue."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Doc]] = []
+
+    def recorder(self, name: str) -> Any:
+        def apply_async(args: Any = None, kwargs: Doc | None = None, **options: Any) -> None:
+            assert args is None and not options, "tasks enqueue by kwargs and route by name"
+            self.calls.append((name, dict(kwargs or {})))
+
+        return apply_async
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+
+@pytest.fixture
+def worker(mock_db: Any, make_manager: ManagerFactory, settings: Settings) -> Iterator[Container]:
+    manager = make_manager(mock_db)
+    provider = MongoClientProvider(settings, factory=lambda: mock_db.client)
+    built = Container(settings=settings, mongo=provider, manager=manager)
+    built.dead_letters.initialize()
+    set_container(built)
+    yield built
+    set_container(None)
+
+
+@pytest.fixture
+def enqueued(monkeypatch: pytest.MonkeyPatch) -> Enqueued:
+    record = Enqueued()
+    for task in (tasks.initialize_campaign, tasks.process_conversations):
+        monkeypatch.setattr(task, "apply_async", record.recorder(task.name))
+    return record
+
+
+def run(task: Any, task_id: str | None = None, **kwargs: Any) -> EagerResult:
+    return task.apply(kwargs=kwargs, task_id=task_id)  # type: ignore[no-any-return]
+
+
+def dead_letters(worker: Container) -> list[Doc]:
+    return list(worker.db["dead_letters"].find())
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, obj: Any, name: str, *effects: Any) -> list[int]:
+    """Replace ``obj.name`` with a stub: each call takes the next effect (an exception is
+    raised, anything else returned; the last one repeats). Returns a one-item call counter."""
+    calls = [0]
+
+    def stub(*args: Any, **kwargs: Any) -> Any:
+        effect = effects[min(calls[0], len(effects) - 1)]
+        calls[0] += 1
+        if isinstance(effect, BaseException):
+            raise effect
+        return effect
+
+    monkeypatch.setattr(obj, name, stub)
+    return calls
+
+
+def running_campaign(worker: Container, n: int = 4, campaign_id: str = "camp-1") -> str:
+    manager = worker.manager
+    manager.create_campaign(sample_campaign(n, campaign_id=campaign_id))
+    manager.initialize_campaign_conversations(campaign_id)
+    return campaign_id
+
+
+# --------------------------------------------------------------------- configuration
+
+
+def test_config_is_json_only_late_ack_and_limits_below_visibility_timeout() -> None:
+    conf = app.conf
+    assert conf.accept_content == ["json"]
+    assert conf.task_serializer == "json" and conf.result_serializer == "json"
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    visibility = conf.broker_transport_options["visibility_timeout"]
+    assert conf.task_soft_time_limit < conf.task_time_limit < visibility
+    assert tasks.create_campaign.retry_backoff_max < visibility
+
+
+@pytest.mark.parametrize(
+    ("name", "queue"),
+    [
+        ("campaign_worker.poll_campaigns", "polling"),
+        ("campaign_worker.initialize_campaign", "initialization"),
+        ("campaign_worker.process_conversations", "processing"),
+        ("campaign_worker.record_inbound_message", "inbound"),
+        ("campaign_worker.mark_conversation_complete", "inbound"),
+        ("campaign_worker.create_campaign", celeryconfig.task_default_queue),
+    ],
+)
+def test_tasks_are_routed_by_name(name: str, queue: str) -> None:
+    route = app.amqp.router.route({}, name)
+    assert route["queue"].name == queue
+
+
+def test_public_task_names_are_registered() -> None:
+    assert {task.name for task in tasks.PUBLIC_TASKS} == {
+        f"campaign_worker.{name}"
+        for name in (
+            "create_campaign",
+            "poll_campaigns",
+            "initialize_campaign",
+            "process_conversations",
+            "record_inbound_message",
+            "mark_conversation_complete",
+            "pause_campaign",
+            "resume_campaign",
+            "cancel_campaign",
+            "get_campaign_metrics",
+        )
+    }
+    assert all(task.name in app.tasks for task in tasks.PUBLIC_TASKS)
+
+
+def test_time_limits_must_stay_below_visibility_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib
+
+    monkeypatch.setenv("CELERY_VISIBILITY_TIMEOUT", "100")
+    monkeypatch.setenv("CELERY_TASK_TIME_LIMIT", "300")
+    try:
+        with pytest.raises(ValueError, match="VISIBILITY_TIMEOUT"):
+            importlib.reload(celeryconfig)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(celeryconfig)
+
+
+# --------------------------------------------------------------------- create_campaign
+
+
+def test_create_campaign_without_id_derives_it_from_the_task_id(worker: Container) -> None:
+    payload = sample_campaign(3)
+    del payload["_id"]
+    first = run(tasks.create_campaign, "task-1", campaign=payload)
+    redelivered = run(tasks.create_campaign, "task-1", campaign=payload)
+    other = run(tasks.create_campaign, "task-2", campaign=payload)
+
+    assert first.get() == redelivered.get() == tasks.campaign_id_for_task("task-1")
+    assert other.get() == tasks.campaign_id_for_task("task-2") != first.get()
+    assert worker.db["campaigns"].count_documents({}) == 2
+    assert dead_letters(worker) == []
+
+
+def test_create_campaign_keeps_a_given_id(worker: Container) -> None:
+    assert run(tasks.create_campaign, "t", campaign=sample_campaign(2)).get() == "camp-1"
+    assert worker.db["campaigns"].find_one({"_id": "camp-1"})["status"] == "scheduled"
+
+
+def test_invalid_campaign_is_dead_lettered_with_its_reason_and_not_retried(
+    worker: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = sample_campaign(2)
+    del payload["name"]
+    payload["recipients"][0]["timezone"] = "Mars/Olympus"
+    spy = worker.manager.create_campaign
+    calls = [0]
+
+    def counting(data: Any) -> str:
+        calls[0] += 1
+        return spy(data)
+
+    monkeypatch.setattr(worker.manager, "create_campaign", counting)
+
+    result = run(tasks.create_campaign, "bad-1", campaign=payload)
+
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, InvalidInputError)
+    assert calls[0] == 1
+    [letter] = dead_letters(worker)
+    assert letter["_id"] == letter["task_id"] == "bad-1"
+    assert letter["task_name"] == "campaign_worker.create_campaign"
+    assert letter["reason"] == "invalid_input"
+    assert letter["payload"] == {"args": [], "kwargs": {"campaign": payload}}
+    assert "name: Field required" in letter["error"]
+    assert "unknown timezone 'Mars/Olympus'" in letter["error"]
+    assert letter["created_at"] == START
+    assert letter["replayed_at"] is None
+    assert worker.db["campaigns"].count_documents({}) == 0
+
+
+def test_redelivered_bad_message_is_stored_once(worker: Container) -> None:
+    for _ in range(2):
+        assert run(tasks.create_campaign, "bad-1", campaign={"name": "x"}).failed()
+    assert len(dead_letters(worker)) == 1
+
+
+# --------------------------------------------------------------------- argument validation
+
+
+@pytest.mark.parametrize(
+    ("task", "kwargs", "reason"),
+    [
+        (tasks.process_conversations, {}, "campaign_id: Missing required argument"),
+        (tasks.process_conversations, {"campaign_id": 7}, "campaign_id: Input should be a valid"),
+        (tasks.process_conversations, {"campaign_id": ""}, "campaign_id: String should have"),
+        (
+            tasks.process_conversations,
+            {"campaign_id": "c", "limit": "5"},
+            "limit: Input should be a valid integer",
+        ),
+        (
+            tasks.process_conversations,
+            {"campaign_id": "c", "limit": 0},
+            "limit: Input should be greater than 0",
+        ),
+        (
+            tasks.process_conversations,
+            {"campaign_id": "c", "bogus": 1},
+            "bogus: Unexpected keyword argument",
+        ),
+        (tasks.create_campaign, {"campaign": ["not", "an", "object"]}, "campaign: Input should"),
+        (
+            tasks.record_inbound_message,
+            {
+                "campaign_id": "c",
+                "user_id": "u",
+                "message_id": "m",
+                "content": "hi",
+                "timestamp": 1700000000,
+            },
+            "timestamp: Value error, must be an ISO 8601",
+        ),
+        (
+            tasks.record_inbound_message,
+            {
+                "campaign_id": "c",
+                "user_id": "u",
+                "message_id": "m",
+                "content": "hi",
+                "timestamp": "yesterday",
+            },
+            "timestamp: Input should be a valid datetime",
+        ),
+        (
+            tasks.record_inbound_message,
+            {"campaign_id": "c", "user_id": "u", "content": "hi"},
+            "message_id: Missing required argument",
+        ),
+        (tasks.get_campaign_metrics, {"campaign_id": "nope"}, "campaign not found: 'nope'"),
+        (tasks.pause_campaign, {"campaign_id": "nope"}, "campaign not found: 'nope'"),
+        (tasks.mark_conversation_complete, {"conversation_id": "x"}, "conversation not found"),
+        (
+            tasks.record_inbound_message,
+            {"campaign_id": "nope", "user_id": "u", "message_id": "m", "content": "hi"},
+            "campaign not found: 'nope'",
+        ),
+    ],
+)
+def test_bad_payloads_are_rejected_with_a_reason_and_dead_lettered(
+    worker: Container, task: Any, kwargs: Doc, reason: str
+) -> None:
+    result = run(task, "bad-task", **kwargs)
+
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, InvalidInputError)
+    assert reason in str(result.result)
+    [letter] = dead_letters(worker)
+    assert letter["task_name"] == task.name
+    assert reason in letter["error"]
+    assert letter["payload"]["kwargs"] == kwargs
+
+
+def test_positional_arguments_are_accepted_and_kept(worker: Container) -> None:
+    result = tasks.get_campaign_metrics.apply(args=("nope",), task_id="pos")
+    assert result.failed()
+    assert dead_letters(worker)[0]["payload"] == {"args": ["nope"], "kwargs": {}}
+
+
+# --------------------------------------------------------------------- retries
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        TransientError("mongo down"),
+        AutoReconnect("primary stepped down"),
+        ConcurrencyConflictError("busy"),
+        ConnectionError("broker reset"),
+    ],
+)
+def test_transient_errors_are_retried_until_they_pass(
+    worker: Container, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    running_campaign(worker)
+    real = worker.manager.get_campaign_metrics("camp-1")
+    calls = count_calls(monkeypatch, worker.manager, "get_campaign_metrics", error, error, real)
+
+    result = run(tasks.get_campaign_metrics, "t", campaign_id="camp-1")
+
+    assert result.successful()
+    assert calls[0] == 3
+    assert result.get()["total_recipients"] == 4
+    assert dead_letters(worker) == []
+
+
+def test_retries_are_capped_and_then_dead_lettered(
+    worker: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = count_calls(monkeypatch, worker.manager, "pause_campaign", TransientError("down"))
+    monkeypatch.setattr(tasks.pause_campaign, "max_retries", 2)
+
+    result = run(tasks.pause_campaign, "t-exhausted", campaign_id="camp-1")
+
+    assert result.failed() and isinstance(result.result, TransientError)
+    assert calls[0] == 3  # the first attempt and two retries
+    [letter] = dead_letters(worker)
+    assert letter["reason"] == "retries_exhausted"
+    assert letter["error_type"] == "TransientError"
+    assert letter["payload"]["kwargs"] == {"campaign_id": "camp-1"}
+
+
+def test_invalid_input_from_the_manager_is_never_retried(
+    worker: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = count_calls(
+        monkeypatch, worker.manager, "resume_campaign", InvalidStateTransitionError("cancelled")
+    )
+    result = run(tasks.resume_campaign, "t", campaign_id="camp-1")
+    assert result.failed() and calls[0] == 1
+    assert dead_letters(worker)[0]["error_type"] == "InvalidStateTransitionError"
+
+
+def test_retry_backoff_has_jitter_and_a_cap() -> None:
+    task = tasks.process_conversations
+    assert task.retry_backoff and task.retry_jitter
+    assert task.retry_backoff_max == celeryconfig.campaign_retry_backoff_max
+    assert task.max_retries == celeryconfig.campaign_max_retries
+    assert InvalidInputError in task.dont_autoretry_for
+
+
+def test_a_dead_letter_that_cannot_be_stored_yet_is_retried_not_lost(
+    worker: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_add = MongoDeadLetterRepository.add
+    failures = [1]
+
+    def flaky_add(self: MongoDeadLetterRepository, *args: Any, **kwargs: Any) -> bool:
+        if failures[0]:
+            failures[0] -= 1
+            raise TransientError("mongo down while storing the dead letter")
+        return real_add(self, *args, **kwargs)
+
+    monkeypatch.setattr(MongoDeadLetterRepository, "add", flaky_add)
+
+    result = run(tasks.get_campaign_metrics, "t", campaign_id="nope")
+
+    assert result.failed() and isinstance(result.result, InvalidInputError)
+    assert len(dead_letters(worker)) == 1
+
+
+# --------------------------------------------------------------------- poller and batches
+
+
+def test_poller_claims_a_campaign_once_and_enqueues_its_initialization(
+    worker: Container, enqueued: Enqueued
+) -> None:
+    worker.manager.create_campaign(sample_campaign(3))
+
+    first = run(tasks.poll_campaigns, "poll-1").get()
+    second = run(tasks.poll_campaigns, "poll-2").get()
+
+    assert first["initialize"] == ["camp-1"] and second["initialize"] == []
+    assert enqueued.calls == [("campaign_worker.initialize_campaign", {"campaign_id": "camp-1"})]
+    assert worker.db["campaigns"].find_one({"_id": "camp-1"})["status"] == "initializing"
+
+
+def test_initialization_starts_processing_and_the_poller_finds_due_work(
+    worker: Container, enqueued: Enqueued, clock: ManualClock
+) -> None:
+    worker.manager.create_campaign(sample_campaign(3))
+    run(tasks.poll_campaigns, "poll-1")
+
+    assert run(tasks.initialize_campaign, "init", campaign_id="camp-1").get() == 3
+    assert run(tasks.initialize_campaign, "init", campaign_id="camp-1").get() == 0  # replay
+    polled = run(tasks.poll_campaigns, "poll-2").get()
+
+    process = ("campaign_worker.process_conversations", {"campaign_id": "camp-1"})
+    assert enqueued.calls[1:] == [process, process]
+    assert polled["process"] == ["camp-1"]
+    assert json.dumps(polled)  # JSON-safe, oldest_due included
+    assert datetime.fromisoformat(polled["oldest_due"]) == START
+
+
+def test_initializing_a_paused_campaign_is_skipped_not_dead_lettered(
+    worker: Container, enqueued: Enqueued
+) -> None:
+    worker.manager.create_campaign(sample_campaign(3))
+    run(tasks.poll_campaigns, "poll-1")
+    run(tasks.pause_campaign, "pause", campaign_id="camp-1").get()
+
+    assert run(tasks.initialize_campaign, "init", campaign_id="camp-1").get() == 0
+    assert dead_letters(worker) == []
+    assert worker.db["conversation_states"].count_documents({}) == 0
+
+
+def test_a_full_batch_fans_out_the_next_one_before_working(
+    worker: Container, enqueued: Enqueued
+) -> None:
+    running_campaign(worker, n=5)
+
+    first = run(tasks.process_conversations, "p1", campaign_id="camp-1", limit=2).get()
+    assert first["claimed"] == 2 and first["sent"] == 2
+    assert enqueued.calls == [
+        ("campaign_worker.process_conversations", {"campaign_id": "camp-1", "limit": 2})
+    ]
+
+    rest = run(tasks.process_conversations, "p2", campaign_id="camp-1", limit=10).get()
+    assert rest["claimed"] == 3
+    assert len(enqueued.calls) == 1  # a partial batch ends the chain
+
+
+def test_processing_twice_sends_each_message_once(worker: Container, enqueued: Enqueued) -> None:
+    running_campaign(worker, n=4)
+
+    first = run(tasks.process_conversations, "same-id", campaign_id="camp-1").get()
+    again = run(tasks.process_conversations, "same-id", campaign_id="camp-1").get()
+
+    assert first["sent"] == 4 and first["claimed"] == 4
+    assert again["claimed"] == 0 and again["sent"] == 0
+    assert worker.db["outbox"].count_documents({}) == 4
+    metrics = run(tasks.get_campaign_metrics, "m", campaign_id="camp-1").get()
+    assert metrics["message_metrics"]["total_sent"] == 4
+
+
+def test_processing_a_paused_campaign_does_nothing(worker: Container, enqueued: Enqueued) -> None:
+    running_campaign(worker, n=2)
+    run(tasks.pause_campaign, "pause", campaign_id="camp-1").get()
+    result = run(tasks.process_conversations, "p", campaign_id="camp-1").get()
+    assert result["claimed"] == 0 and result["skipped_reason"] == "campaign is paused"
+
+
+# --------------------------------------------------------------------- inbound and control
+
+
+def test_inbound_message_is_recorded_once_and_advances_once(
+    worker: Container, enqueued: Enqueued, clock: ManualClock
+) -> None:
+    running_campaign(worker, n=2)
+    run(tasks.process_conversations, "p", campaign_id="camp-1").get()
+    clock.advance(timedelta(minutes=5))
+    reply = {
+        "campaign_id": "camp-1",
+        "user_id": "user-00000",
+        "message_id": "in-1",
+        "content": "YES please",
+        "timestamp": "2026-01-05T09:04:00Z",
+        "metadata": {"channel": "sms"},
+    }
+
+    first = run(tasks.record_inbound_message, "r1", **reply).get()
+    second = run(tasks.record_inbound_message, "r2", **reply).get()
+
+    conversation_id = conversation_id_for("camp-1", "user-00000")
+    assert first == {
+        "conversation_id": conversation_id,
+        "duplicate": False,
+        "actions": ["advance", "send", "wait"],
+        "status": "active",
+        "current_stage": "consideration",
+    }
+    assert second["duplicate"] is True and second["actions"] == []
+    doc = worker.db["conversation_states"].find_one({"_id": conversation_id})
+    inbound = [m for m in doc["message_history"] if m["direction"] == "inbound"]
+    assert len(inbound) == 1
+    assert inbound[0]["timestamp"] == START + timedelta(minutes=4)
+    metrics = run(tasks.get_campaign_metrics, "m", campaign_id="camp-1").get()
+    assert metrics["message_metrics"]["total_received"] == 1
+    assert metrics["stage_metrics"]["consideration"]["entered"] == 1
+
+
+def test_control_tasks_return_the_new_status(worker: Container) -> None:
+    running_campaign(worker, n=1)
+    assert run(tasks.pause_campaign, "a", campaign_id="camp-1").get() == {
+        "campaign_id": "camp-1",
+        "status": "paused",
+    }
+    assert run(tasks.resume_campaign, "b", campaign_id="camp-1").get()["status"] == "running"
+    assert run(tasks.cancel_campaign, "c", campaign_id="camp-1").get()["status"] == "cancelled"
+    assert run(tasks.cancel_campaign, "d", campaign_id="camp-1").get()["status"] == "cancelled"
+
+
+def test_mark_conversation_complete_is_idempotent(worker: Container) -> None:
+    running_campaign(worker, n=1)
+    conversation_id = conversation_id_for("camp-1", "user-00000")
+    for task_id in ("a", "b"):
+        result = run(tasks.mark_conversation_complete, task_id, conversation_id=conversation_id)
+        assert result.get() == {
+            "conversation_id": conversation_id,
+            "status": "completed",
+            "current_stage": "awareness",
+        }
+    metrics = worker.manager.get_campaign_metrics("camp-1")
+    assert metrics["completed_conversations"] == 1 and metrics["active_conversations"] == 0
+
+
+def test_metrics_result_is_json_safe(worker: Container) -> None:
+    running_campaign(worker, n=3)
+    metrics = run(tasks.get_campaign_metrics, "m", campaign_id="camp-1").get()
+    assert json.loads(json.dumps(metrics)) == metrics
+    assert metrics["updated_at"] == "2026-01-05T09:00:00Z"  # ISO 8601, UTC
+    assert metrics["total_recipients"] == 3 and metrics["active_conversations"] == 3
+    assert list(metrics["stage_metrics"]) == ["awareness", "consideration", "decision"]
