@@ -1,0 +1,139 @@
+"""The operator command ``campaign-worker``.
+
+Subcommands register themselves in ``SUBCOMMANDS``: each is a function that adds its
+parser to the argparse subparsers and sets ``handler`` (``(args) -> exit code``) with
+``parser.set_defaults(handler=...)``. To add one (``demo``, ``health``, ...), write such a
+function (here or in its own module) and append it to ``SUBCOMMANDS``.
+
+    campaign-worker dead-letters list [--limit N] [--task NAME] [--all] [--json]
+    campaign-worker dead-letters replay ID [--kwargs JSON]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from pydantic_core import to_jsonable_python
+
+from campaign_worker.domain.errors import CampaignWorkerError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# ------------------------------------------------------------------ dead letters
+
+
+def _dead_letters_list(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from campaign_worker.entrypoints.celery_app import container
+
+    out = out or sys.stdout
+    docs = container().dead_letters.recent(
+        limit=args.limit, task_name=args.task, include_replayed=args.all
+    )
+    if args.json:
+        for doc in docs:
+            out.write(json.dumps(to_jsonable_python(doc), sort_keys=True) + "\n")
+        return 0
+    if not docs:
+        out.write("no dead letters\n")
+        return 0
+    for doc in docs:
+        replayed = f"  replayed as {doc['replayed_as']}" if doc.get("replayed_at") else ""
+        out.write(
+            f"{doc['_id']}  {doc['created_at']:%Y-%m-%dT%H:%M:%SZ}  {doc['task_name']}  "
+            f"{doc.get('reason', '')}: {doc['error']}{replayed}\n"
+        )
+    return 0
+
+
+def payload_of(doc: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    payload = doc.get("payload") or {}
+    return list(payload.get("args") or []), dict(payload.get("kwargs") or {})
+
+
+def _dead_letters_replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from campaign_worker.entrypoints.celery_app import app, container
+
+    out = out or sys.stdout
+    repository = container().dead_letters
+    doc = repository.get(args.id)
+    if doc is None:
+        sys.stderr.write(f"dead letter not found: {args.id}\n")
+        return 1
+    task_args, task_kwargs = payload_of(doc)
+    if args.kwargs is not None:
+        try:
+            task_kwargs = json.loads(args.kwargs)
+        except json.JSONDecodeError as exc:
+            sys.stderr.write(f"--kwargs is not JSON: {exc}\n")
+            return 2
+        if not isinstance(task_kwargs, dict):
+            sys.stderr.write("--kwargs must be a JSON object\n")
+            return 2
+    new_id = uuid.uuid4().hex
+    now = container().manager.clock.now()
+    # Claim the replay first, so two operators cannot both replay it.
+    if not repository.mark_replayed(args.id, new_id, now):
+        sys.stderr.write(f"dead letter {args.id} was replayed already as {doc['replayed_as']}\n")
+        return 1
+    try:
+        app.send_task(doc["task_name"], args=task_args, kwargs=task_kwargs, task_id=new_id)
+    except Exception as exc:
+        repository.unmark_replayed(args.id, new_id)
+        sys.stderr.write(f"could not publish {doc['task_name']}: {exc}\n")
+        return 2
+    out.write(f"replayed {args.id} as task {new_id} ({doc['task_name']})\n")
+    return 0
+
+
+def add_dead_letters(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "dead-letters", help="list and replay task messages rejected as invalid"
+    )
+    commands = parser.add_subparsers(dest="dead_letters_command", required=True)
+
+    listing = commands.add_parser("list", help="newest first; not yet replayed unless --all")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--task", help="only this task name")
+    listing.add_argument("--all", action="store_true", help="include replayed ones")
+    listing.add_argument("--json", action="store_true", help="one JSON document per line")
+    listing.set_defaults(handler=_dead_letters_list)
+
+    replay = commands.add_parser("replay", help="publish the message again (new task id)")
+    replay.add_argument("id", help="dead letter id (the original task id)")
+    replay.add_argument("--kwargs", help="replace the keyword arguments (a JSON object)")
+    replay.set_defaults(handler=_dead_letters_replay)
+
+
+# ------------------------------------------------------------------ main
+
+SUBCOMMANDS: list[Callable[[Any], None]] = [add_dead_letters]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="campaign-worker", description="Operate the campaign worker."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except CampaignWorkerError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
