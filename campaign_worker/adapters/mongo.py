@@ -149,6 +149,9 @@ def _unleased(now: datetime) -> Doc:
 
 
 _NOT_DIFFED = {"_id", "message_history", "version", "lease_owner", "lease_until", "last_write"}
+# Write tokens kept per conversation: a write is recognised as landed as long as fewer
+# than this many writes came after it before the check (which follows at once).
+WRITE_TOKENS_KEPT = 16
 
 
 def state_update(old: ConversationState, new: ConversationState, token: str) -> Doc:
@@ -162,10 +165,13 @@ def state_update(old: ConversationState, new: ConversationState, token: str) -> 
     old_history, new_history = before["message_history"], after["message_history"]
     if new_history[: len(old_history)] != old_history:
         raise ValueError("message_history may only be appended to")
-    update: Doc = {"$set": {**changes, "last_write": token}, "$inc": {"version": 1}}
+    push: Doc = {"last_write": {"$each": [token], "$slice": -WRITE_TOKENS_KEPT}}
     appended = new_history[len(old_history) :]
     if appended:
-        update["$push"] = {"message_history": {"$each": appended}}
+        push["message_history"] = {"$each": appended}
+    update: Doc = {"$inc": {"version": 1}, "$push": push}
+    if changes:
+        update["$set"] = changes
     return update
 
 
@@ -280,9 +286,10 @@ class MongoConversationStateRepository:
         query = {**_due_filter(campaign_id, now, "active", stage), **_unleased(now)}
         ids = [
             doc["_id"]
-            for doc in self._collection.find(query, {"_id": 1})
-            .sort("next_action_at", ASCENDING)
-            .limit(limit)
+            # batch_size: the server's first batch is 101 docs otherwise, then a getMore.
+            for doc in self._collection.find(query, {"_id": 1}, limit=limit, batch_size=limit).sort(
+                "next_action_at", ASCENDING
+            )
         ]
         if not ids:
             return []
@@ -290,7 +297,8 @@ class MongoConversationStateRepository:
             {"_id": {"$in": ids}, **query},
             {"$set": {"lease_owner": owner, "lease_until": lease_until}},
         )
-        return list(self._collection.find({"_id": {"$in": ids}, "lease_owner": owner}))
+        leased = {"_id": {"$in": ids}, "lease_owner": owner}
+        return list(self._collection.find(leased, limit=len(ids), batch_size=len(ids)))
 
     @translate_errors
     def release(self, ids: Sequence[str], owner: str) -> int:
@@ -323,7 +331,8 @@ class MongoConversationStateRepository:
         result = self._collection.bulk_write(ops, ordered=False)
         if result.matched_count == len(ops):
             return set(tokens)
-        # Some lost: find out which of ours did land (their token is still there).
+        # Some lost: find out which of ours did land (their token is among the recent
+        # ones, even if another writer has built on the write since).
         landed = self._collection.find(
             {"_id": {"$in": list(tokens)}, "last_write": {"$in": list(tokens.values())}},
             {"_id": 1},

@@ -147,7 +147,16 @@ class ConversationState(_Doc):
     lease_owner: str | None = None
     lease_until: UtcDatetime | None = None
     version: int = Field(default=0, ge=0)
-    last_write: str | None = None
+    # Tokens of the most recent compare-and-set writes, newest last (capped): lets a
+    # writer tell that its write landed even when others have written on top since.
+    last_write: list[str] = Field(default_factory=list)
+
+    @field_validator("last_write", mode="before")
+    @classmethod
+    def _tokens(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _stage_consistency(self) -> ConversationState:

@@ -1,0 +1,545 @@
+"""Repositories over the real MongoDB wire protocol (MONGODB_URI or secantusdb).
+
+Each test gets its own database (``wire_db``); the concurrency tests give every thread
+its own MongoClient so the races happen in the server, not in one client's pool.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import bson
+import pymongo
+import pytest
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
+from pymongo import monitoring
+from pymongo.errors import DuplicateKeyError
+
+from campaign_worker.adapters.mongo import (
+    CONVERSATIONS,
+    METRICS,
+    MongoCampaignMetricsRepository,
+    MongoConversationStateRepository,
+)
+from campaign_worker.adapters.mongo_monitoring import CommandCounter
+from campaign_worker.domain.documents import (
+    ConversationContext,
+    ConversationState,
+    Direction,
+    Message,
+    StageEntry,
+    conversation_id_for,
+)
+from campaign_worker.domain.progression import MetricsDelta
+from tests.conftest import START
+
+pytestmark = pytest.mark.wire
+
+Doc = dict[str, Any]
+ClientFactory = Callable[[], pymongo.MongoClient[Doc]]
+STAGES = ["awareness", "consideration", "decision"]
+
+
+def conversation(
+    user_id: str,
+    *,
+    campaign_id: str = "camp-1",
+    now: datetime = START,
+    next_action_at: datetime | None = START,
+    status: str = "active",
+) -> Doc:
+    return ConversationState(
+        _id=conversation_id_for(campaign_id, user_id),
+        user_id=user_id,
+        campaign_id=campaign_id,
+        campaign_type="sales",
+        current_stage=STAGES[0],
+        stages=[StageEntry(name=STAGES[0], entered_at=now)],
+        context=ConversationContext(template_id="default", available_stages=STAGES),
+        created_at=now,
+        last_active=now,
+        next_action_at=next_action_at,
+        status=status,
+    ).to_mongo()
+
+
+def users(n: int, prefix: str = "user") -> list[str]:
+    return [f"{prefix}-{i:04d}" for i in range(n)]
+
+
+@pytest.fixture
+def new_client(wire_uri: str) -> Iterator[ClientFactory]:
+    """Makes extra MongoClients (one per thread); closes them all afterwards."""
+    clients: list[pymongo.MongoClient[Doc]] = []
+
+    def make() -> pymongo.MongoClient[Doc]:
+        client: pymongo.MongoClient[Doc] = pymongo.MongoClient(
+            wire_uri, tz_aware=True, tzinfo=UTC, serverSelectionTimeoutMS=20000
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def repo(wire_db: Any) -> MongoConversationStateRepository:
+    repository = MongoConversationStateRepository(wire_db)
+    repository.initialize()
+    return repository
+
+
+def run_threads(workers: list[Callable[[], None]]) -> None:
+    """Start every worker at once (barrier), join them, re-raise the first failure."""
+    barrier = threading.Barrier(len(workers))
+    errors: list[BaseException] = []
+
+    def wrap(work: Callable[[], None]) -> Callable[[], None]:
+        def target() -> None:
+            try:
+                barrier.wait(timeout=30)
+                work()
+            except BaseException as exc:  # re-raised in the test thread
+                errors.append(exc)
+
+        return target
+
+    threads = [threading.Thread(target=wrap(work)) for work in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a worker thread hung"
+    if errors:
+        raise errors[0]
+
+
+# ------------------------------------------------------------------ indexes
+
+
+def test_initialize_creates_the_indexes_and_is_idempotent(
+    wire_db: Any, repo: MongoConversationStateRepository
+) -> None:
+    repo.initialize()  # a second run changes nothing and does not fail
+    indexes = {ix["name"]: ix for ix in wire_db[CONVERSATIONS].list_indexes()}
+    keys = {name: list(ix["key"].items()) for name, ix in indexes.items()}
+
+    assert ("campaign_id", 1) in [k[0] for k in keys.values() if len(k) == 1]
+    assert [("user_id", 1)] in keys.values()
+    assert [("status", 1)] in keys.values()
+    unique = [name for name, k in keys.items() if k == [("campaign_id", 1), ("user_id", 1)]]
+    assert len(unique) == 1 and indexes[unique[0]].get("unique") is True
+    pending = [("campaign_id", 1), ("status", 1), ("next_action_at", 1)]
+    assert pending in keys.values()
+    assert len(indexes) == len({tuple(k) for k in keys.values()}), "duplicate index definitions"
+
+
+def test_pending_query_is_served_by_the_compound_index(
+    wire_db: Any, repo: MongoConversationStateRepository
+) -> None:
+    repo.insert_many_states([conversation(u) for u in users(30)])
+    explained = (
+        wire_db[CONVERSATIONS]
+        .find({"campaign_id": "camp-1", "status": "active", "next_action_at": {"$lte": START}})
+        .sort("next_action_at", pymongo.ASCENDING)
+        .limit(10)
+        .explain()
+    )
+
+    def index_scans(stage: Doc) -> list[Doc]:
+        found = [stage] if stage.get("stage") == "IXSCAN" else []
+        for child in [stage.get("inputStage"), *stage.get("inputStages", [])]:
+            if isinstance(child, dict):
+                found += index_scans(child)
+        return found
+
+    plan = explained["queryPlanner"]["winningPlan"]
+    plan = plan.get("queryPlan", plan)  # the slot-based engine nests the classic plan
+    scans = index_scans(plan)
+    assert [scan["keyPattern"] for scan in scans] == [
+        {"campaign_id": 1, "status": 1, "next_action_at": 1}
+    ]
+
+
+def test_unique_index_rejects_a_second_conversation_for_the_same_user(
+    repo: MongoConversationStateRepository,
+) -> None:
+    repo.create_conversation_state(conversation("user-1"))
+    duplicate = conversation("user-1")
+    duplicate["_id"] = "another-id"  # a different id cannot get around (campaign, user)
+    with pytest.raises(DuplicateKeyError):
+        repo.create_conversation_state(duplicate)
+    assert len(repo.find_conversation_states({"user_id": "user-1"})) == 1
+
+
+def test_insert_many_states_skips_duplicates_and_counts_what_it_inserted(
+    wire_db: Any, repo: MongoConversationStateRepository
+) -> None:
+    assert repo.insert_many_states([conversation(u) for u in users(5)]) == 5
+    again = [conversation(u) for u in users(8)]  # 5 already there, 3 new
+    same_user_new_id = conversation("user-0001")
+    same_user_new_id["_id"] = "not-the-deterministic-id"
+    again.insert(0, same_user_new_id)  # first in an unordered batch: the rest still go in
+
+    assert repo.insert_many_states(again) == 3
+    assert repo.insert_many_states(again) == 0
+    assert repo.insert_many_states([]) == 0
+    assert wire_db[CONVERSATIONS].count_documents({}) == 8
+    assert wire_db[CONVERSATIONS].count_documents({"_id": "not-the-deterministic-id"}) == 0
+
+
+def test_a_batch_insert_is_one_round_trip(
+    wire_uri: str, wire_db: Any, new_client: ClientFactory
+) -> None:
+    counter = CommandCounter()
+    client: pymongo.MongoClient[Doc] = pymongo.MongoClient(
+        wire_uri, tz_aware=True, tzinfo=UTC, event_listeners=[counter]
+    )
+    try:
+        counted = MongoConversationStateRepository(client[wire_db.name])
+        with counter.measure() as span:
+            inserted = counted.insert_many_states([conversation(u) for u in users(500)])
+        assert inserted == 500
+        assert dict(span.counts.by_name) == {"insert": 1}
+        with counter.measure() as span:
+            assert counted.insert_many_states([conversation(u) for u in users(500)]) == 0
+        assert dict(span.counts.by_name) == {"insert": 1}
+    finally:
+        client.close()
+
+
+# ------------------------------------------------------------------ claiming
+
+
+def test_claim_due_only_takes_due_active_unleased_conversations(
+    repo: MongoConversationStateRepository,
+) -> None:
+    later = START + timedelta(hours=1)
+    repo.insert_many_states(
+        [conversation(u) for u in users(4, "due")]
+        + [conversation(u, next_action_at=later) for u in users(3, "later")]
+        + [conversation(u, next_action_at=None) for u in users(2, "idle")]
+        + [conversation(u, status="completed") for u in users(2, "done")]
+        + [conversation(u, campaign_id="camp-2") for u in users(2, "other")]
+    )
+    lease = START + timedelta(minutes=2)
+
+    first = repo.claim_due("camp-1", START, owner="a", lease_until=lease, stage=None, limit=10)
+    assert sorted(doc["user_id"] for doc in first) == users(4, "due")
+    assert {doc["lease_owner"] for doc in first} == {"a"}
+
+    # Leased and unexpired: nobody else gets them, not even with a larger limit.
+    assert repo.claim_due("camp-1", START, owner="b", lease_until=lease, stage=None, limit=50) == []
+    # Once the lease has expired (a crashed worker), another owner takes them over.
+    after = lease + timedelta(seconds=1)
+    retaken = repo.claim_due(
+        "camp-1", after, owner="b", lease_until=after + timedelta(minutes=2), stage=None, limit=50
+    )
+    assert sorted(doc["user_id"] for doc in retaken) == users(4, "due")
+    # The hour-later ones are not due until then; stage filter narrows the claim.
+    assert (
+        repo.claim_due("camp-1", after, owner="c", lease_until=later, stage="decision", limit=50)
+        == []
+    )
+
+
+def test_concurrent_claims_never_share_a_conversation(
+    wire_db: Any, repo: MongoConversationStateRepository, new_client: ClientFactory
+) -> None:
+    total, owners = 150, ["w0", "w1", "w2", "w3"]
+    repo.insert_many_states([conversation(u) for u in users(total)])
+    claimed: dict[str, list[str]] = {owner: [] for owner in owners}
+    lease = START + timedelta(minutes=5)
+
+    def claimer(owner: str) -> Callable[[], None]:
+        mine = MongoConversationStateRepository(new_client()[wire_db.name])
+
+        def work() -> None:
+            while True:
+                # A limit larger than the share makes every claimer race for the same ids.
+                batch = mine.claim_due(
+                    "camp-1", START, owner=owner, lease_until=lease, stage=None, limit=60
+                )
+                if not batch:
+                    # Empty can mean "others hold the rest" or "none left": stop when none
+                    # is claimable at all.
+                    if not mine.has_due("camp-1", START):
+                        return
+                    continue
+                claimed[owner].extend(doc["_id"] for doc in batch)
+
+        return work
+
+    run_threads([claimer(owner) for owner in owners])
+
+    every = [cid for ids in claimed.values() for cid in ids]
+    assert len(every) == len(set(every)), "a conversation was claimed by two owners"
+    assert len(every) == total
+    stored = {doc["_id"]: doc["lease_owner"] for doc in wire_db[CONVERSATIONS].find()}
+    for owner, ids in claimed.items():
+        assert all(stored[cid] == owner for cid in ids)
+
+
+# ------------------------------------------------------------------ compare-and-set
+
+
+def _with_reply(state: ConversationState, message_id: str) -> ConversationState:
+    reply = Message(
+        message_id=message_id,
+        direction=Direction.INBOUND,
+        content="YES",
+        timestamp=START + timedelta(minutes=1),
+    )
+    return state.model_copy(
+        update={
+            "message_history": [*state.message_history, reply],
+            "last_active": START + timedelta(minutes=1),
+        }
+    )
+
+
+def test_save_transitions_is_a_compare_and_set_on_version(
+    wire_db: Any, repo: MongoConversationStateRepository
+) -> None:
+    repo.insert_many_states([conversation(u) for u in users(3)])
+    docs = sorted(repo.find_conversation_states({}), key=lambda d: d["user_id"])
+    states = [ConversationState.model_validate(doc) for doc in docs]
+    first = [(state, _with_reply(state, f"in-{state.user_id}")) for state in states[:2]]
+
+    assert repo.save_transitions(first) == {states[0].id, states[1].id}
+    stored = {doc["_id"]: doc for doc in wire_db[CONVERSATIONS].find()}
+    assert stored[states[0].id]["version"] == 1
+    assert [m["message_id"] for m in stored[states[0].id]["message_history"]] == ["in-user-0000"]
+
+    # Replaying the same (old, new) pairs is stale (version 0 is gone): nothing applies,
+    # and the stale write is reported as not applied. A mixed batch applies only the fresh.
+    stale_and_fresh = [
+        first[0],
+        (states[2], _with_reply(states[2], "in-user-0002")),
+    ]
+    assert repo.save_transitions(stale_and_fresh) == {states[2].id}
+    stored = {doc["_id"]: doc for doc in wire_db[CONVERSATIONS].find()}
+    assert stored[states[0].id]["version"] == 1
+    assert len(stored[states[0].id]["message_history"]) == 1, "stale write pushed again"
+    assert stored[states[2].id]["version"] == 1
+    assert repo.save_transitions([]) == set()
+
+
+def test_save_transitions_releases_the_lease(repo: MongoConversationStateRepository) -> None:
+    repo.insert_many_states([conversation("user-1")])
+    [doc] = repo.claim_due(
+        "camp-1",
+        START,
+        owner="w",
+        lease_until=START + timedelta(minutes=2),
+        stage=None,
+        limit=1,
+    )
+    state = ConversationState.model_validate(doc)
+    done = state.model_copy(update={"next_action_at": START + timedelta(days=1)})
+    assert repo.save_transitions([(state, done)]) == {state.id}
+    stored = repo.get_conversation_state(state.id)
+    assert stored is not None
+    assert "lease_owner" not in stored and "lease_until" not in stored
+    assert stored["next_action_at"] == START + timedelta(days=1)
+
+
+def test_concurrent_compare_and_set_lets_exactly_one_writer_win(
+    wire_db: Any, repo: MongoConversationStateRepository, new_client: ClientFactory
+) -> None:
+    repo.insert_many_states([conversation(u) for u in users(40)])
+    states = [ConversationState.model_validate(d) for d in repo.find_conversation_states({})]
+    applied: dict[int, set[str]] = {}
+
+    def writer(index: int) -> Callable[[], None]:
+        mine = MongoConversationStateRepository(new_client()[wire_db.name])
+        changes = [(s, _with_reply(s, f"in-{index}-{s.user_id}")) for s in states]
+
+        def work() -> None:
+            applied[index] = mine.save_transitions(changes)
+
+        return work
+
+    run_threads([writer(i) for i in range(3)])
+
+    winners = [cid for ids in applied.values() for cid in ids]
+    assert sorted(winners) == sorted(s.id for s in states), "each id exactly one winner"
+    for doc in wire_db[CONVERSATIONS].find():
+        assert doc["version"] == 1
+        [message] = doc["message_history"]
+        winner = next(i for i, ids in applied.items() if doc["_id"] in ids)
+        assert message["message_id"] == f"in-{winner}-{doc['user_id']}"
+
+
+class _AfterBulkUpdate(monitoring.CommandListener):
+    """Runs ``action`` once, right after the next acknowledged ``update`` command."""
+
+    def __init__(self) -> None:
+        self.action: Callable[[], None] | None = None
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        return None
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        if event.command_name == "update" and self.action is not None:
+            action, self.action = self.action, None
+            action()
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        return None
+
+
+def test_a_landed_write_overwritten_at_once_is_still_reported_as_applied(
+    wire_uri: str, wire_db: Any, repo: MongoConversationStateRepository
+) -> None:
+    """A batch with a stale write makes save_transitions check which writes landed; a
+    write of ours that another writer built on in the meantime still counts as ours."""
+    hook = _AfterBulkUpdate()
+    client: pymongo.MongoClient[Doc] = pymongo.MongoClient(
+        wire_uri, tz_aware=True, tzinfo=UTC, event_listeners=[hook]
+    )
+    try:
+        hooked = MongoConversationStateRepository(client[wire_db.name])
+        repo.insert_many_states([conversation("stale"), conversation("fresh")])
+        stale, fresh = (
+            ConversationState.model_validate(repo.get_by_user("camp-1", user))
+            for user in ("stale", "fresh")
+        )
+        assert repo.save_transitions([(stale, _with_reply(stale, "first"))]) == {stale.id}
+
+        def next_writer() -> None:
+            # Reads what our bulk_write just stored (version 1) and writes on top of it.
+            landed = ConversationState.model_validate(repo.get_conversation_state(fresh.id))
+            assert landed.version == 1
+            assert repo.save_transitions([(landed, _with_reply(landed, "second"))]) == {fresh.id}
+
+        hook.action = next_writer
+        applied = hooked.save_transitions(
+            [(stale, _with_reply(stale, "late")), (fresh, _with_reply(fresh, "mine"))]
+        )
+        assert hook.action is None, "the hook did not run"
+        assert applied == {fresh.id}
+        stored = repo.get_conversation_state(fresh.id)
+        assert stored is not None and stored["version"] == 2
+        assert [m["message_id"] for m in stored["message_history"]] == ["mine", "second"]
+    finally:
+        client.close()
+
+
+# ------------------------------------------------------------------ BSON dates
+
+
+def test_datetimes_are_stored_as_bson_dates_and_read_back_as_utc(
+    wire_db: Any, repo: MongoConversationStateRepository
+) -> None:
+    repo.insert_many_states([conversation("user-1")])
+    [claimed] = repo.claim_due(
+        "camp-1", START, owner="w", lease_until=START + timedelta(minutes=2), stage=None, limit=1
+    )
+    state = ConversationState.model_validate(claimed)
+    repo.save_transitions([(state, _with_reply(state, "in-1"))])
+    repo.claim_due(
+        "camp-1", START, owner="w", lease_until=START + timedelta(minutes=3), stage=None, limit=1
+    )
+    date_fields = [
+        "created_at",
+        "last_active",
+        "next_action_at",
+        "lease_until",
+        "stages.entered_at",
+        "message_history.timestamp",
+    ]
+
+    # The server itself sees BSON dates (type 9), not strings.
+    collection = wire_db[CONVERSATIONS]
+    for path in date_fields:
+        assert collection.count_documents({path: {"$type": "date"}}) == 1, path
+        assert collection.count_documents({path: {"$type": "string"}}) == 0, path
+
+    # The raw bytes decode to datetimes even without any tz handling on our side...
+    raw_collection = collection.with_options(
+        codec_options=CodecOptions(document_class=RawBSONDocument)
+    )
+    raw = raw_collection.find_one({})
+    assert raw is not None
+    plain = bson.decode(raw.raw)
+    assert isinstance(plain["created_at"], datetime) and plain["created_at"].tzinfo is None
+    assert isinstance(plain["stages"][0]["entered_at"], datetime)
+
+    # ...and the repository (tz-aware client) returns aware UTC datetimes, equal to START.
+    doc = repo.get_conversation_state(state.id)
+    assert doc is not None
+    for value in (
+        doc["created_at"],
+        doc["last_active"],
+        doc["next_action_at"],
+        doc["lease_until"],
+        doc["stages"][0]["entered_at"],
+        doc["message_history"][0]["timestamp"],
+    ):
+        assert isinstance(value, datetime)
+        assert value.utcoffset() == timedelta(0)
+    assert doc["created_at"] == START
+    assert ConversationState.model_validate(doc).created_at == START
+
+
+# ------------------------------------------------------------------ campaign metrics
+
+
+def test_concurrent_metric_increments_sum_exactly(wire_db: Any, new_client: ClientFactory) -> None:
+    threads, rounds = 6, 25
+    MongoCampaignMetricsRepository(wire_db).ensure("camp-1", START)
+
+    def incrementer(index: int) -> Callable[[], None]:
+        mine = MongoCampaignMetricsRepository(new_client()[wire_db.name])
+
+        def work() -> None:
+            for _ in range(rounds):
+                delta = MetricsDelta(sent=1, received=2, active=1)
+                delta.stage_entered["awareness"] += 1
+                delta.stage_completed["awareness"] += 1
+                delta.stage_duration["awareness"] += 0.25
+                mine.apply_delta("camp-1", delta, START + timedelta(seconds=index))
+
+        return work
+
+    run_threads([incrementer(i) for i in range(threads)])
+
+    doc = wire_db[METRICS].find_one({"_id": "camp-1"})
+    n = threads * rounds
+    assert doc is not None
+    assert doc["message_metrics"] == {"total_sent": n, "total_received": 2 * n}
+    assert doc["active_conversations"] == n
+    assert doc["stage_metrics"]["awareness"] == {
+        "entered": n,
+        "completed": n,
+        "total_duration_seconds": 0.25 * n,
+    }
+    assert doc["campaign_id"] == "camp-1"
+
+
+def test_concurrent_first_increments_create_one_metrics_document(
+    wire_db: Any, new_client: ClientFactory
+) -> None:
+    """apply_delta upserts: racing first writers must still end in one exact document."""
+
+    def incrementer() -> Callable[[], None]:
+        mine = MongoCampaignMetricsRepository(new_client()[wire_db.name])
+
+        def work() -> None:
+            for _ in range(10):
+                mine.apply_delta("camp-new", MetricsDelta(sent=1), START)
+
+        return work
+
+    run_threads([incrementer() for _ in range(4)])
+
+    docs = list(wire_db[METRICS].find({"campaign_id": "camp-new"}))
+    assert len(docs) == 1
+    assert docs[0]["message_metrics"]["total_sent"] == 40
