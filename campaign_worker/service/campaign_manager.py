@@ -433,7 +433,10 @@ class CampaignManager:
             self.outbox.enqueue_many(effects.outbound)
             if self.conversation_state_repository.save_transitions([(state, new_state)]):
                 self._account(state.campaign_id, state.campaign_type, [effects], now)
-                return new_state
+                # What is stored now: the write bumped the version and dropped any lease.
+                return new_state.model_copy(
+                    update={"version": state.version + 1, "lease_owner": None, "lease_until": None}
+                )
         raise ConcurrencyConflictError(
             f"conversation {conversation_id!r} kept changing under us; try again later"
         )

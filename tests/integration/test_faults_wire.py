@@ -1,0 +1,153 @@
+"""The server dies mid-campaign and comes back: nothing is duplicated.
+
+Needs a server this test owns (it kills it), so it runs only on the secantusdb tier,
+not against a shared MONGODB_URI. The kill happens from a pymongo CommandListener right
+after a chosen command was acknowledged, so the crash point is exact, not timed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, timedelta
+from pathlib import Path
+from typing import Any
+
+import pymongo
+import pytest
+from pymongo import monitoring
+
+from campaign_worker.adapters.clock import ManualClock
+from campaign_worker.adapters.mongo import CAMPAIGNS, CONVERSATIONS, OUTBOX
+from campaign_worker.domain.errors import TransientError
+from campaign_worker.service.campaign_manager import CampaignManager
+from tests.conftest import ManagerFactory, SecantusServer, sample_campaign
+
+pytestmark = [
+    pytest.mark.wire,
+    pytest.mark.skipif(
+        bool(os.environ.get("MONGODB_URI")),
+        reason="kills the server: only against a secantusdb this test starts itself",
+    ),
+]
+
+Doc = dict[str, Any]
+RECIPIENTS = 150
+
+
+class KillAfter(monitoring.CommandListener):
+    """Kills the server once the ``nth`` acknowledged ``command`` on ``collection``."""
+
+    def __init__(self, server: SecantusServer) -> None:
+        self.server = server
+        self.armed: tuple[str, str, int] | None = None
+        self._pending: set[int] = set()
+        self._seen = 0
+        self.fired = False
+
+    def arm(self, command: str, collection: str, nth: int) -> None:
+        self.armed, self._seen, self.fired = (command, collection, nth), 0, False
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if self.armed is None:
+            return
+        command, collection, _ = self.armed
+        if event.command_name == command and event.command.get(command) == collection:
+            self._pending.add(event.request_id)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        if self.armed is None or event.request_id not in self._pending:
+            return
+        self._pending.discard(event.request_id)
+        self._seen += 1
+        if self._seen == self.armed[2]:
+            self.armed = None
+            self.fired = True
+            self.server.kill()  # acknowledged, and then the process is gone (SIGKILL)
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        self._pending.discard(event.request_id)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[SecantusServer]:
+    owned = SecantusServer(tmp_path / "data")
+    owned.start()
+    yield owned
+    owned.stop()
+
+
+def restart(server: SecantusServer) -> None:
+    assert server.proc is not None and server.proc.poll() is not None, "server still running"
+    server.start()  # same port, same storage directory
+
+
+@pytest.mark.parametrize("journal", [True, False], ids=["j-true", "j-default"])
+def test_server_killed_during_initialization_and_processing_leaves_no_duplicates(
+    server: SecantusServer, make_manager: ManagerFactory, clock: ManualClock, journal: bool
+) -> None:
+    """With ``journal=True`` an acknowledged write survives the kill (MongoDB's documented
+    j:true guarantee), so the crash points are exact. With the default write concern on a
+    standalone server the last acknowledged writes may be lost too (also documented:
+    they wait for the next journal commit); the rerun must still converge."""
+    killer = KillAfter(server)
+    client: pymongo.MongoClient[Doc] = pymongo.MongoClient(
+        server.uri,
+        tz_aware=True,
+        tzinfo=UTC,
+        serverSelectionTimeoutMS=1500,
+        journal=journal,
+        event_listeners=[killer],
+    )
+    try:
+        db = client["faults"]
+        manager: CampaignManager = make_manager(db, init_batch_size=40, process_batch_size=40)
+        manager.create_campaign(sample_campaign(RECIPIENTS))
+
+        # Crash 1: the second batch of conversations was inserted, its metrics $inc not.
+        killer.arm("insert", CONVERSATIONS, 2)
+        with pytest.raises(TransientError):
+            manager.initialize_campaign_conversations("camp-1")
+        assert killer.fired
+        restart(server)
+        assert db[CAMPAIGNS].find_one({"_id": "camp-1"})["status"] == "initializing"
+        survived = db[CONVERSATIONS].count_documents({})
+        if journal:
+            assert survived == 80, "acknowledged journaled inserts survive"
+        assert manager.initialize_campaign_conversations("camp-1") == RECIPIENTS - survived
+
+        # Crash 2: a processing batch wrote its outbox messages, not yet the states.
+        assert manager.process_due_conversations("camp-1").written == 40
+        killer.arm("insert", OUTBOX, 1)
+        with pytest.raises(TransientError):
+            manager.process_due_conversations("camp-1")
+        assert killer.fired
+        restart(server)
+        if journal:
+            assert db[OUTBOX].count_documents({}) == 80
+        # The dead batch's leases expire; the rerun recomputes the same messages.
+        clock.advance(timedelta(seconds=manager.lease_seconds + 1))
+        while manager.process_due_conversations("camp-1").claimed:
+            pass
+
+        states = list(db[CONVERSATIONS].find({"campaign_id": "camp-1"}))
+        users = Counter(doc["user_id"] for doc in states)
+        assert len(users) == RECIPIENTS and set(users.values()) == {1}
+        assert db[CAMPAIGNS].find_one({"_id": "camp-1"})["total_recipients"] == RECIPIENTS
+
+        outbox = list(db[OUTBOX].find({"campaign_id": "camp-1"}))
+        keys = Counter((doc["conversation_id"], doc["stage"], doc["step"]) for doc in outbox)
+        assert len(outbox) == RECIPIENTS and set(keys.values()) == {1}
+        recorded = [
+            m["message_id"]
+            for doc in states
+            for m in doc["message_history"]
+            if m["direction"] == "outbound"
+        ]
+        assert sorted(recorded) == sorted(doc["_id"] for doc in outbox)
+        assert all(doc["metrics"]["messages_sent"] == 1 for doc in states)
+        metrics = manager.get_campaign_metrics("camp-1")
+        assert metrics["message_metrics"]["total_sent"] == RECIPIENTS
+    finally:
+        client.close()
