@@ -1,0 +1,287 @@
+"""End-to-end fixtures: real ``celery worker`` / ``beat`` / ``flower`` processes against
+the machine's Redis or RabbitMQ and the wire-tier MongoDB (``wire_uri``).
+
+Every process is started in its own session (process group); teardown sends SIGTERM to
+the main process (Celery's warm shutdown), then SIGKILL to whatever is left of the group.
+E2E sessions on one machine are serialized by a file lock, since they share the broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pymongo
+import pytest
+import redis
+from celery import Celery
+from kombu import Connection, Exchange, Queue
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+APP = "campaign_worker.entrypoints.celery_app"
+COUNTING_APP = "tests.e2e.counting_app"
+QUEUES = ("celery", "polling", "initialization", "processing", "inbound")
+
+REDIS_URL = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_DB = int(os.environ.get("E2E_REDIS_DB", "11"))  # dedicated, flushed before and after
+AMQP_URL = os.environ.get("E2E_AMQP_URL", "amqp://guest:guest@localhost:5672//")
+LOCK_FILE = Path(os.environ.get("E2E_LOCK_FILE", "/tmp/campaign-worker-e2e.lock"))
+
+
+@dataclass(frozen=True)
+class Broker:
+    name: str
+    url: str
+    backend: str
+
+
+@pytest.fixture(scope="session")
+def e2e_lock() -> Iterator[None]:
+    """One e2e session at a time on this machine: they share the broker."""
+    with open(LOCK_FILE, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _flush_redis(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=5)
+    try:
+        client.flushdb()
+    except redis.ConnectionError as exc:
+        raise RuntimeError(f"e2e tests need Redis at {REDIS_URL}: {exc}") from exc
+    finally:
+        client.close()
+
+
+def _purge_rabbitmq(url: str) -> None:
+    try:
+        with Connection(url, connect_timeout=5) as connection:
+            channel = connection.channel()
+            for name in QUEUES:
+                Queue(name, Exchange(name), routing_key=name)(channel).declare()
+                channel.queue_purge(name)
+    except OSError as exc:
+        raise RuntimeError(f"e2e tests need RabbitMQ at {url}: {exc}") from exc
+
+
+@pytest.fixture
+def redis_broker(e2e_lock: None) -> Iterator[Broker]:
+    url = f"{REDIS_URL}/{REDIS_DB}"
+    _flush_redis(url)
+    yield Broker("redis", url, url)
+    _flush_redis(url)
+
+
+@pytest.fixture
+def rabbitmq_broker(e2e_lock: None) -> Iterator[Broker]:
+    _purge_rabbitmq(AMQP_URL)
+    yield Broker("rabbitmq", AMQP_URL, "rpc://")
+    _purge_rabbitmq(AMQP_URL)
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest) -> Broker:
+    fixture: Broker = request.getfixturevalue(f"{request.param}_broker")
+    return fixture
+
+
+@pytest.fixture
+def e2e_db_name(wire_uri: str) -> Iterator[str]:
+    name = f"cw_e2e_{uuid.uuid4().hex[:10]}"
+    yield name
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        wire_uri, serverSelectionTimeoutMS=20000
+    )
+    client.drop_database(name)
+    client.close()
+
+
+@pytest.fixture
+def mongo(wire_uri: str, e2e_db_name: str) -> Iterator[Any]:
+    """The test's database, as the test (the 'other service') sees it."""
+    from datetime import UTC
+
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        wire_uri, tz_aware=True, tzinfo=UTC, serverSelectionTimeoutMS=20000
+    )
+    yield client[e2e_db_name]
+    client.close()
+
+
+def plain_client(broker: Broker) -> Celery:
+    """What another service uses: a bare Celery app that knows only names."""
+    return Celery("other-service", broker=broker.url, backend=broker.backend)
+
+
+@pytest.fixture(autouse=True)
+def _no_broker_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Celery lets CELERY_BROKER_URL / CELERY_RESULT_BACKEND override an explicit URL."""
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CELERY_CONFIG_MODULE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def client(broker: Broker) -> Iterator[Celery]:
+    app = plain_client(broker)
+    yield app
+    app.close()
+
+
+@dataclass
+class Processes:
+    """Starts celery processes with one environment; stops every one of them."""
+
+    workdir: Path
+    env: dict[str, str]
+    started: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def start(self, label: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{label}.log", "wb")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(
+            argv,
+            cwd=self.workdir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.started.append((label, proc))
+        return proc
+
+    def log(self, label: str) -> str:
+        return (self.workdir / f"{label}.log").read_text(errors="replace")
+
+    def worker(
+        self, name: str, *, concurrency: int = 2, app: str = APP, extra: tuple[str, ...] = ()
+    ) -> str:
+        """Start ``celery worker`` named ``name@host``; returns the node name."""
+        self.start(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                app,
+                "worker",
+                "-n",
+                f"{name}@%h",
+                "-c",
+                str(concurrency),
+                "-P",
+                "prefork",
+                "-l",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+                *extra,
+            ],
+        )
+        return f"{name}@{socket.gethostname()}"
+
+    def beat(self, *, app: str = APP) -> subprocess.Popen[bytes]:
+        return self.start(
+            "beat",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                app,
+                "beat",
+                "-s",
+                str(self.workdir / "beat-schedule"),
+                "-l",
+                "INFO",
+            ],
+        )
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+        """SIGTERM the main process (warm shutdown), then SIGKILL its whole group."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers: prefork children, if any
+        return proc.wait(10)
+
+    def stop_all(self) -> None:
+        for _, proc in reversed(self.started):
+            self.stop(proc)
+
+
+def e2e_env(broker: Broker, wire_uri: str, db_name: str, **extra: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("CELERY_", "MONGODB_", "CAMPAIGN_", "CLOCK_"))
+    }
+    env.update(
+        {
+            "CELERY_BROKER_URL": broker.url,
+            "CELERY_RESULT_BACKEND": broker.backend,
+            "MONGODB_URI": wire_uri,
+            "MONGODB_DB": db_name,
+            "CAMPAIGN_TEMPLATES_DIR": str(TEMPLATES),
+            "POLL_INTERVAL_SECONDS": "1",
+            "PROCESS_BATCH_SIZE": "25",
+            "LEASE_SECONDS": "30",
+            "PYTHONPATH": str(REPO),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def processes(
+    broker: Broker, wire_uri: str, e2e_db_name: str, tmp_path: Path
+) -> Iterator[Processes]:
+    procs = Processes(tmp_path, e2e_env(broker, wire_uri, e2e_db_name))
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_for_workers(client: Celery, nodes: list[str], timeout: float = 60.0) -> None:
+    """Until every node answers a ping over the broker."""
+
+    def answered() -> bool:
+        replies = client.control.ping(destination=nodes, timeout=0.5) or []
+        names = {name for reply in replies for name in reply}
+        return set(nodes) <= names
+
+    wait_until(answered, timeout, f"workers {nodes} to answer a ping", interval=0.5)
