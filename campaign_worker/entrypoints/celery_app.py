@@ -18,8 +18,9 @@ Task policy (``CampaignTask``, applied by ``public_task``): arguments are valida
 the task function's signature; invalid input (``InvalidInputError``, which includes
 unknown ids) is stored in ``dead_letters`` and fails the task without retry; transient
 errors (MongoDB/broker connectivity, lost compare-and-set races) are retried with
-exponential backoff, full jitter and a cap; a task whose retries run out is dead-lettered
-too, so an operator can replay it (``campaign-worker dead-letters``).
+exponential backoff, full jitter and a cap; a task whose retries run out, or that fails
+unexpectedly, is dead-lettered too, so an operator can replay it once the cause is fixed
+(``campaign-worker dead-letters``).
 """
 
 from __future__ import annotations
@@ -244,6 +245,10 @@ class CampaignTask(Task):  # type: ignore[type-arg]
     # Expected failures: logged as one line, without a traceback.
     throws = (InvalidInputError,)
 
+    # Keep failed messages for replay. False for the periodic poller: the next beat
+    # replaces a failed poll, and a dead letter per beat would bury the real ones.
+    dead_letter_failures = True
+
     def on_failure(
         self,
         exc: Exception,
@@ -252,21 +257,27 @@ class CampaignTask(Task):  # type: ignore[type-arg]
         kwargs: dict[str, Any],
         einfo: Any,
     ) -> None:
-        if isinstance(exc, RETRYABLE):
-            try:
-                dead_letter(
-                    self.name, args, kwargs, exc, reason="retries_exhausted", task_id=task_id
-                )
-            except Exception as store_error:  # the store may be what is down
-                log.error(
-                    "dead_letter_not_stored",
-                    task_name=self.name,
-                    task_id=task_id,
-                    error=str(store_error),
-                )
+        """Dead-letter what failed for another reason than invalid input (which ``run``
+        stored already): retries ran out, or an unexpected error (a bug) - so the message
+        is not lost with the ack and can be replayed once the cause is fixed."""
+        if isinstance(exc, InvalidInputError) or not self.dead_letter_failures:
+            return
+        reason = "retries_exhausted" if isinstance(exc, RETRYABLE) else "error"
+        try:
+            dead_letter(self.name, args, kwargs, exc, reason=reason, task_id=task_id)
+        except Exception as store_error:  # the store may be what is down
+            log.error(
+                "dead_letter_not_stored",
+                task_name=self.name,
+                task_id=task_id,
+                reason=reason,
+                error=str(store_error),
+            )
 
 
-def public_task(name: str) -> Callable[[Callable[P, R]], CampaignTask]:
+def public_task(
+    name: str, *, dead_letter_failures: bool = True
+) -> Callable[[Callable[P, R]], CampaignTask]:
     """Register ``fn`` as the public task ``name`` with validated arguments.
 
     Missing, unexpected or mistyped arguments raise ``InvalidInputError`` naming each
@@ -293,7 +304,9 @@ def public_task(name: str) -> Callable[[Callable[P, R]], CampaignTask]:
                 dead_letter(name, args, kwargs, exc)
                 raise
 
-        return app.task(name=name, base=CampaignTask)(run)
+        return app.task(name=name, base=CampaignTask, dead_letter_failures=dead_letter_failures)(
+            run
+        )
 
     return decorate
 

@@ -71,7 +71,7 @@ def create_campaign(campaign: dict[str, Any]) -> str:
     return container().manager.create_campaign(payload)
 
 
-@public_task("campaign_worker.poll_campaigns")
+@public_task("campaign_worker.poll_campaigns", dead_letter_failures=False)
 def poll_campaigns() -> dict[str, Any]:
     """Claim due campaigns for initialization and start processing where work is due."""
     result = container().manager.poll_campaigns(owner=current_task_id())

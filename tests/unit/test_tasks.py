@@ -360,6 +360,26 @@ def test_invalid_input_from_the_manager_is_never_retried(
     assert dead_letters(worker)[0]["error_type"] == "InvalidStateTransitionError"
 
 
+def test_an_unexpected_error_is_not_retried_but_kept_for_replay(
+    worker: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = count_calls(monkeypatch, worker.manager, "cancel_campaign", KeyError("bug"))
+    result = run(tasks.cancel_campaign, "t-bug", campaign_id="camp-1")
+    assert result.failed() and isinstance(result.result, KeyError)
+    assert calls[0] == 1
+    [letter] = dead_letters(worker)
+    assert (letter["_id"], letter["reason"], letter["error_type"]) == ("t-bug", "error", "KeyError")
+
+
+def test_a_failed_poll_is_not_dead_lettered(
+    worker: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count_calls(monkeypatch, worker.manager, "poll_campaigns", TransientError("down"))
+    monkeypatch.setattr(tasks.poll_campaigns, "max_retries", 0)
+    assert run(tasks.poll_campaigns, "poll").failed()
+    assert dead_letters(worker) == []
+
+
 def test_retry_backoff_has_jitter_and_a_cap() -> None:
     task = tasks.process_conversations
     assert task.retry_backoff and task.retry_jitter
