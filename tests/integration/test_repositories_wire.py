@@ -228,10 +228,21 @@ def test_claim_due_only_takes_due_active_unleased_conversations(
         + [conversation(u, status="completed") for u in users(2, "done")]
         + [conversation(u, campaign_id="camp-2") for u in users(2, "other")]
     )
+    # Lease states: field absent (unset by an earlier write), expiring exactly now
+    # (expired: a lease holds until, not through, lease_until), and still held.
+    no_field, ends_now, held = (conversation(u) for u in ("lease-absent", "lease-now", "held"))
+    del no_field["lease_until"]
+    ends_now.update(lease_owner="x", lease_until=START)
+    held.update(lease_owner="x", lease_until=START + timedelta(milliseconds=1))
+    repo.insert_many_states([no_field, ends_now, held])
     lease = START + timedelta(minutes=2)
 
     first = repo.claim_due("camp-1", START, owner="a", lease_until=lease, stage=None, limit=10)
-    assert sorted(doc["user_id"] for doc in first) == users(4, "due")
+    assert sorted(doc["user_id"] for doc in first) == [
+        *users(4, "due"),
+        "lease-absent",
+        "lease-now",
+    ]
     assert {doc["lease_owner"] for doc in first} == {"a"}
 
     # Leased and unexpired: nobody else gets them, not even with a larger limit.
@@ -241,7 +252,12 @@ def test_claim_due_only_takes_due_active_unleased_conversations(
     retaken = repo.claim_due(
         "camp-1", after, owner="b", lease_until=after + timedelta(minutes=2), stage=None, limit=50
     )
-    assert sorted(doc["user_id"] for doc in retaken) == users(4, "due")
+    assert sorted(doc["user_id"] for doc in retaken) == [
+        *users(4, "due"),
+        "held",
+        "lease-absent",
+        "lease-now",
+    ]
     # The hour-later ones are not due until then; stage filter narrows the claim.
     assert (
         repo.claim_due("camp-1", after, owner="c", lease_until=later, stage="decision", limit=50)
