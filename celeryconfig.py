@@ -87,6 +87,7 @@ task_queues = [
 ]
 task_routes = {
     "campaign_worker.poll_campaigns": {"queue": "polling"},
+    "campaign_worker.reconcile_metrics": {"queue": "polling"},
     "campaign_worker.initialize_campaign": {"queue": "initialization"},
     "campaign_worker.process_conversations": {"queue": "processing"},
     "campaign_worker.record_inbound_message": {"queue": "inbound"},

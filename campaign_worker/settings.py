@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     celery_broker_url: str = "redis://localhost:6379/0"
     celery_result_backend: str | None = None
     poll_interval_seconds: float = Field(default=10.0, gt=0)
+    reconcile_interval_seconds: float = Field(default=300.0, gt=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console", "auto"] = "auto"

@@ -125,6 +125,9 @@ class PrometheusRecorder:
     def batch_size(self, operation: str, size: int) -> None:
         BATCH_SIZE.labels(operation).observe(size)
 
+    def poller_lag(self, seconds: float) -> None:
+        POLLER_LAG.set(seconds)
+
 
 class MongoCommandTimer(monitoring.CommandListener):
     """Times every MongoDB command on the wire (pymongo command monitoring)."""

@@ -64,12 +64,18 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """The poller runs every ``POLL_INTERVAL_SECONDS``; a poll nobody picked up within one
     interval expires (the next one supersedes it) instead of piling up."""
     interval = settings.poll_interval_seconds
+    reconcile = settings.reconcile_interval_seconds
     return {
         "poll-campaigns": {
             "task": "campaign_worker.poll_campaigns",
             "schedule": interval,
             "options": {"queue": "polling", "expires": max(interval, 1.0)},
-        }
+        },
+        "reconcile-metrics": {
+            "task": "campaign_worker.reconcile_metrics",
+            "schedule": reconcile,
+            "options": {"queue": "polling", "expires": max(reconcile, 1.0)},
+        },
     }
 
 
@@ -222,6 +228,7 @@ def dead_letter(
         c.manager.clock.now(),
         reason=reason,
     )
+    hooks.dead_lettered(task_name)
     log.warning(
         "task_dead_lettered",
         task_name=task_name,

@@ -21,6 +21,7 @@ import structlog
 from pydantic import BeforeValidator, Field
 
 from campaign_worker.domain.errors import InvalidStateTransitionError
+from campaign_worker.entrypoints import signals as hooks
 from campaign_worker.entrypoints.celery_app import (
     RETRYABLE,
     container,
@@ -85,6 +86,24 @@ def poll_campaigns() -> dict[str, Any]:
         "completed": result.completed,
         "oldest_due": result.oldest_due,
     }
+
+
+@public_task("campaign_worker.reconcile_metrics", dead_letter_failures=False)
+def reconcile_metrics(campaign_id: str | None = None) -> dict[str, Any]:
+    """Recompute campaign metrics documents from the conversations; correct drift.
+
+    Without ``campaign_id``: every running or paused campaign, and those that completed
+    in the last day (their final numbers are checked once more).
+    """
+    manager = container().manager
+    ids = [campaign_id] if campaign_id else manager.campaigns_to_reconcile()
+    drift: dict[str, dict[str, float]] = {}
+    for each in ids:
+        corrected = manager.reconcile_campaign_metrics(each)
+        if corrected:
+            hooks.drift_corrected(corrected)
+            drift[each] = corrected
+    return {"checked": len(ids), "drift": drift}
 
 
 @public_task("campaign_worker.initialize_campaign")
@@ -177,6 +196,7 @@ def get_campaign_metrics(campaign_id: Id) -> dict[str, Any]:
 PUBLIC_TASKS = (
     create_campaign,
     poll_campaigns,
+    reconcile_metrics,
     initialize_campaign,
     process_conversations,
     record_inbound_message,

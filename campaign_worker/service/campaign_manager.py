@@ -733,6 +733,20 @@ class CampaignManager:
 
     # ------------------------------------------------------------------ reconcile
 
+    def campaigns_to_reconcile(self, recent: timedelta = timedelta(days=1)) -> list[str]:
+        """Running and paused campaigns, and those completed within ``recent``."""
+        now = self.clock.now()
+        ids = []
+        for doc in self.campaigns.find_by_status(
+            [CampaignStatus.RUNNING, CampaignStatus.PAUSED, CampaignStatus.COMPLETED]
+        ):
+            updated = doc.get("updated_at")
+            if doc["status"] != CampaignStatus.COMPLETED.value or (
+                updated is not None and to_utc(updated) >= now - recent
+            ):
+                ids.append(str(doc["_id"]))
+        return ids
+
     def reconcile_campaign_metrics(self, campaign_id: str) -> dict[str, float]:
         """Recompute the metrics document from the conversations; correct any drift.
 
@@ -793,6 +807,8 @@ class CampaignManager:
                 result.completed.append(campaign_id)
                 log.info("campaign_completed", campaign_id=campaign_id)
         result.oldest_due = repo.oldest_due(now)
+        lag = (now - to_utc(result.oldest_due)).total_seconds() if result.oldest_due else 0.0
+        self.metrics.poller_lag(max(0.0, lag))
         return result
 
 

@@ -102,6 +102,7 @@ class MetricsRecorder(Protocol):
     def messages_sent(self, channel: str, count: int) -> None: ...
     def messages_received(self, channel: str, count: int) -> None: ...
     def batch_size(self, operation: str, size: int) -> None: ...
+    def poller_lag(self, seconds: float) -> None: ...
 
 
 class NullRecorder:
@@ -121,4 +122,7 @@ class NullRecorder:
         return None
 
     def batch_size(self, operation: str, size: int) -> None:
+        return None
+
+    def poller_lag(self, seconds: float) -> None:
         return None

@@ -119,6 +119,7 @@ def test_config_is_json_only_late_ack_and_limits_below_visibility_timeout() -> N
     ("name", "queue"),
     [
         ("campaign_worker.poll_campaigns", "polling"),
+        ("campaign_worker.reconcile_metrics", "polling"),
         ("campaign_worker.initialize_campaign", "initialization"),
         ("campaign_worker.process_conversations", "processing"),
         ("campaign_worker.record_inbound_message", "inbound"),
@@ -137,6 +138,7 @@ def test_public_task_names_are_registered() -> None:
         for name in (
             "create_campaign",
             "poll_campaigns",
+            "reconcile_metrics",
             "initialize_campaign",
             "process_conversations",
             "record_inbound_message",
