@@ -419,11 +419,19 @@ class CampaignManager:
             [ConversationState, Template, CampaignTypeTemplate, datetime],
             tuple[ConversationState, Effects] | None,
         ],
+        first_read: Doc | None = None,
     ) -> ConversationState:
         """Read, compute, compare-and-set; retried on a lost race. ``change`` returns None
-        when there is nothing to do (a replay)."""
+        when there is nothing to do (a replay). ``first_read`` saves the first read when
+        the caller has just loaded the document."""
         for _ in range(_CAS_ATTEMPTS):
-            state = self._load(conversation_id)
+            if first_read is not None:
+                state = parse_document(
+                    ConversationState, first_read, what=f"conversation {conversation_id}"
+                )
+                first_read = None
+            else:
+                state = self._load(conversation_id)
             template, type_template = self._type_template(state.to_mongo())
             now = self.clock.now()
             outcome = change(state, template, type_template, now)
@@ -607,7 +615,7 @@ class CampaignManager:
             return updated, effects
 
         try:
-            state = self._write_one(conversation_id, change)
+            state = self._write_one(conversation_id, change, first_read=doc)
         except InvalidDocumentError as exc:
             raise InvalidInputError(str(exc)) from exc
         channel = str((metadata or {}).get("channel", "default"))
