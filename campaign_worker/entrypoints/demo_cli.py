@@ -203,6 +203,7 @@ def _run_on_worker(
     ]
     # A plain client that knows only task names, like any other service.
     client = Celery(broker=broker)
+    client.conf.task_routes = {"campaign_worker.record_inbound_message": {"queue": "inbound"}}
     mongo: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, tzinfo=UTC)
     db = mongo[db_name]
     try:
