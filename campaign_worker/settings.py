@@ -23,6 +23,7 @@ class Settings(BaseSettings):
 
     campaign_templates_dir: Path | None = None
     init_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    init_batches_per_task: int = Field(default=50, ge=1)
     process_batch_size: int = Field(default=200, ge=1, le=10_000)
     lease_seconds: int = Field(default=120, ge=5, le=86_400)
 

@@ -348,6 +348,10 @@ class MongoConversationStateRepository:
         return self._collection.find_one(query, {"_id": 1}) is not None
 
     @translate_errors
+    def count_conversations(self, campaign_id: str) -> int:
+        return self._collection.count_documents({"campaign_id": campaign_id})
+
+    @translate_errors
     def count_active(self, campaign_id: str) -> int:
         return self._collection.count_documents({"campaign_id": campaign_id, "status": "active"})
 
@@ -502,32 +506,56 @@ class MongoCampaignRepository:
         )
 
     @translate_errors
-    def iter_recipients(self, campaign: Doc, batch_size: int) -> Iterator[list[Doc]]:
-        """Yield recipients in batches; a referenced collection is streamed by cursor."""
+    def iter_recipients(
+        self, campaign: Doc, batch_size: int, position: Doc | None = None
+    ) -> Iterator[tuple[list[Doc], Doc]]:
+        """Yield (batch, position after it), starting after ``position``.
+
+        Inline lists resume by offset; a referenced collection is streamed by cursor in
+        ``_id`` order and resumes after the last ``_id`` seen, so a restarted
+        initialization never re-reads what it already inserted.
+        """
         recipients = campaign.get("recipients")
+        position = position or {}
         if isinstance(recipients, list):
-            for start in range(0, len(recipients), batch_size):
-                yield recipients[start : start + batch_size]
+            start = int(position.get("offset", 0))
+            for begin in range(start, len(recipients), batch_size):
+                end = min(begin + batch_size, len(recipients))
+                yield recipients[begin:end], {"offset": end}
             return
         if not isinstance(recipients, dict):
             raise InvalidDocumentError(f"campaign {campaign.get('_id')!r} has no recipients")
+        query: Doc = recipients.get("query") or {}
+        if "after_id" in position:
+            query = {"$and": [query, {"_id": {"$gt": position["after_id"]}}]}
         cursor = (
             self._db[recipients["collection"]]
-            .find(
-                recipients.get("query") or {},
-                {"_id": 0, "user_id": 1, "attributes": 1, "timezone": 1},
-            )
+            .find(query, {"user_id": 1, "attributes": 1, "timezone": 1})
             .sort("_id", ASCENDING)
             .batch_size(batch_size)
         )
         batch: list[Doc] = []
+        last_id: Any = None
         for doc in cursor:
+            last_id = doc.pop("_id")
             batch.append(doc)
             if len(batch) >= batch_size:
-                yield batch
+                yield batch, {"after_id": last_id}
                 batch = []
         if batch:
-            yield batch
+            yield batch, {"after_id": last_id}
+
+    @translate_errors
+    def save_init_progress(
+        self, campaign_id: str, progress: Doc, lease_until: datetime, now: datetime
+    ) -> bool:
+        """Checkpoint an initialization and extend its lease; False once the campaign
+        left ``initializing`` (paused or cancelled meanwhile)."""
+        result = self._collection.update_one(
+            {"_id": campaign_id, "status": CampaignStatus.INITIALIZING.value},
+            {"$set": {"init_progress": progress, "lease_until": lease_until, "updated_at": now}},
+        )
+        return result.matched_count == 1
 
 
 def metrics_inc(delta: MetricsDelta) -> Doc:

@@ -226,6 +226,8 @@ class Campaign(_Doc):
     status: CampaignStatus = CampaignStatus.SCHEDULED
     total_recipients: int = Field(default=0, ge=0)
     initialized_at: UtcDatetime | None = None
+    # Checkpoint of a running initialization: recipient position and counts.
+    init_progress: dict[str, Any] | None = None
     created_at: UtcDatetime = Field(default_factory=lambda: to_utc(datetime.now(UTC)))
     updated_at: UtcDatetime = Field(default_factory=lambda: to_utc(datetime.now(UTC)))
     # Set while an initializer owns the campaign, so a crashed one can be taken over.

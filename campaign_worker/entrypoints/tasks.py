@@ -109,15 +109,21 @@ def reconcile_metrics(campaign_id: str | None = None) -> dict[str, Any]:
 @public_task("campaign_worker.initialize_campaign")
 def initialize_campaign(campaign_id: Id) -> int:
     """Create the campaign's conversations; returns how many were new."""
+    c = container()
     try:
-        created = container().manager.initialize_campaign_conversations(campaign_id)
+        step = c.manager.initialize_campaign_step(
+            campaign_id, max_batches=c.settings.init_batches_per_task
+        )
     except InvalidStateTransitionError as exc:
         # Paused or cancelled since it was claimed: not a bad request; resume re-schedules.
         log.info("initialization_skipped", campaign_id=campaign_id, reason=str(exc))
         return 0
-    if created:
+    if not step.done and not step.stopped:
+        # Stay well inside the task time limit: continue from the checkpoint in a new task.
+        initialize_campaign.apply_async(kwargs={"campaign_id": campaign_id})
+    elif step.done and step.created:
         _enqueue_processing(campaign_id)  # start now rather than at the next poll
-    return created
+    return step.created
 
 
 @public_task("campaign_worker.process_conversations")

@@ -101,6 +101,16 @@ class BatchResult:
 
 
 @dataclass
+class InitResult:
+    """What one initialization step did."""
+
+    campaign_id: str
+    created: int = 0
+    done: bool = False
+    stopped: bool = False
+
+
+@dataclass
 class PollResult:
     initialize: list[str] = field(default_factory=list)
     process: list[str] = field(default_factory=list)
@@ -216,6 +226,17 @@ class CampaignManager:
         Safe to run twice or concurrently: conversation ids are deterministic and
         (campaign_id, user_id) is unique, so a duplicate means "already initialized".
         """
+        return self.initialize_campaign_step(campaign_id).created
+
+    def initialize_campaign_step(
+        self, campaign_id: str, max_batches: int | None = None
+    ) -> InitResult:
+        """Initialize up to ``max_batches`` batches from the saved checkpoint.
+
+        Progress (recipient position, counts) is checkpointed with every batch, so a task
+        can stop within its time limit and the next one resume where it left off; a
+        crashed initializer loses at most one batch of work, never correctness.
+        """
         campaign = self.campaigns.get(campaign_id, with_recipients=True)
         if campaign is None:
             raise CampaignNotFoundError(campaign_id)
@@ -234,9 +255,14 @@ class CampaignManager:
         _, type_template = self._type_template(campaign)
         stages = type_template.stage_names
         start_at = campaign.get("start_at")
+        progress: Doc = dict(campaign.get("init_progress") or {})
+        invalid = int(progress.get("invalid", 0))
 
-        created = seen = invalid = 0
-        for batch in self.campaigns.iter_recipients(campaign, self.init_batch_size):
+        result = InitResult(campaign_id=campaign_id)
+        batches = 0
+        for batch, position in self.campaigns.iter_recipients(
+            campaign, self.init_batch_size, progress.get("position")
+        ):
             now = self.clock.now()
             docs = []
             for raw in batch:
@@ -247,32 +273,55 @@ class CampaignManager:
                     log.warning("recipient_invalid", campaign_id=campaign_id, error=str(exc))
                     continue
                 docs.append(self._new_conversation(campaign, recipient, stages, start_at, now))
-            seen += len(docs)
             inserted = self.conversation_state_repository.insert_many_states(docs)
-            created += inserted
+            result.created += inserted
             self.metrics.batch_size("initialize", len(docs))
             if inserted:
                 delta = MetricsDelta(total_recipients=inserted, active=inserted)
                 delta.stage_entered[stages[0]] = inserted
                 self.campaign_metrics.apply_delta(campaign_id, delta, now)
                 self.metrics.conversations_initialized(campaign["campaign_type"], inserted)
+            progress = {"position": position, "invalid": invalid}
+            batches += 1
+            if status != CampaignStatus.RUNNING and not self.campaigns.save_init_progress(
+                campaign_id, progress, now + timedelta(seconds=self.lease_seconds * 5), now
+            ):
+                result.stopped = True  # paused or cancelled meanwhile
+                log.info("campaign_initialization_stopped", campaign_id=campaign_id)
+                return result
+            if max_batches is not None and batches >= max_batches:
+                log.info(
+                    "campaign_initialization_checkpoint",
+                    campaign_id=campaign_id,
+                    created=result.created,
+                    position=position,
+                )
+                return result
         # Status and total in one conditional update; a pause or cancel that arrived
-        # meanwhile wins (the filter no longer matches).
+        # meanwhile wins (the filter no longer matches). The total is counted, so it is
+        # exact even if two initializers overlapped.
+        total = self.conversation_state_repository.count_conversations(campaign_id)
+        now = self.clock.now()
         self.campaigns.transition(
             campaign_id,
             [CampaignStatus.INITIALIZING, CampaignStatus.SCHEDULED, CampaignStatus.RUNNING],
             CampaignStatus.RUNNING,
-            self.clock.now(),
-            {"total_recipients": seen, "initialized_at": self.clock.now()},
+            now,
+            {
+                "total_recipients": total,
+                "initialized_at": now,
+                "init_progress": {**progress, "done": True},
+            },
         )
+        result.done = True
         log.info(
             "campaign_initialized",
             campaign_id=campaign_id,
-            created=created,
-            total_recipients=seen,
+            created=result.created,
+            total_recipients=total,
             invalid_recipients=invalid,
         )
-        return created
+        return result
 
     def _new_conversation(
         self,

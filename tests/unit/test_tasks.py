@@ -562,3 +562,22 @@ def test_metrics_result_is_json_safe(worker: Container) -> None:
     assert metrics["updated_at"] == "2026-01-05T09:00:00Z"  # ISO 8601, UTC
     assert metrics["total_recipients"] == 3 and metrics["active_conversations"] == 3
     assert list(metrics["stage_metrics"]) == ["awareness", "consideration", "decision"]
+
+
+def test_initialization_hands_over_to_a_new_task_at_its_batch_budget(
+    worker: Container, enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker.manager, "init_batch_size", 2)
+    monkeypatch.setattr(
+        worker, "settings", worker.settings.model_copy(update={"init_batches_per_task": 2})
+    )
+    worker.manager.create_campaign(sample_campaign(9))
+    again = ("campaign_worker.initialize_campaign", {"campaign_id": "camp-1"})
+    process = ("campaign_worker.process_conversations", {"campaign_id": "camp-1"})
+
+    assert run(tasks.initialize_campaign, "i1", campaign_id="camp-1").get() == 4
+    assert run(tasks.initialize_campaign, "i2", campaign_id="camp-1").get() == 4
+    assert enqueued.calls == [again, again]
+    assert run(tasks.initialize_campaign, "i3", campaign_id="camp-1").get() == 1
+    assert enqueued.calls == [again, again, process]
+    assert worker.db["campaigns"].find_one({"_id": "camp-1"})["status"] == "running"
