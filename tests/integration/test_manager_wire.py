@@ -188,13 +188,13 @@ def test_initialization_round_trips_are_per_batch_not_per_recipient(
         assert manager.initialize_campaign_conversations("camp-1") == 120
     batches = math.ceil(120 / 50)
     assert span.counts.by_name.get("insert") == batches
-    # campaign read + status change + per batch (insert, metrics $inc) + final status.
-    assert span.counts.total == 3 + 2 * batches, span.counts.as_dict()
+    # Fixed: campaign read, two status changes, the final count. Per batch: the insert,
+    # the metrics $inc and the progress checkpoint. Nothing per recipient.
+    assert span.counts.total <= 4 + 3 * batches, span.counts.as_dict()
 
     with counter.measure() as span:
         assert manager.initialize_campaign_conversations("camp-1") == 0
-    assert span.counts.by_name.get("insert") == batches
-    assert span.counts.total <= 3 + 2 * batches
+    assert span.counts.total <= 4 + 3 * batches, span.counts.as_dict()
 
 
 def test_referenced_recipients_are_streamed_from_their_collection(

@@ -140,31 +140,75 @@ def test_initialize_creates_the_indexes_and_is_idempotent(
     assert len(indexes) == len({tuple(k) for k in keys.values()}), "duplicate index definitions"
 
 
-def test_pending_query_is_served_by_the_compound_index(
-    wire_db: Any, repo: MongoConversationStateRepository
+class _FindRecorder(monitoring.CommandListener):
+    """Keeps the find commands sent to conversation_states (filter and sort as sent)."""
+
+    def __init__(self) -> None:
+        self.finds: list[Doc] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find" and event.command["find"] == CONVERSATIONS:
+            self.finds.append(
+                {key: event.command[key] for key in ("filter", "sort") if key in event.command}
+            )
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        return None
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        return None
+
+
+def _index_scans(stage: Doc) -> list[Doc]:
+    found = [stage] if stage.get("stage") == "IXSCAN" else []
+    for child in [stage.get("inputStage"), *stage.get("inputStages", [])]:
+        if isinstance(child, dict):
+            found += _index_scans(child)
+    return found
+
+
+def test_pending_queries_are_served_by_the_compound_index(
+    wire_uri: str, wire_db: Any, repo: MongoConversationStateRepository
 ) -> None:
+    """The queries find_due and claim_due actually send are planned on the index."""
     repo.insert_many_states([conversation(u) for u in users(30)])
-    explained = (
-        wire_db[CONVERSATIONS]
-        .find({"campaign_id": "camp-1", "status": "active", "next_action_at": {"$lte": START}})
-        .sort("next_action_at", pymongo.ASCENDING)
-        .limit(10)
-        .explain()
+    repo.insert_many_states([conversation(u, campaign_id="camp-2") for u in users(30)])
+    recorder = _FindRecorder()
+    client: pymongo.MongoClient[Doc] = pymongo.MongoClient(
+        wire_uri, tz_aware=True, tzinfo=UTC, event_listeners=[recorder]
     )
+    try:
+        recorded = MongoConversationStateRepository(client[wire_db.name])
+        assert len(recorded.find_due("camp-1", START, stage=None, status="active", limit=10)) == 10
+        lease = START + timedelta(minutes=1)
+        claimed = recorded.claim_due(
+            "camp-1", START, owner="w", lease_until=lease, stage=None, limit=5
+        )
+        assert len(claimed) == 5
+    finally:
+        client.close()
+    find_due_query, claim_query = recorder.finds[0], recorder.finds[1]
+    assert "next_action_at" in claim_query["filter"] and "sort" in claim_query
 
-    def index_scans(stage: Doc) -> list[Doc]:
-        found = [stage] if stage.get("stage") == "IXSCAN" else []
-        for child in [stage.get("inputStage"), *stage.get("inputStages", [])]:
-            if isinstance(child, dict):
-                found += index_scans(child)
-        return found
+    pending = {"campaign_id": 1, "status": 1, "next_action_at": 1}
 
-    plan = explained["queryPlanner"]["winningPlan"]
-    plan = plan.get("queryPlan", plan)  # the slot-based engine nests the classic plan
-    scans = index_scans(plan)
-    assert [scan["keyPattern"] for scan in scans] == [
-        {"campaign_id": 1, "status": 1, "next_action_at": 1}
-    ]
+    def scanned(query: Doc) -> tuple[list[Doc], str]:
+        explained = wire_db.command(
+            "explain", {"find": CONVERSATIONS, **query, "limit": 10}, verbosity="queryPlanner"
+        )
+        plan = explained["queryPlanner"]["winningPlan"]
+        plan = plan.get("queryPlan", plan)  # the slot-based engine nests the classic plan
+        host = str(explained.get("serverInfo", {}).get("host", ""))
+        return [scan["keyPattern"] for scan in _index_scans(plan)], host
+
+    assert scanned(find_due_query)[0] == [pending]
+    claim_scans, host = scanned(claim_query)
+    if not claim_scans and host == "secantus":
+        # MongoDB uses the index and filters lease_until on the fetched documents;
+        # secantusdb's planner scans the collection as soon as a predicate names an
+        # unindexed field. Recorded in bench/README.md; must pass on a real MongoDB.
+        pytest.xfail("secantusdb plans COLLSCAN for the claim query (lease_until predicate)")
+    assert claim_scans == [pending]
 
 
 def test_unique_index_rejects_a_second_conversation_for_the_same_user(
