@@ -667,7 +667,28 @@ class MongoOutboxRepository:
         try:
             return len(self._collection.insert_many(docs, ordered=False).inserted_ids)
         except BulkWriteError as exc:
-            return _ignore_duplicates(exc)
+            inserted = _ignore_duplicates(exc)
+            errors = exc.details["writeErrors"]
+        # Already there: normally a replay (nothing to do). But an attempt whose state
+        # write lost may have cancelled it; this attempt decided to send it again.
+        duplicates = [docs[error["index"]]["_id"] for error in errors]
+        self._collection.update_many(
+            {"_id": {"$in": duplicates}, "status": "cancelled"},
+            {"$set": {"status": "pending"}, "$unset": {"cancelled_at": ""}},
+        )
+        return inserted
+
+    @translate_errors
+    def cancel_pending(self, message_ids: Sequence[str], now: datetime) -> int:
+        """Withdraw messages whose conversation write lost its compare-and-set, unless the
+        delivering service has taken them already (then they are on their way)."""
+        if not message_ids:
+            return 0
+        result = self._collection.update_many(
+            {"_id": {"$in": list(message_ids)}, "status": "pending"},
+            {"$set": {"status": "cancelled", "cancelled_at": now}},
+        )
+        return result.modified_count
 
     @translate_errors
     def find(self, query: Doc, limit: int = 0) -> list[Doc]:

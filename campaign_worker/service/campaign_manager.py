@@ -494,6 +494,7 @@ class CampaignManager:
                 return new_state.model_copy(
                     update={"version": state.version + 1, "lease_owner": None, "lease_until": None}
                 )
+            self._withdraw([effects], now)
         raise ConcurrencyConflictError(
             f"conversation {conversation_id!r} kept changing under us; try again later"
         )
@@ -731,6 +732,9 @@ class CampaignManager:
         applied = self.conversation_state_repository.save_transitions(changes)
         result.written = len(applied)
         result.conflicts = len(changes) - len(applied)
+        self._withdraw(
+            [effects for cid, effects in effects_by_id.items() if cid not in applied], now
+        )
         landed = [effects_by_id[cid] for cid in applied]
         self._account(campaign_id, campaign["campaign_type"], landed, now)
         for effects in landed:
@@ -765,6 +769,15 @@ class CampaignManager:
         if updated is not None and doc.get("status") == ConversationStatus.ACTIVE.value:
             delta = MetricsDelta(active=-1, failed=1)
             self.campaign_metrics.apply_delta(str(doc["campaign_id"]), delta, self.clock.now())
+
+    def _withdraw(self, lost: list[Effects], now: datetime) -> None:
+        """Cancel the outbox messages of writes that lost their compare-and-set: the
+        conversation never recorded them (the re-evaluation decides afresh, and revives a
+        message it decides to send again)."""
+        message_ids = [envelope.message_id for effects in lost for envelope in effects.outbound]
+        if message_ids:
+            withdrawn = self.outbox.cancel_pending(message_ids, now)
+            log.info("outbox_withdrawn", messages=len(message_ids), withdrawn=withdrawn)
 
     def _account(
         self, campaign_id: str, campaign_type: str, landed: list[Effects], now: datetime
