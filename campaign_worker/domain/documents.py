@@ -214,6 +214,10 @@ class RecipientsReference(_Doc):
     query: dict[str, Any] = Field(default_factory=dict)
 
 
+# Inline recipients live inside the campaign document, which MongoDB caps at 16 MB.
+MAX_INLINE_RECIPIENTS = 50_000
+
+
 class Campaign(_Doc):
     """A campaign (collection ``campaigns``)."""
 
@@ -240,6 +244,11 @@ class Campaign(_Doc):
         cls, value: list[Recipient] | RecipientsReference
     ) -> list[Recipient] | RecipientsReference:
         if isinstance(value, list):
+            if len(value) > MAX_INLINE_RECIPIENTS:
+                raise ValueError(
+                    f"{len(value)} inline recipients exceed {MAX_INLINE_RECIPIENTS}; keep large "
+                    "audiences in a collection and pass {'collection': ..., 'query': ...}"
+                )
             seen: set[str] = set()
             for index, recipient in enumerate(value):
                 if recipient.user_id in seen:

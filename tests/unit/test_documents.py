@@ -385,3 +385,19 @@ def test_message_id_is_deterministic_per_conversation_stage_and_step() -> None:
     }
     assert base not in others
     assert len(others) == 3
+
+
+def test_too_many_inline_recipients_point_to_a_recipients_collection() -> None:
+    from campaign_worker.domain.documents import MAX_INLINE_RECIPIENTS, Campaign, parse_document
+    from campaign_worker.domain.errors import InvalidDocumentError
+
+    data = {
+        "name": "huge",
+        "campaign_type": "sales",
+        "template_id": "default",
+        "recipients": [{"user_id": f"u{i}"} for i in range(MAX_INLINE_RECIPIENTS + 1)],
+    }
+    with pytest.raises(InvalidDocumentError, match=r"recipients.*collection"):
+        parse_document(Campaign, data, what="campaign")
+    data["recipients"] = data["recipients"][:MAX_INLINE_RECIPIENTS]
+    assert len(parse_document(Campaign, data, what="campaign").recipients) == MAX_INLINE_RECIPIENTS
