@@ -11,22 +11,26 @@ import logging
 import logging.config
 import re
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
 
-# Keys whose values are message bodies or secrets.
-BODY_KEYS = frozenset({"content", "body", "text", "message_body"})
+# Keys whose values are message bodies or secrets. ``args``/``kwargs`` are task payloads
+# (Celery's "received"/"succeeded" records carry their repr under ``data``), which hold
+# inbound message bodies.
+BODY_KEYS = frozenset({"content", "body", "text", "message_body", "args", "kwargs"})
 SECRET_KEYS = frozenset({"password", "secret", "token", "authorization", "api_key"})
 _URI_CREDENTIALS = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):[^@/\s]+@", re.I
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@", re.I
 )
 REDACTED = "[redacted]"
 
 
 def redact_uri(value: str) -> str:
-    """``redis://user:pw@host`` -> ``redis://user:[redacted]@host``."""
+    """``redis://user:pw@host`` -> ``redis://user:[redacted]@host`` (``redis://:pw@host``,
+    a password without a user, too)."""
     return _URI_CREDENTIALS.sub(rf"\g<scheme>\g<user>:{REDACTED}@", value)
 
 
@@ -38,16 +42,25 @@ class Redactor:
 
     def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
         debug = method == "debug" or event_dict.get("level") == "debug"
-        for key in list(event_dict):
-            value = event_dict[key]
-            lowered = key.lower()
-            if lowered in SECRET_KEYS or (
-                self.redact_bodies and not debug and lowered in BODY_KEYS
-            ):
-                event_dict[key] = REDACTED
-            elif isinstance(value, str) and "://" in value:
-                event_dict[key] = redact_uri(value)
+        redacted = self._redact(event_dict, self.redact_bodies and not debug)
+        event_dict.clear()
+        event_dict.update(redacted)
         return event_dict
+
+    def _redact(self, mapping: Mapping[str, Any], bodies: bool, depth: int = 0) -> dict[str, Any]:
+        # A copy: nested dicts may belong to the caller (e.g. a LogRecord's ``data``).
+        result: dict[str, Any] = {}
+        for key, value in mapping.items():
+            lowered = key.lower() if isinstance(key, str) else ""
+            if lowered in SECRET_KEYS or (bodies and lowered in BODY_KEYS):
+                result[key] = REDACTED
+            elif isinstance(value, str) and "://" in value:
+                result[key] = redact_uri(value)
+            elif isinstance(value, dict) and depth < 4:
+                result[key] = self._redact(value, bodies, depth + 1)
+            else:
+                result[key] = value
+        return result
 
 
 def _shared_processors(redact_bodies: bool) -> list[Processor]:
@@ -102,6 +115,7 @@ def configure_logging(
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)  # warnings become records of this pipeline too
     # Chatty libraries stay at WARNING unless we debug.
     for name in ("pymongo", "kombu", "amqp", "urllib3"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -86,7 +86,7 @@ MONGO_OPERATION_DURATION = Histogram(
 )
 DEAD_LETTERS = Counter(
     "dead_letters",
-    "Task payloads rejected as invalid and stored in dead_letters.",
+    "Task payloads stored in dead_letters (invalid input, retries exhausted, errors).",
     ["task"],
     namespace=NAMESPACE,
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ log = structlog.get_logger(__name__)
 
 _CONTEXT_KEYS = ("campaign_id", "conversation_id", "user_id", "message_id")
 _started: dict[str, float] = {}
+_created_dir: str | None = None  # a directory we made (env unset), removed at shutdown
 
 
 def prepare_multiprocess_dir(reset: bool = False) -> str:
@@ -28,10 +30,12 @@ def prepare_multiprocess_dir(reset: bool = False) -> str:
     ``reset`` wipes files of a previous run; only the process that starts the worker (before
     any child forks) may do that.
     """
+    global _created_dir
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not path:
         path = tempfile.mkdtemp(prefix="campaign-worker-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        _created_dir = path
     directory = Path(path)
     if reset and directory.exists():
         for child in directory.iterdir():
@@ -40,7 +44,30 @@ def prepare_multiprocess_dir(reset: bool = False) -> str:
             else:
                 shutil.rmtree(child, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
+    _use_multiprocess_values()
     return path
+
+
+def _use_multiprocess_values() -> None:
+    """Make metrics created from now on use the multiprocess (mmap file) value store.
+
+    prometheus_client picks its value class when ``prometheus_client.values`` is first
+    imported. The ``celery`` command imports it before any signal fires (Flower, installed
+    as a celery command plugin, imports prometheus_client at load), so without this every
+    metric would live in process memory and the /metrics endpoint would serve nothing.
+    Our metrics module is imported later (lazily), so re-picking the class here is enough.
+    """
+    values = sys.modules.get("prometheus_client.values")
+    if values is not None and not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.get_value_class()  # type: ignore[attr-defined]
+
+
+def remove_created_multiprocess_dir() -> None:
+    """At worker shutdown: delete the directory ``prepare_multiprocess_dir`` created."""
+    global _created_dir
+    if _created_dir is not None:
+        shutil.rmtree(_created_dir, ignore_errors=True)
+        _created_dir = None
 
 
 def task_context(
@@ -144,7 +171,12 @@ def start_metrics_server(port: int, host: str = "0.0.0.0") -> None:
         start_http_server(port, addr=host)
     else:
         start_http_server(port, addr=host, registry=registry)
-    log.info("metrics_server_started", host=host, port=port)
+    log.info(
+        "metrics_server_started",
+        host=host,
+        port=port,
+        multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
+    )
 
 
 def mark_process_dead(pid: int) -> None:

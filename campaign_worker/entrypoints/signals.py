@@ -49,6 +49,10 @@ def _child_exited(pid: int | None = None, **_: Any) -> None:
     obs.mark_process_dead(pid or os.getpid())
 
 
+def _worker_stopped(**_: Any) -> None:
+    obs.remove_created_multiprocess_dir()
+
+
 def install(app: Celery) -> None:
     """Connect signal handlers; called once per process at import of the app."""
     global _installed
@@ -56,9 +60,13 @@ def install(app: Celery) -> None:
         return
     _installed = True
     signals.setup_logging.connect(_setup_logging, weak=False)
+    # Celery's setup_logging comes after celeryd_init and worker_init, whose handlers log
+    # (metrics server, indexes) and its privilege warning: configure before them too.
+    signals.celeryd_init.connect(_setup_logging, weak=False)
     signals.celeryd_init.connect(_prepare_metrics_dir, weak=False)
     signals.worker_init.connect(_start_metrics_server, weak=False)
     signals.worker_process_shutdown.connect(_child_exited, weak=False)
+    signals.worker_shutdown.connect(_worker_stopped, weak=False)
     signals.task_prerun.connect(obs.on_task_prerun, weak=False)
     signals.task_postrun.connect(obs.on_task_postrun, weak=False)
     signals.task_failure.connect(obs.on_task_failure, weak=False)
