@@ -325,9 +325,20 @@ def test_worker_stop_grace_period_outlasts_the_task_time_limit(
 
 def test_worker_and_beat_healthchecks_and_dependencies(compose: dict[str, Any]) -> None:
     services = compose["services"]
+    assert services["worker"]["healthcheck"]["test"] == [
+        "CMD-SHELL",
+        # `$$` is compose's escape: the container's shell expands its own $HOSTNAME.
+        "campaign-worker health --worker worker@$${HOSTNAME}",
+    ]
+    assert "--hostname=worker@%h" in services["worker"]["command"]
+    assert services["beat"]["healthcheck"]["test"] == [
+        "CMD",
+        "campaign-worker",
+        "health",
+        "--skip-worker",
+    ]
     for name in ("worker", "beat"):
         service = services[name]
-        assert service["healthcheck"]["test"] == ["CMD", "campaign-worker", "health"], name
         assert service["depends_on"] == {
             "mongodb": {"condition": "service_healthy"},
             "redis": {"condition": "service_healthy"},
