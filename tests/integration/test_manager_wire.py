@@ -107,7 +107,7 @@ def assert_metrics_match_states(
     manager: CampaignManager, db: Any, *, lost_race: Collection[str] = ()
 ) -> Doc:
     """``lost_race``: conversations where a batch lost a compare-and-set after writing its
-    outbox entries; those entries may remain (a known gap, see bench/README.md)."""
+    outbox entries; those entries remain, cancelled (see bench/README.md)."""
     expected = recount(db)
     metrics = manager.get_campaign_metrics("camp-1")
     for key in (
@@ -392,9 +392,11 @@ def test_a_reply_landing_during_a_batch_wins_and_the_batch_reports_the_conflict(
     assert state["current_stage"] == "consideration"
     assert state["metrics"]["messages_received"] == 1
     # The reply's own evaluation sent what it decided; the losing batch's computation
-    # for this conversation left no trace in its state or the metrics. (Its outbox entry
-    # was written before the compare-and-set and stays: the gap in bench/README.md.)
+    # for this conversation left no trace in its state or the metrics; its outbox entry,
+    # written before the compare-and-set, was withdrawn (cancelled while pending).
     assert [
         m["metadata"]["stage"] for m in state["message_history"] if m["direction"] == "outbound"
     ] == ["consideration"]
     assert_metrics_match_states(manager, wire_db, lost_race={replied})
+    withdrawn = wire_db["outbox"].find_one({"conversation_id": replied, "stage": "awareness"})
+    assert withdrawn is not None and withdrawn["status"] == "cancelled"
