@@ -13,6 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -36,6 +37,17 @@ def to_utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(to_utc)]
+
+
+def _known_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown timezone {value!r}") from exc
+    return value
+
+
+TimezoneName = Annotated[str, AfterValidator(_known_timezone)]
 NonEmptyStr = Annotated[str, Field(min_length=1, max_length=512)]
 
 
@@ -115,7 +127,7 @@ class ConversationContext(_Doc):
     available_stages: list[NonEmptyStr] = Field(min_length=1)
     # Recipient attributes fill message placeholders such as {first_name}.
     attributes: dict[str, Any] = Field(default_factory=dict)
-    timezone: str = "UTC"
+    timezone: TimezoneName = "UTC"
 
 
 class ConversationMetrics(_Doc):
@@ -190,18 +202,7 @@ def message_id_for(conversation_id: str, stage: str, step: int) -> str:
 class Recipient(_Doc):
     user_id: NonEmptyStr
     attributes: dict[str, Any] = Field(default_factory=dict)
-    timezone: str = "UTC"
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_timezone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown timezone {value!r}") from exc
-        return value
+    timezone: TimezoneName = "UTC"
 
 
 class RecipientsReference(_Doc):

@@ -10,9 +10,10 @@ import re
 import string
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from campaign_worker.domain.documents import (
     FINISHED_STATUSES,
@@ -22,8 +23,15 @@ from campaign_worker.domain.documents import (
     Message,
     StageEntry,
     message_id_for,
+    to_utc,
 )
-from campaign_worker.domain.templates import CampaignTypeTemplate, Rule, Stage, Template
+from campaign_worker.domain.templates import (
+    CampaignTypeTemplate,
+    Rule,
+    SendWindow,
+    Stage,
+    Template,
+)
 
 
 class Action(StrEnum):
@@ -282,7 +290,11 @@ def evaluate(
     elif state.stage_step < len(stage.messages):
         step = state.stage_step
         due_at = now if last is None else last.timestamp + stage.messages[step - 1].wait
-        if now >= due_at:
+        opens_at = next_send_time(now, template.send_window, state.context.timezone)
+        if now >= due_at and opens_at > now:
+            wakeups.append(opens_at)
+            reason = "outside the recipient's send window"
+        elif now >= due_at:
             after_send = now + stage.messages[step].wait
             next_at = min([after_send, *[w for w in wakeups if w > now]])
             return Decision(
@@ -297,6 +309,25 @@ def evaluate(
 
     future = [when for when in wakeups if when > now]
     return Decision(Action.WAIT, reason, next_action_at=min(future) if future else None)
+
+
+def next_send_time(now: datetime, window: SendWindow | None, timezone: str) -> datetime:
+    """``now`` if a message may go out now in the recipient's local time, else the UTC
+    time the window next opens."""
+    if window is None:
+        return now
+    zone = ZoneInfo(timezone)
+    local = now.astimezone(zone)
+    clock = local.time().replace(tzinfo=None)
+    if window.start < window.end:
+        inside = window.start <= clock < window.end
+    else:  # across midnight
+        inside = clock >= window.start or clock < window.end
+    if inside:
+        return now
+    day = local.date() if clock < window.start else local.date() + timedelta(days=1)
+    opens = datetime.combine(day, window.start, tzinfo=zone)
+    return to_utc(opens)
 
 
 def _advance_or_complete(following: str | None, reason: str) -> Decision:

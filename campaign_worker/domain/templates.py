@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import string
-from datetime import timedelta
+from datetime import time, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -163,6 +163,22 @@ class CampaignTypeTemplate(_Model):
         return next((stage for stage in self.stages if stage.name == name), None)
 
 
+class SendWindow(_Model):
+    """Local hours in which messages may go out, in each recipient's own timezone.
+
+    ``start`` may be later than ``end`` for a window across midnight (22:00-06:00).
+    """
+
+    start: time
+    end: time
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> SendWindow:
+        if self.start == self.end:
+            raise ValueError("start and end must differ")
+        return self
+
+
 class Template(_Model):
     template_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")]
     description: str = ""
@@ -172,6 +188,8 @@ class Template(_Model):
     )
     # Used when a recipient lacks an attribute a message refers to.
     attribute_defaults: dict[str, str] = Field(default_factory=dict)
+    # No messages outside these local hours (replies are still handled at any time).
+    send_window: SendWindow | None = None
     campaign_types: dict[str, CampaignTypeTemplate] = Field(min_length=1)
 
     def for_type(self, campaign_type: str) -> CampaignTypeTemplate | None:
