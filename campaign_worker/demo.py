@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from campaign_worker.domain.documents import to_utc
+
 SAMPLE_NAMES = [
     "Ada",
     "Grace",
@@ -86,37 +88,30 @@ def reply_for(user_id: str, stage: str) -> tuple[str | None, timedelta]:
     return text, delay
 
 
-def due_replies(conversations: Iterable[dict[str, Any]], now: datetime) -> list[Reply]:
+# What the simulated audience needs to read of a conversation (kept small: it is polled).
+AUDIENCE_PROJECTION = {"user_id": 1, "status": 1, "current_stage": 1, "stage_step": 1, "stages": 1}
+
+
+def due_replies(
+    conversations: Iterable[dict[str, Any]], now: datetime, already: set[str]
+) -> list[Reply]:
     """Replies the simulated audience sends by ``now``, given their conversations.
 
-    A recipient answers at most once per stage, ``delay`` after our first message there.
+    A recipient answers at most once per stage (``already`` holds the reply ids sent),
+    ``delay`` after the stage's first message, which goes out as the stage is entered.
     """
     replies = []
     for conversation in conversations:
-        if conversation.get("status") != "active":
+        if conversation.get("status") != "active" or not conversation.get("stage_step"):
             continue
         stage = conversation["current_stage"]
-        history = conversation.get("message_history", [])
-        if any(
-            m["direction"] == "inbound" and m.get("metadata", {}).get("stage") == stage
-            for m in history
-        ):
+        message_id = f"in-{conversation['_id']}-{stage}"
+        if message_id in already:
             continue
-        first_out = next(
-            (
-                m
-                for m in history
-                if m["direction"] == "outbound" and m.get("metadata", {}).get("stage") == stage
-            ),
-            None,
-        )
-        if first_out is None:
-            continue
+        entered_at = conversation["stages"][-1]["entered_at"]
         text, delay = reply_for(conversation["user_id"], stage)
-        if text is not None and now >= first_out["timestamp"] + delay:
-            replies.append(
-                Reply(conversation["user_id"], f"in-{conversation['_id']}-{stage}", text)
-            )
+        if text is not None and now >= to_utc(entered_at) + delay:
+            replies.append(Reply(conversation["user_id"], message_id, text))
     return replies
 
 
@@ -167,11 +162,13 @@ def run_in_process(
     repo = manager.conversation_state_repository
     start = clock.now()
     last_day = -1
+    replied: set[str] = set()
     while clock.now() - start < timedelta(days=max_days):
         while manager.process_due_conversations(campaign_id).claimed:
             pass
         active = repo.find_conversation_states({"campaign_id": campaign_id, "status": "active"})
-        for reply in due_replies(active, clock.now()):
+        for reply in due_replies(active, clock.now(), replied):
+            replied.add(reply.message_id)
             manager.record_inbound_message(
                 campaign_id, reply.user_id, reply.message_id, reply.content
             )
