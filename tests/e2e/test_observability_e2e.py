@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -63,6 +64,14 @@ class PrometheusAPI:
     def __init__(self, port: int) -> None:
         self.base = f"http://127.0.0.1:{port}"
         self.answers: list[str] = []  # "query = value", for the report
+
+    def ready(self) -> bool:
+        """Prometheus answers 503 between opening its port and loading its TSDB."""
+        try:
+            http_get(f"{self.base}/-/ready")
+        except (urllib.error.URLError, ConnectionError):
+            return False
+        return True
 
     def get(self, path: str, **params: str) -> Any:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
@@ -225,6 +234,7 @@ def test_prometheus_scrapes_exact_totals_and_logs_are_redacted_json(
     )
     prom = PrometheusAPI(prom_port)
     wait_for_port("127.0.0.1", prom_port)
+    wait_until(prom.ready, 60, "Prometheus to be ready", interval=0.5)
     up = f'up{{job="{JOB}"}}'
     wait_until(lambda: prom.vector(up), 30, "a first scrape of the worker", interval=0.5)
     assert prom.value(up) == 1.0
