@@ -65,3 +65,7 @@ class ConcurrencyConflictError(CampaignWorkerError):
 
 class TransientError(CampaignWorkerError):
     """An infrastructure hiccup (database or broker unreachable); retry with backoff."""
+
+
+class ConfigurationError(CampaignWorkerError):
+    """The worker cannot serve as configured (settings, templates, indexes); do not start."""

@@ -30,7 +30,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import structlog
 from celery import Celery, Task, current_task, signals
@@ -43,10 +43,12 @@ from campaign_worker.bootstrap import Container, bootstrap
 from campaign_worker.domain.documents import describe_validation_error
 from campaign_worker.domain.errors import (
     ConcurrencyConflictError,
+    ConfigurationError,
     InvalidInputError,
     TransientError,
 )
 from campaign_worker.entrypoints import signals as hooks
+from campaign_worker.entrypoints.preflight import EXIT_CONFIG, check_configuration
 from campaign_worker.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
@@ -132,16 +134,28 @@ def close_container() -> None:
 
 @signals.worker_init.connect
 def _ensure_indexes_at_start(**_: Any) -> None:
-    """Worker parent, before forking: create the indexes once, then drop the client."""
+    """Worker parent, before forking and consuming: check settings and templates, create
+    the indexes once, then drop the client. A worker that could not serve stops here
+    (``SystemExit``, which Celery's signal dispatch lets through) instead of consuming."""
     global _indexes_ready
     try:
+        check_configuration()
         built = _build_container(create_indexes=True)
-    except (TransientError, PyMongoError) as exc:
+    except ConfigurationError as exc:
+        _refuse_to_start(exc)
+    except (TransientError, ConnectionFailure) as exc:
         log.error("indexes_not_ensured", error=str(exc), retry_in="worker processes")
         return
+    except PyMongoError as exc:  # e.g. an index that conflicts with an existing one
+        _refuse_to_start(ConfigurationError(f"cannot create the MongoDB indexes: {exc}"))
     built.close()
     _indexes_ready = True
     log.info("indexes_ensured", db=built.settings.mongodb_db)
+
+
+def _refuse_to_start(exc: ConfigurationError) -> NoReturn:
+    log.critical("worker_not_started", error=str(exc))
+    raise SystemExit(EXIT_CONFIG)
 
 
 @signals.worker_process_init.connect

@@ -171,29 +171,32 @@ class Processes:
         self, name: str, *, concurrency: int = 2, app: str = APP, extra: tuple[str, ...] = ()
     ) -> str:
         """Start ``celery worker`` named ``name@host``; returns the node name."""
-        self.start(
-            name,
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                app,
-                "worker",
-                "-n",
-                f"{name}@%h",
-                "-c",
-                str(concurrency),
-                "-P",
-                "prefork",
-                "-l",
-                "INFO",
-                "--without-mingle",
-                "--without-gossip",
-                *extra,
-            ],
-        )
+        self.start(name, self.worker_argv(name, concurrency=concurrency, app=app, extra=extra))
         return f"{name}@{socket.gethostname()}"
+
+    @staticmethod
+    def worker_argv(
+        name: str, *, concurrency: int = 2, app: str = APP, extra: tuple[str, ...] = ()
+    ) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            app,
+            "worker",
+            "-n",
+            f"{name}@%h",
+            "-c",
+            str(concurrency),
+            "-P",
+            "prefork",
+            "-l",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+            *extra,
+        ]
 
     def beat(self, *, app: str = APP) -> subprocess.Popen[bytes]:
         return self.start(

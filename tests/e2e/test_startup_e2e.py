@@ -1,0 +1,68 @@
+"""A worker that cannot serve must not consume: bad templates or settings stop it at start,
+with a non-zero exit and a message naming the file (or variable) and the field, and the
+messages already queued stay in the broker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from tests.e2e.broker_tools import queued
+from tests.e2e.conftest import Broker, Processes
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+BAD_TEMPLATE = """\
+template_id: broken
+campaign_types:
+  sales:
+    stages:
+      - name: hello
+        messages:
+          - {text: "Hi {first_name}", wait: soon}
+"""
+
+
+def start_and_wait(processes: Processes, name: str) -> int:
+    proc = processes.start(name, processes.worker_argv(name))
+    return proc.wait(60)
+
+
+def test_bad_template_stops_the_worker_before_it_consumes(
+    broker: Broker, processes: Processes, client: Celery, tmp_path: Path
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "broken.yaml").write_text(BAD_TEMPLATE)
+    processes.env["CAMPAIGN_TEMPLATES_DIR"] = str(templates)
+    client.send_task(
+        "campaign_worker.get_campaign_metrics", kwargs={"campaign_id": "c"}, queue="inbound"
+    )
+    assert queued(broker, "inbound") == 1
+
+    code = start_and_wait(processes, "bad-template")
+
+    assert code != 0
+    log = processes.log("bad-template")
+    assert str(templates / "broken.yaml") in log
+    assert "campaign_types.sales.stages.0.messages.0.wait" in log
+    assert " ready." not in log
+    assert queued(broker, "inbound") == 1
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_bad_setting_stops_the_worker_naming_the_variable(
+    broker: Broker, processes: Processes, client: Celery
+) -> None:
+    processes.env["POLL_INTERVAL_SECONDS"] = "-1"
+    client.send_task(
+        "campaign_worker.get_campaign_metrics", kwargs={"campaign_id": "c"}, queue="inbound"
+    )
+
+    code = start_and_wait(processes, "bad-setting")
+
+    assert code != 0
+    assert "poll_interval_seconds" in processes.log("bad-setting").lower()
+    assert queued(broker, "inbound") == 1
