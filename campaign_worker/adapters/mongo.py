@@ -724,16 +724,19 @@ class MongoDeadLetterRepository:
         now: datetime,
         *,
         reason: str = "invalid_input",
+        envelope: Doc | None = None,
+        payload: bool = True,
     ) -> bool:
         """Store one rejected message; False if this task id is stored already.
 
         The payload is kept as a document (``payload.args``, ``payload.kwargs``); one that
         BSON cannot hold (``$`` keys, huge ints) is kept as JSON text in ``payload_json``.
+        ``envelope``: the raw message (body, headers) of one refused before it became a
+        task; ``payload=False`` when its arguments could not be read from it.
         """
         doc: Doc = {
             "task_id": task_id,
             "task_name": task_name,
-            "payload": {"args": list(args), "kwargs": dict(kwargs)},
             "error": error[:4000],
             "error_type": error_type,
             "reason": reason,
@@ -741,11 +744,17 @@ class MongoDeadLetterRepository:
             "replayed_at": None,
             "replayed_as": None,
         }
+        if payload:
+            doc["payload"] = {"args": list(args), "kwargs": dict(kwargs)}
+        if envelope is not None:
+            doc["envelope"] = envelope
         try:
             return self._insert(task_id, doc)
         except (InvalidDocument, WriteError, OverflowError):
-            payload_json = json.dumps(doc.pop("payload"), default=str)
-            return self._insert(task_id, {**doc, "payload_json": payload_json})
+            for key in ("payload", "envelope"):
+                if key in doc:
+                    doc[f"{key}_json"] = json.dumps(doc.pop(key), default=str)
+            return self._insert(task_id, doc)
 
     def _insert(self, task_id: str, doc: Doc) -> bool:
         result = self._collection.update_one({"_id": task_id}, {"$setOnInsert": doc}, upsert=True)

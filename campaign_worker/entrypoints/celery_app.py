@@ -48,6 +48,7 @@ from campaign_worker.domain.errors import (
     TransientError,
 )
 from campaign_worker.entrypoints import signals as hooks
+from campaign_worker.entrypoints.envelope import Rejection
 from campaign_worker.entrypoints.preflight import EXIT_CONFIG, check_configuration
 from campaign_worker.settings import Settings, get_settings
 
@@ -60,6 +61,8 @@ TASKS_MODULE = "campaign_worker.entrypoints.tasks"
 
 app = Celery("campaign_worker", include=[TASKS_MODULE])
 app.config_from_object(os.environ.get("CELERY_CONFIG_MODULE") or "celeryconfig")
+# Every task message is checked before Celery sees it: kept as a dead letter, never dropped.
+app.conf.worker_consumer = "campaign_worker.entrypoints.consumer:GuardedConsumer"
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -222,8 +225,8 @@ def jsonable(value: Any) -> Any:
 
 def dead_letter(
     task_name: str,
-    args: tuple[Any, ...] | list[Any],
-    kwargs: dict[str, Any],
+    args: Any,
+    kwargs: Any,
     error: BaseException,
     *,
     reason: str = "invalid_input",
@@ -235,23 +238,59 @@ def dead_letter(
     stored = c.dead_letters.add(
         task_id,
         task_name,
-        list(args),
-        dict(kwargs),
+        _as_list(args),
+        dict(kwargs) if isinstance(kwargs, dict) else {},
         str(error),
         type(error).__name__,
         c.manager.clock.now(),
         reason=reason,
     )
+    _dead_lettered(task_name, task_id, reason, type(error).__name__, str(error), stored)
+
+
+def dead_letter_rejection(rejection: Rejection) -> None:
+    """Keep a message refused before it became a task (``envelope.check``), raw body and
+    headers included, under a deterministic id (task id, else a hash of the body)."""
+    c = container()
+    task_name = rejection.task_name or "(none)"
+    has_payload = rejection.args is not None and rejection.kwargs is not None
+    stored = c.dead_letters.add(
+        rejection.dead_letter_id,
+        task_name,
+        rejection.args or [],
+        rejection.kwargs or {},
+        rejection.error,
+        "RejectedMessage",
+        c.manager.clock.now(),
+        reason=rejection.reason,
+        envelope=rejection.envelope,
+        payload=has_payload,
+    )
+    _dead_lettered(
+        task_name, rejection.dead_letter_id, rejection.reason, None, rejection.error, stored
+    )
+
+
+def _dead_lettered(
+    task_name: str, task_id: str, reason: str, error_type: str | None, error: str, stored: bool
+) -> None:
     hooks.dead_lettered(task_name)
     log.warning(
         "task_dead_lettered",
         task_name=task_name,
         task_id=task_id,
         reason=reason,
-        error_type=type(error).__name__,
-        error=str(error),
+        error_type=error_type,
+        error=error,
         first_time=stored,
     )
+
+
+def _as_list(args: Any) -> list[Any]:
+    """Positional arguments as stored: a client may send ``null`` or a lone value."""
+    if args is None:
+        return []
+    return list(args) if isinstance(args, list | tuple) else [args]
 
 
 class CampaignTask(Task):  # type: ignore[type-arg]
@@ -341,6 +380,7 @@ __all__ = [
     "container",
     "current_task_id",
     "dead_letter",
+    "dead_letter_rejection",
     "jsonable",
     "public_task",
     "set_container",

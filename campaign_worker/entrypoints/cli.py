@@ -5,8 +5,8 @@ parser to the argparse subparsers and sets ``handler`` (``(args) -> exit code``)
 ``parser.set_defaults(handler=...)``. To add one (``demo``, ``health``, ...), write such a
 function (here or in its own module) and append it to ``SUBCOMMANDS``.
 
-    campaign-worker dead-letters list [--limit N] [--task NAME] [--all] [--json]
-    campaign-worker dead-letters replay ID [--kwargs JSON]
+    campaign-worker dead-letters list [--limit N] [--task NAME] [--all] [--json [--payload]]
+    campaign-worker dead-letters replay ID [--kwargs JSON] [--task NAME]
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def _dead_letters_list(args: argparse.Namespace, out: TextIO | None = None) -> i
     )
     if args.json:
         for doc in docs:
-            out.write(json.dumps(to_jsonable_python(doc), sort_keys=True) + "\n")
+            shown = doc if args.payload else without_payload(doc)
+            out.write(json.dumps(to_jsonable_python(shown), sort_keys=True) + "\n")
         return 0
     if not docs:
         out.write("no dead letters\n")
@@ -51,9 +52,42 @@ def _dead_letters_list(args: argparse.Namespace, out: TextIO | None = None) -> i
     return 0
 
 
-def payload_of(doc: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-    payload = doc.get("payload") or {}
+# Message bodies (reply texts, recipients) stay out of listings unless asked for.
+PAYLOAD_FIELDS = ("payload", "payload_json", "envelope", "envelope_json")
+
+
+def without_payload(doc: dict[str, Any]) -> dict[str, Any]:
+    """The listing of a dead letter: its payload and raw envelope left out (``--payload``)."""
+    shown = {key: value for key, value in doc.items() if key not in PAYLOAD_FIELDS}
+    shown["payload_hidden"] = any(key in doc for key in PAYLOAD_FIELDS)
+    return shown
+
+
+def payload_of(doc: dict[str, Any]) -> tuple[list[Any], dict[str, Any]] | None:
+    """The stored arguments, or None for a message whose arguments could not be read."""
+    if "payload" not in doc and "payload_json" in doc:
+        doc = {**doc, "payload": json.loads(doc["payload_json"])}
+    if "payload" not in doc:
+        return None
+    payload = doc["payload"] or {}
     return list(payload.get("args") or []), dict(payload.get("kwargs") or {})
+
+
+def _replay_refusal(doc: dict[str, Any], task_name: str, new_kwargs: bool) -> str | None:
+    """Why this dead letter cannot be published as asked, if it cannot."""
+    from campaign_worker.entrypoints.tasks import PUBLIC_TASKS
+
+    if task_name not in {task.name for task in PUBLIC_TASKS}:
+        return (
+            f"dead letter {doc['_id']}: task {task_name!r} is not registered; "
+            "replay it under the intended name with --task NAME"
+        )
+    if payload_of(doc) is None and not new_kwargs:
+        return (
+            f"dead letter {doc['_id']} ({doc.get('reason')}) has no readable arguments; "
+            "see its envelope ('dead-letters list --json --payload'); replay with --kwargs"
+        )
+    return None
 
 
 def _dead_letters_replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -65,7 +99,12 @@ def _dead_letters_replay(args: argparse.Namespace, out: TextIO | None = None) ->
     if doc is None:
         sys.stderr.write(f"dead letter not found: {args.id}\n")
         return 1
-    task_args, task_kwargs = payload_of(doc)
+    task_name = args.task or doc["task_name"]
+    refusal = _replay_refusal(doc, task_name, args.kwargs is not None)
+    if refusal is not None:
+        sys.stderr.write(refusal + "\n")
+        return 1
+    task_args, task_kwargs = payload_of(doc) or ([], {})
     if args.kwargs is not None:
         try:
             task_kwargs = json.loads(args.kwargs)
@@ -82,12 +121,12 @@ def _dead_letters_replay(args: argparse.Namespace, out: TextIO | None = None) ->
         sys.stderr.write(f"dead letter {args.id} was replayed already as {doc['replayed_as']}\n")
         return 1
     try:
-        app.send_task(doc["task_name"], args=task_args, kwargs=task_kwargs, task_id=new_id)
+        app.send_task(task_name, args=task_args, kwargs=task_kwargs, task_id=new_id)
     except Exception as exc:
         repository.unmark_replayed(args.id, new_id)
-        sys.stderr.write(f"could not publish {doc['task_name']}: {exc}\n")
+        sys.stderr.write(f"could not publish {task_name}: {exc}\n")
         return 2
-    out.write(f"replayed {args.id} as task {new_id} ({doc['task_name']})\n")
+    out.write(f"replayed {args.id} as task {new_id} ({task_name})\n")
     return 0
 
 
@@ -102,11 +141,19 @@ def add_dead_letters(subparsers: Any) -> None:
     listing.add_argument("--task", help="only this task name")
     listing.add_argument("--all", action="store_true", help="include replayed ones")
     listing.add_argument("--json", action="store_true", help="one JSON document per line")
+    listing.add_argument(
+        "--payload",
+        action="store_true",
+        help="with --json: include the arguments and raw message (they hold message bodies)",
+    )
     listing.set_defaults(handler=_dead_letters_list)
 
     replay = commands.add_parser("replay", help="publish the message again (new task id)")
     replay.add_argument("id", help="dead letter id (the original task id)")
     replay.add_argument("--kwargs", help="replace the keyword arguments (a JSON object)")
+    replay.add_argument(
+        "--task", help="publish under this task name (an unknown_task letter's intended name)"
+    )
     replay.set_defaults(handler=_dead_letters_replay)
 
 

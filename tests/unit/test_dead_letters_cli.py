@@ -64,6 +64,12 @@ def test_list_shows_newest_first_with_reason(
     )
     [doc] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert doc["_id"] == "older"
+    assert "payload" not in doc
+    assert doc["payload_hidden"] is True
+
+    listing = ["dead-letters", "list", "--json", "--payload"]
+    assert cli.main([*listing, "--task", tasks.get_campaign_metrics.name]) == 0
+    [doc] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert doc["payload"] == {"args": [], "kwargs": {"campaign_id": "nope"}}
 
 
