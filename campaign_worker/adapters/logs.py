@@ -11,7 +11,8 @@ import logging
 import logging.config
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
@@ -26,6 +27,109 @@ _URI_CREDENTIALS = re.compile(
     r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@", re.I
 )
 REDACTED = "[redacted]"
+
+# Task argument keys whose values are ids, never bodies: shown in argument reprs (Flower,
+# Celery's log lines); every other value is redacted.
+VISIBLE_KEYS = frozenset(
+    {
+        "_id",
+        "id",
+        "campaign_id",
+        "conversation_id",
+        "user_id",
+        "message_id",
+        "template_id",
+        "campaign_type",
+        "stage",
+        "limit",
+        "timestamp",
+        "start_at",
+    }
+)
+MIN_SECRET = 8  # shorter body strings ("yes", "STOP") are too common to scrub from text
+MAX_SECRETS = 64  # the longest ones: a 50,000-recipient campaign must not slow every line
+LONG_TEXT = 16_000  # above this, a log string is cut: no 10 MB body in one line
+
+#: Body strings of the task running in this context (bound at task_prerun), scrubbed from
+#: every log line: exception messages and tracebacks can echo an argument.
+task_secrets: ContextVar[tuple[str, ...]] = ContextVar("task_secrets", default=())
+
+
+def redact_arguments(value: Any, key: str = "", depth: int = 0) -> Any:
+    """``value`` with everything but ids (``VISIBLE_KEYS``) replaced by ``[redacted]``."""
+    if isinstance(value, Mapping) and depth < 6:
+        return {k: redact_arguments(v, str(k), depth + 1) for k, v in value.items()}
+    if key in VISIBLE_KEYS and (value is None or isinstance(value, str | int | float)):
+        return value if not isinstance(value, str) else value[:512]
+    return REDACTED
+
+
+def secrets_of(*values: Any) -> tuple[str, ...]:
+    """Every body string (not an id) inside ``values``, longest first."""
+    found = {text for text in _strings(values, "", 0) if len(text) >= MIN_SECRET}
+    return tuple(sorted(found, key=len, reverse=True)[:MAX_SECRETS])
+
+
+def _strings(value: Any, key: str, depth: int) -> Iterator[str]:
+    if depth > 8:
+        return
+    if isinstance(value, str):
+        if key not in VISIBLE_KEYS:
+            yield value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _strings(v, str(k), depth + 1)
+    elif isinstance(value, Sequence | set) and not isinstance(value, bytes):
+        for item in value:
+            yield from _strings(item, key, depth + 1)
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """Replace each secret in ``text``, also a cut-off start of one (reprs truncate), by
+    ``[redacted]``."""
+    for secret in secrets:
+        probe = secret[:MIN_SECRET]
+        start = text.find(probe)
+        while start != -1:
+            length = _common_prefix(text, start, secret)
+            text = text[:start] + REDACTED + text[start + length :]
+            start = text.find(probe, start + len(REDACTED))
+    return text
+
+
+def _common_prefix(text: str, start: int, secret: str) -> int:
+    length = 0
+    limit = min(len(secret), len(text) - start)
+    while length < limit and text[start + length] == secret[length]:
+        length += 1
+    return length
+
+
+class BodyScrubber:
+    """Last step before rendering (after tracebacks are formatted): scrub the running
+    task's body strings from every value and cut very long ones, at INFO and above."""
+
+    def __init__(self, redact_bodies: bool = True) -> None:
+        self.redact_bodies = redact_bodies
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+        if not self.redact_bodies or event_dict.get("level") == "debug" or method == "debug":
+            return event_dict
+        secrets = task_secrets.get()
+        for key, value in list(event_dict.items()):
+            event_dict[key] = self._clean(value, secrets, 0)
+        return event_dict
+
+    def _clean(self, value: Any, secrets: tuple[str, ...], depth: int) -> Any:
+        if isinstance(value, str):
+            cleaned = scrub(value, secrets) if secrets else value
+            if len(cleaned) > LONG_TEXT:
+                cut = len(cleaned) - LONG_TEXT
+                cleaned = f"{cleaned[:LONG_TEXT]}...[{cut} characters cut]"
+            return cleaned
+        if isinstance(value, dict) and depth < 4:
+            return {k: self._clean(v, secrets, depth + 1) for k, v in value.items()}
+        return value
 
 
 def redact_uri(value: str) -> str:
@@ -105,6 +209,7 @@ def configure_logging(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            BodyScrubber(redact_bodies),
             renderer,
         ],
     )

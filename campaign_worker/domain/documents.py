@@ -332,5 +332,8 @@ def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():
         location = ".".join(str(part) for part in error["loc"]) or "<root>"
-        parts.append(f"{location}: {error['msg']}")
+        message, value = error["msg"], error.get("input")
+        if isinstance(value, str) and value and value in message:
+            message = message.replace(value, "...")  # a validator echoed the input: a body
+        parts.append(f"{location}: {message}")
     return "; ".join(parts)

@@ -39,6 +39,7 @@ from pydantic import ValidationError, validate_call
 from pydantic_core import to_jsonable_python
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError
 
+from campaign_worker.adapters.logs import scrub, secrets_of
 from campaign_worker.bootstrap import Container, bootstrap
 from campaign_worker.domain.documents import describe_validation_error
 from campaign_worker.domain.errors import (
@@ -234,18 +235,21 @@ def dead_letter(
 ) -> None:
     """Keep a rejected message (payload, error, time) for an operator to list and replay."""
     task_id = task_id or current_task_id() or uuid.uuid4().hex
+    args, kwargs = _as_list(args), dict(kwargs) if isinstance(kwargs, dict) else {}
+    # The error text is listed and logged: no argument (reply text, recipient) in it.
+    text = scrub(str(error), secrets_of(args, kwargs))
     c = container()
     stored = c.dead_letters.add(
         task_id,
         task_name,
-        _as_list(args),
-        dict(kwargs) if isinstance(kwargs, dict) else {},
-        str(error),
+        args,
+        kwargs,
+        text,
         type(error).__name__,
         c.manager.clock.now(),
         reason=reason,
     )
-    _dead_lettered(task_name, task_id, reason, type(error).__name__, str(error), stored)
+    _dead_lettered(task_name, task_id, reason, type(error).__name__, text, stored)
 
 
 def dead_letter_rejection(rejection: Rejection) -> None:
@@ -304,6 +308,8 @@ class CampaignTask(Task):  # type: ignore[type-arg]
     max_retries = int(app.conf.get("campaign_max_retries", 10))
     # Expected failures: logged as one line, without a traceback.
     throws = (InvalidInputError,)
+    # Argument reprs (logs, Flower, inspect) hold ids only, never message bodies.
+    Request = "campaign_worker.entrypoints.requests:RedactedRequest"
 
     # Keep failed messages for replay. False for the periodic poller: the next beat
     # replaces a failed poll, and a dead letter per beat would bury the real ones.

@@ -92,6 +92,7 @@ def _replay_refusal(doc: dict[str, Any], task_name: str, new_kwargs: bool) -> st
 
 def _dead_letters_replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from campaign_worker.entrypoints.celery_app import app, container
+    from campaign_worker.entrypoints.requests import argument_reprs
 
     out = out or sys.stdout
     repository = container().dead_letters
@@ -121,7 +122,15 @@ def _dead_letters_replay(args: argparse.Namespace, out: TextIO | None = None) ->
         sys.stderr.write(f"dead letter {args.id} was replayed already as {doc['replayed_as']}\n")
         return 1
     try:
-        app.send_task(task_name, args=task_args, kwargs=task_kwargs, task_id=new_id)
+        argsrepr, kwargsrepr = argument_reprs(app.tasks[task_name].run, task_args, task_kwargs)
+        app.send_task(
+            task_name,
+            args=task_args,
+            kwargs=task_kwargs,
+            task_id=new_id,
+            argsrepr=argsrepr,  # what a task-sent event (Flower) shows: ids only
+            kwargsrepr=kwargsrepr,
+        )
     except Exception as exc:
         repository.unmark_replayed(args.id, new_id)
         sys.stderr.write(f"could not publish {task_name}: {exc}\n")

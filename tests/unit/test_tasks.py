@@ -214,7 +214,8 @@ def test_invalid_campaign_is_dead_lettered_with_its_reason_and_not_retried(
     assert letter["reason"] == "invalid_input"
     assert letter["payload"] == {"args": [], "kwargs": {"campaign": payload}}
     assert "name: Field required" in letter["error"]
-    assert "unknown timezone 'Mars/Olympus'" in letter["error"]
+    assert "0.timezone: Value error, unknown timezone" in letter["error"]
+    assert "Mars/Olympus" not in letter["error"]  # a recipient's value stays in the payload
     assert letter["created_at"] == START
     assert letter["replayed_at"] is None
     assert worker.db["campaigns"].count_documents({}) == 0

@@ -1,0 +1,127 @@
+"""Bodies do not leak: reply texts and recipient values sent through a real worker (with
+task events) appear in no log line, no dead letter error, no CLI listing and no Flower
+page (rendered by headless Chromium) or Flower API answer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from tests.conftest import free_port, wait_for_port
+from tests.e2e.broker_tools import publish_raw
+from tests.e2e.conftest import APP, Broker, Processes, wait_for_workers, wait_until
+from tests.e2e.test_flower_e2e import CHROMIUM, fetch, render
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+CLI = str(Path(sys.executable).with_name("campaign-worker"))
+INBOUND = "campaign_worker.record_inbound_message"
+CREATE = "campaign_worker.create_campaign"
+REPLY = "reply-marker-5be1 please call me at home"
+ATTRIBUTE = "attribute-marker-90c2"
+ZONE = "Mars/zone-marker-31d7"
+MARKERS = (REPLY, ATTRIBUTE, ZONE)
+
+
+def leaked(text: str) -> list[str]:
+    return [marker for marker in MARKERS if marker in text]
+
+
+def start_flower(processes: Processes) -> str:
+    port = free_port()
+    processes.env["FLOWER_UNAUTHENTICATED_API"] = "true"
+    processes.start(
+        "flower",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            APP,
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+        ],
+    )
+    wait_for_port("127.0.0.1", port, timeout=60)
+    return f"http://127.0.0.1:{port}"
+
+
+def campaign(campaign_id: str, **recipient: Any) -> dict[str, Any]:
+    return {
+        "_id": campaign_id,
+        "name": "redaction",
+        "campaign_type": "quick",
+        "template_id": "e2e",
+        "start_at": "2099-01-01T00:00:00Z",
+        "recipients": [{"user_id": "u-1", "attributes": {"first_name": ATTRIBUTE}, **recipient}],
+    }
+
+
+def api_tasks(base: str) -> dict[str, Any]:
+    text = fetch(f"{base}/api/tasks")
+    return dict(json.loads(text)) if text.startswith("{") else {}
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium is not installed")
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_bodies_appear_in_no_log_dead_letter_listing_or_flower_page(
+    broker: Broker, processes: Processes, client: Celery, mongo: Any, tmp_path: Path
+) -> None:
+    node = processes.worker("e2e-redact", concurrency=1, extra=("-E",))
+    wait_for_workers(client, [node])
+    base = start_flower(processes)
+    wait_until(lambda: node in fetch(f"{base}/"), 60, "Flower to see the worker")
+
+    created = client.send_task(CREATE, kwargs={"campaign": campaign("red")})
+    assert created.get(timeout=30) == "red"
+    reply = {"campaign_id": "nope", "user_id": "u-1", "message_id": "m-1", "content": REPLY}
+    unknown_campaign = client.send_task(INBOUND, kwargs=reply, queue="inbound")
+    positional = client.send_task(INBOUND, args=["red", "u-1", "m-2", REPLY], queue="inbound")
+    bad_zone = client.send_task(CREATE, kwargs={"campaign": campaign("zone", timezone=ZONE)})
+    for failing in (unknown_campaign, positional, bad_zone):
+        with pytest.raises(Exception, match=r"not found|unknown timezone"):
+            failing.get(timeout=30)
+    publish_raw(broker, [[], reply, {}], {"lang": "py", "task": INBOUND + "s", "id": "misspelt"})
+    ids = [created.id, unknown_campaign.id, positional.id, bad_zone.id]
+
+    wait_until(lambda: mongo["dead_letters"].count_documents({}) == 4, 60, "four dead letters")
+
+    def every_task_listed() -> dict[str, Any]:
+        tasks = api_tasks(base)
+        return tasks if set(ids) <= set(tasks) else {}
+
+    seen = wait_until(every_task_listed, 60, "Flower's API to list every task")
+    assert not leaked(json.dumps(seen))
+    assert "'campaign_id': 'nope'" in seen[unknown_campaign.id]["kwargs"]  # ids stay visible
+    assert "[redacted]" in seen[unknown_campaign.id]["kwargs"]
+
+    profile = tmp_path / "chromium"
+    page = render(f"{base}/tasks", profile)
+    assert unknown_campaign.id in page and not leaked(page)
+    for task_id in ids:
+        detail = render(f"{base}/task/{task_id}", profile)
+        assert task_id in detail
+        assert not leaked(detail), task_id
+
+    for doc in mongo["dead_letters"].find():
+        assert not leaked(doc["error"]), doc["_id"]
+    for listing in (["list"], ["list", "--json"], ["list", "--all"]):
+        done = subprocess.run(
+            [CLI, "dead-letters", *listing],
+            env=processes.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "misspelt" in done.stdout and not leaked(done.stdout + done.stderr)
+
+    assert not leaked(processes.log("e2e-redact"))
+    assert not leaked(processes.log("flower"))
