@@ -5,6 +5,7 @@ messages already queued stay in the broker."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -65,4 +66,22 @@ def test_bad_setting_stops_the_worker_naming_the_variable(
 
     assert code != 0
     assert "poll_interval_seconds" in processes.log("bad-setting").lower()
+    assert queued(broker, "inbound") == 1
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_conflicting_index_stops_the_worker(
+    broker: Broker, processes: Processes, client: Celery, mongo: Any
+) -> None:
+    # An index of ours ("created" on dead_letters) already exists with other keys.
+    mongo["dead_letters"].create_index([("task_name", 1)], name="created")
+    client.send_task(
+        "campaign_worker.get_campaign_metrics", kwargs={"campaign_id": "c"}, queue="inbound"
+    )
+
+    code = start_and_wait(processes, "bad-index")
+
+    assert code != 0
+    log = processes.log("bad-index")
+    assert "cannot create the MongoDB indexes" in log and "created" in log
     assert queued(broker, "inbound") == 1

@@ -3,14 +3,27 @@ messages, the redacted reprs of ``RedactedRequest``, and body scrubbing."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from typing import Any
 
 from kombu import Connection
 from kombu.message import Message
 
-from campaign_worker.adapters.logs import REDACTED, redact_arguments, scrub, secrets_of
+from campaign_worker.adapters.logs import (
+    LONG_TEXT,
+    REDACTED,
+    configure_logging,
+    redact_arguments,
+    scrub,
+    secrets_of,
+)
 from campaign_worker.entrypoints import envelope, tasks
+from campaign_worker.entrypoints.observability import on_task_postrun, on_task_prerun
+from tests.unit.test_observability import lines, log_stream
+
+__all__ = ["log_stream"]  # a fixture, used by name
 from campaign_worker.entrypoints.requests import argument_reprs
 
 KNOWN = {"campaign_worker.pause_campaign"}
@@ -111,3 +124,25 @@ def test_scrub_removes_whole_and_cut_off_bodies() -> None:
     assert secrets == ("a very private reply text",)
     text = "error: 'a very private reply text' and input_value='a very privat...'"
     assert scrub(text, secrets) == f"error: '{REDACTED}' and input_value='{REDACTED}...'"
+
+
+def test_a_running_tasks_bodies_are_scrubbed_from_log_lines_and_tracebacks(
+    log_stream: io.StringIO,
+) -> None:
+    configure_logging("INFO", "json", redact_bodies=True, stream=log_stream)
+    body = "a reply nobody else may read " + "x" * 2 * LONG_TEXT
+    on_task_prerun(
+        task_id="t-1", task=tasks.record_inbound_message, args=[], kwargs={"content": body}
+    )
+    try:
+        raise ValueError(f"cannot store {body[:100]!r}")
+    except ValueError:
+        logging.getLogger("celery.app.trace").exception("Task failed: %s", body)
+    on_task_postrun(task_id="t-1", task=task)
+    logging.getLogger("after").info("after the task: %s", "a reply nobody else may read")
+
+    during, after = lines(log_stream)
+    assert "a reply nobody" not in json.dumps(during)
+    assert REDACTED in during["event"] and REDACTED in during["exception"]
+    assert len(during["event"]) < LONG_TEXT + 100
+    assert "a reply nobody else may read" in after["event"]  # only the running task's
