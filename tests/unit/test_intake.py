@@ -138,7 +138,7 @@ def test_a_running_tasks_bodies_are_scrubbed_from_log_lines_and_tracebacks(
         raise ValueError(f"cannot store {body[:100]!r}")
     except ValueError:
         logging.getLogger("celery.app.trace").exception("Task failed: %s", body)
-    on_task_postrun(task_id="t-1", task=task)
+    on_task_postrun(task_id="t-1", task=tasks.record_inbound_message)
     logging.getLogger("after").info("after the task: %s", "a reply nobody else may read")
 
     during, after = lines(log_stream)
