@@ -65,16 +65,15 @@ def fetch(url: str) -> str:
         return ""
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium is not installed")
-@pytest.mark.parametrize("broker", ["redis"], indirect=True)
-def test_flower_dashboard_shows_the_worker_and_the_tasks(
-    broker: Broker, processes: Processes, client: Celery, mongo: Any, tmp_path: Path
-) -> None:
+def worker_and_flower(processes: Processes, client: Celery, name: str) -> tuple[str, str]:
+    """A worker sending task events and Flower (its API open, as behind a trusted proxy);
+    the worker's node name and Flower's URL, once Flower sees the worker."""
     # -E: task events from the start (Flower would switch them on too, but only after it
     # connected, so the first tasks' "received" events could be missed).
-    node = processes.worker("e2e-flower", concurrency=1, extra=("-E",))
+    node = processes.worker(name, concurrency=1, extra=("-E",))
     wait_for_workers(client, [node])
     port = free_port()
+    processes.env["FLOWER_UNAUTHENTICATED_API"] = "true"
     processes.start(
         "flower",
         [
@@ -91,6 +90,15 @@ def test_flower_dashboard_shows_the_worker_and_the_tasks(
     wait_for_port("127.0.0.1", port, timeout=60)
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: node in fetch(f"{base}/"), 60, "Flower to see the worker")
+    return node, base
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium is not installed")
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_flower_dashboard_shows_the_worker_and_the_tasks(
+    broker: Broker, processes: Processes, client: Celery, mongo: Any, tmp_path: Path
+) -> None:
+    node, base = worker_and_flower(processes, client, "e2e-flower")
     client.send_task("campaign_worker.poll_campaigns", queue="polling").get(timeout=30)
     failed = client.send_task("campaign_worker.get_campaign_metrics", kwargs={"campaign_id": "x"})
     with pytest.raises(Exception, match="campaign not found"):

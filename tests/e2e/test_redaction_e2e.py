@@ -13,10 +13,9 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from tests.conftest import free_port, wait_for_port
 from tests.e2e.broker_tools import publish_raw
-from tests.e2e.conftest import APP, Broker, Processes, wait_for_workers, wait_until
-from tests.e2e.test_flower_e2e import CHROMIUM, fetch, render
+from tests.e2e.conftest import Broker, Processes, wait_until
+from tests.e2e.test_flower_e2e import CHROMIUM, fetch, render, worker_and_flower
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -31,26 +30,6 @@ MARKERS = (REPLY, ATTRIBUTE, ZONE)
 
 def leaked(text: str) -> list[str]:
     return [marker for marker in MARKERS if marker in text]
-
-
-def start_flower(processes: Processes) -> str:
-    port = free_port()
-    processes.env["FLOWER_UNAUTHENTICATED_API"] = "true"
-    processes.start(
-        "flower",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            APP,
-            "flower",
-            f"--port={port}",
-            "--address=127.0.0.1",
-        ],
-    )
-    wait_for_port("127.0.0.1", port, timeout=60)
-    return f"http://127.0.0.1:{port}"
 
 
 def campaign(campaign_id: str, **recipient: Any) -> dict[str, Any]:
@@ -74,10 +53,7 @@ def api_tasks(base: str) -> dict[str, Any]:
 def test_bodies_appear_in_no_log_dead_letter_listing_or_flower_page(
     broker: Broker, processes: Processes, client: Celery, mongo: Any, tmp_path: Path
 ) -> None:
-    node = processes.worker("e2e-redact", concurrency=1, extra=("-E",))
-    wait_for_workers(client, [node])
-    base = start_flower(processes)
-    wait_until(lambda: node in fetch(f"{base}/"), 60, "Flower to see the worker")
+    _, base = worker_and_flower(processes, client, "e2e-redact")
 
     created = client.send_task(CREATE, kwargs={"campaign": campaign("red")})
     assert created.get(timeout=30) == "red"
