@@ -50,9 +50,24 @@ MIN_SECRET = 8  # shorter body strings ("yes", "STOP") are too common to scrub f
 MAX_SECRETS = 64  # the longest ones: a 50,000-recipient campaign must not slow every line
 LONG_TEXT = 16_000  # above this, a log string is cut: no 10 MB body in one line
 
-#: Body strings of the task running in this context (bound at task_prerun), scrubbed from
-#: every log line: exception messages and tracebacks can echo an argument.
-task_secrets: ContextVar[tuple[str, ...]] = ContextVar("task_secrets", default=())
+
+class TaskSecrets:
+    """The body strings of one task's arguments, found on first use (most tasks log
+    nothing at INFO that needs them)."""
+
+    def __init__(self, *arguments: Any) -> None:
+        self._arguments: tuple[Any, ...] | None = arguments
+        self._secrets: tuple[str, ...] = ()
+
+    def get(self) -> tuple[str, ...]:
+        if self._arguments is not None:
+            self._secrets, self._arguments = secrets_of(*self._arguments), None
+        return self._secrets
+
+
+#: The task running in this context (bound at task_prerun): its body strings are scrubbed
+#: from every log line, since exception messages and tracebacks can echo an argument.
+task_secrets: ContextVar[TaskSecrets | None] = ContextVar("task_secrets", default=None)
 
 
 def redact_arguments(value: Any, key: str = "", depth: int = 0) -> Any:
@@ -115,7 +130,8 @@ class BodyScrubber:
     def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
         if not self.redact_bodies or event_dict.get("level") == "debug" or method == "debug":
             return event_dict
-        secrets = task_secrets.get()
+        running = task_secrets.get()
+        secrets = running.get() if running is not None else ()
         for key, value in list(event_dict.items()):
             event_dict[key] = self._clean(value, secrets, 0)
         return event_dict

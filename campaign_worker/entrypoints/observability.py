@@ -120,13 +120,13 @@ def on_task_prerun(
     kwargs: Mapping[str, Any] | None = None,
     **_: Any,
 ) -> None:
-    from campaign_worker.adapters.logs import secrets_of, task_secrets
+    from campaign_worker.adapters.logs import TaskSecrets, task_secrets
 
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(
         **task_context(task_id, getattr(task, "name", None), args, kwargs)
     )
-    task_secrets.set(secrets_of(args, kwargs))  # scrubbed from this task's log lines
+    task_secrets.set(TaskSecrets(args, kwargs))  # scrubbed from this task's log lines
     if task_id:
         _started[task_id] = time.perf_counter()
 
@@ -142,7 +142,7 @@ def on_task_postrun(task_id: str | None = None, task: Any = None, **_: Any) -> N
     structlog.contextvars.clear_contextvars()
     from campaign_worker.adapters.logs import task_secrets
 
-    task_secrets.set(())
+    task_secrets.set(None)
 
 
 def on_task_failure(

@@ -67,11 +67,11 @@ class RedactedRequest(Request):
         return super().info(safe=self._redact or safe)
 
     def send_event(self, type: str, **fields: Any) -> None:
-        if self._redact:
+        texts = [name for name in _SCRUBBED_EVENT_FIELDS if isinstance(fields.get(name), str)]
+        if self._redact and texts:  # failed/retried events only: the others carry no text
             secrets = secrets_of(self._args, self._kwargs)
-            for name in _SCRUBBED_EVENT_FIELDS:
-                if isinstance(fields.get(name), str) and secrets:
-                    fields[name] = scrub(fields[name], secrets)
+            for name in texts:
+                fields[name] = scrub(fields[name], secrets)
         super().send_event(type, **fields)
 
 

@@ -108,7 +108,6 @@ def test_every_message_is_run_or_dead_lettered(
     wait_until(lambda: status(mongo, "camp-a") == "cancelled", 60, "the replayed cancel")
 
 
-@pytest.mark.parametrize("broker", ["redis"], indirect=True)
 def test_a_message_whose_dead_letter_cannot_be_stored_is_not_acknowledged(
     broker: Broker, processes: Processes, client: Celery
 ) -> None:
