@@ -7,6 +7,8 @@ read, and a replay of the same request finds nothing left to do.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from campaign_worker.domain.documents import (
     Recipient,
     StageEntry,
     conversation_id_for,
+    describe_validation_error,
     parse_document,
     to_utc,
 )
@@ -39,7 +42,15 @@ from campaign_worker.domain.errors import (
     InvalidDocumentError,
     InvalidInputError,
     InvalidStateTransitionError,
+    LimitExceededError,
     UnknownStageError,
+)
+from campaign_worker.domain.limits import (
+    MAX_CONTENT_BYTES,
+    MAX_HISTORY_MESSAGES,
+    MAX_METADATA_BYTES,
+    check_size,
+    truncate_utf8,
 )
 from campaign_worker.domain.progression import (
     Action,
@@ -54,6 +65,8 @@ from campaign_worker.domain.progression import (
     should_advance,
 )
 from campaign_worker.domain.templates import CampaignTypeTemplate, Stage, Template
+from campaign_worker.service.ledger import MetricsLedger
+from campaign_worker.service.outbound import Publisher
 from campaign_worker.service.ports import (
     CampaignMetricsRepository,
     CampaignRepository,
@@ -70,6 +83,9 @@ log = structlog.get_logger(__name__)
 Doc = dict[str, Any]
 _CAS_ATTEMPTS = 8
 _UPDATABLE_FIELDS = {"context", "next_action_at", "status_reason"}
+_SETTLED = frozenset({CampaignStatus.CANCELLED, CampaignStatus.COMPLETED})
+_SETTLED_VALUES = frozenset(status.value for status in _SETTLED)
+_INVALID_SAMPLES = 10  # invalid audience rows kept (position and error) on the campaign
 
 
 @dataclass
@@ -85,9 +101,11 @@ class BatchResult:
     advanced: int = 0
     finished: dict[str, int] = field(default_factory=dict)
     skipped_reason: str | None = None
+    failures: int = 0  # conversations that could not be evaluated or written: failed alone
 
     def as_dict(self) -> Doc:
         return {
+            "failures": self.failures,
             "campaign_id": self.campaign_id,
             "claimed": self.claimed,
             "written": self.written,
@@ -116,6 +134,7 @@ class PollResult:
     process: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
     oldest_due: datetime | None = None
+    republished: int = 0
 
 
 class CampaignManager:
@@ -134,6 +153,7 @@ class CampaignManager:
         init_batch_size: int = 1000,
         process_batch_size: int = 200,
         lease_seconds: int = 120,
+        inflight_timeout_seconds: int = 900,
     ) -> None:
         self.conversation_state_repository = conversation_state_repository
         self.config_manager = config_manager
@@ -145,23 +165,52 @@ class CampaignManager:
         self.init_batch_size = init_batch_size
         self.process_batch_size = process_batch_size
         self.lease_seconds = lease_seconds
+        # A registered writer older than this is dead (beyond any task's time limit).
+        self.inflight_timeout = timedelta(seconds=inflight_timeout_seconds)
+        # Messages still unpublished this long after their write are a crash's leftovers.
+        self.publish_grace = timedelta(seconds=30)
+        self.publisher = Publisher(conversation_state_repository, outbox_repository)
 
     # ------------------------------------------------------------------ campaigns
 
-    def create_campaign(self, data: Doc | Campaign) -> str:
-        """Validate and store a campaign; returns its id. Replaying with the same id is a
-        no-op that returns the same id."""
-        campaign = (
-            data if isinstance(data, Campaign) else parse_document(Campaign, data, what="campaign")
-        )
+    def create_campaign(self, data: Doc | Campaign, idempotency_key: str | None = None) -> str:
+        """Validate and store a campaign; returns its id.
+
+        Replaying the same request (same ``_id``, or same ``idempotency_key`` without an
+        ``_id``) is a no-op that returns the same id; a different campaign under an id or
+        key already used is refused.
+        """
+        raw = data.to_mongo() if isinstance(data, Campaign) else dict(data)
+        if idempotency_key is not None:
+            if not idempotency_key or len(idempotency_key) > 512:
+                raise InvalidInputError("idempotency_key: must be 1 to 512 characters")
+            raw.setdefault("idempotency_key", idempotency_key)
+            if "_id" not in raw and "id" not in raw:
+                raw["_id"] = campaign_id_for_key(idempotency_key)
+        fingerprint = _fingerprint(raw)
+        campaign = parse_document(Campaign, raw, what="campaign")
         self.config_manager.get_campaign_type(campaign.template_id, campaign.campaign_type)
         if campaign.status not in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
             raise InvalidInputError(
                 f"status: a new campaign must be draft or scheduled, not {campaign.status.value!r}"
             )
+        if not self.campaigns.has_recipients(campaign.to_mongo()):
+            raise InvalidInputError(
+                "recipients: the audience is empty (no document matches the query)"
+            )
         now = self.clock.now()
-        campaign = campaign.model_copy(update={"created_at": now, "updated_at": now})
+        campaign = campaign.model_copy(
+            update={"created_at": now, "updated_at": now, "request_fingerprint": fingerprint}
+        )
         created = self.campaigns.insert(campaign)
+        if not created:
+            existing = self.get_campaign(campaign.id)
+            stored = existing.get("request_fingerprint")
+            if stored is not None and stored != fingerprint:
+                raise InvalidInputError(
+                    f"campaign {campaign.id!r} exists with different content; an id or "
+                    "idempotency key names one campaign"
+                )
         self.campaign_metrics.ensure(campaign.id, now)
         log.info(
             "campaign_created",
@@ -206,7 +255,9 @@ class CampaignManager:
         return self._transition_campaign(campaign_id, target)
 
     def cancel_campaign(self, campaign_id: str) -> Doc:
-        """Stop the campaign: nothing more is sent. Conversations keep their state."""
+        """Stop the campaign: nothing more is sent. Its active conversations are then
+        settled in batches (each ends ``cancelled``) by processing, which the poller and
+        the cancel task start."""
         return self._transition_campaign(campaign_id, CampaignStatus.CANCELLED)
 
     def _type_template(self, campaign_or_state: Doc) -> tuple[Template, CampaignTypeTemplate]:
@@ -257,6 +308,7 @@ class CampaignManager:
         start_at = campaign.get("start_at")
         progress: Doc = dict(campaign.get("init_progress") or {})
         invalid = int(progress.get("invalid", 0))
+        samples: list[Doc] = list(progress.get("invalid_samples") or [])
 
         result = InitResult(campaign_id=campaign_id)
         batches = 0
@@ -265,27 +317,38 @@ class CampaignManager:
         ):
             now = self.clock.now()
             docs = []
+            ledger = MetricsLedger(self.campaign_metrics, campaign_id, self.clock)
             for raw in batch:
                 try:
                     recipient = Recipient.model_validate(raw)
                 except ValueError as exc:
                     invalid += 1
-                    log.warning("recipient_invalid", campaign_id=campaign_id, error=str(exc))
+                    ledger.delta.invalid_recipients += 1
+                    error = _validation_summary(exc)
+                    if len(samples) < _INVALID_SAMPLES:
+                        samples.append({"user_id": str(raw.get("user_id"))[:512], "error": error})
+                    log.warning("recipient_invalid", campaign_id=campaign_id, error=error)
                     continue
                 docs.append(self._new_conversation(campaign, recipient, stages, start_at, now))
+            # Registered until the checkpoint is saved: the reconcile compares the invalid
+            # count with the campaign's, and the conversations with the increment.
+            ledger.before_write()
             inserted = self.conversation_state_repository.insert_many_states(docs)
             result.created += inserted
             self.metrics.batch_size("initialize", len(docs))
             if inserted:
-                delta = MetricsDelta(total_recipients=inserted, active=inserted)
-                delta.stage_entered[stages[0]] = inserted
-                self.campaign_metrics.apply_delta(campaign_id, delta, now)
+                ledger.delta.total_recipients += inserted
+                ledger.delta.active += inserted
+                ledger.delta.stage_entered[stages[0]] += inserted
                 self.metrics.conversations_initialized(campaign["campaign_type"], inserted)
-            progress = {"position": position, "invalid": invalid}
+            progress = {"position": position, "invalid": invalid, "invalid_samples": samples}
             batches += 1
-            if status != CampaignStatus.RUNNING and not self.campaigns.save_init_progress(
+            saved = status == CampaignStatus.RUNNING or self.campaigns.save_init_progress(
                 campaign_id, progress, now + timedelta(seconds=self.lease_seconds * 5), now
-            ):
+            )
+            ledger.after_write()
+            ledger.close()
+            if not saved:
                 result.stopped = True  # paused or cancelled meanwhile
                 log.info("campaign_initialization_stopped", campaign_id=campaign_id)
                 return result
@@ -311,6 +374,8 @@ class CampaignManager:
                 "total_recipients": total,
                 "initialized_at": now,
                 "init_progress": {**progress, "done": True},
+                "invalid_recipients": invalid,
+                "invalid_samples": samples,
             },
         )
         result.done = True
@@ -408,7 +473,7 @@ class CampaignManager:
             else {"entered": 0, "completed": 0, "avg_duration_seconds": 0.0}
             for name in names
         }
-        doc = metrics.model_dump(mode="python", exclude={"revision"})
+        doc = metrics.model_dump(mode="python", exclude={"revision", "inflight"})
         doc["stage_metrics"] = stage_metrics
         return doc
 
@@ -473,28 +538,54 @@ class CampaignManager:
         """Read, compute, compare-and-set; retried on a lost race. ``change`` returns None
         when there is nothing to do (a replay). ``first_read`` saves the first read when
         the caller has just loaded the document."""
-        for _ in range(_CAS_ATTEMPTS):
-            if first_read is not None:
-                state = parse_document(
-                    ConversationState, first_read, what=f"conversation {conversation_id}"
+        ledger: MetricsLedger | None = None
+        try:
+            for _ in range(_CAS_ATTEMPTS):
+                if first_read is not None:
+                    state = parse_document(
+                        ConversationState, first_read, what=f"conversation {conversation_id}"
+                    )
+                    first_read = None
+                else:
+                    state = self._load(conversation_id)
+                template, type_template = self._type_template(state.to_mongo())
+                now = self.clock.now()
+                outcome = change(state, template, type_template, now)
+                if outcome is None:
+                    self.publisher.leftovers([state])  # a replay after a crash
+                    return state
+                new_state, effects = outcome
+                ledger = ledger or MetricsLedger(
+                    self.campaign_metrics, state.campaign_id, self.clock
                 )
-                first_read = None
-            else:
-                state = self._load(conversation_id)
-            template, type_template = self._type_template(state.to_mongo())
-            now = self.clock.now()
-            outcome = change(state, template, type_template, now)
-            if outcome is None:
-                return state
-            new_state, effects = outcome
-            self.outbox.enqueue_many(effects.outbound)
-            if self.conversation_state_repository.save_transitions([(state, new_state)]):
-                self._account(state.campaign_id, state.campaign_type, [effects], now)
+                ledger.before_write()
+                written = self.conversation_state_repository.write_transitions(
+                    [(state, new_state)], now
+                )
+                ledger.after_write()
+                if state.id in written.failed:
+                    raise InvalidDocumentError(
+                        f"conversation {conversation_id!r} cannot store this change: "
+                        f"{written.failed[state.id]}"
+                    )
+                token = written.applied.get(state.id)
+                if token is None:
+                    continue  # lost the race: nothing was recorded, nothing to withdraw
+                ledger.add(effects.delta)
+                self.publisher.after_writes([(state, new_state, token)])
+                self._record_counters(state.campaign_type, [effects])
                 # What is stored now: the write bumped the version and dropped any lease.
                 return new_state.model_copy(
-                    update={"version": state.version + 1, "lease_owner": None, "lease_until": None}
+                    update={
+                        "version": state.version + 1,
+                        "lease_owner": None,
+                        "lease_until": None,
+                        "unpublished": [],
+                    }
                 )
-            self._withdraw([effects], now)
+        finally:
+            if ledger is not None:
+                ledger.close()
         raise ConcurrencyConflictError(
             f"conversation {conversation_id!r} kept changing under us; try again later"
         )
@@ -618,12 +709,17 @@ class CampaignManager:
             raise InvalidInputError("message_id: must not be empty")
         if not isinstance(content, str):
             raise InvalidInputError("content: must be a string")
+        check_size(metadata or {}, MAX_METADATA_BYTES, "metadata")
+        # An over-long reply is kept, cut at the limit and marked, rather than refused:
+        # its start still counts as the reply it is.
+        content, size = truncate_utf8(content, MAX_CONTENT_BYTES)
+        extra: Doc = {"truncated": True, "original_bytes": size} if size > MAX_CONTENT_BYTES else {}
         campaign = self.get_campaign(campaign_id)
         doc = self.conversation_state_repository.get_by_user(campaign_id, user_id)
         if doc is None:
             raise ConversationNotFoundError(f"campaign {campaign_id!r} / user {user_id!r}")
         conversation_id = str(doc["_id"])
-        evaluate_now = campaign["status"] == CampaignStatus.RUNNING.value
+        campaign_status = CampaignStatus(campaign["status"])
         result: Doc = {"conversation_id": conversation_id, "duplicate": False, "actions": []}
 
         def change(
@@ -632,15 +728,26 @@ class CampaignManager:
             type_template: CampaignTypeTemplate,
             now: datetime,
         ) -> tuple[ConversationState, Effects] | None:
+            result["actions"] = []  # what an earlier, lost attempt decided does not count
             if any(m.message_id == message_id for m in state.message_history):
                 result["duplicate"] = True
                 return None
+            if len(state.message_history) >= MAX_HISTORY_MESSAGES:
+                raise LimitExceededError(
+                    f"conversation {conversation_id!r} holds {MAX_HISTORY_MESSAGES} messages, "
+                    "the most one conversation keeps"
+                )
             message = Message(
                 message_id=message_id,
                 direction=Direction.INBOUND,
                 content=content,
                 timestamp=timestamp or now,
-                metadata={**(metadata or {}), "stage": state.current_stage, "received_at": now},
+                metadata={
+                    **(metadata or {}),
+                    **extra,
+                    "stage": state.current_stage,
+                    "received_at": now,
+                },
             )
             metrics = state.metrics.model_copy(
                 update={"messages_received": state.metrics.messages_received + 1}
@@ -653,9 +760,9 @@ class CampaignManager:
                 }
             )
             effects = Effects()
-            if state.status in FINISHED_STATUSES:
-                pass
-            elif evaluate_now:
+            if state.status in FINISHED_STATUSES or campaign_status in _SETTLED:
+                pass  # recorded; a cancelled campaign's conversations only wind down
+            elif campaign_status == CampaignStatus.RUNNING:
                 updated, effects = run(updated, template, type_template, now)
             else:
                 # Paused campaign: keep the reply due so it is evaluated on resume.
@@ -684,15 +791,17 @@ class CampaignManager:
     ) -> BatchResult:
         """Claim a batch of due conversations with a lease, progress each, write in bulk.
 
-        Round trips per batch: campaign read, claim (3), outbox insert, bulk_write,
-        metrics $inc - whatever the batch size. ``on_claimed(claimed, limit)`` runs right
-        after the claim, before the work: a caller can fan out the next batch while this
-        one is processed.
+        For a cancelled campaign the batch settles active conversations instead (each
+        ends ``cancelled``). A conversation that cannot be evaluated or written is failed
+        alone, with the reason; the rest of its batch lands. ``on_claimed(claimed,
+        limit)`` runs right after the claim: a caller can fan out the next batch while
+        this one is processed.
         """
         result = BatchResult(campaign_id=campaign_id)
         campaign = self.get_campaign(campaign_id)
-        if campaign["status"] != CampaignStatus.RUNNING.value:
-            result.skipped_reason = f"campaign is {campaign['status']}"
+        status = campaign["status"]
+        if status not in (CampaignStatus.RUNNING.value, CampaignStatus.CANCELLED.value):
+            result.skipped_reason = f"campaign is {status}"
             return result
         template, type_template = self._type_template(campaign)
         if stage is not None and stage not in type_template.stage_names:
@@ -702,41 +811,95 @@ class CampaignManager:
             raise InvalidInputError("limit must be a positive integer")
         now = self.clock.now()
         owner = owner or uuid.uuid4().hex
-        claimed = self.conversation_state_repository.claim_due(
-            campaign_id,
-            now,
-            owner=owner,
-            lease_until=now + timedelta(seconds=self.lease_seconds),
-            stage=stage,
-            limit=batch_limit,
-        )
+        lease_until = now + timedelta(seconds=self.lease_seconds)
+        repo = self.conversation_state_repository
+        settling = status == CampaignStatus.CANCELLED.value
+        if settling:
+            claimed = repo.claim_active(
+                campaign_id, now, owner=owner, lease_until=lease_until, limit=batch_limit
+            )
+        else:
+            claimed = repo.claim_due(
+                campaign_id,
+                now,
+                owner=owner,
+                lease_until=lease_until,
+                stage=stage,
+                limit=batch_limit,
+            )
         result.claimed = len(claimed)
         if on_claimed is not None:
             on_claimed(len(claimed), batch_limit)
         self.metrics.batch_size("process", len(claimed))
+        if not claimed:
+            return result
+        step = _settle if settling else run
+        ledger = MetricsLedger(self.campaign_metrics, campaign_id, self.clock)
+        try:
+            types = (template, type_template, campaign["campaign_type"])
+            self._progress_batch(claimed, step, types, now, ledger, result)
+        finally:
+            ledger.close()
+        log.info(
+            "batch_processed",
+            campaign_id=campaign_id,
+            **{k: v for k, v in result.as_dict().items() if k != "campaign_id"},
+        )
+        return result
+
+    def _progress_batch(
+        self,
+        claimed: list[Doc],
+        step: Callable[
+            [ConversationState, Template, CampaignTypeTemplate, datetime],
+            tuple[ConversationState, Effects],
+        ],
+        types: tuple[Template, CampaignTypeTemplate, str],
+        now: datetime,
+        ledger: MetricsLedger,
+        result: BatchResult,
+    ) -> None:
+        """Evaluate each claimed conversation, write the batch, publish, account."""
+        template, type_template, campaign_type = types
         changes: list[tuple[ConversationState, ConversationState]] = []
         effects_by_id: dict[str, Effects] = {}
+        broken: dict[str, str] = {}
         for doc in claimed:
             try:
                 state = ConversationState.model_validate(doc)
             except ValueError as exc:
                 result.invalid += 1
-                self._quarantine(doc, str(exc), owner)
+                broken[str(doc["_id"])] = f"invalid document: {_validation_summary(exc)}"
                 continue
-            new_state, effects = run(state, template, type_template, now)
+            try:
+                new_state, effects = step(state, template, type_template, now)
+            except Exception as exc:  # one conversation's bug must not sink its batch
+                log.exception("conversation_evaluation_failed", conversation_id=state.id)
+                try:
+                    new_state, effects = _failed(state, template, type_template, now, exc)
+                except Exception:
+                    broken[state.id] = f"could not be evaluated: {type(exc).__name__}"
+                    continue
             changes.append((state, new_state))
             effects_by_id[state.id] = effects
-        self.outbox.enqueue_many(
-            [envelope for effects in effects_by_id.values() for envelope in effects.outbound]
+        ledger.before_write()
+        written = self.conversation_state_repository.write_transitions(changes, now)
+        ledger.after_write()
+        broken.update(written.failed)
+        result.written = len(written.applied)
+        result.conflicts = len(changes) - len(written.applied) - len(written.failed)
+        landed = [effects_by_id[cid] for cid in written.applied]
+        for effects in landed:
+            ledger.add(effects.delta)
+        self.publisher.after_writes(
+            [
+                (old, new, written.applied[old.id])
+                for old, new in changes
+                if old.id in written.applied
+            ]
         )
-        applied = self.conversation_state_repository.save_transitions(changes)
-        result.written = len(applied)
-        result.conflicts = len(changes) - len(applied)
-        self._withdraw(
-            [effects for cid, effects in effects_by_id.items() if cid not in applied], now
-        )
-        landed = [effects_by_id[cid] for cid in applied]
-        self._account(campaign_id, campaign["campaign_type"], landed, now)
+        self._record_counters(campaign_type, landed)
+        result.failures = self._fail_alone(broken, ledger)
         for effects in landed:
             result.sent += len(effects.outbound)
             for transition in effects.transitions:
@@ -745,48 +908,27 @@ class CampaignManager:
                 else:
                     outcome = transition.outcome or "unknown"
                     result.finished[outcome] = result.finished.get(outcome, 0) + 1
-        log.info(
-            "batch_processed",
-            campaign_id=campaign_id,
-            **{k: v for k, v in result.as_dict().items() if k != "campaign_id"},
-        )
-        return result
 
-    def _quarantine(self, doc: Doc, error: str, owner: str) -> None:
-        """A stored conversation that no longer validates: fail it so it stops being due."""
-        log.error("conversation_invalid", conversation_id=doc.get("_id"), error=error)
-        updated = self.conversation_state_repository.update_conversation_state(
-            str(doc["_id"]),
-            {
-                "$set": {
-                    "status": ConversationStatus.FAILED.value,
-                    "status_reason": f"invalid document: {error[:500]}",
-                    "next_action_at": None,
-                },
-                "$unset": {"lease_owner": "", "lease_until": ""},
-            },
-        )
-        if updated is not None and doc.get("status") == ConversationStatus.ACTIVE.value:
-            delta = MetricsDelta(active=-1, failed=1)
-            self.campaign_metrics.apply_delta(str(doc["campaign_id"]), delta, self.clock.now())
+    def _fail_alone(self, broken: dict[str, str], ledger: MetricsLedger) -> int:
+        """Fail conversations that could not be evaluated or stored, one by one, so they
+        stop being due; each is counted as failed (if it was active)."""
+        failed = 0
+        for conversation_id, reason in broken.items():
+            log.error("conversation_failed_alone", conversation_id=conversation_id, reason=reason)
+            ledger.before_write()
+            was_active = self.conversation_state_repository.fail_conversation(
+                conversation_id, reason, self.clock.now()
+            )
+            ledger.after_write()
+            if was_active:
+                ledger.add(MetricsDelta(active=-1, failed=1))
+                failed += 1
+        return failed
 
-    def _withdraw(self, lost: list[Effects], now: datetime) -> None:
-        """Cancel the outbox messages of writes that lost their compare-and-set: the
-        conversation never recorded them (the re-evaluation decides afresh, and revives a
-        message it decides to send again)."""
-        message_ids = [envelope.message_id for effects in lost for envelope in effects.outbound]
-        if message_ids:
-            withdrawn = self.outbox.cancel_pending(message_ids, now)
-            log.info("outbox_withdrawn", messages=len(message_ids), withdrawn=withdrawn)
-
-    def _account(
-        self, campaign_id: str, campaign_type: str, landed: list[Effects], now: datetime
-    ) -> None:
-        """Fold the effects of writes that landed into one metrics $inc and counters."""
-        delta = MetricsDelta()
+    def _record_counters(self, campaign_type: str, landed: list[Effects]) -> None:
+        """Operational counters (Prometheus) for writes that landed."""
         sent_by_channel: dict[str, int] = {}
         for effects in landed:
-            delta.add(effects.delta)
             for envelope in effects.outbound:
                 sent_by_channel[envelope.channel] = sent_by_channel.get(envelope.channel, 0) + 1
             for transition in effects.transitions:
@@ -798,20 +940,23 @@ class CampaignManager:
                     self.metrics.conversation_finished(campaign_type, transition.outcome or "")
         for channel, count in sent_by_channel.items():
             self.metrics.messages_sent(channel, count)
-        if not delta.is_empty():
-            self.campaign_metrics.apply_delta(campaign_id, delta, now)
 
     # ------------------------------------------------------------------ reconcile
 
     def campaigns_to_reconcile(self, recent: timedelta = timedelta(days=1)) -> list[str]:
-        """Running and paused campaigns, and those completed within ``recent``."""
+        """Running and paused campaigns, and those completed or cancelled within ``recent``."""
         now = self.clock.now()
         ids = []
         for doc in self.campaigns.find_by_status(
-            [CampaignStatus.RUNNING, CampaignStatus.PAUSED, CampaignStatus.COMPLETED]
+            [
+                CampaignStatus.RUNNING,
+                CampaignStatus.PAUSED,
+                CampaignStatus.COMPLETED,
+                CampaignStatus.CANCELLED,
+            ]
         ):
             updated = doc.get("updated_at")
-            if doc["status"] != CampaignStatus.COMPLETED.value or (
+            if doc["status"] not in _SETTLED_VALUES or (
                 updated is not None and to_utc(updated) >= now - recent
             ):
                 ids.append(str(doc["_id"]))
@@ -821,15 +966,25 @@ class CampaignManager:
         """Recompute the metrics document from the conversations; correct any drift.
 
         Returns the drift corrected per field (expected minus stored; empty when exact).
-        The correction is a $inc guarded by the document's ``updated_at``, and is only
-        made when no increment landed while the aggregation ran: otherwise an in-flight
-        batch would be counted twice, and the next run decides instead.
+        Exact while batches run: it defers while a writer is registered (its states may
+        have landed before its increment), and when any write touched the document while
+        the aggregation ran. A registration older than the in-flight timeout belongs to a
+        dead writer: it is dropped with the correction.
         """
-        self.get_campaign(campaign_id)
+        campaign = self.get_campaign(campaign_id)
+        now = self.clock.now()
         before = self.campaign_metrics.get(campaign_id) or {}
+        inflight = {str(k): to_utc(v) for k, v in (before.get("inflight") or {}).items()}
+        stale = [token for token, since in inflight.items() if since < now - self.inflight_timeout]
+        if len(stale) < len(inflight):
+            log.info("metrics_reconcile_deferred", campaign_id=campaign_id, reason="writers")
+            return {}
         expected = _expected_counts(
             self.conversation_state_repository.aggregate_campaign(campaign_id)
         )
+        invalid = int((campaign.get("init_progress") or {}).get("invalid", 0))
+        if invalid:
+            expected["invalid_recipients"] = invalid
         after = self.campaign_metrics.get(campaign_id) or {}
         if before.get("revision") != after.get("revision"):
             log.info(
@@ -842,20 +997,23 @@ class CampaignManager:
             for key in set(expected) | set(stored)
             if abs(expected.get(key, 0) - stored.get(key, 0)) > 1e-6
         }
-        if drift:
+        if drift or stale:
             applied = self.campaign_metrics.correct(
-                campaign_id, drift, int(after.get("revision") or 0), self.clock.now()
+                campaign_id, drift, int(after.get("revision") or 0), now, stale
             )
             if not applied:
                 return {}
-            log.warning("metrics_drift_corrected", campaign_id=campaign_id, drift=drift)
+            if drift:
+                log.warning("metrics_drift_corrected", campaign_id=campaign_id, drift=drift)
         return drift
 
     # ------------------------------------------------------------------ polling
 
     def poll_campaigns(self, owner: str | None = None, claim_limit: int = 10) -> PollResult:
         """One poller pass: claim campaigns due for initialization, list running ones with
-        due conversations, and complete running ones with nothing left active."""
+        due conversations (and cancelled ones with conversations left to settle), complete
+        running ones with nothing left active, publish messages a crash left unpublished.
+        The lag counts running campaigns only: paused and cancelled ones are not late."""
         now = self.clock.now()
         result = PollResult()
         claimed = self.campaigns.claim_for_initialization(
@@ -866,8 +1024,15 @@ class CampaignManager:
         )
         result.initialize = [str(doc["_id"]) for doc in claimed]
         repo = self.conversation_state_repository
-        for campaign in self.campaigns.find_by_status([CampaignStatus.RUNNING]):
+        running = []
+        for campaign in self.campaigns.find_by_status(
+            [CampaignStatus.RUNNING, CampaignStatus.CANCELLED]
+        ):
             campaign_id = str(campaign["_id"])
+            if campaign["status"] == CampaignStatus.CANCELLED.value:
+                self._poll_cancelled(campaign, now, result)
+                continue
+            running.append(campaign_id)
             if repo.has_due(campaign_id, now):
                 result.process.append(campaign_id)
             elif repo.count_active(campaign_id) == 0:
@@ -876,13 +1041,70 @@ class CampaignManager:
                 )
                 result.completed.append(campaign_id)
                 log.info("campaign_completed", campaign_id=campaign_id)
-        result.oldest_due = repo.oldest_due(now)
+        result.oldest_due = repo.oldest_due(now, running)
         lag = (now - to_utc(result.oldest_due)).total_seconds() if result.oldest_due else 0.0
         self.metrics.poller_lag(max(0.0, lag))
+        result.republished = self.publisher.sweep(now - self.publish_grace)
         return result
 
+    def _poll_cancelled(self, campaign: Doc, now: datetime, result: PollResult) -> None:
+        """A cancelled campaign is settled once no conversation of it is active."""
+        campaign_id = str(campaign["_id"])
+        if self.conversation_state_repository.count_active(campaign_id):
+            result.process.append(campaign_id)
+        else:
+            self.campaigns.mark_settled(campaign_id, now)
+            log.info("campaign_settled", campaign_id=campaign_id)
 
-__all__ = ["BatchResult", "CampaignManager", "PollResult", "evaluate_rule"]
+
+__all__ = ["BatchResult", "CampaignManager", "PollResult", "campaign_id_for_key", "evaluate_rule"]
+
+
+def campaign_id_for_key(idempotency_key: str) -> str:
+    """The campaign id a client's idempotency key stands for (same key, same campaign)."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"campaign-worker:campaign-key:{idempotency_key}").hex
+
+
+def _settle(
+    state: ConversationState, template: Template, type_template: CampaignTypeTemplate, now: datetime
+) -> tuple[ConversationState, Effects]:
+    """A cancelled campaign's active conversation ends as ``cancelled``."""
+    effects = Effects()
+    if state.status in FINISHED_STATUSES:
+        return state, effects
+    decision = Decision(Action.CANCEL, "campaign cancelled")
+    return apply(state, decision, template, type_template, now, effects), effects
+
+
+def _failed(
+    state: ConversationState,
+    template: Template,
+    type_template: CampaignTypeTemplate,
+    now: datetime,
+    error: Exception,
+) -> tuple[ConversationState, Effects]:
+    """The conversation failed, with the evaluation error as its reason."""
+    effects = Effects()
+    reason = f"could not be evaluated: {type(error).__name__}: {str(error)[:300]}"
+    return apply(
+        state, Decision(Action.FAIL, reason), template, type_template, now, effects
+    ), effects
+
+
+def _validation_summary(exc: ValueError) -> str:
+    """Which fields failed and why, without echoing the values (they may be personal)."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return describe_validation_error(exc)[:500]
+    return str(exc)[:500]
+
+
+def _fingerprint(raw: Doc) -> str:
+    """A hash of what the client asked for (its request, less server-set fields)."""
+    request = {k: v for k, v in raw.items() if k not in {"created_at", "updated_at"}}
+    encoded = json.dumps(request, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode()).hexdigest()
 
 
 def _expected_counts(aggregate: Doc) -> dict[str, float]:
@@ -893,6 +1115,7 @@ def _expected_counts(aggregate: Doc) -> dict[str, float]:
         "completed": "completed_conversations",
         "failed": "failed_conversations",
         "opted_out": "opted_out_conversations",
+        "cancelled": "cancelled_conversations",
     }
     for row in aggregate.get("status", []):
         counts["total_recipients"] += row["n"]
@@ -916,6 +1139,8 @@ def _stored_counts(doc: Doc) -> dict[str, float]:
         "completed_conversations",
         "failed_conversations",
         "opted_out_conversations",
+        "cancelled_conversations",
+        "invalid_recipients",
     ):
         counts[key] = doc.get(key, 0)
     messages = doc.get("message_metrics", {})

@@ -817,30 +817,55 @@ def test_two_claimers_never_share_a_conversation(manager: CampaignManager) -> No
     assert not ids_a & ids_b
 
 
-def test_replayed_batch_never_duplicates_the_outbox(
+def test_a_crash_before_the_state_write_records_and_publishes_nothing(
     manager: CampaignManager, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     running(manager, 3)
     repo = manager.conversation_state_repository
-    real_save = repo.save_transitions
+    real_write = repo.write_transitions
 
-    def crash(changes: Any) -> set[str]:
-        raise RuntimeError("worker died after writing the outbox")
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("worker died before the state write")
 
-    monkeypatch.setattr(repo, "save_transitions", crash)
+    monkeypatch.setattr(repo, "write_transitions", crash)
     with pytest.raises(RuntimeError):
         manager.process_due_conversations("camp-1", owner="A")
-    monkeypatch.setattr(repo, "save_transitions", real_save)
-    first_ids = sorted(m["_id"] for m in outbox(manager))
-    assert len(first_ids) == 3
+    monkeypatch.setattr(repo, "write_transitions", real_write)
+    assert outbox(manager) == []  # nothing is deliverable that no conversation recorded
 
     assert manager.process_due_conversations("camp-1", owner="B").claimed == 0  # still leased
     clock.advance(timedelta(seconds=manager.lease_seconds))
     result = manager.process_due_conversations("camp-1", owner="B")
     assert (result.claimed, result.written) == (3, 3)
-    assert sorted(m["_id"] for m in outbox(manager)) == first_ids
-    assert [len(conv(manager, i)["message_history"]) for i in range(3)] == [1, 1, 1]
+    recorded = sorted(conv(manager, i)["message_history"][0]["message_id"] for i in range(3))
+    assert sorted(m["_id"] for m in outbox(manager)) == recorded
     assert stored_metrics(manager)["message_metrics"]["total_sent"] == 3
+
+
+def test_a_crash_after_the_state_write_is_published_by_the_sweep_once(
+    manager: CampaignManager, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running(manager, 3)
+    real_enqueue = manager.outbox.enqueue_many
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("worker died between the state write and the outbox insert")
+
+    monkeypatch.setattr(manager.outbox, "enqueue_many", crash)
+    with pytest.raises(RuntimeError):
+        manager.process_due_conversations("camp-1")
+    monkeypatch.setattr(manager.outbox, "enqueue_many", real_enqueue)
+    states = [conv(manager, i) for i in range(3)]
+    assert outbox(manager) == []
+    assert all(len(s["unpublished"]) == 1 for s in states)
+
+    assert manager.poll_campaigns().republished == 0  # within the grace: maybe in flight
+    clock.advance(manager.publish_grace)
+    assert manager.poll_campaigns().republished == 3
+    assert manager.poll_campaigns().republished == 0  # cleared: published once
+    recorded = sorted(s["message_history"][0]["message_id"] for s in states)
+    assert sorted(m["_id"] for m in outbox(manager)) == recorded
+    assert all(conv(manager, i)["unpublished"] == [] for i in range(3))
 
 
 def test_lost_race_counts_only_writes_that_landed(
@@ -848,13 +873,13 @@ def test_lost_race_counts_only_writes_that_landed(
 ) -> None:
     running(manager, 3)
     repo = manager.conversation_state_repository
-    real_save = repo.save_transitions
+    real_write = repo.write_transitions
 
-    def concurrent_writer_first(changes: Any) -> set[str]:
+    def concurrent_writer_first(*args: Any, **kwargs: Any) -> Any:
         repo.update_conversation_state(cid(1), {"status_reason": "touched meanwhile"})
-        return real_save(changes)
+        return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(repo, "save_transitions", concurrent_writer_first)
+    monkeypatch.setattr(repo, "write_transitions", concurrent_writer_first)
     result = manager.process_due_conversations("camp-1")
     assert (result.written, result.conflicts, result.sent) == (2, 1, 2)
     assert conv(manager, 1)["message_history"] == []
@@ -1062,7 +1087,9 @@ def test_cancel_is_final(manager: CampaignManager) -> None:
         manager.resume_campaign("camp-1")
     with pytest.raises(InvalidStateTransitionError):
         manager.pause_campaign("camp-1")
-    assert manager.process_due_conversations("camp-1").skipped_reason == "campaign is cancelled"
+    # Processing a cancelled campaign settles its active conversations, then finds none.
+    assert manager.process_due_conversations("camp-1").finished == {"cancelled": 1}
+    assert manager.process_due_conversations("camp-1").claimed == 0
 
 
 def test_cancel_keeps_conversation_state(manager: CampaignManager) -> None:
@@ -1172,6 +1199,8 @@ def test_metrics_document_after_a_scripted_scenario(
         "completed_conversations": 2,
         "failed_conversations": 0,
         "opted_out_conversations": 1,
+        "cancelled_conversations": 0,
+        "invalid_recipients": 0,
         "stage_metrics": {
             "awareness": {"entered": 4, "completed": 2, "avg_duration_seconds": 45000.0},
             "consideration": {"entered": 1, "completed": 1, "avg_duration_seconds": 7200.0},

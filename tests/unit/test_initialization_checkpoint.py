@@ -70,7 +70,16 @@ def test_referenced_recipients_resume_after_the_last_id(
     step = small_batches.initialize_campaign_step("camp-1", max_batches=1)
     assert step.created == 49
     stored = mock_db.campaigns.find_one({"_id": "camp-1"})["init_progress"]
-    assert stored == {"position": {"after_id": "r0049"}, "invalid": 1}
+    assert stored == {
+        "position": {"after_id": "r0049"},
+        "invalid": 1,
+        "invalid_samples": [
+            {
+                "user_id": "user-00007",
+                "error": "timezone: Value error, unknown timezone 'Not/AZone'",
+            }
+        ],
+    }
 
     rest = small_batches.initialize_campaign_step("camp-1")
     assert (rest.created, rest.done) == (60, True)

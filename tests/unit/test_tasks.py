@@ -197,9 +197,9 @@ def test_invalid_campaign_is_dead_lettered_with_its_reason_and_not_retried(
     spy = worker.manager.create_campaign
     calls = [0]
 
-    def counting(data: Any) -> str:
+    def counting(data: Any, idempotency_key: str | None = None) -> str:
         calls[0] += 1
-        return spy(data)
+        return spy(data, idempotency_key)
 
     monkeypatch.setattr(worker.manager, "create_campaign", counting)
 
