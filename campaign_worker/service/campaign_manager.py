@@ -430,7 +430,9 @@ class CampaignManager:
         limit: int = 100,
         status: str = "active",
     ) -> list[Doc]:
-        """Due conversations (``next_action_at`` <= now), oldest first, via the index."""
+        """For ``active`` (the default): due conversations (``next_action_at`` <= now),
+        oldest first, via the index. For a finished status, where nothing is ever due: the
+        conversations in it, most recently finished first."""
         if limit < 1:
             raise InvalidInputError("limit must be a positive integer")
         try:
