@@ -90,6 +90,7 @@ def poll_campaigns() -> dict[str, Any]:
         "process": result.process,
         "completed": result.completed,
         "oldest_due": result.oldest_due,
+        "republished": result.republished,
     }
 
 

@@ -560,11 +560,15 @@ class CampaignManager:
                 ledger = ledger or MetricsLedger(
                     self.campaign_metrics, state.campaign_id, self.clock
                 )
-                ledger.before_write()
+                # A write that changes no count cannot be counted twice: no registration.
+                counts = not effects.delta.is_empty()
+                if counts:
+                    ledger.before_write()
                 written = self.conversation_state_repository.write_transitions(
                     [(state, new_state)], now
                 )
-                ledger.after_write()
+                if counts:
+                    ledger.after_write()
                 if state.id in written.failed:
                     raise InvalidDocumentError(
                         f"conversation {conversation_id!r} cannot store this change: "
@@ -884,9 +888,12 @@ class CampaignManager:
                     continue
             changes.append((state, new_state))
             effects_by_id[state.id] = effects
-        ledger.before_write()
+        counts = any(not effects.delta.is_empty() for effects in effects_by_id.values())
+        if counts:
+            ledger.before_write()
         written = self.conversation_state_repository.write_transitions(changes, now)
-        ledger.after_write()
+        if counts:
+            ledger.after_write()
         broken.update(written.failed)
         result.written = len(written.applied)
         result.conflicts = len(changes) - len(written.applied) - len(written.failed)
@@ -1018,6 +1025,8 @@ class CampaignManager:
         The lag counts running campaigns only: paused and cancelled ones are not late."""
         now = self.clock.now()
         result = PollResult()
+        # First, so a failure here leaves no campaign claimed without its task sent.
+        result.republished = self.publisher.sweep(now - self.publish_grace)
         claimed = self.campaigns.claim_for_initialization(
             now,
             owner or uuid.uuid4().hex,
@@ -1046,7 +1055,6 @@ class CampaignManager:
         result.oldest_due = repo.oldest_due(now, running)
         lag = (now - to_utc(result.oldest_due)).total_seconds() if result.oldest_due else 0.0
         self.metrics.poller_lag(max(0.0, lag))
-        result.republished = self.publisher.sweep(now - self.publish_grace)
         return result
 
     def _poll_cancelled(self, campaign: Doc, now: datetime, result: PollResult) -> None:

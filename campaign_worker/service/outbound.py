@@ -61,10 +61,13 @@ class Publisher:
 
     def sweep(self, before: datetime, limit: int = 500) -> int:
         """Publish messages recorded before ``before`` whose publication was interrupted."""
-        states = [
-            ConversationState.model_validate(doc)
-            for doc in self.conversations.find_unpublished(before, limit)
-        ]
+        states = []
+        for doc in self.conversations.find_unpublished(before, limit):
+            try:
+                states.append(ConversationState.model_validate(doc))
+            except ValueError:
+                # Left marked for an operator: its messages cannot be rebuilt reliably.
+                log.error("outbox_sweep_invalid_conversation", conversation_id=doc.get("_id"))
         published = self.leftovers(states)
         if states:
             log.warning("outbox_sweep", conversations=len(states), published=published)
