@@ -462,6 +462,10 @@ class CampaignManager:
         raw = {key: value for key, value in raw.items() if key != "_id"}
         raw.setdefault("campaign_id", campaign_id)
         raw.setdefault("updated_at", self.clock.now())
+        negative = _clamp_negative(raw)
+        if negative:
+            # Stored drift, not the caller's input: report zero; the reconcile corrects it.
+            log.warning("metrics_document_negative", campaign_id=campaign_id, fields=negative)
         metrics = parse_document(CampaignMetrics, raw, what=f"metrics of {campaign_id}")
         try:
             _, type_template = self._type_template(campaign)
@@ -1099,6 +1103,18 @@ def _failed(
     return apply(
         state, Decision(Action.FAIL, reason), template, type_template, now, effects
     ), effects
+
+
+def _clamp_negative(doc: Doc, prefix: str = "") -> list[str]:
+    """Set negative counters in ``doc`` (nested) to 0; returns their paths."""
+    clamped = []
+    for key, value in doc.items():
+        if isinstance(value, dict) and key != "inflight":
+            clamped += _clamp_negative(value, f"{prefix}{key}.")
+        elif isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            doc[key] = 0
+            clamped.append(prefix + key)
+    return clamped
 
 
 def _validation_summary(exc: ValueError) -> str:

@@ -44,9 +44,9 @@ def test_reply_bursts_and_duplicates_never_lose_a_recorded_message(
     wait_for_workers(client, [node])
     payload = {"campaign": {**campaign_payload(N, CAMPAIGN), "campaign_type": "slow"}}
     client.send_task(CREATE, kwargs=payload, task_id="race-create").get(timeout=60)
-    client.send_task(
-        "campaign_worker.initialize_campaign", kwargs={"campaign_id": CAMPAIGN}
-    ).get(timeout=60)
+    client.send_task("campaign_worker.initialize_campaign", kwargs={"campaign_id": CAMPAIGN}).get(
+        timeout=60
+    )
     wait_until(lambda: len(_outbound(mongo)) == N, 60, "the first message to everyone")
 
     # Per conversation: two different replies at once (both move hello -> offer and so

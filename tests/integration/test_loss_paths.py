@@ -461,6 +461,19 @@ def test_the_stored_metrics_document_has_its_documented_shape(
     assert raw["stage_metrics"]["consideration"]["avg_duration_seconds"] == 0.0
 
 
+def test_a_negative_stored_counter_is_not_blamed_on_the_caller(
+    any_db: Any, make_manager: ManagerFactory
+) -> None:
+    """Finding 12: counters that went negative made get_campaign_metrics fail as invalid
+    input (and so be dead-lettered); the reconcile then puts them right."""
+    manager = make_manager(any_db)
+    started(manager, 2)
+    any_db[METRICS].update_one({"_id": "camp-1"}, {"$inc": {"active_conversations": -5}})
+    assert manager.get_campaign_metrics("camp-1")["active_conversations"] == 0
+    assert manager.reconcile_campaign_metrics("camp-1") == {"active_conversations": 5}
+    assert manager.get_campaign_metrics("camp-1")["active_conversations"] == 2
+
+
 def test_pending_conversations_are_honest_for_every_status(
     any_db: Any, make_manager: ManagerFactory
 ) -> None:
