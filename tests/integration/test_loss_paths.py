@@ -19,6 +19,7 @@ from campaign_worker.domain.documents import ConversationState, conversation_id_
 from campaign_worker.domain.errors import InvalidInputError, LimitExceededError
 from campaign_worker.domain.limits import MAX_CONTENT_BYTES, MAX_HISTORY_MESSAGES
 from campaign_worker.service import campaign_manager as cm
+from campaign_worker.service import processing
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.settings import Settings
 from tests.conftest import ManagerFactory, sample_campaign
@@ -50,6 +51,26 @@ def recorded(db: Any) -> list[str]:
     ]
 
 
+def reply_racing(
+    manager: CampaignManager,
+    monkeypatch: pytest.MonkeyPatch,
+    first: tuple[str, str, str, str],
+    second: tuple[str, str, str, str],
+) -> Doc:
+    """Record ``second``; ``first`` lands after ``second`` computed its change and
+    before it writes (a concurrent writer winning the race)."""
+    repo = manager.conversation_state_repository
+    real = repo.write_transitions
+
+    def other_lands_first(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(repo, "write_transitions", real)
+        manager.record_inbound_message(*first)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(repo, "write_transitions", other_lands_first)
+    return manager.record_inbound_message(*second)
+
+
 def assert_exact(manager: CampaignManager, db: Any) -> None:
     """Outbox = recorded messages, all deliverable; metrics = a recount (no drift)."""
     ids = recorded(db)
@@ -68,16 +89,8 @@ def test_two_replies_racing_never_cancel_a_recorded_message(
     the winner recorded (finding 1: it was cancelled in the outbox)."""
     manager = make_manager(any_db)
     started(manager)
-    repo = manager.conversation_state_repository
-    real = repo.write_transitions
-
-    def other_reply_lands_first(*args: Any, **kwargs: Any) -> Any:
-        monkeypatch.setattr(repo, "write_transitions", real)
-        manager.record_inbound_message("camp-1", USER, "in-b", "tell me more")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(repo, "write_transitions", other_reply_lands_first)
-    result = manager.record_inbound_message("camp-1", USER, "in-a", "yes please")
+    first = ("camp-1", USER, "in-b", "tell me more")
+    result = reply_racing(manager, monkeypatch, first, ("camp-1", USER, "in-a", "yes please"))
 
     assert result["duplicate"] is False
     state = manager.get_conversation(CID)
@@ -95,16 +108,8 @@ def test_a_duplicate_delivery_that_loses_its_race_reports_no_actions(
     """Finding 8: the lost attempt's actions were returned with ``duplicate: true``."""
     manager = make_manager(any_db)
     started(manager)
-    repo = manager.conversation_state_repository
-    real = repo.write_transitions
-
-    def same_reply_lands_first(*args: Any, **kwargs: Any) -> Any:
-        monkeypatch.setattr(repo, "write_transitions", real)
-        manager.record_inbound_message("camp-1", USER, "in-a", "yes please")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(repo, "write_transitions", same_reply_lands_first)
-    result = manager.record_inbound_message("camp-1", USER, "in-a", "yes please")
+    reply = ("camp-1", USER, "in-a", "yes please")
+    result = reply_racing(manager, monkeypatch, reply, reply)
     assert (result["duplicate"], result["actions"]) == (True, [])
     assert_exact(manager, any_db)
 
@@ -281,14 +286,14 @@ def test_one_conversation_that_cannot_be_evaluated_fails_alone(
     manager.create_campaign(sample_campaign(5))
     manager.initialize_campaign_conversations("camp-1")
     victim = conversation_id_for("camp-1", "user-00002")
-    real_run = cm.run
+    real_run = processing.run
 
     def run(state: ConversationState, *args: Any) -> Any:
         if state.id == victim:
             raise ZeroDivisionError("a bug")
         return real_run(state, *args)
 
-    monkeypatch.setattr(cm, "run", run)
+    monkeypatch.setattr(processing, "run", run)
     result = manager.process_due_conversations("camp-1")
     assert (result.claimed, result.written, result.sent) == (5, 5, 4)
     assert result.finished == {"failed": 1}

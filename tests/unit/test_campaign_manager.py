@@ -1237,7 +1237,7 @@ def test_metrics_order_stages_as_the_template(manager: CampaignManager) -> None:
 def test_malformed_metrics_document_names_the_field(manager: CampaignManager, mock_db: Any) -> None:
     running(manager, 1)
     mock_db["campaign_metrics"].update_one(
-        {"_id": "camp-1"}, {"$set": {"active_conversations": -1}}
+        {"_id": "camp-1"}, {"$set": {"active_conversations": "many"}}
     )
     with pytest.raises(InvalidDocumentError, match="active_conversations"):
         manager.get_campaign_metrics("camp-1")
