@@ -26,7 +26,7 @@ test: lint typecheck
 	$(BIN)/python -m pytest -q -ra
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q tests/unit -m "not wire"
 
 wire: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration

@@ -170,7 +170,7 @@ def manager(mock_db: Any, make_manager: ManagerFactory) -> CampaignManager:
     return make_manager(mock_db)
 
 
-@pytest.fixture(params=["mock", "wire"])
+@pytest.fixture(params=["mock", pytest.param("wire", marks=pytest.mark.wire)])
 def any_db(request: pytest.FixtureRequest) -> Any:
     """Runs a test on the in-process fake and over the wire."""
     if request.param == "mock":
