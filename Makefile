@@ -16,8 +16,8 @@ demo: $(STAMP)
 	$(BIN)/campaign-worker demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check campaign_worker tests bench celeryconfig.py
-	$(BIN)/ruff format --check campaign_worker tests bench celeryconfig.py
+	$(BIN)/ruff check campaign_worker tests bench tooling celeryconfig.py
+	$(BIN)/ruff format --check campaign_worker tests bench tooling celeryconfig.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

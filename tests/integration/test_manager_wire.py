@@ -18,10 +18,10 @@ import pytest
 
 from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.adapters.mongo import CAMPAIGNS, CONVERSATIONS, METRICS, OUTBOX
-from campaign_worker.adapters.mongo_monitoring import CommandCounter
 from campaign_worker.domain.documents import conversation_id_for
 from campaign_worker.service.campaign_manager import CampaignManager
 from tests.conftest import ManagerFactory, sample_campaign
+from tooling.mongo_monitoring import CommandCounter
 
 pytestmark = pytest.mark.wire
 

@@ -25,7 +25,6 @@ from campaign_worker.adapters.mongo import (
     MongoConversationStateRepository,
 )
 from campaign_worker.adapters.mongo_metrics import MongoCampaignMetricsRepository
-from campaign_worker.adapters.mongo_monitoring import CommandCounter
 from campaign_worker.domain.documents import (
     ConversationContext,
     ConversationState,
@@ -36,6 +35,7 @@ from campaign_worker.domain.documents import (
 )
 from campaign_worker.domain.progression import MetricsDelta
 from tests.conftest import START
+from tooling.mongo_monitoring import CommandCounter
 
 pytestmark = pytest.mark.wire
 
