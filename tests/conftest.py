@@ -137,7 +137,7 @@ def wire_db(wire_client: pymongo.MongoClient[dict[str, Any]]) -> Iterator[Any]:
 
 @pytest.fixture
 def mock_db() -> Iterator[Any]:
-    client = mongomock_ng.MongoClient(tz_aware=True)
+    client: Any = mongomock_ng.MongoClient(tz_aware=True)
     yield client["campaign_worker_test"]
     client.close()
 

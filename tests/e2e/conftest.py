@@ -74,7 +74,7 @@ def _purge_rabbitmq(url: str) -> None:
             channel = connection.channel()
             for name in QUEUES:
                 Queue(name, Exchange(name), routing_key=name)(channel).declare()
-                channel.queue_purge(name)
+                channel.queue_purge(name)  # type: ignore[attr-defined]  # amqp Channel
     except OSError as exc:
         raise RuntimeError(f"e2e tests need RabbitMQ at {url}: {exc}") from exc
 

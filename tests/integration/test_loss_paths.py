@@ -15,6 +15,7 @@ from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.adapters.config_manager import ConfigManager
 from campaign_worker.adapters.mongo import CAMPAIGNS, CONVERSATIONS, METRICS, OUTBOX
 from campaign_worker.bootstrap import build_manager, ensure_indexes
+from campaign_worker.domain import progression
 from campaign_worker.domain.documents import ConversationState, conversation_id_for
 from campaign_worker.domain.errors import InvalidInputError, LimitExceededError
 from campaign_worker.domain.limits import MAX_CONTENT_BYTES, MAX_HISTORY_MESSAGES
@@ -286,7 +287,7 @@ def test_one_conversation_that_cannot_be_evaluated_fails_alone(
     manager.create_campaign(sample_campaign(5))
     manager.initialize_campaign_conversations("camp-1")
     victim = conversation_id_for("camp-1", "user-00002")
-    real_run = processing.run
+    real_run = progression.run
 
     def run(state: ConversationState, *args: Any) -> Any:
         if state.id == victim:

@@ -53,7 +53,7 @@ def conversation(
     status: str = "active",
 ) -> Doc:
     return ConversationState(
-        _id=conversation_id_for(campaign_id, user_id),
+        id=conversation_id_for(campaign_id, user_id),
         user_id=user_id,
         campaign_id=campaign_id,
         campaign_type="sales",
