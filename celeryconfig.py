@@ -98,4 +98,11 @@ task_routes = {
 worker_send_task_events = _bool("CELERY_SEND_TASK_EVENTS", False)
 task_send_sent_event = worker_send_task_events
 worker_max_tasks_per_child = _int("CELERY_MAX_TASKS_PER_CHILD", 10_000)
-worker_cancel_long_running_tasks_on_connection_loss = True
+# On a broker connection loss, let running tasks finish (and ack on the new connection)
+# rather than kill them. With Redis, a killed task's message is restored to its queue only
+# if Redis is reachable at that very moment - during a restart it is not - so it would wait
+# out the whole visibility timeout. With RabbitMQ the broker requeues the unacked message
+# at once, so the task may run a second time alongside: every task is idempotent. Celery
+# warns (CPendingDeprecationWarning) at each connection loss that 6.0 changes the default;
+# this setting keeps the behaviour.
+worker_cancel_long_running_tasks_on_connection_loss = False
