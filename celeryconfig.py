@@ -40,6 +40,11 @@ result_backend = os.environ.get("CELERY_RESULT_BACKEND") or None
 task_ignore_result = result_backend is None
 result_expires = _int("CELERY_RESULT_EXPIRES", 86_400)
 broker_connection_retry_on_startup = True
+# A worker waits for its broker as long as it takes (retrying every 2, 4, ... up to 30 s)
+# instead of giving up after Celery's default of 100 attempts (about 50 minutes) and exiting;
+# `campaign-worker health` reports the broker down meanwhile (exit code 1).
+broker_connection_retry = True
+broker_connection_max_retries = None
 
 visibility_timeout = _int("CELERY_VISIBILITY_TIMEOUT", 3600)
 broker_transport_options = {"visibility_timeout": visibility_timeout}
