@@ -28,6 +28,7 @@ import redis
 from celery import Celery
 from kombu import Connection, Exchange, Queue
 
+from tests.e2e.private_rabbitmq import PrivateRabbitMQ
 from tests.e2e.private_redis import PrivateRedis
 
 REPO = Path(__file__).resolve().parents[2]
@@ -293,6 +294,17 @@ def wait_for_workers(client: Celery, nodes: list[str], timeout: float = 60.0) ->
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     """A Redis of the test's own (AOF on), for tests that restart or reconfigure it."""
     server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def private_rabbitmq(tmp_path: Path) -> Iterator[PrivateRabbitMQ]:
+    """A RabbitMQ node of the test's own (not the machine's), for tests that restart it."""
+    server = PrivateRabbitMQ(tmp_path / "rabbitmq")
     server.start()
     try:
         yield server
