@@ -290,23 +290,21 @@ def wait_for_workers(client: Celery, nodes: list[str], timeout: float = 60.0) ->
     wait_until(answered, timeout, f"workers {nodes} to answer a ping", interval=0.5)
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    """A Redis of the test's own (AOF on), for tests that restart or reconfigure it."""
-    server = PrivateRedis(tmp_path / "redis")
+def _running(server: PrivateRedis | PrivateRabbitMQ) -> Iterator[Any]:
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A Redis of the test's own (AOF on), for tests that restart or reconfigure it."""
+    yield from _running(PrivateRedis(tmp_path / "redis"))
 
 
 @pytest.fixture
 def private_rabbitmq(tmp_path: Path) -> Iterator[PrivateRabbitMQ]:
     """A RabbitMQ node of the test's own (not the machine's), for tests that restart it."""
-    server = PrivateRabbitMQ(tmp_path / "rabbitmq")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(PrivateRabbitMQ(tmp_path / "rabbitmq"))

@@ -63,35 +63,39 @@ def answers_ping(client: Celery, node: str) -> bool:
     return any(node in reply for reply in replies)
 
 
-class RedisUnderTest:
-    """Queue depths straight from Redis: a list per queue, a hash of unacked messages."""
+class BrokerUnderTest:
+    """A private broker as the scenario sees it: restart it, count its messages."""
 
-    def __init__(self, server: PrivateRedis) -> None:
+    def __init__(self, server: PrivateRedis | PrivateRabbitMQ) -> None:
         self.server = server
         self.url = server.url
 
     def restart(self) -> None:
         self.server.restart()
 
-    def _client(self) -> redis.Redis:
-        return self.server.client()
+    def ready(self, queue: str) -> int:
+        raise NotImplementedError
+
+    def unacked(self) -> int:
+        raise NotImplementedError
+
+
+class RedisUnderTest(BrokerUnderTest):
+    """Straight from Redis: a list per queue, one hash of unacked messages."""
+
+    server: PrivateRedis
 
     def ready(self, queue: str) -> int:
-        with self._client() as client:
+        with self.server.client() as client:
             return int(client.llen(queue))
 
     def unacked(self) -> int:
-        with self._client() as client:
+        with self.server.client() as client:
             return int(client.hlen("unacked"))
 
 
-class RabbitMQUnderTest:
-    def __init__(self, server: PrivateRabbitMQ) -> None:
-        self.server = server
-        self.url = server.url
-
-    def restart(self) -> None:
-        self.server.restart()
+class RabbitMQUnderTest(BrokerUnderTest):
+    server: PrivateRabbitMQ
 
     def ready(self, queue: str) -> int:
         return self.server.queue_counts().get(queue, (0, 0))[0]
@@ -100,9 +104,7 @@ class RabbitMQUnderTest:
         return sum(unacked for _, unacked in self.server.queue_counts().values())
 
 
-def survives_restarts(
-    broker: RedisUnderTest | RabbitMQUnderTest, wire_uri: str, db_name: str, tmp_path: Path
-) -> None:
+def survives_restarts(broker: BrokerUnderTest, wire_uri: str, db_name: str, tmp_path: Path) -> None:
     """Restart ``broker`` RESTARTS times, each time with one task in flight and more
     messages waiting in a queue; then check that the same worker process ran them all."""
     record_file = tmp_path / "records.jsonl"
