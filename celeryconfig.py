@@ -41,7 +41,7 @@ task_ignore_result = result_backend is None
 result_expires = _int("CELERY_RESULT_EXPIRES", 86_400)
 broker_connection_retry_on_startup = True
 # A worker waits for its broker as long as it takes (retrying every 2, 4, ... up to 30 s)
-# instead of giving up after Celery's default of 100 attempts (about 50 minutes) and exiting;
+# instead of giving up after Celery's default of 100 attempts (about 45 minutes) and exiting;
 # `campaign-worker health` reports the broker down meanwhile (exit code 1).
 broker_connection_retry = True
 broker_connection_max_retries = None
@@ -103,8 +103,8 @@ task_routes = {
 worker_send_task_events = _bool("CELERY_SEND_TASK_EVENTS", False)
 task_send_sent_event = worker_send_task_events
 worker_max_tasks_per_child = _int("CELERY_MAX_TASKS_PER_CHILD", 10_000)
-# On a broker connection loss, let running tasks finish (and ack on the new connection)
-# rather than kill them. With Redis, a killed task's message is restored to its queue only
+# On a broker connection loss, let running tasks finish (on Redis their ack lands once Redis
+# is back) rather than kill them. With Redis, a killed task's message is restored to its queue only
 # if Redis is reachable at that very moment - during a restart it is not - so it would wait
 # out the whole visibility timeout. With RabbitMQ the broker requeues the unacked message
 # at once, so the task may run a second time alongside: every task is idempotent. Celery
