@@ -41,7 +41,8 @@ IN_FLIGHT_SECONDS = 4.0
 def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # Complete lines only: a task may be appending one right now.
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1] if line.strip()]
 
 
 def events(path: Path, event: str) -> Counter[str]:
