@@ -64,7 +64,7 @@ class PrivateRabbitMQ:
         log.close()
         wait_for_port("127.0.0.1", self.port, timeout=60)
         with Connection(self.url, connect_timeout=5) as connection:
-            connection.ensure_connection(max_retries=20, interval_start=0.5, interval_step=0.5)
+            connection.ensure_connection(max_retries=20, interval_start=1, interval_step=1)
 
     def stop(self) -> None:
         """SIGTERM: RabbitMQ stops the node cleanly (what a service manager sends)."""

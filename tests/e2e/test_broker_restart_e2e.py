@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,10 @@ RECORD = "e2e.record"
 RESTARTS = 3
 QUEUED_PER_RESTART = 3
 IN_FLIGHT_SECONDS = 4.0
+
+
+def _started(record_file: Path, key: str) -> int:
+    return events(record_file, "start")[key]
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -130,7 +135,7 @@ def survives_restarts(broker: BrokerUnderTest, wire_uri: str, db_name: str, tmp_
         for round_ in range(RESTARTS):
             in_flight = f"in-flight-{round_}"
             client.send_task(RECORD, args=[in_flight, IN_FLIGHT_SECONDS], queue="celery")
-            wait_until(lambda k=in_flight: events(record_file, "start")[k], 20, f"{in_flight}")
+            wait_until(partial(_started, record_file, in_flight), 20, f"{in_flight}")
             # Messages waiting in the broker across the restart: a queue this worker does
             # not consume yet (it subscribes after the last restart).
             for n in range(QUEUED_PER_RESTART):
@@ -147,7 +152,7 @@ def survives_restarts(broker: BrokerUnderTest, wire_uri: str, db_name: str, tmp_
             assert broker.ready("inbound") == len(queued)
             # The task in flight finishes after the restart, in the same worker process.
             finished = wait_until(
-                lambda k=in_flight: last_time(record_file, "done", k), 30, f"{in_flight} done"
+                partial(last_time, record_file, "done", in_flight), 30, f"{in_flight} done"
             )
             assert finished > restarted_at
             assert "Unrecoverable error" not in procs.log("restarts"), f"round {round_}"

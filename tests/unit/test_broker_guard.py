@@ -7,6 +7,7 @@ a real Redis restart; these check the guard itself on a stand-in channel class.
 from __future__ import annotations
 
 from queue import Empty
+from typing import Any
 
 import pytest
 from kombu.transport import redis as kombu_redis
@@ -77,7 +78,7 @@ def test_a_channel_not_in_poll_closes_untouched(guarded: type) -> None:
     assert (channel.reads, channel.closes) == (0, [False])
 
 
-def test_installing_twice_wraps_once(guarded: type) -> None:
+def test_installing_twice_wraps_once(guarded: Any) -> None:
     first = guarded.close
     install_redis_close_guard()
     assert guarded.close is first

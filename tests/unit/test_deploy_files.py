@@ -790,7 +790,7 @@ def systemd_unit_from_docs() -> str:
     blocks = re.findall(r"```ini\n(.*?)```", text, flags=re.S)
     units = [b for b in blocks if "[Service]" in b]
     assert len(units) == 1, "docs/deployment.md: expected one systemd unit example"
-    return units[0]
+    return str(units[0])
 
 
 def test_documented_systemd_unit_restarts_the_worker_and_lets_tasks_finish(
