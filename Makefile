@@ -16,8 +16,8 @@ demo: $(STAMP)
 	$(BIN)/campaign-worker demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check campaign_worker tests bench celeryconfig.py
-	$(BIN)/ruff format --check campaign_worker tests bench celeryconfig.py
+	$(BIN)/ruff check campaign_worker tests bench tooling celeryconfig.py
+	$(BIN)/ruff format --check campaign_worker tests bench tooling celeryconfig.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -26,7 +26,7 @@ test: lint typecheck
 	$(BIN)/python -m pytest -q -ra
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q tests/unit -m "not wire"
 
 wire: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration

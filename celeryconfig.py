@@ -40,6 +40,11 @@ result_backend = os.environ.get("CELERY_RESULT_BACKEND") or None
 task_ignore_result = result_backend is None
 result_expires = _int("CELERY_RESULT_EXPIRES", 86_400)
 broker_connection_retry_on_startup = True
+# A worker waits for its broker as long as it takes (retrying every 2, 4, ... up to 30 s)
+# instead of giving up after Celery's default of 100 attempts (about 45 minutes) and exiting;
+# `campaign-worker health` reports the broker down meanwhile (exit code 1).
+broker_connection_retry = True
+broker_connection_max_retries = None
 
 visibility_timeout = _int("CELERY_VISIBILITY_TIMEOUT", 3600)
 broker_transport_options = {"visibility_timeout": visibility_timeout}
@@ -98,4 +103,11 @@ task_routes = {
 worker_send_task_events = _bool("CELERY_SEND_TASK_EVENTS", False)
 task_send_sent_event = worker_send_task_events
 worker_max_tasks_per_child = _int("CELERY_MAX_TASKS_PER_CHILD", 10_000)
-worker_cancel_long_running_tasks_on_connection_loss = True
+# On a broker connection loss, let running tasks finish (on Redis their ack lands once Redis
+# is back) rather than kill them. With Redis, a killed task's message is restored to its queue only
+# if Redis is reachable at that very moment - during a restart it is not - so it would wait
+# out the whole visibility timeout. With RabbitMQ the broker requeues the unacked message
+# at once, so the task may run a second time alongside: every task is idempotent. Celery
+# warns (CPendingDeprecationWarning) at each connection loss that 6.0 changes the default;
+# this setting keeps the behaviour.
+worker_cancel_long_running_tasks_on_connection_loss = False

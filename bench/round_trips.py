@@ -42,11 +42,11 @@ import pymongo  # noqa: E402
 
 from campaign_worker.adapters.clock import ManualClock  # noqa: E402
 from campaign_worker.adapters.logs import configure_logging, redact_uri  # noqa: E402
-from campaign_worker.adapters.mongo_monitoring import CommandCounter  # noqa: E402
 from campaign_worker.bootstrap import build_manager, ensure_indexes  # noqa: E402
 from campaign_worker.domain.documents import conversation_id_for  # noqa: E402
 from campaign_worker.service.campaign_manager import CampaignManager  # noqa: E402
 from campaign_worker.settings import Settings  # noqa: E402
+from tooling.mongo_monitoring import CommandCounter  # noqa: E402
 
 Doc = dict[str, Any]
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)

@@ -12,13 +12,13 @@ from pymongo.database import Database
 from campaign_worker.adapters.clock import OffsetClock, SystemClock
 from campaign_worker.adapters.config_manager import ConfigManager
 from campaign_worker.adapters.mongo import (
-    MongoCampaignMetricsRepository,
     MongoCampaignRepository,
     MongoClientProvider,
     MongoConversationStateRepository,
     MongoDeadLetterRepository,
     MongoOutboxRepository,
 )
+from campaign_worker.adapters.mongo_metrics import MongoCampaignMetricsRepository
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.ports import Clock, MetricsRecorder
 from campaign_worker.settings import Settings, get_settings

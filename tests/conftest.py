@@ -137,7 +137,7 @@ def wire_db(wire_client: pymongo.MongoClient[dict[str, Any]]) -> Iterator[Any]:
 
 @pytest.fixture
 def mock_db() -> Iterator[Any]:
-    client = mongomock_ng.MongoClient(tz_aware=True)
+    client: Any = mongomock_ng.MongoClient(tz_aware=True)
     yield client["campaign_worker_test"]
     client.close()
 
@@ -170,7 +170,7 @@ def manager(mock_db: Any, make_manager: ManagerFactory) -> CampaignManager:
     return make_manager(mock_db)
 
 
-@pytest.fixture(params=["mock", "wire"])
+@pytest.fixture(params=["mock", pytest.param("wire", marks=pytest.mark.wire)])
 def any_db(request: pytest.FixtureRequest) -> Any:
     """Runs a test on the in-process fake and over the wire."""
     if request.param == "mock":

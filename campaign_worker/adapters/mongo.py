@@ -33,7 +33,8 @@ from pymongo.errors import (
 
 from campaign_worker.domain.documents import Campaign, CampaignStatus, ConversationState
 from campaign_worker.domain.errors import InvalidDocumentError, TransientError
-from campaign_worker.domain.progression import MetricsDelta, OutboundEnvelope
+from campaign_worker.domain.progression import OutboundEnvelope
+from campaign_worker.service.ports import WriteOutcome
 from campaign_worker.settings import Settings
 
 Doc = dict[str, Any]
@@ -151,14 +152,31 @@ def _unleased(now: datetime) -> Doc:
     return {"lease_until": {"$not": {"$gt": now}}}
 
 
-_NOT_DIFFED = {"_id", "message_history", "version", "lease_owner", "lease_until", "last_write"}
+_NOT_DIFFED = {
+    "_id",
+    "message_history",
+    "version",
+    "lease_owner",
+    "lease_until",
+    "last_write",
+    # Maintained by $push here and $pullAll in mark_published, which commute: a write
+    # never overwrites the list that a publication is clearing.
+    "unpublished",
+    "publish_token",
+    "publish_due_at",
+}
 # Write tokens kept per conversation: a write is recognised as landed as long as fewer
 # than this many writes came after it before the check (which follows at once).
 WRITE_TOKENS_KEPT = 16
 
 
-def state_update(old: ConversationState, new: ConversationState, token: str) -> Doc:
-    """The single atomic update that turns ``old`` into ``new`` (appends are $push)."""
+def state_update(
+    old: ConversationState, new: ConversationState, token: str, now: datetime | None = None
+) -> Doc:
+    """The single atomic update that turns ``old`` into ``new`` (appends are $push).
+
+    Outbound messages it appends are also pushed to ``unpublished`` under this write's
+    token: they are recorded now and published to the outbox after the write landed."""
     before, after = old.to_mongo(), new.to_mongo()
     changes = {
         key: value
@@ -172,6 +190,11 @@ def state_update(old: ConversationState, new: ConversationState, token: str) -> 
     appended = new_history[len(old_history) :]
     if appended:
         push["message_history"] = {"$each": appended}
+    outbound = [m["message_id"] for m in appended if m["direction"] == "outbound"]
+    if outbound:
+        push["unpublished"] = {"$each": outbound}
+        changes["publish_token"] = token
+        changes["publish_due_at"] = now or new.last_active
     update: Doc = {"$inc": {"version": 1}, "$push": push}
     if changes:
         update["$set"] = changes
@@ -205,6 +228,8 @@ class MongoConversationStateRepository:
         )
         # Serves the poller's lag probe across campaigns.
         c.create_index([("status", ASCENDING), ("next_action_at", ASCENDING)], name="due")
+        # Serves the publication sweep; the field is null except in a crash window.
+        c.create_index([("publish_due_at", ASCENDING)], name="unpublished")
 
     @translate_errors
     def create_conversation_state(self, data: Doc) -> Doc:
@@ -267,6 +292,13 @@ class MongoConversationStateRepository:
     def find_due(
         self, campaign_id: str, now: datetime, *, stage: str | None, status: str, limit: int
     ) -> list[Doc]:
+        """Active conversations that are due, oldest first; for a finished status, the
+        conversations in it, most recently finished first (nothing is due there)."""
+        if status != "active":
+            query: Doc = {"campaign_id": campaign_id, "status": status}
+            if stage is not None:
+                query["current_stage"] = stage
+            return list(self._collection.find(query).sort("finished_at", -1).limit(limit))
         query = _due_filter(campaign_id, now, status, stage)
         return list(self._collection.find(query).sort("next_action_at", ASCENDING).limit(limit))
 
@@ -287,6 +319,17 @@ class MongoConversationStateRepository:
         update_many (still due and unleased, so two claimers never share one), read back.
         """
         query = {**_due_filter(campaign_id, now, "active", stage), **_unleased(now)}
+        return self._claim(query, owner, lease_until, limit)
+
+    @translate_errors
+    def claim_active(
+        self, campaign_id: str, now: datetime, *, owner: str, lease_until: datetime, limit: int
+    ) -> list[Doc]:
+        """Lease up to ``limit`` active conversations, due or not (to settle a cancel)."""
+        query = {"campaign_id": campaign_id, "status": "active", **_unleased(now)}
+        return self._claim(query, owner, lease_until, limit)
+
+    def _claim(self, query: Doc, owner: str, lease_until: datetime, limit: int) -> list[Doc]:
         ids = [
             doc["_id"]
             # batch_size: the server's first batch is 101 docs otherwise, then a getMore.
@@ -311,36 +354,112 @@ class MongoConversationStateRepository:
         )
         return result.modified_count
 
-    @translate_errors
     def save_transitions(
         self, changes: Sequence[tuple[ConversationState, ConversationState]]
     ) -> set[str]:
+        """Write each (old, new) pair as a compare-and-set; the ids whose write applied."""
+        return set(self.write_transitions(changes).applied)
+
+    @translate_errors
+    def write_transitions(
+        self,
+        changes: Sequence[tuple[ConversationState, ConversationState]],
+        now: datetime | None = None,
+    ) -> WriteOutcome:
         """Write each (old, new) pair as a compare-and-set on ``old.version``.
 
         One bulk_write for the batch; each write also drops any lease, since a newer
-        version makes whatever the lease holder is computing stale anyway. Returns the ids
-        whose write applied; the others lost to a concurrent writer.
+        version makes whatever the lease holder is computing stale anyway. Returns the
+        ids whose write applied (with their write token), and those the server refused
+        with an error (say, a document over the size limit) with the reason. The others
+        lost to a concurrent writer.
         """
+        outcome = WriteOutcome()
         if not changes:
-            return set()
+            return outcome
         batch = uuid.uuid4().hex
         ops, tokens = [], {}
         for index, (old, new) in enumerate(changes):
             token = f"{batch}:{index}"
             tokens[old.id] = token
-            update = state_update(old, new, token)
+            update = state_update(old, new, token, now)
             update["$unset"] = {"lease_owner": "", "lease_until": ""}
             ops.append(UpdateOne({"_id": old.id, "version": old.version}, update))
-        result = self._collection.bulk_write(ops, ordered=False)
-        if result.matched_count == len(ops):
-            return set(tokens)
+        matched = self._bulk(ops, [old.id for old, _ in changes], outcome.failed)
+        if matched == len(ops) - len(outcome.failed):
+            outcome.applied = {cid: t for cid, t in tokens.items() if cid not in outcome.failed}
+            return outcome
         # Some lost: find out which of ours did land (their token is among the recent
         # ones, even if another writer has built on the write since).
         landed = self._collection.find(
             {"_id": {"$in": list(tokens)}, "last_write": {"$in": list(tokens.values())}},
             {"_id": 1},
         )
-        return {doc["_id"] for doc in landed}
+        outcome.applied = {doc["_id"]: tokens[doc["_id"]] for doc in landed}
+        return outcome
+
+    def _bulk(self, ops: list[UpdateOne], ids: list[str], failed: dict[str, str]) -> int:
+        """Run ``ops`` unordered; record per-operation errors in ``failed`` (by id) and
+        return how many matched. An operation that cannot even be encoded (an integer
+        beyond 64 bits) fails alone: the batch is then written one operation at a time."""
+        try:
+            result = self._collection.bulk_write(ops, ordered=False)
+            return result.matched_count
+        except BulkWriteError as exc:
+            details = exc.details
+            if details.get("writeConcernErrors"):
+                raise
+            for error in details.get("writeErrors", []):
+                failed[ids[error["index"]]] = str(error.get("errmsg", "write error"))[:500]
+            return int(details.get("nMatched", 0))
+        except (InvalidDocument, OverflowError):
+            if len(ops) == 1:
+                failed[ids[0]] = "the conversation document cannot be stored (BSON)"
+                return 0
+            return sum(self._bulk([op], [cid], failed) for op, cid in zip(ops, ids, strict=True))
+
+    @translate_errors
+    def fail_conversation(self, conversation_id: str, reason: str, now: datetime) -> bool:
+        """End an active conversation as failed without reading it (it may not even
+        validate); False if it was not active."""
+        result = self._collection.update_one(
+            {"_id": conversation_id, "status": "active"},
+            {
+                "$set": {
+                    "status": "failed",
+                    "status_reason": reason[:500],
+                    "finished_at": now,
+                    "next_action_at": None,
+                },
+                "$unset": {"lease_owner": "", "lease_until": ""},
+                "$inc": {"version": 1},
+            },
+        )
+        return result.modified_count == 1
+
+    @translate_errors
+    def mark_published(self, items: Sequence[tuple[str, str, Sequence[str]]]) -> int:
+        """Clear published ids: (conversation id, publish token, ids). Only while the
+        token is the one stored, so a later write's unpublished messages stay marked."""
+        if not items:
+            return 0
+        ops = [
+            UpdateOne(
+                {"_id": cid, "publish_token": token},
+                {"$pullAll": {"unpublished": list(ids)}, "$set": {"publish_due_at": None}},
+            )
+            for cid, token, ids in items
+        ]
+        return self._collection.bulk_write(ops, ordered=False).modified_count
+
+    @translate_errors
+    def find_unpublished(self, before: datetime, limit: int) -> list[Doc]:
+        """Conversations whose recorded messages a crash left unpublished since ``before``."""
+        return list(
+            self._collection.find({"publish_due_at": {"$lte": before}}, limit=limit).sort(
+                "publish_due_at", ASCENDING
+            )
+        )
 
     @translate_errors
     def has_due(self, campaign_id: str, now: datetime) -> bool:
@@ -356,9 +475,16 @@ class MongoConversationStateRepository:
         return self._collection.count_documents({"campaign_id": campaign_id, "status": "active"})
 
     @translate_errors
-    def oldest_due(self, now: datetime) -> datetime | None:
+    def oldest_due(self, now: datetime, campaign_ids: Sequence[str]) -> datetime | None:
+        """The oldest due time among active conversations of ``campaign_ids``."""
+        if not campaign_ids:
+            return None
         doc = self._collection.find_one(
-            {"status": "active", "next_action_at": {"$lte": now}},
+            {
+                "campaign_id": {"$in": list(campaign_ids)},
+                "status": "active",
+                "next_action_at": {"$lte": now},
+            },
             {"next_action_at": 1},
             sort=[("next_action_at", ASCENDING)],
         )
@@ -499,11 +625,22 @@ class MongoCampaignRepository:
 
     @translate_errors
     def find_by_status(self, statuses: Iterable[CampaignStatus]) -> list[Doc]:
+        """Campaigns in ``statuses`` (cancelled ones only until they are settled)."""
         return list(
             self._collection.find(
-                {"status": {"$in": [s.value for s in statuses]}}, {"recipients": 0}
+                {"status": {"$in": [s.value for s in statuses]}, "settled_at": None},
+                {"recipients": 0},
             )
         )
+
+    @translate_errors
+    def mark_settled(self, campaign_id: str, now: datetime) -> bool:
+        """A cancelled campaign with no active conversation left: the poller stops looking."""
+        result = self._collection.update_one(
+            {"_id": campaign_id, "status": CampaignStatus.CANCELLED.value, "settled_at": None},
+            {"$set": {"settled_at": now, "updated_at": now}},
+        )
+        return result.modified_count == 1
 
     @translate_errors
     def iter_recipients(
@@ -546,6 +683,17 @@ class MongoCampaignRepository:
             yield batch, {"after_id": last_id}
 
     @translate_errors
+    def has_recipients(self, campaign: Doc) -> bool:
+        """Whether the audience has at least one row (one indexed probe for a collection)."""
+        recipients = campaign.get("recipients")
+        if isinstance(recipients, list):
+            return bool(recipients)
+        if not isinstance(recipients, dict):
+            return False
+        query: Doc = recipients.get("query") or {}
+        return self._db[recipients["collection"]].find_one(query, {"_id": 1}) is not None
+
+    @translate_errors
     def save_init_progress(
         self, campaign_id: str, progress: Doc, lease_until: datetime, now: datetime
     ) -> bool:
@@ -556,79 +704,6 @@ class MongoCampaignRepository:
             {"$set": {"init_progress": progress, "lease_until": lease_until, "updated_at": now}},
         )
         return result.matched_count == 1
-
-
-def metrics_inc(delta: MetricsDelta) -> Doc:
-    """The $inc document for a metrics delta (zero entries left out)."""
-    inc: Doc = {
-        "total_recipients": delta.total_recipients,
-        "active_conversations": delta.active,
-        "completed_conversations": delta.completed,
-        "failed_conversations": delta.failed,
-        "opted_out_conversations": delta.opted_out,
-        "message_metrics.total_sent": delta.sent,
-        "message_metrics.total_received": delta.received,
-    }
-    for stage, count in delta.stage_entered.items():
-        inc[f"stage_metrics.{stage}.entered"] = count
-    for stage, count in delta.stage_completed.items():
-        inc[f"stage_metrics.{stage}.completed"] = count
-    for stage, seconds in delta.stage_duration.items():
-        inc[f"stage_metrics.{stage}.total_duration_seconds"] = seconds
-    return {key: value for key, value in inc.items() if value}
-
-
-class MongoCampaignMetricsRepository:
-    def __init__(self, db: Database[Doc]) -> None:
-        self._collection: Collection[Doc] = db[METRICS]
-
-    def initialize(self) -> None:
-        return None  # _id is the campaign id; no other lookups
-
-    @translate_errors
-    def ensure(self, campaign_id: str, now: datetime) -> None:
-        self._collection.update_one(
-            {"_id": campaign_id},
-            {"$setOnInsert": {"campaign_id": campaign_id, "updated_at": now}},
-            upsert=True,
-        )
-
-    @translate_errors
-    def apply_delta(self, campaign_id: str, delta: MetricsDelta, now: datetime) -> None:
-        """One atomic $inc for a whole batch's changes to this campaign."""
-        inc = metrics_inc(delta)
-        if not inc:
-            return
-        self._collection.update_one(
-            {"_id": campaign_id},
-            {
-                "$inc": {**inc, "revision": 1},
-                "$set": {"updated_at": now},
-                "$setOnInsert": {"campaign_id": campaign_id},
-            },
-            upsert=True,
-        )
-
-    @translate_errors
-    def get(self, campaign_id: str) -> Doc | None:
-        return self._collection.find_one({"_id": campaign_id})
-
-    @translate_errors
-    def correct(
-        self, campaign_id: str, drift: dict[str, float], seen_revision: int, now: datetime
-    ) -> bool:
-        """$inc the drift, only if no other write touched the document since it was read
-        (every write bumps ``revision``)."""
-        result = self._collection.update_one(
-            {"_id": campaign_id, "revision": seen_revision if seen_revision else None},
-            {
-                "$inc": {**drift, "revision": 1},
-                "$set": {"updated_at": now},
-                "$setOnInsert": {"campaign_id": campaign_id},
-            },
-            upsert=not seen_revision,
-        )
-        return bool(result.modified_count or result.upserted_id is not None)
 
 
 class MongoOutboxRepository:
@@ -646,7 +721,7 @@ class MongoOutboxRepository:
 
     @translate_errors
     def enqueue_many(self, envelopes: Sequence[OutboundEnvelope]) -> int:
-        """Insert; a message_id already there was sent by an earlier attempt: skipped."""
+        """Publish recorded messages; a message_id already there is skipped (idempotent)."""
         docs = [
             {
                 "_id": e.message_id,
@@ -667,28 +742,7 @@ class MongoOutboxRepository:
         try:
             return len(self._collection.insert_many(docs, ordered=False).inserted_ids)
         except BulkWriteError as exc:
-            inserted = _ignore_duplicates(exc)
-            errors = exc.details["writeErrors"]
-        # Already there: normally a replay (nothing to do). But an attempt whose state
-        # write lost may have cancelled it; this attempt decided to send it again.
-        duplicates = [docs[error["index"]]["_id"] for error in errors]
-        self._collection.update_many(
-            {"_id": {"$in": duplicates}, "status": "cancelled"},
-            {"$set": {"status": "pending"}, "$unset": {"cancelled_at": ""}},
-        )
-        return inserted
-
-    @translate_errors
-    def cancel_pending(self, message_ids: Sequence[str], now: datetime) -> int:
-        """Withdraw messages whose conversation write lost its compare-and-set, unless the
-        delivering service has taken them already (then they are on their way)."""
-        if not message_ids:
-            return 0
-        result = self._collection.update_many(
-            {"_id": {"$in": list(message_ids)}, "status": "pending"},
-            {"$set": {"status": "cancelled", "cancelled_at": now}},
-        )
-        return result.modified_count
+            return _ignore_duplicates(exc)  # published before (a replay or the sweep)
 
     @translate_errors
     def find(self, query: Doc, limit: int = 0) -> list[Doc]:
@@ -805,14 +859,12 @@ __all__ = [
     "DEAD_LETTERS",
     "METRICS",
     "OUTBOX",
-    "MongoCampaignMetricsRepository",
     "MongoCampaignRepository",
     "MongoClientProvider",
     "MongoConversationStateRepository",
     "MongoDeadLetterRepository",
     "MongoOutboxRepository",
     "PyMongoError",
-    "metrics_inc",
     "state_update",
     "translate_errors",
 ]

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from campaign_worker.domain.errors import InvalidDocumentError
+from campaign_worker.domain.limits import MAX_ATTRIBUTES_BYTES, check_size
 
 
 def to_utc(value: datetime) -> datetime:
@@ -51,6 +52,11 @@ TimezoneName = Annotated[str, AfterValidator(_known_timezone)]
 NonEmptyStr = Annotated[str, Field(min_length=1, max_length=512)]
 
 
+def _bounded_attributes(value: dict[str, Any]) -> dict[str, Any]:
+    check_size(value, MAX_ATTRIBUTES_BYTES, "attributes")
+    return value
+
+
 class _Doc(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
 
@@ -60,10 +66,16 @@ class ConversationStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     OPTED_OUT = "opted_out"
+    CANCELLED = "cancelled"  # its campaign was cancelled while it was active
 
 
 FINISHED_STATUSES = frozenset(
-    {ConversationStatus.COMPLETED, ConversationStatus.FAILED, ConversationStatus.OPTED_OUT}
+    {
+        ConversationStatus.COMPLETED,
+        ConversationStatus.FAILED,
+        ConversationStatus.OPTED_OUT,
+        ConversationStatus.CANCELLED,
+    }
 )
 
 
@@ -162,6 +174,12 @@ class ConversationState(_Doc):
     # Tokens of the most recent compare-and-set writes, newest last (capped): lets a
     # writer tell that its write landed even when others have written on top since.
     last_write: list[str] = Field(default_factory=list)
+    # Outbound message ids this conversation recorded whose outbox publication has not
+    # been confirmed yet, and the write that last added some (see docs/architecture.md,
+    # "Outbound path"). A sweep publishes what a crash left here.
+    unpublished: list[str] = Field(default_factory=list)
+    publish_token: str | None = None
+    publish_due_at: UtcDatetime | None = None
 
     @field_validator("last_write", mode="before")
     @classmethod
@@ -201,7 +219,9 @@ def message_id_for(conversation_id: str, stage: str, step: int) -> str:
 
 class Recipient(_Doc):
     user_id: NonEmptyStr
-    attributes: dict[str, Any] = Field(default_factory=dict)
+    attributes: Annotated[dict[str, Any], AfterValidator(_bounded_attributes)] = Field(
+        default_factory=dict
+    )
     timezone: TimezoneName = "UTC"
 
 
@@ -238,6 +258,15 @@ class Campaign(_Doc):
     # Set while an initializer owns the campaign, so a crashed one can be taken over.
     lease_owner: str | None = None
     lease_until: UtcDatetime | None = None
+    # Audience rows that failed validation at initialization (skipped, counted) and the
+    # first few of them with their position and error.
+    invalid_recipients: int = Field(default=0, ge=0)
+    # When a cancelled campaign had no active conversation left.
+    settled_at: UtcDatetime | None = None
+    invalid_samples: list[dict[str, Any]] = Field(default_factory=list)
+    # A client's idempotency key and a fingerprint of its request (create_campaign).
+    idempotency_key: str | None = Field(default=None, max_length=512)
+    request_fingerprint: str | None = None
 
     @field_validator("recipients")
     @classmethod
@@ -245,6 +274,8 @@ class Campaign(_Doc):
         cls, value: list[Recipient] | RecipientsReference
     ) -> list[Recipient] | RecipientsReference:
         if isinstance(value, list):
+            if not value:
+                raise ValueError("the audience is empty: give at least one recipient")
             if len(value) > MAX_INLINE_RECIPIENTS:
                 raise ValueError(
                     f"{len(value)} inline recipients exceed {MAX_INLINE_RECIPIENTS}; keep large "
@@ -307,14 +338,18 @@ class CampaignMetrics(_Doc):
     completed_conversations: int = Field(default=0, ge=0)
     failed_conversations: int = Field(default=0, ge=0)
     opted_out_conversations: int = Field(default=0, ge=0)
+    cancelled_conversations: int = Field(default=0, ge=0)
+    invalid_recipients: int = Field(default=0, ge=0)
     stage_metrics: dict[str, StageMetrics] = Field(default_factory=dict)
     message_metrics: MessageMetrics = Field(default_factory=MessageMetrics)
     updated_at: UtcDatetime
     # Bumped by every write; lets the reconcile detect concurrent increments.
     revision: int = Field(default=0, ge=0)
+    # Writers that may have written conversations but not yet their $inc (token -> since).
+    inflight: dict[str, UtcDatetime] = Field(default_factory=dict)
 
 
-Outcome = Literal["completed", "failed", "opted_out"]
+Outcome = Literal["completed", "failed", "opted_out", "cancelled"]
 
 
 M = TypeVar("M", bound=BaseModel)

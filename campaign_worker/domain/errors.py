@@ -55,6 +55,10 @@ class InvalidTemplateError(TemplateError):
     """A template file failed validation; the message names file, stage and field."""
 
 
+class LimitExceededError(InvalidInputError):
+    """A payload over a documented size limit (see ``domain/limits.py``); not retried."""
+
+
 class InvalidStateTransitionError(InvalidInputError):
     """E.g. resuming a cancelled campaign."""
 

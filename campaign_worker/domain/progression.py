@@ -25,6 +25,7 @@ from campaign_worker.domain.documents import (
     message_id_for,
     to_utc,
 )
+from campaign_worker.domain.limits import MAX_HISTORY_MESSAGES
 from campaign_worker.domain.templates import (
     CampaignTypeTemplate,
     Rule,
@@ -40,11 +41,12 @@ class Action(StrEnum):
     COMPLETE = "complete"
     FAIL = "fail"
     OPT_OUT = "opt_out"
+    CANCEL = "cancel"
     WAIT = "wait"
     NONE = "none"
 
 
-TERMINAL_ACTIONS = frozenset({Action.COMPLETE, Action.FAIL, Action.OPT_OUT})
+TERMINAL_ACTIONS = frozenset({Action.COMPLETE, Action.FAIL, Action.OPT_OUT, Action.CANCEL})
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class MetricsDelta:
     completed: int = 0
     failed: int = 0
     opted_out: int = 0
+    cancelled: int = 0
+    invalid_recipients: int = 0
     sent: int = 0
     received: int = 0
     stage_entered: Counter[str] = field(default_factory=Counter)
@@ -86,6 +90,8 @@ class MetricsDelta:
         self.completed += other.completed
         self.failed += other.failed
         self.opted_out += other.opted_out
+        self.cancelled += other.cancelled
+        self.invalid_recipients += other.invalid_recipients
         self.sent += other.sent
         self.received += other.received
         self.stage_entered.update(other.stage_entered)
@@ -100,6 +106,8 @@ class MetricsDelta:
             or self.completed
             or self.failed
             or self.opted_out
+            or self.cancelled
+            or self.invalid_recipients
             or self.sent
             or self.received
             or +self.stage_entered
@@ -241,6 +249,8 @@ def evaluate(
     """Decide what happens to ``state`` at ``now``. Pure."""
     if state.status in FINISHED_STATUSES:
         return Decision(Action.NONE, f"conversation is {state.status.value}")
+    if len(state.message_history) >= MAX_HISTORY_MESSAGES:
+        return Decision(Action.FAIL, f"message history limit ({MAX_HISTORY_MESSAGES}) reached")
     for message in state.message_history:
         if message.direction == Direction.INBOUND and is_opt_out(
             message.content, template.opt_out_keywords
@@ -282,14 +292,14 @@ def evaluate(
         and state.stage_step - 1 >= limit.count
     )
     if followups_exhausted and limit is not None and last is not None:
-        quiet_until = last.timestamp + stage.messages[state.stage_step - 1].wait
+        quiet_until = last.timestamp + _wait_after(stage, state.stage_step - 1)
         if now >= quiet_until:
             why = f"{state.stage_step - 1} follow-ups without reply"
             return Decision(Action.COMPLETE if limit.then == "complete" else Action.FAIL, why)
         wakeups.append(quiet_until)
     elif state.stage_step < len(stage.messages):
         step = state.stage_step
-        due_at = now if last is None else last.timestamp + stage.messages[step - 1].wait
+        due_at = now if last is None else last.timestamp + _wait_after(stage, step - 1)
         opens_at = next_send_time(now, template.send_window, state.context.timezone)
         if now >= due_at and opens_at > now:
             wakeups.append(opens_at)
@@ -305,10 +315,19 @@ def evaluate(
             )
         wakeups.append(due_at)
     elif last is not None and (stage.advance_when is None or (limit is not None and not replied)):
-        wakeups.append(last.timestamp + stage.messages[-1].wait)
+        wakeups.append(last.timestamp + _wait_after(stage, state.stage_step - 1))
 
     future = [when for when in wakeups if when > now]
     return Decision(Action.WAIT, reason, next_action_at=min(future) if future else None)
+
+
+def _wait_after(stage: Stage, step: int) -> timedelta:
+    """The wait after message ``step`` of ``stage``. A template edit may have removed
+    messages a conversation already sent: then the last remaining wait applies (none if
+    the stage has no messages left), so progress never depends on a message that is gone."""
+    if not stage.messages:
+        return timedelta(0)
+    return stage.messages[max(0, min(step, len(stage.messages) - 1))].wait
 
 
 def next_send_time(now: datetime, window: SendWindow | None, timezone: str) -> datetime:
@@ -402,6 +421,7 @@ _OUTCOME_STATUS = {
     Action.COMPLETE: ConversationStatus.COMPLETED,
     Action.FAIL: ConversationStatus.FAILED,
     Action.OPT_OUT: ConversationStatus.OPTED_OUT,
+    Action.CANCEL: ConversationStatus.CANCELLED,
 }
 
 
@@ -478,6 +498,8 @@ def apply(
             delta.completed += 1
         elif status == ConversationStatus.FAILED:
             delta.failed += 1
+        elif status == ConversationStatus.CANCELLED:
+            delta.cancelled += 1
         else:
             delta.opted_out += 1
         effects.transitions.append(StageTransition(state.current_stage, None, outcome=status.value))
@@ -513,6 +535,28 @@ def run(
     return state, effects
 
 
+def envelopes_for(state: ConversationState, message_ids: list[str]) -> list[OutboundEnvelope]:
+    """Outbox envelopes of the recorded outbound messages ``message_ids`` (the history is
+    the source of truth: an envelope is only ever built from a message the conversation
+    holds)."""
+    wanted = set(message_ids)
+    return [
+        OutboundEnvelope(
+            message_id=message.message_id,
+            conversation_id=state.id,
+            campaign_id=state.campaign_id,
+            user_id=state.user_id,
+            channel=str(message.metadata.get("channel", "default")),
+            content=message.content,
+            stage=str(message.metadata.get("stage", "")),
+            step=int(message.metadata.get("step", 0)),
+            created_at=message.timestamp,
+        )
+        for message in state.message_history
+        if message.direction == Direction.OUTBOUND and message.message_id in wanted
+    ]
+
+
 def first_action_at(start_at: datetime | None, now: datetime) -> datetime:
     return max(start_at, now) if start_at else now
 
@@ -525,6 +569,7 @@ __all__ = [
     "OutboundEnvelope",
     "StageTransition",
     "apply",
+    "envelopes_for",
     "evaluate",
     "evaluate_rule",
     "first_action_at",

@@ -39,6 +39,7 @@ from pydantic import ValidationError, validate_call
 from pydantic_core import to_jsonable_python
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError
 
+from campaign_worker.adapters.broker import install_redis_close_guard
 from campaign_worker.adapters.logs import scrub, secrets_of
 from campaign_worker.bootstrap import Container, bootstrap
 from campaign_worker.domain.documents import describe_validation_error
@@ -60,6 +61,7 @@ R = TypeVar("R")
 
 TASKS_MODULE = "campaign_worker.entrypoints.tasks"
 
+install_redis_close_guard()  # a Redis restart must not end the worker: see the module
 app = Celery("campaign_worker", include=[TASKS_MODULE])
 app.config_from_object(os.environ.get("CELERY_CONFIG_MODULE") or "celeryconfig")
 # Every task message is checked before Celery sees it: kept as a dead letter, never dropped.

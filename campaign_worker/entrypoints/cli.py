@@ -200,7 +200,7 @@ def _health(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def _add_demo(subparsers: Any) -> None:
-    from campaign_worker.entrypoints.demo_cli import add_demo
+    from campaign_worker.demo.cli import add_demo
 
     add_demo(subparsers)
 

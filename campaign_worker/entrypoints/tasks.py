@@ -64,12 +64,17 @@ def _enqueue_processing(
 
 
 @public_task("campaign_worker.create_campaign")
-def create_campaign(campaign: dict[str, Any]) -> str:
-    """Store a campaign (the Campaign document as JSON); returns its id."""
+def create_campaign(campaign: dict[str, Any], idempotency_key: Id | None = None) -> str:
+    """Store a campaign (the Campaign document as JSON); returns its id.
+
+    A client that may send the same create twice (with new task ids) gives an ``_id`` or
+    an ``idempotency_key``: both name one campaign. Without either, the id derives from
+    the task id, which only makes redeliveries of the same message harmless.
+    """
     payload = dict(campaign)
-    if "_id" not in payload and "id" not in payload:
+    if "_id" not in payload and "id" not in payload and idempotency_key is None:
         payload["_id"] = campaign_id_for_task(current_task_id() or uuid.uuid4().hex)
-    return container().manager.create_campaign(payload)
+    return container().manager.create_campaign(payload, idempotency_key=idempotency_key)
 
 
 @public_task("campaign_worker.poll_campaigns", dead_letter_failures=False)
@@ -85,6 +90,7 @@ def poll_campaigns() -> dict[str, Any]:
         "process": result.process,
         "completed": result.completed,
         "oldest_due": result.oldest_due,
+        "republished": result.republished,
     }
 
 
@@ -190,7 +196,11 @@ def resume_campaign(campaign_id: Id) -> dict[str, Any]:
 
 @public_task("campaign_worker.cancel_campaign")
 def cancel_campaign(campaign_id: Id) -> dict[str, Any]:
-    return _status(container().manager.cancel_campaign(campaign_id))
+    """Stop sending at once; the active conversations are then settled as ``cancelled``
+    in batches (started here, backstopped by the poller)."""
+    result = _status(container().manager.cancel_campaign(campaign_id))
+    _enqueue_processing(campaign_id)
+    return result
 
 
 @public_task("campaign_worker.get_campaign_metrics")

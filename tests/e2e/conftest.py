@@ -28,6 +28,9 @@ import redis
 from celery import Celery
 from kombu import Connection, Exchange, Queue
 
+from tests.e2e.private_rabbitmq import PrivateRabbitMQ
+from tests.e2e.private_redis import PrivateRedis
+
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 APP = "campaign_worker.entrypoints.celery_app"
@@ -74,7 +77,7 @@ def _purge_rabbitmq(url: str) -> None:
             channel = connection.channel()
             for name in QUEUES:
                 Queue(name, Exchange(name), routing_key=name)(channel).declare()
-                channel.queue_purge(name)
+                channel.queue_purge(name)  # type: ignore[attr-defined]  # amqp Channel
     except OSError as exc:
         raise RuntimeError(f"e2e tests need RabbitMQ at {url}: {exc}") from exc
 
@@ -288,3 +291,23 @@ def wait_for_workers(client: Celery, nodes: list[str], timeout: float = 60.0) ->
         return set(nodes) <= names
 
     wait_until(answered, timeout, f"workers {nodes} to answer a ping", interval=0.5)
+
+
+def _running(server: PrivateRedis | PrivateRabbitMQ) -> Iterator[Any]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A Redis of the test's own (AOF on), for tests that restart or reconfigure it."""
+    yield from _running(PrivateRedis(tmp_path / "redis"))
+
+
+@pytest.fixture
+def private_rabbitmq(tmp_path: Path) -> Iterator[PrivateRabbitMQ]:
+    """A RabbitMQ node of the test's own (not the machine's), for tests that restart it."""
+    yield from _running(PrivateRabbitMQ(tmp_path / "rabbitmq"))

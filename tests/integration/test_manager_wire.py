@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, timedelta
 from typing import Any
 
@@ -18,10 +18,10 @@ import pytest
 
 from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.adapters.mongo import CAMPAIGNS, CONVERSATIONS, METRICS, OUTBOX
-from campaign_worker.adapters.mongo_monitoring import CommandCounter
 from campaign_worker.domain.documents import conversation_id_for
 from campaign_worker.service.campaign_manager import CampaignManager
 from tests.conftest import ManagerFactory, sample_campaign
+from tooling.mongo_monitoring import CommandCounter
 
 pytestmark = pytest.mark.wire
 
@@ -103,11 +103,9 @@ def recount(db: Any, campaign_id: str = "camp-1") -> Doc:
     }
 
 
-def assert_metrics_match_states(
-    manager: CampaignManager, db: Any, *, lost_race: Collection[str] = ()
-) -> Doc:
-    """``lost_race``: conversations where a batch lost a compare-and-set after writing its
-    outbox entries; those entries remain, cancelled (see bench/README.md)."""
+def assert_metrics_match_states(manager: CampaignManager, db: Any) -> Doc:
+    """The metrics document equals a recount from the states, and the outbox holds
+    exactly the messages the states recorded, each once and deliverable."""
     expected = recount(db)
     metrics = manager.get_campaign_metrics("camp-1")
     for key in (
@@ -136,7 +134,7 @@ def assert_metrics_match_states(
         stored = raw["stage_metrics"][stage].get("total_duration_seconds", 0.0)
         assert stored == pytest.approx(seconds), stage
     # Every message the states record is in the outbox (ids are unique there), and
-    # nothing else is, apart from what a lost race may have left.
+    # nothing else is: a write that lost its race published nothing.
     recorded = {
         m["message_id"]
         for doc in db[CONVERSATIONS].find({"campaign_id": "camp-1"})
@@ -146,7 +144,8 @@ def assert_metrics_match_states(
     outbox = {doc["_id"]: doc for doc in db[OUTBOX].find({"campaign_id": "camp-1"})}
     assert recorded <= set(outbox), "a recorded message never reached the outbox"
     extra = {outbox[mid]["conversation_id"] for mid in set(outbox) - recorded}
-    assert extra <= set(lost_race), f"outbox messages no conversation recorded: {extra}"
+    assert not extra, f"outbox messages no conversation recorded: {extra}"
+    assert {doc["status"] for doc in outbox.values()} <= {"pending"}
     return metrics
 
 
@@ -188,13 +187,14 @@ def test_initialization_round_trips_are_per_batch_not_per_recipient(
         assert manager.initialize_campaign_conversations("camp-1") == 120
     batches = math.ceil(120 / 50)
     assert span.counts.by_name.get("insert") == batches
-    # Fixed: campaign read, two status changes, the final count. Per batch: the insert,
-    # the metrics $inc and the progress checkpoint. Nothing per recipient.
-    assert span.counts.total <= 4 + 3 * batches, span.counts.as_dict()
+    # Fixed: campaign read, two status changes, the final count. Per batch: the writer's
+    # registration, the insert, the progress checkpoint and the metrics increment (which
+    # deregisters). Nothing per recipient.
+    assert span.counts.total <= 4 + 4 * batches, span.counts.as_dict()
 
     with counter.measure() as span:
         assert manager.initialize_campaign_conversations("camp-1") == 0
-    assert span.counts.total <= 4 + 3 * batches, span.counts.as_dict()
+    assert span.counts.total <= 4 + 4 * batches, span.counts.as_dict()
 
 
 def test_referenced_recipients_are_streamed_from_their_collection(
@@ -316,10 +316,12 @@ def test_processing_round_trips_are_per_batch(
     with counter.measure() as span:
         result = manager.process_due_conversations("camp-1")
     assert result.claimed == batch and result.written == batch
-    # campaign read, claim (find ids, update_many, read back), outbox insert,
-    # bulk_write, metrics $inc: 7 whatever the batch size (no getMore above 101 docs).
-    assert span.counts.total == 7, span.counts.as_dict()
-    assert span.counts.by_name["update"] == 3  # claim, bulk_write, metrics
+    # campaign read, claim (find ids, update_many, read back), metrics registration,
+    # bulk_write, outbox insert, publication marks, metrics increment: 9 whatever the
+    # batch size (no getMore above 101 docs).
+    assert span.counts.total == 9, span.counts.as_dict()
+    # claim, registration, bulk_write, publication marks, metrics
+    assert span.counts.by_name["update"] == 5
 
 
 # ------------------------------------------------------------------ concurrency
@@ -373,17 +375,17 @@ def test_a_reply_landing_during_a_batch_wins_and_the_batch_reports_the_conflict(
     manager.create_campaign(sample_campaign(10))
     manager.initialize_campaign_conversations("camp-1")
     repo = manager.conversation_state_repository
-    save = repo.save_transitions
+    write = repo.write_transitions
     replied = conversation_id_for("camp-1", "user-00003")
 
-    def reply_then_save(changes: Any) -> set[str]:
+    def reply_then_write(*args: Any, **kwargs: Any) -> Any:
         # The reply arrives after the batch computed its changes, before it writes them
-        # (the reply's own write goes through the real save_transitions).
-        repo.save_transitions = save  # type: ignore[method-assign]
+        # (the reply's own write goes through the real write_transitions).
+        repo.write_transitions = write  # type: ignore[method-assign]
         manager.record_inbound_message("camp-1", "user-00003", "in-3", "YES")
-        return save(changes)
+        return write(*args, **kwargs)
 
-    repo.save_transitions = reply_then_save  # type: ignore[method-assign]
+    repo.write_transitions = reply_then_write  # type: ignore[method-assign]
     result = manager.process_due_conversations("camp-1")
 
     assert result.claimed == 10
@@ -392,11 +394,9 @@ def test_a_reply_landing_during_a_batch_wins_and_the_batch_reports_the_conflict(
     assert state["current_stage"] == "consideration"
     assert state["metrics"]["messages_received"] == 1
     # The reply's own evaluation sent what it decided; the losing batch's computation
-    # for this conversation left no trace in its state or the metrics; its outbox entry,
-    # written before the compare-and-set, was withdrawn (cancelled while pending).
+    # for this conversation left no trace in its state, the metrics or the outbox.
     assert [
         m["metadata"]["stage"] for m in state["message_history"] if m["direction"] == "outbound"
     ] == ["consideration"]
-    assert_metrics_match_states(manager, wire_db, lost_race={replied})
-    withdrawn = wire_db["outbox"].find_one({"conversation_id": replied, "stage": "awareness"})
-    assert withdrawn is not None and withdrawn["status"] == "cancelled"
+    assert_metrics_match_states(manager, wire_db)
+    assert wire_db["outbox"].find_one({"conversation_id": replied, "stage": "awareness"}) is None

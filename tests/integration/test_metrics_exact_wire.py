@@ -68,8 +68,10 @@ def test_concurrent_threads_and_processes_leave_zero_drift(wire_uri: str, wire_d
     ctx = multiprocessing.get_context("spawn")
     processes = [ctx.Process(target=_work, args=(wire_uri, db_name, w, now)) for w in (0, 1)]
     threads = [threading.Thread(target=_work, args=(wire_uri, db_name, w, now)) for w in (2, 3, 4)]
-    for worker in [*processes, *threads]:
-        worker.start()
+    for process in processes:
+        process.start()
+    for thread in threads:
+        thread.start()
     for thread in threads:
         thread.join(240)
     for process in processes:

@@ -22,10 +22,9 @@ from pymongo.errors import DuplicateKeyError
 from campaign_worker.adapters.mongo import (
     CONVERSATIONS,
     METRICS,
-    MongoCampaignMetricsRepository,
     MongoConversationStateRepository,
 )
-from campaign_worker.adapters.mongo_monitoring import CommandCounter
+from campaign_worker.adapters.mongo_metrics import MongoCampaignMetricsRepository
 from campaign_worker.domain.documents import (
     ConversationContext,
     ConversationState,
@@ -36,6 +35,7 @@ from campaign_worker.domain.documents import (
 )
 from campaign_worker.domain.progression import MetricsDelta
 from tests.conftest import START
+from tooling.mongo_monitoring import CommandCounter
 
 pytestmark = pytest.mark.wire
 
@@ -53,7 +53,7 @@ def conversation(
     status: str = "active",
 ) -> Doc:
     return ConversationState(
-        _id=conversation_id_for(campaign_id, user_id),
+        id=conversation_id_for(campaign_id, user_id),
         user_id=user_id,
         campaign_id=campaign_id,
         campaign_type="sales",
@@ -574,12 +574,17 @@ def test_concurrent_metric_increments_sum_exactly(wire_db: Any, new_client: Clie
     doc = wire_db[METRICS].find_one({"_id": "camp-1"})
     n = threads * rounds
     assert doc is not None
-    assert doc["message_metrics"] == {"total_sent": n, "total_received": 2 * n}
+    assert doc["message_metrics"] == {
+        "total_sent": n,
+        "total_received": 2 * n,
+        "response_rate": 2.0,  # derived in the same atomic write
+    }
     assert doc["active_conversations"] == n
     assert doc["stage_metrics"]["awareness"] == {
         "entered": n,
         "completed": n,
         "total_duration_seconds": 0.25 * n,
+        "avg_duration_seconds": 0.25,
     }
     assert doc["campaign_id"] == "camp-1"
 

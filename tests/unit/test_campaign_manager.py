@@ -23,6 +23,18 @@ from campaign_worker.domain.errors import (
 from campaign_worker.service.campaign_manager import CampaignManager
 from tests.conftest import START, ManagerFactory, sample_campaign
 
+
+@pytest.fixture
+def db(any_db: Any) -> Any:
+    """Every test here runs on mongomock-ng and over the wire (secantusdb or MONGODB_URI)."""
+    return any_db
+
+
+@pytest.fixture
+def manager(db: Any, make_manager: ManagerFactory) -> CampaignManager:
+    return make_manager(db)
+
+
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 SALES = ["awareness", "consideration", "decision"]
@@ -167,17 +179,17 @@ def test_initialize_twice_creates_nothing_and_returns_zero(manager: CampaignMana
     assert manager.get_campaign("camp-1")["total_recipients"] == 3
 
 
-def test_initialize_in_batches_creates_everyone(mock_db: Any, make_manager: ManagerFactory) -> None:
-    manager = make_manager(mock_db, init_batch_size=3)
+def test_initialize_in_batches_creates_everyone(db: Any, make_manager: ManagerFactory) -> None:
+    manager = make_manager(db, init_batch_size=3)
     campaign_id = manager.create_campaign(sample_campaign(7))
     assert manager.initialize_campaign_conversations(campaign_id) == 7
-    assert mock_db["conversation_states"].count_documents({"campaign_id": campaign_id}) == 7
+    assert db["conversation_states"].count_documents({"campaign_id": campaign_id}) == 7
 
 
 def test_initialize_resumed_after_a_crash_counts_only_the_new_ones(
-    mock_db: Any, make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch
+    db: Any, make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    manager = make_manager(mock_db, init_batch_size=2)
+    manager = make_manager(db, init_batch_size=2)
     manager.create_campaign(sample_campaign(5))
     repo = manager.conversation_state_repository
     real_insert = repo.insert_many_states
@@ -196,7 +208,7 @@ def test_initialize_resumed_after_a_crash_counts_only_the_new_ones(
 
     assert manager.get_campaign("camp-1")["status"] == "initializing"
     assert manager.initialize_campaign_conversations("camp-1") == 3
-    assert mock_db["conversation_states"].count_documents({}) == 5
+    assert db["conversation_states"].count_documents({}) == 5
     metrics = manager.get_campaign_metrics("camp-1")
     assert metrics["total_recipients"] == 5
     assert metrics["active_conversations"] == 5
@@ -205,8 +217,8 @@ def test_initialize_resumed_after_a_crash_counts_only_the_new_ones(
 
 
 @pytest.mark.filterwarnings("ignore:'batch_size' is accepted")
-def test_initialize_from_a_recipients_collection(mock_db: Any, manager: CampaignManager) -> None:
-    mock_db["people"].insert_many(
+def test_initialize_from_a_recipients_collection(db: Any, manager: CampaignManager) -> None:
+    db["people"].insert_many(
         [
             {"_id": 1, "user_id": "a", "attributes": {"first_name": "A"}, "segment": "b2b"},
             {"_id": 2, "user_id": "b", "segment": "b2c"},
@@ -217,7 +229,7 @@ def test_initialize_from_a_recipients_collection(mock_db: Any, manager: Campaign
     data["recipients"] = {"collection": "people", "query": {"segment": "b2b"}}
     manager.create_campaign(data)
     assert manager.initialize_campaign_conversations("camp-1") == 2
-    users = sorted(d["user_id"] for d in mock_db["conversation_states"].find())
+    users = sorted(d["user_id"] for d in db["conversation_states"].find())
     assert users == ["a", "c"]
     assert manager.get_conversation(conversation_id_for("camp-1", "c"))["context"]["timezone"] == (
         "Europe/Paris"
@@ -226,9 +238,9 @@ def test_initialize_from_a_recipients_collection(mock_db: Any, manager: Campaign
 
 @pytest.mark.filterwarnings("ignore:'batch_size' is accepted")
 def test_initialize_skips_invalid_recipients_from_a_collection(
-    mock_db: Any, manager: CampaignManager
+    db: Any, manager: CampaignManager
 ) -> None:
-    mock_db["people"].insert_many(
+    db["people"].insert_many(
         [{"_id": 1, "user_id": "a"}, {"_id": 2, "user_id": "b", "timezone": "Mars/Base"}]
     )
     data = sample_campaign(0)
@@ -630,10 +642,10 @@ def test_history_unknown_conversation(manager: CampaignManager) -> None:
 
 
 def test_malformed_stored_conversation_is_reported_with_the_field(
-    manager: CampaignManager, mock_db: Any
+    manager: CampaignManager, db: Any
 ) -> None:
     running(manager, 1)
-    mock_db["conversation_states"].update_one({"_id": cid(0)}, {"$set": {"status": "zombie"}})
+    db["conversation_states"].update_one({"_id": cid(0)}, {"$set": {"status": "zombie"}})
     with pytest.raises(InvalidDocumentError, match="status"):
         manager.get_conversation_history(cid(0))
 
@@ -817,30 +829,55 @@ def test_two_claimers_never_share_a_conversation(manager: CampaignManager) -> No
     assert not ids_a & ids_b
 
 
-def test_replayed_batch_never_duplicates_the_outbox(
+def test_a_crash_before_the_state_write_records_and_publishes_nothing(
     manager: CampaignManager, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     running(manager, 3)
     repo = manager.conversation_state_repository
-    real_save = repo.save_transitions
+    real_write = repo.write_transitions
 
-    def crash(changes: Any) -> set[str]:
-        raise RuntimeError("worker died after writing the outbox")
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("worker died before the state write")
 
-    monkeypatch.setattr(repo, "save_transitions", crash)
+    monkeypatch.setattr(repo, "write_transitions", crash)
     with pytest.raises(RuntimeError):
         manager.process_due_conversations("camp-1", owner="A")
-    monkeypatch.setattr(repo, "save_transitions", real_save)
-    first_ids = sorted(m["_id"] for m in outbox(manager))
-    assert len(first_ids) == 3
+    monkeypatch.setattr(repo, "write_transitions", real_write)
+    assert outbox(manager) == []  # nothing is deliverable that no conversation recorded
 
     assert manager.process_due_conversations("camp-1", owner="B").claimed == 0  # still leased
     clock.advance(timedelta(seconds=manager.lease_seconds))
     result = manager.process_due_conversations("camp-1", owner="B")
     assert (result.claimed, result.written) == (3, 3)
-    assert sorted(m["_id"] for m in outbox(manager)) == first_ids
-    assert [len(conv(manager, i)["message_history"]) for i in range(3)] == [1, 1, 1]
+    recorded = sorted(conv(manager, i)["message_history"][0]["message_id"] for i in range(3))
+    assert sorted(m["_id"] for m in outbox(manager)) == recorded
     assert stored_metrics(manager)["message_metrics"]["total_sent"] == 3
+
+
+def test_a_crash_after_the_state_write_is_published_by_the_sweep_once(
+    manager: CampaignManager, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running(manager, 3)
+    real_enqueue = manager.outbox.enqueue_many
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("worker died between the state write and the outbox insert")
+
+    monkeypatch.setattr(manager.outbox, "enqueue_many", crash)
+    with pytest.raises(RuntimeError):
+        manager.process_due_conversations("camp-1")
+    monkeypatch.setattr(manager.outbox, "enqueue_many", real_enqueue)
+    states = [conv(manager, i) for i in range(3)]
+    assert outbox(manager) == []
+    assert all(len(s["unpublished"]) == 1 for s in states)
+
+    assert manager.poll_campaigns().republished == 0  # within the grace: maybe in flight
+    clock.advance(manager.publish_grace)
+    assert manager.poll_campaigns().republished == 3
+    assert manager.poll_campaigns().republished == 0  # cleared: published once
+    recorded = sorted(s["message_history"][0]["message_id"] for s in states)
+    assert sorted(m["_id"] for m in outbox(manager)) == recorded
+    assert all(conv(manager, i)["unpublished"] == [] for i in range(3))
 
 
 def test_lost_race_counts_only_writes_that_landed(
@@ -848,13 +885,13 @@ def test_lost_race_counts_only_writes_that_landed(
 ) -> None:
     running(manager, 3)
     repo = manager.conversation_state_repository
-    real_save = repo.save_transitions
+    real_write = repo.write_transitions
 
-    def concurrent_writer_first(changes: Any) -> set[str]:
+    def concurrent_writer_first(*args: Any, **kwargs: Any) -> Any:
         repo.update_conversation_state(cid(1), {"status_reason": "touched meanwhile"})
-        return real_save(changes)
+        return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(repo, "save_transitions", concurrent_writer_first)
+    monkeypatch.setattr(repo, "write_transitions", concurrent_writer_first)
     result = manager.process_due_conversations("camp-1")
     assert (result.written, result.conflicts, result.sent) == (2, 1, 2)
     assert conv(manager, 1)["message_history"] == []
@@ -862,15 +899,13 @@ def test_lost_race_counts_only_writes_that_landed(
 
 
 def test_invalid_stored_conversation_is_failed_not_retried_forever(
-    manager: CampaignManager, mock_db: Any
+    manager: CampaignManager, db: Any
 ) -> None:
     running(manager, 2)
-    mock_db["conversation_states"].update_one(
-        {"_id": cid(0)}, {"$set": {"metrics.messages_sent": -5}}
-    )
+    db["conversation_states"].update_one({"_id": cid(0)}, {"$set": {"metrics.messages_sent": -5}})
     result = manager.process_due_conversations("camp-1")
     assert (result.claimed, result.invalid, result.written) == (2, 1, 1)
-    raw = mock_db["conversation_states"].find_one({"_id": cid(0)})
+    raw = db["conversation_states"].find_one({"_id": cid(0)})
     assert raw["status"] == "failed"
     assert "metrics.messages_sent" in raw["status_reason"]
     assert raw["next_action_at"] is None
@@ -1062,7 +1097,9 @@ def test_cancel_is_final(manager: CampaignManager) -> None:
         manager.resume_campaign("camp-1")
     with pytest.raises(InvalidStateTransitionError):
         manager.pause_campaign("camp-1")
-    assert manager.process_due_conversations("camp-1").skipped_reason == "campaign is cancelled"
+    # Processing a cancelled campaign settles its active conversations, then finds none.
+    assert manager.process_due_conversations("camp-1").finished == {"cancelled": 1}
+    assert manager.process_due_conversations("camp-1").claimed == 0
 
 
 def test_cancel_keeps_conversation_state(manager: CampaignManager) -> None:
@@ -1172,6 +1209,8 @@ def test_metrics_document_after_a_scripted_scenario(
         "completed_conversations": 2,
         "failed_conversations": 0,
         "opted_out_conversations": 1,
+        "cancelled_conversations": 0,
+        "invalid_recipients": 0,
         "stage_metrics": {
             "awareness": {"entered": 4, "completed": 2, "avg_duration_seconds": 45000.0},
             "consideration": {"entered": 1, "completed": 1, "avg_duration_seconds": 7200.0},
@@ -1205,11 +1244,9 @@ def test_metrics_order_stages_as_the_template(manager: CampaignManager) -> None:
     assert list(manager.get_campaign_metrics("camp-1")["stage_metrics"]) == SALES
 
 
-def test_malformed_metrics_document_names_the_field(manager: CampaignManager, mock_db: Any) -> None:
+def test_malformed_metrics_document_names_the_field(manager: CampaignManager, db: Any) -> None:
     running(manager, 1)
-    mock_db["campaign_metrics"].update_one(
-        {"_id": "camp-1"}, {"$set": {"active_conversations": -1}}
-    )
+    db["campaign_metrics"].update_one({"_id": "camp-1"}, {"$set": {"active_conversations": "many"}})
     with pytest.raises(InvalidDocumentError, match="active_conversations"):
         manager.get_campaign_metrics("camp-1")
 

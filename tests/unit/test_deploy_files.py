@@ -745,3 +745,83 @@ def test_agreed_metrics_are_the_ones_the_code_defines() -> None:
     for name, (kind, labels) in AGREED_METRICS.items():
         assert name in defined, f"{name} is not defined in campaign_worker.adapters.metrics"
         assert defined[name] == (kind, labels), name
+
+
+# --------------------------------------------------------------------------- supervision
+
+
+def test_redis_keeps_the_queues_across_a_restart(compose: dict[str, Any]) -> None:
+    """AOF on, fsynced every second (or always), no eviction, data on a named volume."""
+    redis = compose["services"]["redis"]
+    command = command_of(redis)
+    options = dict(zip(command[1::2], command[2::2], strict=False))
+    assert command[0] == "redis-server"
+    assert options.get("--appendonly") == "yes"
+    assert options.get("--appendfsync") in {"everysec", "always"}
+    assert options.get("--maxmemory-policy", "noeviction") == "noeviction"
+    mounts = [
+        v.split(":")[:2] if isinstance(v, str) else [v["source"], v["target"]]
+        for v in redis["volumes"]
+    ]
+    assert ["redis-data", "/data"] in mounts, mounts  # a named volume, not the container
+    assert "redis-data" in compose["volumes"]
+
+
+def test_every_long_running_service_is_restarted_when_it_exits(compose: dict[str, Any]) -> None:
+    for name in ("mongodb", "redis", "worker", "beat", "flower"):
+        assert compose["services"][name].get("restart") in {"unless-stopped", "always"}, name
+
+
+def test_celeryconfig_keeps_in_flight_messages_across_broker_restarts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = load_celeryconfig(monkeypatch)
+    assert config.task_acks_late is True
+    assert config.task_reject_on_worker_lost is True
+    # Running tasks finish on a connection loss (killing them strands their message in
+    # Redis's unacked set until the visibility timeout), and the worker never gives up.
+    assert config.worker_cancel_long_running_tasks_on_connection_loss is False
+    assert config.broker_connection_retry is True
+    assert config.broker_connection_max_retries is None
+
+
+def systemd_unit_from_docs() -> str:
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    blocks = re.findall(r"```ini\n(.*?)```", text, flags=re.S)
+    units = [b for b in blocks if "[Service]" in b]
+    assert len(units) == 1, "docs/deployment.md: expected one systemd unit example"
+    return str(units[0])
+
+
+def test_documented_systemd_unit_restarts_the_worker_and_lets_tasks_finish(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    unit = systemd_unit_from_docs()
+    keys = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#")
+    )
+    assert keys["Restart"] == "always"
+    assert keys["KillSignal"] == "SIGTERM"
+    assert keys["KillMode"] == "mixed"  # SIGTERM to the main process only: a warm shutdown
+    assert keys["StartLimitIntervalSec"] == "0"
+    config = load_celeryconfig(monkeypatch)
+    assert int(keys["TimeoutStopSec"]) > config.task_time_limit
+    command = shlex.split(keys["ExecStart"])
+    assert command[1:4] == ["-A", APP, "worker"]
+    assert queues_of(command) == {q.name for q in config.task_queues}
+
+
+def test_documented_systemd_unit_passes_systemd_analyze(tmp_path: Path) -> None:
+    binary = require_tool("systemd-analyze", "systemd")
+    unit = systemd_unit_from_docs()
+    # Only what needs this machine changes: an executable that exists, a user that exists.
+    unit = re.sub(r"^ExecStart=\S+", f"ExecStart={sys.executable}", unit, flags=re.M)
+    unit = re.sub(r"^(User|Group)=.*$", r"\1=root", unit, flags=re.M)
+    unit = unit.replace("WorkingDirectory=/opt/campaign-worker", f"WorkingDirectory={tmp_path}")
+    unit = re.sub(r"^EnvironmentFile=", "EnvironmentFile=-", unit, flags=re.M)
+    path = tmp_path / "campaign-worker.service"
+    path.write_text(unit)
+    result = run([binary, "verify", str(path)])
+    assert result.returncode == 0, result.stderr
+    complaints = [line for line in result.stderr.splitlines() if str(path) in line]
+    assert complaints == []

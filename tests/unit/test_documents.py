@@ -400,4 +400,5 @@ def test_too_many_inline_recipients_point_to_a_recipients_collection() -> None:
     with pytest.raises(InvalidDocumentError, match=r"recipients.*collection"):
         parse_document(Campaign, data, what="campaign")
     data["recipients"] = data["recipients"][:MAX_INLINE_RECIPIENTS]
-    assert len(parse_document(Campaign, data, what="campaign").recipients) == MAX_INLINE_RECIPIENTS
+    recipients = parse_document(Campaign, data, what="campaign").recipients
+    assert isinstance(recipients, list) and len(recipients) == MAX_INLINE_RECIPIENTS

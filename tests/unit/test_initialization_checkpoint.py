@@ -13,8 +13,19 @@ from tests.conftest import ManagerFactory, sample_campaign
 
 
 @pytest.fixture
-def small_batches(mock_db: Any, make_manager: ManagerFactory) -> CampaignManager:
-    return make_manager(mock_db, init_batch_size=50)
+def db(any_db: Any) -> Any:
+    """Every test here runs on mongomock-ng and over the wire (secantusdb or MONGODB_URI)."""
+    return any_db
+
+
+@pytest.fixture
+def manager(db: Any, make_manager: ManagerFactory) -> CampaignManager:
+    return make_manager(db)
+
+
+@pytest.fixture
+def small_batches(db: Any, make_manager: ManagerFactory) -> CampaignManager:
+    return make_manager(db, init_batch_size=50)
 
 
 def _count(db: Any) -> int:
@@ -22,14 +33,14 @@ def _count(db: Any) -> int:
 
 
 def test_inline_recipients_resume_from_the_checkpoint(
-    small_batches: CampaignManager, mock_db: Any
+    small_batches: CampaignManager, db: Any
 ) -> None:
     manager = small_batches
     manager.create_campaign(sample_campaign(120))
 
     first = manager.initialize_campaign_step("camp-1", max_batches=1)
     assert (first.created, first.done) == (50, False)
-    campaign = mock_db.campaigns.find_one({"_id": "camp-1"})
+    campaign = db.campaigns.find_one({"_id": "camp-1"})
     assert campaign["status"] == "initializing"
     assert campaign["init_progress"]["position"] == {"offset": 50}
 
@@ -38,9 +49,9 @@ def test_inline_recipients_resume_from_the_checkpoint(
     last = manager.initialize_campaign_step("camp-1", max_batches=5)
     assert (last.created, last.done) == (20, True)
 
-    campaign = mock_db.campaigns.find_one({"_id": "camp-1"})
+    campaign = db.campaigns.find_one({"_id": "camp-1"})
     assert (campaign["status"], campaign["total_recipients"]) == ("running", 120)
-    assert _count(mock_db) == 120
+    assert _count(db) == 120
     metrics = manager.get_campaign_metrics("camp-1")
     assert (metrics["total_recipients"], metrics["active_conversations"]) == (120, 120)
     # Finished: a further step has nothing left to read.
@@ -48,7 +59,7 @@ def test_inline_recipients_resume_from_the_checkpoint(
 
 
 def test_referenced_recipients_resume_after_the_last_id(
-    small_batches: CampaignManager, mock_db: Any
+    small_batches: CampaignManager, db: Any
 ) -> None:
     rows = [
         {
@@ -62,25 +73,34 @@ def test_referenced_recipients_resume_after_the_last_id(
     ]
     rows[7]["timezone"] = "Not/AZone"  # invalid: skipped and counted, not fatal
     rows.append({"_id": "z-other", "list": "autumn", "user_id": "someone-else"})
-    mock_db.recipients.insert_many(rows)
+    db.recipients.insert_many(rows)
     campaign = sample_campaign(0)
     campaign["recipients"] = {"collection": "recipients", "query": {"list": "spring"}}
     small_batches.create_campaign(campaign)
 
     step = small_batches.initialize_campaign_step("camp-1", max_batches=1)
     assert step.created == 49
-    stored = mock_db.campaigns.find_one({"_id": "camp-1"})["init_progress"]
-    assert stored == {"position": {"after_id": "r0049"}, "invalid": 1}
+    stored = db.campaigns.find_one({"_id": "camp-1"})["init_progress"]
+    assert stored == {
+        "position": {"after_id": "r0049"},
+        "invalid": 1,
+        "invalid_samples": [
+            {
+                "user_id": "user-00007",
+                "error": "timezone: Value error, unknown timezone 'Not/AZone'",
+            }
+        ],
+    }
 
     rest = small_batches.initialize_campaign_step("camp-1")
     assert (rest.created, rest.done) == (60, True)
-    assert _count(mock_db) == 109
-    assert mock_db.conversation_states.count_documents({"user_id": "someone-else"}) == 0
-    assert mock_db.campaigns.find_one({"_id": "camp-1"})["total_recipients"] == 109
+    assert _count(db) == 109
+    assert db.conversation_states.count_documents({"user_id": "someone-else"}) == 0
+    assert db.campaigns.find_one({"_id": "camp-1"})["total_recipients"] == 109
 
 
 def test_a_pause_between_steps_stops_initialization_and_resume_continues(
-    small_batches: CampaignManager, mock_db: Any
+    small_batches: CampaignManager, db: Any
 ) -> None:
     manager = small_batches
     manager.create_campaign(sample_campaign(120))
@@ -89,7 +109,7 @@ def test_a_pause_between_steps_stops_initialization_and_resume_continues(
 
     with pytest.raises(InvalidStateTransitionError):
         manager.initialize_campaign_step("camp-1", max_batches=1)
-    assert _count(mock_db) == 50
+    assert _count(db) == 50
 
     # Not initialized yet, so resuming schedules it again; the poller claims it and the
     # next step continues from the checkpoint instead of starting over.
@@ -97,21 +117,21 @@ def test_a_pause_between_steps_stops_initialization_and_resume_continues(
     assert manager.poll_campaigns().initialize == ["camp-1"]
     step = manager.initialize_campaign_step("camp-1")
     assert (step.created, step.done) == (70, True)
-    assert _count(mock_db) == 120
+    assert _count(db) == 120
 
 
 def test_a_checkpoint_write_that_finds_the_campaign_paused_stops_the_step(
-    small_batches: CampaignManager, mock_db: Any, monkeypatch: pytest.MonkeyPatch
+    small_batches: CampaignManager, db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manager = small_batches
     manager.create_campaign(sample_campaign(120))
     original = manager.campaigns.save_init_progress
 
     def pause_then_save(*args: Any, **kwargs: Any) -> bool:
-        mock_db.campaigns.update_one({"_id": "camp-1"}, {"$set": {"status": "paused"}})
+        db.campaigns.update_one({"_id": "camp-1"}, {"$set": {"status": "paused"}})
         return bool(original(*args, **kwargs))
 
     monkeypatch.setattr(manager.campaigns, "save_init_progress", pause_then_save)
     step = manager.initialize_campaign_step("camp-1")
     assert (step.created, step.done, step.stopped) == (50, False, True)
-    assert mock_db.campaigns.find_one({"_id": "camp-1"})["status"] == "paused"
+    assert db.campaigns.find_one({"_id": "camp-1"})["status"] == "paused"

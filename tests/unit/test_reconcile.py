@@ -5,9 +5,22 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.service.campaign_manager import CampaignManager
-from tests.conftest import sample_campaign
+from tests.conftest import ManagerFactory, sample_campaign
+
+
+@pytest.fixture
+def db(any_db: Any) -> Any:
+    """Every test here runs on mongomock-ng and over the wire (secantusdb or MONGODB_URI)."""
+    return any_db
+
+
+@pytest.fixture
+def manager(db: Any, make_manager: ManagerFactory) -> CampaignManager:
+    return make_manager(db)
 
 
 def _scenario(manager: CampaignManager, clock: ManualClock) -> None:
@@ -25,12 +38,12 @@ def test_exact_metrics_have_no_drift(manager: CampaignManager, clock: ManualCloc
 
 
 def test_drift_is_measured_and_corrected(
-    manager: CampaignManager, clock: ManualClock, mock_db: Any
+    manager: CampaignManager, clock: ManualClock, db: Any
 ) -> None:
     _scenario(manager, clock)
     before = manager.get_campaign_metrics("camp-1")
     # Simulate a crash between a state write and its $inc, and a lost duration.
-    mock_db.campaign_metrics.update_one(
+    db.campaign_metrics.update_one(
         {"_id": "camp-1"},
         {
             "$inc": {
@@ -54,17 +67,17 @@ def test_drift_is_measured_and_corrected(
 
 
 def test_reconcile_defers_when_increments_land_meanwhile(
-    manager: CampaignManager, clock: ManualClock, mock_db: Any, monkeypatch: Any
+    manager: CampaignManager, clock: ManualClock, db: Any, monkeypatch: Any
 ) -> None:
     _scenario(manager, clock)
-    mock_db.campaign_metrics.update_one({"_id": "camp-1"}, {"$inc": {"failed_conversations": 1}})
+    db.campaign_metrics.update_one({"_id": "camp-1"}, {"$inc": {"failed_conversations": 1}})
     repo = manager.conversation_state_repository
     original = repo.aggregate_campaign
 
     def aggregate_while_a_batch_lands(campaign_id: str) -> dict[str, Any]:
         result = original(campaign_id)
         # A concurrent batch's $inc arrives between the two reads of the metrics doc.
-        mock_db.campaign_metrics.update_one(
+        db.campaign_metrics.update_one(
             {"_id": "camp-1"}, {"$inc": {"revision": 1, "message_metrics.total_sent": 0}}
         )
         return result

@@ -21,9 +21,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from campaign_worker import demo
 from campaign_worker.adapters.clock import OffsetClock
-from campaign_worker.entrypoints.embedded import EmbeddedService, start_mongo, start_redis
+from campaign_worker.demo import audience as demo
+from campaign_worker.demo.embedded import EmbeddedService, start_mongo, start_redis
 
 APP = "campaign_worker.entrypoints.celery_app"
 QUEUES = "celery,polling,initialization,processing,inbound"

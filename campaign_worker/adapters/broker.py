@@ -1,0 +1,57 @@
+"""A guard for kombu's Redis transport: a worker survives a Redis restart.
+
+The failure it prevents (reproduced by ``tests/e2e/test_broker_restart_e2e.py``, seen on
+kombu 5.7.0 / celery 5.7.0): Redis goes away while a late-acked task runs and another pool
+slot is free, so the channel is blocked in ``BRPOP`` (``_in_poll``). Celery's consumer then
+
+1. calls ``Connection.collect()``, which closes the channel: ``Channel.close()`` first reads
+   the pending ``BRPOP`` reply, gets ``ConnectionError`` and stops there (the channel is not
+   marked closed, its unacked messages are not restored); ``Connection`` swallows that
+   error and detaches the transport (``transport.client = None``);
+2. calls ``Connection.close()``, which closes the same channel again: now it reaches
+   ``restore_unacked_once()``, which needs a new Redis client, whose connection parameters
+   come from ``transport.client`` - ``None`` - so ``AttributeError: 'NoneType' object has
+   no attribute 'hostname'``. Only connection errors are ignored there, so the
+   AttributeError ends the worker ("Unrecoverable error").
+
+The same detached-transport AttributeError in other close paths: celery/kombu#582 (gossip
+restart) and celery/kombu#970 (warm shutdown). The guard lets ``Channel.close()`` absorb a
+connection error from that last ``BRPOP`` read (as it already absorbs ``Empty``), so the
+first close completes: the channel is marked closed, the restore of unacked messages is
+attempted while the transport is still attached (if Redis is still down it fails with a
+connection error, which is ignored, and the messages stay in Redis's unacked set until the
+task acks them or the visibility timeout returns them), and the second close is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from queue import Empty
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+
+_GUARD_FLAG = "_campaign_worker_guarded"
+
+
+def install_redis_close_guard() -> None:
+    """Patch ``kombu.transport.redis.Channel.close`` once per process (idempotent)."""
+    channel_cls: Any = kombu_redis.Channel
+    original: Callable[[Any], Any] = channel_cls.close
+    if getattr(original, _GUARD_FLAG, False):
+        return
+
+    def close(self: Any) -> Any:
+        if getattr(self, "_in_poll", None) and not self.closed:
+            # The broker vanished mid-BRPOP: drop the pending reply and go on closing.
+            with contextlib.suppress(Empty, *self.connection_errors):
+                self._brpop_read()
+        return original(self)
+
+    setattr(close, _GUARD_FLAG, True)
+    close.__doc__ = original.__doc__
+    channel_cls.close = close
+
+
+__all__ = ["install_redis_close_guard"]

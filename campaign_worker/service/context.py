@@ -1,0 +1,110 @@
+"""What every service flow works with: the ports, the clock and the sizes.
+
+``CampaignManager`` (the seed's facade) is a ``Services``; the flow modules
+(``campaigns``, ``initialization``, ``processing``, ``conversations``, ``polling``,
+``reconcile``, ``queries``) are functions over it, as cosmicpython's handlers are over a
+unit of work.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from campaign_worker.domain.documents import ConversationState, parse_document
+from campaign_worker.domain.errors import CampaignNotFoundError, ConversationNotFoundError
+from campaign_worker.domain.progression import Effects
+from campaign_worker.domain.templates import CampaignTypeTemplate, Template
+from campaign_worker.service.ledger import MetricsLedger
+from campaign_worker.service.outbound import Publisher
+from campaign_worker.service.ports import (
+    CampaignMetricsRepository,
+    CampaignRepository,
+    Clock,
+    ConversationStateRepository,
+    MetricsRecorder,
+    NullRecorder,
+    OutboxRepository,
+    TemplateSource,
+)
+
+Doc = dict[str, Any]
+
+
+class Services:
+    """The collaborators of every flow (the seed's constructor arguments and more)."""
+
+    def __init__(
+        self,
+        conversation_state_repository: ConversationStateRepository,
+        config_manager: TemplateSource,
+        metrics: MetricsRecorder | None = None,
+        *,
+        campaign_repository: CampaignRepository,
+        metrics_repository: CampaignMetricsRepository,
+        outbox_repository: OutboxRepository,
+        clock: Clock,
+        init_batch_size: int = 1000,
+        process_batch_size: int = 200,
+        lease_seconds: int = 120,
+        inflight_timeout_seconds: int = 900,
+    ) -> None:
+        self.conversation_state_repository = conversation_state_repository
+        self.config_manager = config_manager
+        self.metrics = metrics or NullRecorder()
+        self.campaigns = campaign_repository
+        self.campaign_metrics = metrics_repository
+        self.outbox = outbox_repository
+        self.clock = clock
+        self.init_batch_size = init_batch_size
+        self.process_batch_size = process_batch_size
+        self.lease_seconds = lease_seconds
+        # A registered writer older than this is dead (beyond any task's time limit).
+        self.inflight_timeout = timedelta(seconds=inflight_timeout_seconds)
+        # Messages still unpublished this long after their write are a crash's leftovers.
+        self.publish_grace = timedelta(seconds=30)
+        self.publisher = Publisher(conversation_state_repository, outbox_repository)
+
+    def get_campaign(self, campaign_id: str) -> Doc:
+        doc = self.campaigns.get(campaign_id)
+        if doc is None:
+            raise CampaignNotFoundError(campaign_id)
+        return doc
+
+    def load(self, conversation_id: str) -> ConversationState:
+        doc = self.conversation_state_repository.get_conversation_state(conversation_id)
+        if doc is None:
+            raise ConversationNotFoundError(conversation_id)
+        return parse_document(ConversationState, doc, what=f"conversation {conversation_id}")
+
+    def type_template(self, campaign_or_state: Doc) -> tuple[Template, CampaignTypeTemplate]:
+        """The template and campaign type of a campaign or a conversation document."""
+        template_id = campaign_or_state.get("template_id") or campaign_or_state.get(
+            "context", {}
+        ).get("template_id")
+        template = self.config_manager.get_template(str(template_id))
+        return template, self.config_manager.get_campaign_type(
+            str(template_id), str(campaign_or_state["campaign_type"])
+        )
+
+    def ledger(self, campaign_id: str) -> MetricsLedger:
+        return MetricsLedger(self.campaign_metrics, campaign_id, self.clock)
+
+    def record_counters(self, campaign_type: str, landed: list[Effects]) -> None:
+        """Operational counters (Prometheus) for writes that landed."""
+        sent_by_channel: dict[str, int] = {}
+        for effects in landed:
+            for envelope in effects.outbound:
+                sent_by_channel[envelope.channel] = sent_by_channel.get(envelope.channel, 0) + 1
+            for transition in effects.transitions:
+                if transition.to_stage is not None:
+                    self.metrics.stage_transition(
+                        campaign_type, transition.from_stage, transition.to_stage
+                    )
+                else:
+                    self.metrics.conversation_finished(campaign_type, transition.outcome or "")
+        for channel, count in sent_by_channel.items():
+            self.metrics.messages_sent(channel, count)
+
+
+__all__ = ["Doc", "Services"]

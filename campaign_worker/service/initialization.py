@@ -1,0 +1,221 @@
+"""Initialization: one conversation per recipient, in checkpointed batches.
+
+Safe to run twice or concurrently: conversation ids are deterministic and (campaign_id,
+user_id) is unique, so a duplicate means "already initialized". Progress (recipient
+position, invalid rows) is checkpointed with every batch, so a task can stop within its
+time limit and the next one resume where it left off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+
+from campaign_worker.domain.documents import (
+    CampaignStatus,
+    ConversationContext,
+    ConversationState,
+    Recipient,
+    StageEntry,
+    conversation_id_for,
+    to_utc,
+)
+from campaign_worker.domain.errors import CampaignNotFoundError, InvalidStateTransitionError
+from campaign_worker.domain.progression import first_action_at
+from campaign_worker.service.campaigns import transition_campaign
+from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.ledger import MetricsLedger
+from campaign_worker.service.processing import validation_summary
+
+log = structlog.get_logger(__name__)
+
+INVALID_SAMPLES = 10  # invalid audience rows kept (user id and error) on the campaign
+_NOT_INITIALIZABLE = frozenset(
+    {
+        CampaignStatus.DRAFT,
+        CampaignStatus.CANCELLED,
+        CampaignStatus.COMPLETED,
+        CampaignStatus.PAUSED,
+    }
+)
+
+
+@dataclass
+class InitResult:
+    """What one initialization step did."""
+
+    campaign_id: str
+    created: int = 0
+    done: bool = False
+    stopped: bool = False
+
+
+@dataclass
+class _Progress:
+    """The checkpoint: where in the audience, and the invalid rows so far."""
+
+    position: Doc | None = None
+    invalid: int = 0
+    samples: list[Doc] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, campaign: Doc) -> _Progress:
+        saved: Doc = dict(campaign.get("init_progress") or {})
+        return cls(
+            saved.get("position"),
+            int(saved.get("invalid", 0)),
+            list(saved.get("invalid_samples") or []),
+        )
+
+    def as_doc(self) -> Doc:
+        return {"position": self.position, "invalid": self.invalid, "invalid_samples": self.samples}
+
+
+def initialize_campaign_step(
+    svc: Services, campaign_id: str, max_batches: int | None = None
+) -> InitResult:
+    """Initialize up to ``max_batches`` batches from the saved checkpoint."""
+    campaign = svc.campaigns.get(campaign_id, with_recipients=True)
+    if campaign is None:
+        raise CampaignNotFoundError(campaign_id)
+    status = CampaignStatus(campaign["status"])
+    if status in _NOT_INITIALIZABLE:
+        raise InvalidStateTransitionError(
+            f"campaign {campaign_id!r} is {status.value!r}; it cannot be initialized"
+        )
+    if status == CampaignStatus.SCHEDULED:
+        transition_campaign(svc, campaign_id, CampaignStatus.INITIALIZING)
+    progress = _Progress.of(campaign)
+    result = InitResult(campaign_id=campaign_id)
+    recipients = svc.campaigns.iter_recipients(campaign, svc.init_batch_size, progress.position)
+    for batches, (batch, position) in enumerate(recipients, start=1):
+        ledger = svc.ledger(campaign_id)
+        result.created += _insert_batch(svc, campaign, batch, progress, ledger)
+        progress.position = position
+        if not _checkpoint(svc, campaign_id, status, progress, ledger):
+            result.stopped = True  # paused or cancelled meanwhile
+            log.info("campaign_initialization_stopped", campaign_id=campaign_id)
+            return result
+        if max_batches is not None and batches >= max_batches:
+            log.info(
+                "campaign_initialization_checkpoint",
+                campaign_id=campaign_id,
+                created=result.created,
+                position=position,
+            )
+            return result
+    _finish(svc, campaign_id, progress, result)
+    return result
+
+
+def _insert_batch(
+    svc: Services, campaign: Doc, batch: list[Doc], progress: _Progress, ledger: MetricsLedger
+) -> int:
+    """Insert one batch of conversations; count its invalid rows. ``ledger`` stays
+    registered with the metrics document until the checkpoint is saved."""
+    _, type_template = svc.type_template(campaign)
+    stages = type_template.stage_names
+    now = svc.clock.now()
+    docs = []
+    for raw in batch:
+        try:
+            recipient = Recipient.model_validate(raw)
+        except ValueError as exc:
+            _count_invalid(campaign, raw, exc, progress, ledger)
+            continue
+        docs.append(new_conversation(campaign, recipient, stages, now))
+    ledger.before_write()
+    inserted = svc.conversation_state_repository.insert_many_states(docs)
+    svc.metrics.batch_size("initialize", len(docs))
+    if inserted:
+        ledger.delta.total_recipients += inserted
+        ledger.delta.active += inserted
+        ledger.delta.stage_entered[stages[0]] += inserted
+        svc.metrics.conversations_initialized(campaign["campaign_type"], inserted)
+    return inserted
+
+
+def _count_invalid(
+    campaign: Doc, raw: Doc, exc: ValueError, progress: _Progress, ledger: MetricsLedger
+) -> None:
+    progress.invalid += 1
+    ledger.delta.invalid_recipients += 1
+    error = validation_summary(exc)
+    if len(progress.samples) < INVALID_SAMPLES:
+        progress.samples.append({"user_id": str(raw.get("user_id"))[:512], "error": error})
+    log.warning("recipient_invalid", campaign_id=campaign["_id"], error=error)
+
+
+def _checkpoint(
+    svc: Services,
+    campaign_id: str,
+    status: CampaignStatus,
+    progress: _Progress,
+    ledger: MetricsLedger,
+) -> bool:
+    """Save the checkpoint and extend the lease, then apply the batch's increment (the
+    reconcile compares the invalid count with the campaign's). False once the campaign
+    left ``initializing``."""
+    now = svc.clock.now()
+    saved = status == CampaignStatus.RUNNING or svc.campaigns.save_init_progress(
+        campaign_id, progress.as_doc(), now + timedelta(seconds=svc.lease_seconds * 5), now
+    )
+    ledger.after_write()
+    ledger.close()
+    return saved
+
+
+def _finish(svc: Services, campaign_id: str, progress: _Progress, result: InitResult) -> None:
+    """Status and total in one conditional update; a pause or cancel that arrived
+    meanwhile wins (the filter no longer matches). The total is counted, so it is exact
+    even if two initializers overlapped."""
+    total = svc.conversation_state_repository.count_conversations(campaign_id)
+    now = svc.clock.now()
+    svc.campaigns.transition(
+        campaign_id,
+        [CampaignStatus.INITIALIZING, CampaignStatus.SCHEDULED, CampaignStatus.RUNNING],
+        CampaignStatus.RUNNING,
+        now,
+        {
+            "total_recipients": total,
+            "initialized_at": now,
+            "init_progress": {**progress.as_doc(), "done": True},
+            "invalid_recipients": progress.invalid,
+            "invalid_samples": progress.samples,
+        },
+    )
+    result.done = True
+    log.info(
+        "campaign_initialized",
+        campaign_id=campaign_id,
+        created=result.created,
+        total_recipients=total,
+        invalid_recipients=progress.invalid,
+    )
+
+
+def new_conversation(campaign: Doc, recipient: Recipient, stages: list[str], now: datetime) -> Doc:
+    """A recipient's conversation, in the first stage, due at the campaign's start."""
+    start_at = campaign.get("start_at")
+    return ConversationState(
+        id=conversation_id_for(campaign["_id"], recipient.user_id),
+        user_id=recipient.user_id,
+        campaign_id=campaign["_id"],
+        campaign_type=campaign["campaign_type"],
+        current_stage=stages[0],
+        stages=[StageEntry(name=stages[0], entered_at=now)],
+        context=ConversationContext(
+            template_id=campaign["template_id"],
+            available_stages=stages,
+            attributes=recipient.attributes,
+            timezone=recipient.timezone,
+        ),
+        created_at=now,
+        last_active=now,
+        next_action_at=first_action_at(to_utc(start_at) if start_at else None, now),
+    ).to_mongo()
+
+
+__all__ = ["INVALID_SAMPLES", "InitResult", "initialize_campaign_step", "new_conversation"]

@@ -1,0 +1,266 @@
+"""Processing batches: claim due conversations with a lease, progress each, write them in
+one bulk compare-and-set, publish what landed, account once per batch.
+
+For a cancelled campaign a batch settles active conversations instead (each ends
+``cancelled``). A conversation that cannot be evaluated or written is failed alone, with
+the reason; the rest of its batch lands.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+from pydantic import ValidationError
+
+from campaign_worker.domain.documents import (
+    FINISHED_STATUSES,
+    CampaignStatus,
+    ConversationState,
+    describe_validation_error,
+)
+from campaign_worker.domain.errors import InvalidInputError, UnknownStageError
+from campaign_worker.domain.progression import (
+    Action,
+    Decision,
+    Effects,
+    MetricsDelta,
+    apply,
+    run,
+)
+from campaign_worker.domain.templates import CampaignTypeTemplate, Template
+from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.ledger import MetricsLedger
+
+log = structlog.get_logger(__name__)
+
+Step = Callable[
+    [ConversationState, Template, CampaignTypeTemplate, datetime],
+    tuple[ConversationState, Effects],
+]
+
+
+@dataclass
+class BatchResult:
+    """What one processing batch did (returned by tasks as JSON)."""
+
+    campaign_id: str
+    claimed: int = 0
+    written: int = 0
+    conflicts: int = 0
+    invalid: int = 0
+    sent: int = 0
+    advanced: int = 0
+    finished: dict[str, int] = field(default_factory=dict)
+    skipped_reason: str | None = None
+    failures: int = 0  # conversations that could not be evaluated or written: failed alone
+
+    def as_dict(self) -> Doc:
+        return {
+            "failures": self.failures,
+            "campaign_id": self.campaign_id,
+            "claimed": self.claimed,
+            "written": self.written,
+            "conflicts": self.conflicts,
+            "invalid": self.invalid,
+            "sent": self.sent,
+            "advanced": self.advanced,
+            "finished": dict(self.finished),
+            "skipped_reason": self.skipped_reason,
+        }
+
+    def count(self, landed: list[Effects]) -> None:
+        for effects in landed:
+            self.sent += len(effects.outbound)
+            for transition in effects.transitions:
+                if transition.to_stage is not None:
+                    self.advanced += 1
+                else:
+                    outcome = transition.outcome or "unknown"
+                    self.finished[outcome] = self.finished.get(outcome, 0) + 1
+
+
+@dataclass
+class _Batch:
+    """One batch's evaluated changes, before they are written."""
+
+    changes: list[tuple[ConversationState, ConversationState]] = field(default_factory=list)
+    effects: dict[str, Effects] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)  # id -> why it fails alone
+
+
+def process_due_conversations(
+    svc: Services,
+    campaign_id: str,
+    stage: str | None = None,
+    limit: int | None = None,
+    owner: str | None = None,
+    on_claimed: Callable[[int, int], None] | None = None,
+) -> BatchResult:
+    """Claim a batch with a lease, progress each conversation, write in bulk.
+    ``on_claimed(claimed, limit)`` runs right after the claim: a caller can fan out the
+    next batch while this one is processed."""
+    result = BatchResult(campaign_id=campaign_id)
+    campaign = svc.get_campaign(campaign_id)
+    status = campaign["status"]
+    if status not in (CampaignStatus.RUNNING.value, CampaignStatus.CANCELLED.value):
+        result.skipped_reason = f"campaign is {status}"
+        return result
+    template, type_template = svc.type_template(campaign)
+    if stage is not None and stage not in type_template.stage_names:
+        raise UnknownStageError(stage, type_template.stage_names)
+    batch_limit = svc.process_batch_size if limit is None else limit
+    if batch_limit < 1:
+        raise InvalidInputError("limit must be a positive integer")
+    settling = status == CampaignStatus.CANCELLED.value
+    claimed = _claim(svc, campaign_id, stage, batch_limit, owner, settling)
+    result.claimed = len(claimed)
+    if on_claimed is not None:
+        on_claimed(len(claimed), batch_limit)
+    svc.metrics.batch_size("process", len(claimed))
+    if not claimed:
+        return result
+    batch = _evaluate(claimed, _settle if settling else run, template, type_template, svc)
+    ledger = svc.ledger(campaign_id)
+    try:
+        _write(svc, batch, campaign["campaign_type"], ledger, result)
+    finally:
+        ledger.close()
+    log.info(
+        "batch_processed",
+        campaign_id=campaign_id,
+        **{k: v for k, v in result.as_dict().items() if k != "campaign_id"},
+    )
+    return result
+
+
+def _claim(
+    svc: Services,
+    campaign_id: str,
+    stage: str | None,
+    limit: int,
+    owner: str | None,
+    settling: bool,
+) -> list[Doc]:
+    now = svc.clock.now()
+    owner = owner or uuid.uuid4().hex
+    lease_until = now + timedelta(seconds=svc.lease_seconds)
+    repo = svc.conversation_state_repository
+    if settling:
+        return repo.claim_active(
+            campaign_id, now, owner=owner, lease_until=lease_until, limit=limit
+        )
+    return repo.claim_due(
+        campaign_id, now, owner=owner, lease_until=lease_until, stage=stage, limit=limit
+    )
+
+
+def _evaluate(
+    claimed: list[Doc],
+    step: Step,
+    template: Template,
+    type_template: CampaignTypeTemplate,
+    svc: Services,
+) -> _Batch:
+    """Each claimed conversation's next state; what cannot be evaluated fails alone."""
+    batch = _Batch()
+    now = svc.clock.now()
+    for doc in claimed:
+        try:
+            state = ConversationState.model_validate(doc)
+        except ValidationError as exc:
+            batch.broken[str(doc["_id"])] = f"invalid document: {validation_summary(exc)}"
+            continue
+        try:
+            new_state, effects = step(state, template, type_template, now)
+        except Exception as exc:  # one conversation's bug must not sink its batch
+            log.exception("conversation_evaluation_failed", conversation_id=state.id)
+            try:
+                new_state, effects = _failed(state, template, type_template, now, exc)
+            except Exception:
+                batch.broken[state.id] = f"could not be evaluated: {type(exc).__name__}"
+                continue
+        batch.changes.append((state, new_state))
+        batch.effects[state.id] = effects
+    return batch
+
+
+def _write(
+    svc: Services, batch: _Batch, campaign_type: str, ledger: MetricsLedger, result: BatchResult
+) -> None:
+    """One bulk compare-and-set, then publication, accounting and the failures."""
+    result.invalid = sum(reason.startswith("invalid document") for reason in batch.broken.values())
+    counts = any(not effects.delta.is_empty() for effects in batch.effects.values())
+    if counts:
+        ledger.before_write()
+    written = svc.conversation_state_repository.write_transitions(batch.changes, svc.clock.now())
+    if counts:
+        ledger.after_write()
+    batch.broken.update(written.failed)
+    applied = written.applied
+    result.written = len(applied)
+    result.conflicts = len(batch.changes) - len(applied) - len(written.failed)
+    landed = [batch.effects[cid] for cid in applied]
+    for effects in landed:
+        ledger.add(effects.delta)
+    svc.publisher.after_writes(
+        [(old, new, applied[old.id]) for old, new in batch.changes if old.id in applied]
+    )
+    svc.record_counters(campaign_type, landed)
+    result.failures = fail_alone(svc, batch.broken, ledger)
+    result.count(landed)
+
+
+def fail_alone(svc: Services, broken: dict[str, str], ledger: MetricsLedger) -> int:
+    """Fail conversations that could not be evaluated or stored, one by one, so they
+    stop being due; each is counted as failed (if it was active)."""
+    failed = 0
+    for conversation_id, reason in broken.items():
+        log.error("conversation_failed_alone", conversation_id=conversation_id, reason=reason)
+        ledger.before_write()
+        was_active = svc.conversation_state_repository.fail_conversation(
+            conversation_id, reason, svc.clock.now()
+        )
+        ledger.after_write()
+        if was_active:
+            ledger.add(MetricsDelta(active=-1, failed=1))
+            failed += 1
+    return failed
+
+
+def _settle(
+    state: ConversationState, template: Template, type_template: CampaignTypeTemplate, now: datetime
+) -> tuple[ConversationState, Effects]:
+    """A cancelled campaign's active conversation ends as ``cancelled``."""
+    effects = Effects()
+    if state.status in FINISHED_STATUSES:
+        return state, effects
+    decision = Decision(Action.CANCEL, "campaign cancelled")
+    return apply(state, decision, template, type_template, now, effects), effects
+
+
+def _failed(
+    state: ConversationState,
+    template: Template,
+    type_template: CampaignTypeTemplate,
+    now: datetime,
+    error: Exception,
+) -> tuple[ConversationState, Effects]:
+    """The conversation failed, with the evaluation error as its reason."""
+    effects = Effects()
+    reason = f"could not be evaluated: {type(error).__name__}: {str(error)[:300]}"
+    failed = apply(state, Decision(Action.FAIL, reason), template, type_template, now, effects)
+    return failed, effects
+
+
+def validation_summary(exc: ValueError) -> str:
+    """Which fields failed and why, without echoing the values (they may be personal)."""
+    if isinstance(exc, ValidationError):
+        return describe_validation_error(exc)[:500]
+    return str(exc)[:500]
+
+
+__all__ = ["BatchResult", "fail_alone", "process_due_conversations", "validation_summary"]

@@ -1,0 +1,81 @@
+"""Read-only queries: pending conversations, a conversation and its history, and the
+campaign metrics document in the seed's shape."""
+
+from __future__ import annotations
+
+import structlog
+
+from campaign_worker.domain.documents import CampaignMetrics, ConversationStatus, parse_document
+from campaign_worker.domain.errors import InvalidInputError, UnknownStageError
+from campaign_worker.service.context import Doc, Services
+
+log = structlog.get_logger(__name__)
+
+
+def get_pending_conversations(
+    svc: Services,
+    campaign_id: str,
+    stage: str | None = None,
+    limit: int = 100,
+    status: str = "active",
+) -> list[Doc]:
+    """For ``active`` (the default): due conversations (``next_action_at`` <= now),
+    oldest first, via the index. For a finished status, where nothing is ever due: the
+    conversations in it, most recently finished first."""
+    if limit < 1:
+        raise InvalidInputError("limit must be a positive integer")
+    try:
+        ConversationStatus(status)
+    except ValueError:
+        raise InvalidInputError(f"status: unknown conversation status {status!r}") from None
+    campaign = svc.get_campaign(campaign_id)
+    if stage is not None:
+        _, type_template = svc.type_template(campaign)
+        if stage not in type_template.stage_names:
+            raise UnknownStageError(stage, type_template.stage_names)
+    return svc.conversation_state_repository.find_due(
+        campaign_id, svc.clock.now(), stage=stage, status=status, limit=limit
+    )
+
+
+def get_campaign_metrics(svc: Services, campaign_id: str) -> Doc:
+    """The seed's Campaign Metrics Document, stages in template order."""
+    campaign = svc.get_campaign(campaign_id)
+    raw = svc.campaign_metrics.get(campaign_id) or {}
+    raw = {key: value for key, value in raw.items() if key != "_id"}
+    raw.setdefault("campaign_id", campaign_id)
+    raw.setdefault("updated_at", svc.clock.now())
+    negative = _clamp_negative(raw)
+    if negative:
+        # Stored drift, not the caller's input: report zero; the reconcile corrects it.
+        log.warning("metrics_document_negative", campaign_id=campaign_id, fields=negative)
+    metrics = parse_document(CampaignMetrics, raw, what=f"metrics of {campaign_id}")
+    try:
+        order = svc.type_template(campaign)[1].stage_names
+    except InvalidInputError:
+        order = []
+    names = order + [name for name in metrics.stage_metrics if name not in order]
+    empty = {"entered": 0, "completed": 0, "avg_duration_seconds": 0.0}
+    doc = metrics.model_dump(mode="python", exclude={"revision", "inflight"})
+    doc["stage_metrics"] = {
+        name: metrics.stage_metrics[name].model_dump(exclude={"total_duration_seconds"})
+        if name in metrics.stage_metrics
+        else dict(empty)
+        for name in names
+    }
+    return doc
+
+
+def _clamp_negative(doc: Doc, prefix: str = "") -> list[str]:
+    """Set negative counters in ``doc`` (nested) to 0; returns their paths."""
+    clamped = []
+    for key, value in doc.items():
+        if isinstance(value, dict) and key != "inflight":
+            clamped += _clamp_negative(value, f"{prefix}{key}.")
+        elif isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            doc[key] = 0
+            clamped.append(prefix + key)
+    return clamped
+
+
+__all__ = ["get_campaign_metrics", "get_pending_conversations"]

@@ -1,0 +1,109 @@
+"""One conversation's state change: read, compute, compare-and-set, publish, account.
+
+A ``StateChange`` is the pure part: given the current state, its template and ``now``,
+it returns the new state and its effects, or None when there is nothing to do (a
+replay). ``write_one`` retries it from a fresh read when a concurrent writer won.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from campaign_worker.domain.documents import ConversationState, parse_document
+from campaign_worker.domain.errors import ConcurrencyConflictError, InvalidDocumentError
+from campaign_worker.domain.progression import Effects
+from campaign_worker.domain.templates import CampaignTypeTemplate, Template
+from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.ledger import MetricsLedger
+
+Outcome = tuple[ConversationState, Effects]
+
+
+@dataclass(frozen=True)
+class Current:
+    """What a state change sees: the stored state, its template and the time."""
+
+    state: ConversationState
+    template: Template
+    type_template: CampaignTypeTemplate
+    now: datetime
+
+
+StateChange = Callable[[Current], Outcome | None]
+CAS_ATTEMPTS = 8
+
+
+def write_one(
+    svc: Services, conversation_id: str, change: StateChange, first_read: Doc | None = None
+) -> ConversationState:
+    """Apply ``change`` to one conversation; returns the state as stored afterwards.
+    ``first_read`` saves the first read when the caller has just loaded the document."""
+    ledger = svc.ledger("")  # bound to the campaign once the state is read
+    try:
+        for _ in range(CAS_ATTEMPTS):
+            state = _read(svc, conversation_id, first_read)
+            first_read = None
+            ledger.campaign_id = state.campaign_id
+            template, type_template = svc.type_template(state.to_mongo())
+            now = svc.clock.now()
+            outcome = change(Current(state, template, type_template, now))
+            if outcome is None:
+                svc.publisher.leftovers([state])  # a replay after a crash
+                return state
+            stored = _attempt(svc, ledger, state, outcome, now)
+            if stored is not None:
+                return stored
+    finally:
+        ledger.close()
+    raise ConcurrencyConflictError(
+        f"conversation {conversation_id!r} kept changing under us; try again later"
+    )
+
+
+def _read(svc: Services, conversation_id: str, first_read: Doc | None) -> ConversationState:
+    if first_read is None:
+        return svc.load(conversation_id)
+    return parse_document(ConversationState, first_read, what=f"conversation {conversation_id}")
+
+
+def _attempt(
+    svc: Services,
+    ledger: MetricsLedger,
+    state: ConversationState,
+    outcome: Outcome,
+    now: datetime,
+) -> ConversationState | None:
+    """One compare-and-set; the stored state, or None when a concurrent writer won (then
+    nothing was recorded, so nothing needs withdrawing)."""
+    new_state, effects = outcome
+    # A write that changes no count cannot be counted twice: no registration.
+    counts = not effects.delta.is_empty()
+    if counts:
+        ledger.before_write()
+    written = svc.conversation_state_repository.write_transitions([(state, new_state)], now)
+    if counts:
+        ledger.after_write()
+    if state.id in written.failed:
+        raise InvalidDocumentError(
+            f"conversation {state.id!r} cannot store this change: {written.failed[state.id]}"
+        )
+    token = written.applied.get(state.id)
+    if token is None:
+        return None
+    ledger.add(effects.delta)
+    svc.publisher.after_writes([(state, new_state, token)])
+    svc.record_counters(state.campaign_type, [effects])
+    # What is stored now: the write bumped the version and dropped any lease.
+    return new_state.model_copy(
+        update={
+            "version": state.version + 1,
+            "lease_owner": None,
+            "lease_until": None,
+            "unpublished": [],
+        }
+    )
+
+
+__all__ = ["CAS_ATTEMPTS", "Current", "Outcome", "StateChange", "write_one"]

@@ -1,0 +1,90 @@
+"""The guard on kombu's Redis ``Channel.close`` (campaign_worker/adapters/broker.py).
+
+The e2e test (tests/e2e/test_broker_restart_e2e.py) shows the effect on a real worker and
+a real Redis restart; these check the guard itself on a stand-in channel class.
+"""
+
+from __future__ import annotations
+
+from queue import Empty
+from typing import Any
+
+import pytest
+from kombu.transport import redis as kombu_redis
+
+from campaign_worker.adapters.broker import install_redis_close_guard
+
+
+class BrokerGone(Exception):
+    pass
+
+
+class StandInChannel:
+    """The attributes the guard reads, and a close() that records how it was reached."""
+
+    connection_errors = (BrokerGone,)
+
+    def __init__(self, in_poll: bool, read_error: type[BaseException] | None) -> None:
+        self._in_poll = in_poll
+        self.closed = False
+        self.read_error = read_error
+        self.reads = 0
+        self.closes: list[bool] = []  # _in_poll as the original close() saw it
+
+    def _brpop_read(self) -> None:
+        self.reads += 1
+        self._in_poll = False  # kombu resets it in a finally
+        if self.read_error is not None:
+            raise self.read_error()
+
+    def close(self) -> None:
+        self.closes.append(bool(self._in_poll))
+        self.closed = True
+
+
+@pytest.fixture
+def guarded(monkeypatch: pytest.MonkeyPatch) -> type[StandInChannel]:
+    cls = type("Channel", (StandInChannel,), {})
+    monkeypatch.setattr(kombu_redis, "Channel", cls)
+    install_redis_close_guard()
+    return cls
+
+
+def test_a_broker_gone_mid_brpop_no_longer_stops_the_close(guarded: type) -> None:
+    channel = guarded(in_poll=True, read_error=BrokerGone)
+    channel.close()  # no BrokerGone out of here
+    assert channel.reads == 1
+    # The original close ran to the end, past the pending read: the channel is closed, so
+    # Connection.close() closing it again is a no-op (no AttributeError).
+    assert channel.closes == [False]
+    assert channel.closed
+
+
+def test_an_empty_brpop_reply_is_absorbed_as_before(guarded: type) -> None:
+    channel = guarded(in_poll=True, read_error=Empty)
+    channel.close()
+    assert (channel.reads, channel.closes) == (1, [False])
+
+
+def test_other_errors_still_propagate(guarded: type) -> None:
+    channel = guarded(in_poll=True, read_error=ValueError)
+    with pytest.raises(ValueError):
+        channel.close()
+
+
+def test_a_channel_not_in_poll_closes_untouched(guarded: type) -> None:
+    channel = guarded(in_poll=False, read_error=BrokerGone)
+    channel.close()
+    assert (channel.reads, channel.closes) == (0, [False])
+
+
+def test_installing_twice_wraps_once(guarded: Any) -> None:
+    first = guarded.close
+    install_redis_close_guard()
+    assert guarded.close is first
+
+
+def test_the_celery_app_installs_the_guard() -> None:
+    import campaign_worker.entrypoints.celery_app  # noqa: F401 - installs on import
+
+    assert getattr(kombu_redis.Channel.close, "_campaign_worker_guarded", False)

@@ -1,0 +1,1 @@
+"""Test and bench tooling: not part of the installed campaign_worker package."""
