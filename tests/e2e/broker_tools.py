@@ -45,5 +45,6 @@ def queued(broker: Broker, queue: str) -> int:
             client.close()
     with Connection(broker.url) as connection:
         target = Queue(queue, Exchange(queue), routing_key=queue)
-        target(connection.default_channel).declare()
-        return int(connection.default_channel.queue_declare(queue, passive=True).message_count)
+        channel: Any = connection.default_channel
+        target(channel).declare()
+        return int(channel.queue_declare(queue, passive=True).message_count)

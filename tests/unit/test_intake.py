@@ -29,8 +29,8 @@ from campaign_worker.entrypoints.requests import argument_reprs
 KNOWN = {"campaign_worker.pause_campaign"}
 
 
-def message(body: Any, headers: Any) -> Message:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+def message(body: Any, headers: Any) -> Any:
+    data: Any = body if isinstance(body, bytes) else json.dumps(body).encode()
     channel = Connection("memory://").default_channel
     return Message(
         body=data,
