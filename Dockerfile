@@ -6,7 +6,8 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY . .
-RUN pip wheel --wheel-dir /wheels .
+# Exact versions from constraints.txt, the same that make demo / make test install.
+RUN pip wheel --wheel-dir /wheels -c constraints.txt .
 
 # --- runtime ---------------------------------------------------------------------------
 FROM python:3.11-slim

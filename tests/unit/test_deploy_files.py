@@ -503,7 +503,7 @@ def build_context(root: Path) -> set[str]:
 
 def test_build_context_holds_what_the_image_needs() -> None:
     context = build_context(ROOT)
-    assert {"pyproject.toml", "celeryconfig.py", "Dockerfile"} <= context
+    assert {"pyproject.toml", "celeryconfig.py", "constraints.txt", "Dockerfile"} <= context
     assert "README.md" in context or not (ROOT / "README.md").exists()
     package = {
         str(path.relative_to(ROOT))
@@ -825,3 +825,41 @@ def test_documented_systemd_unit_passes_systemd_analyze(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     complaints = [line for line in result.stderr.splitlines() if str(path) in line]
     assert complaints == []
+
+
+# ------------------------------------------------------------------ pinned versions
+
+
+def _constraints() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not pinned with =="
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def test_every_dependency_is_pinned_and_installed_with_the_pins() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    names = {re.split(r"[\[<>=!~ ]", spec, maxsplit=1)[0] for spec in wanted}
+    pins = _constraints()
+    missing = {name for name in names if re.sub(r"[-_.]+", "-", name).lower() not in pins}
+    assert not missing, f"not pinned in constraints.txt: {sorted(missing)}"
+    assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
+    assert "-c constraints.txt" in (ROOT / "Dockerfile").read_text()
+
+
+def test_compose_images_are_pinned_to_exact_versions() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    images = re.findall(r"^\s*image:\s*(\S+)", text, flags=re.M)
+    assert images
+    for image in images:
+        if image.startswith("campaign-worker:"):
+            continue  # built from this repository
+        tag = image.rsplit(":", 1)[-1] if ":" in image else "latest"
+        assert re.match(r"^v?\d+\.\d+\.\d+", tag), f"{image}: not an exact version"
