@@ -1,44 +1,37 @@
-"""Celery settings for campaign-worker (lowercase names; every one overridable from the env).
+"""Celery settings for campaign-worker (lowercase names), read from the one settings source.
 
 Loaded by ``campaign_worker.entrypoints.celery_app`` (``CELERY_CONFIG_MODULE`` names another
 module instead). Installed as a top-level module, so it imports wherever the worker runs.
+Every value comes from ``campaign_worker.settings.Settings`` (the environment, validated):
+a bad value raises ``ConfigurationError`` naming the variable and the expected form.
 
 Environment variables (defaults in brackets):
 
 - ``CELERY_BROKER_URL`` [redis://localhost:6379/0]; ``CELERY_RESULT_BACKEND`` [none]
 - ``CELERY_VISIBILITY_TIMEOUT`` seconds [3600]: Redis redelivers an unacked message after it
 - ``CELERY_TASK_SOFT_TIME_LIMIT`` [240] / ``CELERY_TASK_TIME_LIMIT`` [300] seconds; both must
-  stay below the visibility timeout (checked here), or a running task gets redelivered
+  stay below the visibility timeout (checked), or a running task gets redelivered
 - ``CELERY_PREFETCH_MULTIPLIER`` [1]: a batch task never waits behind another prefetched one
 - ``CELERY_RETRY_BACKOFF_MAX`` [300] seconds, ``CELERY_MAX_RETRIES`` [10]: transient errors
 - ``CELERY_DEFAULT_QUEUE`` [celery]: control tasks and anything sent without a queue
 - ``CELERY_SEND_TASK_EVENTS`` [false]: Flower switches events on by itself when it starts
+- ``CELERY_RESULT_EXPIRES`` [86400] seconds, ``CELERY_MAX_TASKS_PER_CHILD`` [10000]
 """
 
 from __future__ import annotations
 
-import os
-
 from kombu import Exchange, Queue
 
+from campaign_worker.settings import load_settings
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return default if raw in (None, "") else int(raw)
-
-
-def _bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    return raw.strip().lower() in {"1", "true", "yes", "on"}
-
+# Read afresh (not the cached copy): tests reload this module under other environments.
+_settings = load_settings()
 
 # --------------------------------------------------------------------- broker and results
-broker_url = os.environ.get("CELERY_BROKER_URL") or "redis://localhost:6379/0"
-result_backend = os.environ.get("CELERY_RESULT_BACKEND") or None
+broker_url = _settings.celery_broker_url
+result_backend = _settings.celery_result_backend or None
 task_ignore_result = result_backend is None
-result_expires = _int("CELERY_RESULT_EXPIRES", 86_400)
+result_expires = _settings.celery_result_expires
 broker_connection_retry_on_startup = True
 # A worker waits for its broker as long as it takes (retrying every 2, 4, ... up to 30 s)
 # instead of giving up after Celery's default of 100 attempts (about 45 minutes) and exiting;
@@ -46,7 +39,7 @@ broker_connection_retry_on_startup = True
 broker_connection_retry = True
 broker_connection_max_retries = None
 
-visibility_timeout = _int("CELERY_VISIBILITY_TIMEOUT", 3600)
+visibility_timeout = _settings.celery_visibility_timeout
 broker_transport_options = {"visibility_timeout": visibility_timeout}
 result_backend_transport_options = {"visibility_timeout": visibility_timeout}
 
@@ -65,27 +58,22 @@ timezone = "UTC"
 # redelivery is harmless.
 task_acks_late = True
 task_reject_on_worker_lost = True
-worker_prefetch_multiplier = _int("CELERY_PREFETCH_MULTIPLIER", 1)
-task_soft_time_limit = _int("CELERY_TASK_SOFT_TIME_LIMIT", 240)
-task_time_limit = _int("CELERY_TASK_TIME_LIMIT", 300)
-if not task_soft_time_limit < task_time_limit < visibility_timeout:
-    raise ValueError(
-        "celeryconfig: need CELERY_TASK_SOFT_TIME_LIMIT < CELERY_TASK_TIME_LIMIT < "
-        f"CELERY_VISIBILITY_TIMEOUT, got {task_soft_time_limit} / {task_time_limit} / "
-        f"{visibility_timeout}"
-    )
+worker_prefetch_multiplier = _settings.celery_prefetch_multiplier
+# Both below the visibility timeout (checked by Settings), or a running task is redelivered.
+task_soft_time_limit = _settings.celery_task_soft_time_limit
+task_time_limit = _settings.celery_task_time_limit
 
 # Read by the task base class (campaign_worker.entrypoints.celery_app): autoretry policy
 # for transient errors. Exponential backoff with full jitter, capped below the visibility
 # timeout so a waiting retry is never redelivered early.
-campaign_retry_backoff_max = min(_int("CELERY_RETRY_BACKOFF_MAX", 300), visibility_timeout // 2)
-campaign_max_retries = _int("CELERY_MAX_RETRIES", 10)
+campaign_retry_backoff_max = min(_settings.celery_retry_backoff_max, visibility_timeout // 2)
+campaign_max_retries = _settings.celery_max_retries
 
 # --------------------------------------------------------------------- queues and routes
 # Separate queues so a large initialization or a processing backlog never starves replies.
 # Each queue uses Celery's default declaration (direct exchange of the same name), so a
 # client that only knows the queue name declares it identically (RabbitMQ checks).
-task_default_queue = os.environ.get("CELERY_DEFAULT_QUEUE") or "celery"
+task_default_queue = _settings.celery_default_queue
 task_queues = [
     Queue(name, Exchange(name), routing_key=name)
     for name in (task_default_queue, "polling", "initialization", "processing", "inbound")
@@ -100,13 +88,13 @@ task_routes = {
 }
 
 # --------------------------------------------------------------------- worker
-worker_send_task_events = _bool("CELERY_SEND_TASK_EVENTS", False)
+worker_send_task_events = _settings.celery_send_task_events
 task_send_sent_event = worker_send_task_events
-worker_max_tasks_per_child = _int("CELERY_MAX_TASKS_PER_CHILD", 10_000)
+worker_max_tasks_per_child = _settings.celery_max_tasks_per_child
 # On a broker connection loss, let running tasks finish (on Redis their ack lands once Redis
-# is back) rather than kill them. With Redis, a killed task's message is restored to its queue only
-# if Redis is reachable at that very moment - during a restart it is not - so it would wait
-# out the whole visibility timeout. With RabbitMQ the broker requeues the unacked message
+# is back) rather than kill them. With Redis, a killed task's message is restored to its
+# queue only if Redis is reachable at that very moment - during a restart it is not - so it
+# would wait out the whole visibility timeout. With RabbitMQ the broker requeues the unacked message
 # at once, so the task may run a second time alongside: every task is idempotent. Celery
 # warns (CPendingDeprecationWarning) at each connection loss that 6.0 changes the default;
 # this setting keeps the behaviour.

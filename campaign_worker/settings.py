@@ -1,4 +1,6 @@
-"""Typed settings from the environment (pydantic-settings). See README for each one."""
+"""Typed settings from the environment (pydantic-settings), the one source of settings:
+the worker's own and Celery's (``celeryconfig.py`` reads them from here). See README for
+each one. A bad value fails with the environment variable's name and the expected form."""
 
 from __future__ import annotations
 
@@ -7,12 +9,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from campaign_worker.domain.errors import ConfigurationError
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    # An empty variable counts as unset (compose files often pass VAR= through).
+    model_config = SettingsConfigDict(
+        env_prefix="", case_sensitive=False, extra="ignore", env_ignore_empty=True
+    )
 
     mongodb_uri: str = Field(default="mongodb://localhost:27017", min_length=1)
     mongodb_db: str = Field(default="campaign_worker", pattern=r"^[A-Za-z0-9_-]{1,63}$")
@@ -27,8 +34,18 @@ class Settings(BaseSettings):
     process_batch_size: int = Field(default=200, ge=1, le=10_000)
     lease_seconds: int = Field(default=120, ge=5, le=86_400)
 
-    celery_broker_url: str = "redis://localhost:6379/0"
+    celery_broker_url: str = Field(default="redis://localhost:6379/0", min_length=1)
     celery_result_backend: str | None = None
+    celery_result_expires: int = Field(default=86_400, ge=1)
+    celery_visibility_timeout: int = Field(default=3600, ge=1)
+    celery_task_soft_time_limit: int = Field(default=240, ge=1)
+    celery_task_time_limit: int = Field(default=300, ge=1)
+    celery_prefetch_multiplier: int = Field(default=1, ge=1)
+    celery_retry_backoff_max: int = Field(default=300, ge=1)
+    celery_max_retries: int = Field(default=10, ge=0)
+    celery_default_queue: str = Field(default="celery", pattern=r"^[A-Za-z0-9_.-]{1,200}$")
+    celery_send_task_events: bool = False
+    celery_max_tasks_per_child: int = Field(default=10_000, ge=1)
     poll_interval_seconds: float = Field(default=10.0, gt=0)
     reconcile_interval_seconds: float = Field(default=300.0, gt=0)
 
@@ -43,7 +60,37 @@ class Settings(BaseSettings):
     clock_speed: float = Field(default=1.0, gt=0)
     clock_epoch: datetime | None = None
 
+    @model_validator(mode="after")
+    def _limits_below_visibility(self) -> Settings:
+        # A task still running when the visibility timeout passes is delivered again.
+        soft, hard = self.celery_task_soft_time_limit, self.celery_task_time_limit
+        if not soft < hard < self.celery_visibility_timeout:
+            raise ValueError(
+                "need CELERY_TASK_SOFT_TIME_LIMIT < CELERY_TASK_TIME_LIMIT < "
+                f"CELERY_VISIBILITY_TIMEOUT, got {soft} / {hard} / "
+                f"{self.celery_visibility_timeout}"
+            )
+        return self
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """Name each failing environment variable and what it expects, never its value
+    (``POLL_INTERVAL_SECONDS: Input should be a valid number``)."""
+    problems = [
+        f"{'.'.join(str(part) for part in error['loc']).upper() or 'SETTINGS'}: {error['msg']}"
+        for error in exc.errors()
+    ]
+    return "invalid settings: " + "; ".join(problems)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; ``ConfigurationError`` naming each bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigurationError(describe_settings_error(exc)) from None
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -62,6 +63,19 @@ R = TypeVar("R")
 TASKS_MODULE = "campaign_worker.entrypoints.tasks"
 
 install_redis_close_guard()  # a Redis restart must not end the worker: see the module
+
+
+def _settings_or_exit() -> Settings:
+    """The settings (Celery's included, via celeryconfig), or a one-line reason and exit
+    code 78 before anything starts: a process that cannot be configured must not run."""
+    try:
+        return get_settings()
+    except ConfigurationError as exc:
+        sys.stderr.write(f"campaign-worker: {exc}\n")
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+_settings_or_exit()
 app = Celery("campaign_worker", include=[TASKS_MODULE])
 app.config_from_object(os.environ.get("CELERY_CONFIG_MODULE") or "celeryconfig")
 # Every task message is checked before Celery sees it: kept as a dead letter, never dropped.

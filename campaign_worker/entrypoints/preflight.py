@@ -7,30 +7,16 @@ instead of acknowledging every message into a failure.
 
 from __future__ import annotations
 
-from pydantic import ValidationError
-
 from campaign_worker.adapters.config_manager import ConfigManager
 from campaign_worker.domain.errors import ConfigurationError, InvalidTemplateError
-from campaign_worker.settings import Settings
+from campaign_worker.settings import Settings, load_settings
 
 EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h): a supervisor should not just restart it
 
 
-def describe_settings_error(exc: ValidationError) -> str:
-    """Name each failing environment variable (``POLL_INTERVAL_SECONDS: ...``)."""
-    problems = [
-        f"{'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
-        for error in exc.errors()
-    ]
-    return "invalid settings: " + "; ".join(problems)
-
-
 def check_configuration() -> Settings:
     """Validate the settings and load every template; raise ``ConfigurationError``."""
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        raise ConfigurationError(describe_settings_error(exc)) from None
+    settings = load_settings()
     try:
         ConfigManager(settings.campaign_templates_dir)
     except InvalidTemplateError as exc:

@@ -21,6 +21,7 @@ from campaign_worker.bootstrap import Container
 from campaign_worker.domain.documents import conversation_id_for
 from campaign_worker.domain.errors import (
     ConcurrencyConflictError,
+    ConfigurationError,
     InvalidInputError,
     InvalidStateTransitionError,
     TransientError,
@@ -160,7 +161,7 @@ def test_time_limits_must_stay_below_visibility_timeout(
     monkeypatch.setenv("CELERY_VISIBILITY_TIMEOUT", "100")
     monkeypatch.setenv("CELERY_TASK_TIME_LIMIT", "300")
     try:
-        with pytest.raises(ValueError, match="VISIBILITY_TIMEOUT"):
+        with pytest.raises(ConfigurationError, match="VISIBILITY_TIMEOUT"):
             importlib.reload(celeryconfig)
     finally:
         monkeypatch.undo()
