@@ -10,10 +10,15 @@ aggregates every child's files.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 from pymongo import monitoring
+
+log = structlog.get_logger(__name__)
 
 NAMESPACE = "campaign_worker"
 
@@ -86,8 +91,9 @@ MONGO_OPERATION_DURATION = Histogram(
 )
 DEAD_LETTERS = Counter(
     "dead_letters",
-    "Task payloads stored in dead_letters (invalid input, retries exhausted, errors).",
-    ["task"],
+    "Task messages stored in dead_letters, by task and reason (invalid_input, "
+    "retries_exhausted, error, unknown_task, malformed_envelope, undecodable_body).",
+    ["task", "reason"],
     namespace=NAMESPACE,
 )
 POLLER_LAG = Gauge(
@@ -148,6 +154,51 @@ class MongoCommandTimer(monitoring.CommandListener):
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         self._finish(event)
+
+
+class QueueDepthCollector:
+    """``campaign_worker_queue_depth{queue}``: messages ready in each of the app's queues,
+    read from the broker when Prometheus scrapes (one connection per scrape). On Redis an
+    empty queue has no key, which reads as 0; a broker that cannot be reached yields no
+    samples (and a log line), so the scrape itself never fails."""
+
+    NAME = f"{NAMESPACE}_queue_depth"
+
+    def __init__(self, app: Any, timeout: float = 2.0) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    def describe(self) -> list[Metric]:
+        return []  # registering must not touch the broker
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            self.NAME,
+            "Messages waiting in each broker queue (not yet delivered).",
+            labels=["queue"],
+        )
+        try:
+            for queue, depth in self.depths():
+                family.add_metric([queue], depth)
+        except Exception as exc:  # the broker is down or slow: no samples this time
+            log.warning("queue_depth_unavailable", error=str(exc))
+        yield family
+
+    def depths(self) -> Iterator[tuple[str, int]]:
+        from kombu.exceptions import ChannelError
+
+        with self.app.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=1, timeout=self.timeout)
+            redis_like = connection.transport.driver_type == "redis"
+            for queue in self.app.amqp.queues.values():
+                with connection.channel() as channel:
+                    try:
+                        declared = queue(channel).queue_declare(passive=True)
+                    except ChannelError:
+                        if redis_like:
+                            yield queue.name, 0  # no key: an empty list
+                        continue
+                    yield queue.name, int(declared.message_count)
 
 
 def registry_for_exposition(multiprocess_dir: str | None) -> CollectorRegistry | None:

@@ -50,7 +50,7 @@ from campaign_worker.domain.errors import (
     InvalidInputError,
     TransientError,
 )
-from campaign_worker.entrypoints import signals as hooks
+from campaign_worker.entrypoints import observability as hooks
 from campaign_worker.entrypoints.envelope import Rejection
 from campaign_worker.entrypoints.preflight import EXIT_CONFIG, check_configuration
 from campaign_worker.settings import Settings, get_settings
@@ -294,7 +294,8 @@ def dead_letter_rejection(rejection: Rejection) -> None:
 def _dead_lettered(
     task_name: str, task_id: str, reason: str, error_type: str | None, error: str, stored: bool
 ) -> None:
-    hooks.dead_lettered(task_name)
+    # Unregistered names (a misspelt task) share one label: label values stay bounded.
+    hooks.dead_lettered(task_name if task_name in app.tasks else "unregistered", reason)
     log.warning(
         "task_dead_lettered",
         task_name=task_name,

@@ -1,7 +1,16 @@
-"""Observability at the edges: Celery signals bind log context and record task metrics.
+"""Observability, in one place, recorded at the edges through Celery signals
+(``install(app)``, called by the Celery app module), as dramatiq's Prometheus middleware:
 
-Imported by the Celery app module. ``prepare_multiprocess_dir`` must run before anything
-imports prometheus_client, because the client picks its value store at import time.
+- Logging: Celery's ``setup_logging`` signal hands logging to our structlog pipeline, so
+  Celery's and the standard library's records come out as the same JSON (or console) lines.
+- Context: ``task_prerun``/``task_postrun`` bind and clear task_id, task_name and the ids
+  among each task's arguments (named from its signature: no task list to keep up).
+- Metrics (defined once in ``adapters/metrics.py``): task durations, failures and retries
+  from task signals; the manager's recorder and a PyMongo command timer per worker
+  process; dead letters by task and reason; reconcile drift; broker queue depth, read at
+  scrape time. The multiprocess directory is prepared in ``celeryd_init``, before anything
+  imports prometheus_client (its value store is chosen at import time), and ``/metrics``
+  is served from the worker's main process.
 """
 
 from __future__ import annotations
@@ -16,10 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from celery import Celery, signals
+
+from campaign_worker.entrypoints.requests import parameter_names
+from campaign_worker.service.ports import MetricsRecorder
+from campaign_worker.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
 
 _CONTEXT_KEYS = ("campaign_id", "conversation_id", "user_id", "message_id")
+_installed = False
 _started: dict[str, float] = {}
 _created_dir: str | None = None  # a directory we made (env unset), removed at shutdown
 
@@ -75,41 +90,16 @@ def task_context(
     task_name: str | None,
     args: Sequence[Any] | None,
     kwargs: Mapping[str, Any] | None,
+    names: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The log context of one task run: ids from its arguments where known."""
+    """The log context of one task run: the ids among its arguments, keyword or
+    positional (``names``: the task's positional parameter names)."""
     context: dict[str, Any] = {"task_id": task_id, "task_name": task_name}
+    positional = dict(zip(names, args if isinstance(args, list | tuple) else (), strict=False))
     for key in _CONTEXT_KEYS:
-        value = (kwargs or {}).get(key)
-        if isinstance(value, str | int):
+        value = (kwargs or {}).get(key, positional.get(key))
+        if isinstance(value, str | int) and not isinstance(value, bool):
             context[key] = value
-    # Public tasks take the campaign id first; bind it for positional calls too.
-    if (
-        "campaign_id" not in context
-        and args
-        and task_name
-        and task_name.endswith(
-            (
-                "initialize_campaign",
-                "process_conversations",
-                "record_inbound_message",
-                "pause_campaign",
-                "resume_campaign",
-                "cancel_campaign",
-                "get_campaign_metrics",
-                "reconcile_metrics",
-            )
-        )
-        and isinstance(args[0], str)
-    ):
-        context["campaign_id"] = args[0]
-    if (
-        "conversation_id" not in context
-        and args
-        and task_name
-        and task_name.endswith("mark_conversation_complete")
-        and isinstance(args[0], str)
-    ):
-        context["conversation_id"] = args[0]
     return context
 
 
@@ -123,8 +113,10 @@ def on_task_prerun(
     from campaign_worker.adapters.logs import TaskSecrets, task_secrets
 
     structlog.contextvars.clear_contextvars()
+    run = getattr(task, "run", None)
+    names = parameter_names(run) if callable(run) else []
     structlog.contextvars.bind_contextvars(
-        **task_context(task_id, getattr(task, "name", None), args, kwargs)
+        **task_context(task_id, getattr(task, "name", None), args, kwargs, names)
     )
     task_secrets.set(TaskSecrets(args, kwargs))  # scrubbed from this task's log lines
     if task_id:
@@ -164,19 +156,19 @@ def on_task_retry(sender: Any = None, reason: Any = None, **_: Any) -> None:
     metrics.TASK_RETRIES.labels(getattr(sender, "name", "unknown"), label).inc()
 
 
-def start_metrics_server(port: int, host: str = "0.0.0.0") -> None:
-    """Serve /metrics, aggregating every prefork child (worker main process only)."""
+def start_metrics_server(port: int, host: str = "0.0.0.0", app: Celery | None = None) -> None:
+    """Serve /metrics, aggregating every prefork child (worker main process only), with
+    the depth of ``app``'s queues read from the broker at each scrape."""
     if port <= 0:
         return
-    from prometheus_client import start_http_server
+    from prometheus_client import REGISTRY, start_http_server
 
-    from campaign_worker.adapters.metrics import registry_for_exposition
+    from campaign_worker.adapters.metrics import QueueDepthCollector, registry_for_exposition
 
-    registry = registry_for_exposition(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-    if registry is None:
-        start_http_server(port, addr=host)
-    else:
-        start_http_server(port, addr=host, registry=registry)
+    registry = registry_for_exposition(os.environ.get("PROMETHEUS_MULTIPROC_DIR")) or REGISTRY
+    if app is not None:
+        registry.register(QueueDepthCollector(app))
+    start_http_server(port, addr=host, registry=registry)
     log.info(
         "metrics_server_started",
         host=host,
@@ -191,3 +183,80 @@ def mark_process_dead(pid: int) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+# ----------------------------------------------------------------------------- wiring
+
+
+def _setup_logging(**_: Any) -> None:
+    from campaign_worker.adapters.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format, settings.log_redact_bodies)
+
+
+def _prepare_metrics_dir(**_: Any) -> None:
+    # celeryd_init: the worker's main process, before the pool forks.
+    prepare_multiprocess_dir(reset=True)
+
+
+def _start_metrics_server(sender: Any = None, **_: Any) -> None:
+    settings = get_settings()
+    app = getattr(sender, "app", None)
+    start_metrics_server(settings.metrics_port, settings.metrics_host, app)
+
+
+def _child_exited(pid: int | None = None, **_: Any) -> None:
+    mark_process_dead(pid or os.getpid())
+
+
+def _worker_stopped(**_: Any) -> None:
+    remove_created_multiprocess_dir()
+
+
+def install(app: Celery) -> None:
+    """Connect the signal handlers; called once per process at import of the app."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    signals.setup_logging.connect(_setup_logging, weak=False)
+    # Celery's setup_logging comes after celeryd_init and worker_init, whose handlers log
+    # (metrics server, indexes) and its privilege warning: configure before them too.
+    signals.celeryd_init.connect(_setup_logging, weak=False)
+    signals.celeryd_init.connect(_prepare_metrics_dir, weak=False)
+    signals.worker_init.connect(_start_metrics_server, weak=False)
+    signals.worker_process_shutdown.connect(_child_exited, weak=False)
+    signals.worker_shutdown.connect(_worker_stopped, weak=False)
+    signals.task_prerun.connect(on_task_prerun, weak=False)
+    signals.task_postrun.connect(on_task_postrun, weak=False)
+    signals.task_failure.connect(on_task_failure, weak=False)
+    signals.task_retry.connect(on_task_retry, weak=False)
+
+
+def metrics_recorder(settings: Settings) -> MetricsRecorder | None:
+    """The recorder for this worker process's CampaignManager."""
+    from campaign_worker.adapters.metrics import PrometheusRecorder
+
+    return PrometheusRecorder()
+
+
+def mongo_event_listeners(settings: Settings) -> Sequence[Any]:
+    """PyMongo event listeners for this worker process's MongoClient."""
+    from campaign_worker.adapters.metrics import MongoCommandTimer
+
+    return (MongoCommandTimer(),)
+
+
+def dead_lettered(task_name: str, reason: str) -> None:
+    from campaign_worker.adapters.metrics import DEAD_LETTERS
+
+    DEAD_LETTERS.labels(task_name, reason).inc()
+
+
+def drift_corrected(drift: dict[str, float]) -> None:
+    from campaign_worker.adapters.metrics import METRICS_DRIFT
+
+    for field, amount in drift.items():
+        # Per-stage fields collapse to their kind, keeping label cardinality bounded.
+        METRICS_DRIFT.labels(field.rsplit(".", 1)[-1]).inc(abs(amount))

@@ -21,7 +21,7 @@ import structlog
 from pydantic import BeforeValidator, Field
 
 from campaign_worker.domain.errors import InvalidStateTransitionError
-from campaign_worker.entrypoints import signals as hooks
+from campaign_worker.entrypoints import observability as hooks
 from campaign_worker.entrypoints.celery_app import (
     RETRYABLE,
     container,

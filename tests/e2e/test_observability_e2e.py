@@ -265,6 +265,14 @@ def test_prometheus_scrapes_exact_totals_and_logs_are_redacted_json(
     assert prom.value("sum(campaign_worker_mongo_operation_duration_seconds_count)") > 0
     assert prom.value('sum(campaign_worker_batch_size_count{operation="initialize"})') >= 1
     assert prom.value("campaign_worker_poller_lag_seconds") == 0  # nothing due any more
+    # Queue depth is read from the broker at each scrape: one series per worker queue, and
+    # every queue drained once the campaign is over.
+    depths = {
+        row["metric"]["queue"]: float(row["value"][1])
+        for row in prom.vector("campaign_worker_queue_depth")
+    }
+    assert set(depths) == {"celery", "polling", "initialization", "processing", "inbound"}
+    assert depths["inbound"] == depths["initialization"] == 0
 
     # The alert rules load and evaluate on the live series; none stays pending or firing
     # (CampaignWorkerNoneUp is pending until an evaluation after the first scrape).

@@ -53,7 +53,7 @@ AGREED_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "campaign_worker_task_failures": ("counter", ("task", "reason")),
     "campaign_worker_batch_size": ("histogram", ("operation",)),
     "campaign_worker_mongo_operation_duration_seconds": ("histogram", ("command",)),
-    "campaign_worker_dead_letters": ("counter", ("task",)),
+    "campaign_worker_dead_letters": ("counter", ("task", "reason")),
     "campaign_worker_poller_lag_seconds": ("gauge", ()),
     "campaign_worker_metrics_drift": ("counter", ("field",)),
 }

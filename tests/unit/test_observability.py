@@ -28,6 +28,7 @@ from campaign_worker.adapters.logs import REDACTED, Redactor, configure_logging,
 from campaign_worker.bootstrap import Container
 from campaign_worker.entrypoints import cli, tasks
 from campaign_worker.entrypoints import observability as obs
+from campaign_worker.entrypoints.requests import parameter_names
 from campaign_worker.settings import Settings
 from tests.conftest import free_port
 from tests.unit import test_tasks
@@ -69,27 +70,25 @@ def test_task_context_takes_ids_from_keyword_arguments() -> None:
     }
 
 
-def test_task_context_binds_positional_ids_of_public_tasks_only() -> None:
-    assert obs.task_context("t", "campaign_worker.pause_campaign", ["camp-1"], None) == {
+def test_task_context_names_positional_ids_from_the_task_signature() -> None:
+    """No task list: a positional argument counts when the task's signature names it an id."""
+    pause = parameter_names(tasks.pause_campaign.run)
+    assert obs.task_context("t", "campaign_worker.pause_campaign", ["camp-1"], None, pause) == {
         "task_id": "t",
         "task_name": "campaign_worker.pause_campaign",
         "campaign_id": "camp-1",
     }
-    assert obs.task_context("t", "campaign_worker.mark_conversation_complete", ["conv-1"], {}) == {
-        "task_id": "t",
-        "task_name": "campaign_worker.mark_conversation_complete",
-        "conversation_id": "conv-1",
-    }
-    # Not a task that takes a campaign id first, or not a string: nothing guessed.
+    complete = parameter_names(tasks.mark_conversation_complete.run)
+    assert obs.task_context("t", "x", ["conv-1"], {}, complete)["conversation_id"] == "conv-1"
+    inbound = parameter_names(tasks.record_inbound_message.run)
+    context = obs.task_context("t", INBOUND, ["c", "u", "m", "a reply"], {}, inbound)
+    assert (context["campaign_id"], context["user_id"], context["message_id"]) == ("c", "u", "m")
+    assert "a reply" not in context.values()
+    # No names (an unknown task), or not a string: nothing guessed.
     assert "campaign_id" not in obs.task_context("t", "other.task", ["camp-1"], {})
-    assert "campaign_id" not in obs.task_context("t", "campaign_worker.pause_campaign", [7], {})
+    assert "campaign_id" not in obs.task_context("t", "x", [7.5], {}, pause)
     # A keyword wins over a positional argument.
-    assert (
-        obs.task_context("t", "campaign_worker.pause_campaign", ["pos"], {"campaign_id": "kw"})[
-            "campaign_id"
-        ]
-        == "kw"
-    )
+    assert obs.task_context("t", "x", ["pos"], {"campaign_id": "kw"}, pause)["campaign_id"] == "kw"
     assert obs.task_context(None, None, None, None) == {"task_id": None, "task_name": None}
 
 
@@ -130,13 +129,16 @@ def test_a_task_run_through_celery_signals_is_timed_and_its_dead_letter_counted(
     worker: Container,
 ) -> None:
     before_runs = sample("campaign_worker_task_duration_seconds_count", task=INBOUND)
-    before_dead = sample("campaign_worker_dead_letters_total", task=INBOUND)
+    before_dead = sample("campaign_worker_dead_letters_total", task=INBOUND, reason="invalid_input")
     result = run(
         tasks.record_inbound_message, campaign_id="nope", user_id="u", message_id="m", content="x"
     )
     assert result.failed()
     assert sample("campaign_worker_task_duration_seconds_count", task=INBOUND) == before_runs + 1
-    assert sample("campaign_worker_dead_letters_total", task=INBOUND) == before_dead + 1
+    assert (
+        sample("campaign_worker_dead_letters_total", task=INBOUND, reason="invalid_input")
+        == before_dead + 1
+    )
     assert structlog.contextvars.get_contextvars() == {}
 
 
@@ -453,3 +455,32 @@ def test_health_unreachable_broker_is_bit_1_and_no_worker_can_answer(
     code, report = health(capsys)  # with the worker check: it cannot pass either
     assert code == 1 | 2 | 4
     assert report["checks"]["worker"] == {"ok": False, "error": "broker unreachable"}
+
+
+# --------------------------------------------------------------------- queue depth
+
+
+def test_queue_depth_is_read_from_the_broker_per_queue() -> None:
+    from celery import Celery
+    from kombu import Exchange, Queue
+
+    from campaign_worker.adapters.metrics import QueueDepthCollector
+
+    app = Celery("depth", broker="memory://")
+    app.conf.task_queues = [Queue(n, Exchange(n), routing_key=n) for n in ("inbound", "polling")]
+    for _ in range(3):
+        app.send_task("campaign_worker.record_inbound_message", queue="inbound")
+    app.send_task("campaign_worker.poll_campaigns", queue="polling")
+    [family] = list(QueueDepthCollector(app).collect())
+    assert family.name == "campaign_worker_queue_depth"
+    assert {s.labels["queue"]: s.value for s in family.samples} == {"inbound": 3, "polling": 1}
+
+
+def test_queue_depth_yields_no_samples_when_the_broker_is_down() -> None:
+    from celery import Celery
+
+    from campaign_worker.adapters.metrics import QueueDepthCollector
+
+    app = Celery("depth", broker="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    [family] = list(QueueDepthCollector(app, timeout=0.5).collect())
+    assert family.samples == []
