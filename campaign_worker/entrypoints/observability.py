@@ -195,6 +195,37 @@ def _setup_logging(**_: Any) -> None:
     configure_logging(settings.log_level, settings.log_format, settings.log_redact_bodies)
 
 
+def _json_console(instance: Any = None, **_: Any) -> None:
+    """celeryd_init: with JSON logs, Celery's banner and console lines become JSON events
+    too (``worker_starting``; ``worker: Warm shutdown`` via ``json_say``)."""
+    from celery.apps import worker as celery_worker
+
+    from campaign_worker.adapters.logs import json_say, uses_json
+
+    if instance is None or not uses_json(get_settings().log_format, sys.__stdout__):
+        return
+    instance.quiet = True  # no ASCII-art banner on stdout
+    celery_worker.safe_say = json_say  # type: ignore[attr-defined]
+
+
+def _worker_starting(instance: Any = None, **_: Any) -> None:
+    """celeryd_after_setup (queues from -Q applied): what the banner would have said."""
+    from campaign_worker.adapters.logs import redact_uri
+
+    if instance is None:
+        return
+    app = instance.app
+    consumed = app.amqp.queues.consume_from or app.amqp.queues
+    log.info(
+        "worker_starting",
+        hostname=instance.hostname,
+        broker=redact_uri(str(app.conf.broker_url)),
+        queues=sorted(consumed.keys()),
+        concurrency=getattr(instance, "concurrency", None),
+        pool=getattr(getattr(instance, "pool_cls", None), "__name__", None),
+    )
+
+
 def _prepare_metrics_dir(**_: Any) -> None:
     # celeryd_init: the worker's main process, before the pool forks.
     prepare_multiprocess_dir(reset=True)
@@ -224,6 +255,8 @@ def install(app: Celery) -> None:
     # Celery's setup_logging comes after celeryd_init and worker_init, whose handlers log
     # (metrics server, indexes) and its privilege warning: configure before them too.
     signals.celeryd_init.connect(_setup_logging, weak=False)
+    signals.celeryd_init.connect(_json_console, weak=False)
+    signals.celeryd_after_setup.connect(_worker_starting, weak=False)
     signals.celeryd_init.connect(_prepare_metrics_dir, weak=False)
     signals.worker_init.connect(_start_metrics_server, weak=False)
     signals.worker_process_shutdown.connect(_child_exited, weak=False)

@@ -484,3 +484,28 @@ def test_queue_depth_yields_no_samples_when_the_broker_is_down() -> None:
     app = Celery("depth", broker="redis://127.0.0.1:1/0")  # nothing listens on port 1
     [family] = list(QueueDepthCollector(app, timeout=0.5).collect())
     assert family.samples == []
+
+
+# --------------------------------------------------------------------- task results
+
+
+def test_task_results_become_structured_fields() -> None:
+    from campaign_worker.adapters.logs import task_result_fields
+
+    record = {
+        "event": "Task x[1] succeeded in 0.01s: {'campaign_id': 'c', 'sent': 3}",
+        "data": {
+            "id": "1",
+            "name": "x",
+            "runtime": 0.0123,
+            "return_value": "{'campaign_id': 'c', 'sent': 3}",
+        },
+    }
+    out = task_result_fields(None, "info", dict(record))
+    assert out["result"] == {"campaign_id": "c", "sent": 3}
+    assert out["event"] == "Task x[1] succeeded in 0.012s"
+    assert "return_value" not in out["data"]
+    # A repr that does not read back (an object) stays text; other records are untouched.
+    odd = task_result_fields(None, "info", {"event": "e", "data": {"return_value": "<obj>"}})
+    assert odd["result"] == "<obj>"
+    assert task_result_fields(None, "info", {"event": "plain"}) == {"event": "plain"}
