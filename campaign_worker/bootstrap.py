@@ -11,14 +11,12 @@ from pymongo.database import Database
 
 from campaign_worker.adapters.clock import OffsetClock, SystemClock
 from campaign_worker.adapters.config_manager import ConfigManager
-from campaign_worker.adapters.mongo import (
-    MongoCampaignRepository,
-    MongoClientProvider,
-    MongoConversationStateRepository,
-    MongoDeadLetterRepository,
-    MongoOutboxRepository,
-)
+from campaign_worker.adapters.mongo import MongoClientProvider
+from campaign_worker.adapters.mongo_campaigns import MongoCampaignRepository
+from campaign_worker.adapters.mongo_conversations import MongoConversationStateRepository
+from campaign_worker.adapters.mongo_dead_letters import MongoDeadLetterRepository
 from campaign_worker.adapters.mongo_metrics import MongoCampaignMetricsRepository
+from campaign_worker.adapters.mongo_outbox import MongoOutboxRepository
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.ports import Clock, MetricsRecorder
 from campaign_worker.settings import Settings, get_settings

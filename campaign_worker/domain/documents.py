@@ -294,6 +294,38 @@ class Campaign(_Doc):
         return self.model_dump(by_alias=True, mode="python")
 
 
+class StoredCampaign(BaseModel):
+    """A stored campaign as the flows read it: the ``Campaign`` fields and what the worker
+    adds to them. ``recipients`` only when asked for, and unvalidated (an invalid row is
+    counted at initialization, not a reason to refuse the whole campaign)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    id: str = Field(alias="_id")
+    name: str = ""
+    campaign_type: str
+    template_id: str
+    status: CampaignStatus
+    recipients: list[dict[str, Any]] | dict[str, Any] | None = None
+    start_at: UtcDatetime | None = None
+    total_recipients: int = 0
+    initialized_at: UtcDatetime | None = None
+    init_progress: dict[str, Any] | None = None
+    created_at: UtcDatetime | None = None
+    updated_at: UtcDatetime | None = None
+    invalid_recipients: int = 0
+    invalid_samples: list[dict[str, Any]] = Field(default_factory=list)
+    settled_at: UtcDatetime | None = None
+    lease_owner: str | None = None
+    lease_until: UtcDatetime | None = None
+    idempotency_key: str | None = None
+    request_fingerprint: str | None = None
+
+    def to_mongo(self) -> dict[str, Any]:
+        unread = {"recipients"} if self.recipients is None else set()
+        return self.model_dump(by_alias=True, mode="python", exclude=unread)
+
+
 class StageMetrics(_Doc):
     entered: int = Field(default=0, ge=0)
     completed: int = Field(default=0, ge=0)

@@ -48,19 +48,20 @@ class CampaignManager(Services):
         return campaigns.create_campaign(self, data, idempotency_key)
 
     def schedule_campaign(self, campaign_id: str) -> Doc:
-        return campaigns.transition_campaign(self, campaign_id, CampaignStatus.SCHEDULED)
+        return campaigns.transition_campaign(self, campaign_id, CampaignStatus.SCHEDULED).to_mongo()
 
     def pause_campaign(self, campaign_id: str) -> Doc:
-        return campaigns.transition_campaign(self, campaign_id, CampaignStatus.PAUSED)
+        return campaigns.transition_campaign(self, campaign_id, CampaignStatus.PAUSED).to_mongo()
 
     def resume_campaign(self, campaign_id: str) -> Doc:
-        return campaigns.resume_campaign(self, campaign_id)
+        return campaigns.resume_campaign(self, campaign_id).to_mongo()
 
     def cancel_campaign(self, campaign_id: str) -> Doc:
         """Stop the campaign: nothing more is sent. Its active conversations are then
         settled in batches (each ends ``cancelled``) by processing, which the poller and
         the cancel task start."""
-        return campaigns.transition_campaign(self, campaign_id, CampaignStatus.CANCELLED)
+        cancelled = campaigns.transition_campaign(self, campaign_id, CampaignStatus.CANCELLED)
+        return cancelled.to_mongo()
 
     # ------------------------------------------------------------------ initialization
 
@@ -119,7 +120,7 @@ class CampaignManager(Services):
     def _get_stage_data(self, conversation_state: Doc, stage: str) -> Doc:
         """The template definition of ``stage`` for this conversation's campaign type."""
         state = parse_document(ConversationState, conversation_state, what="conversation")
-        _, type_template = self.type_template(state.to_mongo())
+        _, type_template = self.type_template(state)
         found = type_template.stage(stage)
         if found is None:
             raise UnknownStageError(stage, type_template.stage_names)
@@ -143,7 +144,7 @@ class CampaignManager(Services):
             if conversation_state is None
             else parse_document(ConversationState, conversation_state, what="conversation")
         )
-        template, type_template = self.type_template(state.to_mongo())
+        template, type_template = self.type_template(state)
         decision = evaluate(state, template, type_template, self.clock.now())
         return decision.action == Action.ADVANCE, decision.next_stage or "", decision.as_dict()
 

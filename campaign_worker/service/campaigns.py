@@ -12,6 +12,7 @@ from campaign_worker.domain.documents import (
     CAMPAIGN_TRANSITIONS,
     Campaign,
     CampaignStatus,
+    StoredCampaign,
     parse_document,
 )
 from campaign_worker.domain.errors import InvalidInputError, InvalidStateTransitionError
@@ -35,7 +36,7 @@ def create_campaign(svc: Services, data: Doc | Campaign, idempotency_key: str | 
         raise InvalidInputError(
             f"status: a new campaign must be draft or scheduled, not {campaign.status.value!r}"
         )
-    if not svc.campaigns.has_recipients(campaign.to_mongo()):
+    if not svc.campaigns.has_recipients(campaign):
         raise InvalidInputError("recipients: the audience is empty (no document matches the query)")
     now = svc.clock.now()
     campaign = campaign.model_copy(
@@ -43,7 +44,7 @@ def create_campaign(svc: Services, data: Doc | Campaign, idempotency_key: str | 
     )
     created = svc.campaigns.insert(campaign)
     if not created:
-        stored = svc.get_campaign(campaign.id).get("request_fingerprint")
+        stored = svc.campaign(campaign.id).request_fingerprint
         if stored is not None and stored != fingerprint:
             raise InvalidInputError(
                 f"campaign {campaign.id!r} exists with different content; an id or "
@@ -85,25 +86,25 @@ def _fingerprint(raw: Doc) -> str:
 
 def transition_campaign(
     svc: Services, campaign_id: str, to: CampaignStatus, extra: Doc | None = None
-) -> Doc:
+) -> StoredCampaign:
     """Move to ``to`` from any status allowed to; a replay (already there) is a no-op."""
     allowed = [status for status, targets in CAMPAIGN_TRANSITIONS.items() if to in targets]
     doc = svc.campaigns.transition(campaign_id, allowed, to, svc.clock.now(), extra)
     if doc is None:
-        current = svc.get_campaign(campaign_id)
-        if current["status"] == to.value:
+        current = svc.campaign(campaign_id)
+        if current.status == to:
             return current
         raise InvalidStateTransitionError(
-            f"campaign {campaign_id!r} is {current['status']!r}; cannot move to {to.value!r}"
+            f"campaign {campaign_id!r} is {current.status.value!r}; cannot move to {to.value!r}"
         )
     log.info("campaign_status_changed", campaign_id=campaign_id, status=to.value)
     return doc
 
 
-def resume_campaign(svc: Services, campaign_id: str) -> Doc:
+def resume_campaign(svc: Services, campaign_id: str) -> StoredCampaign:
     """Back to running, or to scheduled if it was paused before it was initialized."""
-    current = svc.get_campaign(campaign_id)
-    target = CampaignStatus.RUNNING if current.get("initialized_at") else CampaignStatus.SCHEDULED
+    current = svc.campaign(campaign_id)
+    target = CampaignStatus.RUNNING if current.initialized_at else CampaignStatus.SCHEDULED
     return transition_campaign(svc, campaign_id, target)
 
 

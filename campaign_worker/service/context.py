@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from campaign_worker.domain.documents import ConversationState, parse_document
+from campaign_worker.domain.documents import ConversationState, StoredCampaign, parse_document
 from campaign_worker.domain.errors import CampaignNotFoundError, ConversationNotFoundError
 from campaign_worker.domain.progression import Effects
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
@@ -65,11 +65,15 @@ class Services:
         self.publish_grace = timedelta(seconds=30)
         self.publisher = Publisher(conversation_state_repository, outbox_repository)
 
-    def get_campaign(self, campaign_id: str) -> Doc:
-        doc = self.campaigns.get(campaign_id)
-        if doc is None:
+    def campaign(self, campaign_id: str) -> StoredCampaign:
+        found = self.campaigns.get(campaign_id)
+        if found is None:
             raise CampaignNotFoundError(campaign_id)
-        return doc
+        return found
+
+    def get_campaign(self, campaign_id: str) -> Doc:
+        """The campaign document (without its inline recipients)."""
+        return self.campaign(campaign_id).to_mongo()
 
     def load(self, conversation_id: str) -> ConversationState:
         doc = self.conversation_state_repository.get_conversation_state(conversation_id)
@@ -77,15 +81,13 @@ class Services:
             raise ConversationNotFoundError(conversation_id)
         return parse_document(ConversationState, doc, what=f"conversation {conversation_id}")
 
-    def type_template(self, campaign_or_state: Doc) -> tuple[Template, CampaignTypeTemplate]:
-        """The template and campaign type of a campaign or a conversation document."""
-        template_id = campaign_or_state.get("template_id") or campaign_or_state.get(
-            "context", {}
-        ).get("template_id")
-        template = self.config_manager.get_template(str(template_id))
-        return template, self.config_manager.get_campaign_type(
-            str(template_id), str(campaign_or_state["campaign_type"])
-        )
+    def type_template(
+        self, of: StoredCampaign | ConversationState
+    ) -> tuple[Template, CampaignTypeTemplate]:
+        """The template and campaign type of a campaign or a conversation."""
+        template_id = of.template_id if isinstance(of, StoredCampaign) else of.context.template_id
+        template = self.config_manager.get_template(template_id)
+        return template, self.config_manager.get_campaign_type(template_id, of.campaign_type)
 
     def ledger(self, campaign_id: str) -> MetricsLedger:
         return MetricsLedger(self.campaign_metrics, campaign_id, self.clock)

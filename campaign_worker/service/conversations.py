@@ -58,15 +58,18 @@ def record_inbound_message(
     # its start still counts as the reply it is.
     content, size = truncate_utf8(content, MAX_CONTENT_BYTES)
     extra: Doc = {"truncated": True, "original_bytes": size} if size > MAX_CONTENT_BYTES else {}
-    campaign = svc.get_campaign(campaign_id)
-    doc = svc.conversation_state_repository.get_by_user(campaign_id, user_id)
-    if doc is None:
-        raise ConversationNotFoundError(f"campaign {campaign_id!r} / user {user_id!r}")
-    result: Doc = {"conversation_id": str(doc["_id"]), "duplicate": False, "actions": []}
-    reply = _Reply(message_id, content, timestamp, {**(metadata or {}), **extra})
-    change = reply.change(CampaignStatus(campaign["status"]), result)
+    campaign = svc.campaign(campaign_id)
     try:
-        state = write_one(svc, str(doc["_id"]), change, first_read=doc)
+        found = svc.conversation_state_repository.get_by_user(campaign_id, user_id)
+    except InvalidDocumentError as exc:
+        raise InvalidInputError(str(exc)) from exc
+    if found is None:
+        raise ConversationNotFoundError(f"campaign {campaign_id!r} / user {user_id!r}")
+    result: Doc = {"conversation_id": found.id, "duplicate": False, "actions": []}
+    reply = _Reply(message_id, content, timestamp, {**(metadata or {}), **extra})
+    change = reply.change(campaign.status, result)
+    try:
+        state = write_one(svc, found.id, change, first_read=found)
     except InvalidDocumentError as exc:
         raise InvalidInputError(str(exc)) from exc
     if not result["duplicate"]:
@@ -214,7 +217,7 @@ def process_conversation(svc: Services, conversation_id: str) -> Doc:
         if c.state.status in FINISHED_STATUSES:
             return None
         # As process_due_conversations: a paused or cancelled campaign sends nothing.
-        if svc.get_campaign(c.state.campaign_id)["status"] != CampaignStatus.RUNNING.value:
+        if svc.campaign(c.state.campaign_id).status != CampaignStatus.RUNNING:
             return None
         return run(c.state, c.template, c.type_template, c.now)
 

@@ -19,8 +19,8 @@ from campaign_worker.domain.documents import (
     ConversationState,
     Recipient,
     StageEntry,
+    StoredCampaign,
     conversation_id_for,
-    to_utc,
 )
 from campaign_worker.domain.errors import CampaignNotFoundError, InvalidStateTransitionError
 from campaign_worker.domain.progression import first_action_at
@@ -61,8 +61,8 @@ class _Progress:
     samples: list[Doc] = field(default_factory=list)
 
     @classmethod
-    def of(cls, campaign: Doc) -> _Progress:
-        saved: Doc = dict(campaign.get("init_progress") or {})
+    def of(cls, campaign: StoredCampaign) -> _Progress:
+        saved: Doc = dict(campaign.init_progress or {})
         return cls(
             saved.get("position"),
             int(saved.get("invalid", 0)),
@@ -80,7 +80,7 @@ def initialize_campaign_step(
     campaign = svc.campaigns.get(campaign_id, with_recipients=True)
     if campaign is None:
         raise CampaignNotFoundError(campaign_id)
-    status = CampaignStatus(campaign["status"])
+    status = campaign.status
     if status in _NOT_INITIALIZABLE:
         raise InvalidStateTransitionError(
             f"campaign {campaign_id!r} is {status.value!r}; it cannot be initialized"
@@ -111,7 +111,11 @@ def initialize_campaign_step(
 
 
 def _insert_batch(
-    svc: Services, campaign: Doc, batch: list[Doc], progress: _Progress, ledger: MetricsLedger
+    svc: Services,
+    campaign: StoredCampaign,
+    batch: list[Doc],
+    progress: _Progress,
+    ledger: MetricsLedger,
 ) -> int:
     """Insert one batch of conversations; count its invalid rows. ``ledger`` stays
     registered with the metrics document until the checkpoint is saved."""
@@ -125,7 +129,7 @@ def _insert_batch(
         except ValueError as exc:
             _count_invalid(campaign, raw, exc, progress, ledger)
             continue
-        docs.append(new_conversation(campaign, recipient, stages, now))
+        docs.append(new_conversation(campaign, recipient, stages, now).to_mongo())
     ledger.before_write()
     inserted = svc.conversation_state_repository.insert_many_states(docs)
     svc.metrics.batch_size("initialize", len(docs))
@@ -133,19 +137,19 @@ def _insert_batch(
         ledger.delta.total_recipients += inserted
         ledger.delta.active += inserted
         ledger.delta.stage_entered[stages[0]] += inserted
-        svc.metrics.conversations_initialized(campaign["campaign_type"], inserted)
+        svc.metrics.conversations_initialized(campaign.campaign_type, inserted)
     return inserted
 
 
 def _count_invalid(
-    campaign: Doc, raw: Doc, exc: ValueError, progress: _Progress, ledger: MetricsLedger
+    campaign: StoredCampaign, raw: Doc, exc: ValueError, progress: _Progress, ledger: MetricsLedger
 ) -> None:
     progress.invalid += 1
     ledger.delta.invalid_recipients += 1
     error = validation_summary(exc)
     if len(progress.samples) < INVALID_SAMPLES:
         progress.samples.append({"user_id": str(raw.get("user_id"))[:512], "error": error})
-    log.warning("recipient_invalid", campaign_id=campaign["_id"], error=error)
+    log.warning("recipient_invalid", campaign_id=campaign.id, error=error)
 
 
 def _checkpoint(
@@ -196,26 +200,27 @@ def _finish(svc: Services, campaign_id: str, progress: _Progress, result: InitRe
     )
 
 
-def new_conversation(campaign: Doc, recipient: Recipient, stages: list[str], now: datetime) -> Doc:
+def new_conversation(
+    campaign: StoredCampaign, recipient: Recipient, stages: list[str], now: datetime
+) -> ConversationState:
     """A recipient's conversation, in the first stage, due at the campaign's start."""
-    start_at = campaign.get("start_at")
     return ConversationState(
-        id=conversation_id_for(campaign["_id"], recipient.user_id),
+        id=conversation_id_for(campaign.id, recipient.user_id),
         user_id=recipient.user_id,
-        campaign_id=campaign["_id"],
-        campaign_type=campaign["campaign_type"],
+        campaign_id=campaign.id,
+        campaign_type=campaign.campaign_type,
         current_stage=stages[0],
         stages=[StageEntry(name=stages[0], entered_at=now)],
         context=ConversationContext(
-            template_id=campaign["template_id"],
+            template_id=campaign.template_id,
             available_stages=stages,
             attributes=recipient.attributes,
             timezone=recipient.timezone,
         ),
         created_at=now,
         last_active=now,
-        next_action_at=first_action_at(to_utc(start_at) if start_at else None, now),
-    ).to_mongo()
+        next_action_at=first_action_at(campaign.start_at, now),
+    )
 
 
 __all__ = ["INVALID_SAMPLES", "InitResult", "initialize_campaign_step", "new_conversation"]

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from campaign_worker.domain.documents import CampaignStatus, to_utc
-from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.context import Services
 
 log = structlog.get_logger(__name__)
 
@@ -35,16 +35,16 @@ def poll_campaigns(svc: Services, owner: str | None = None, claim_limit: int = 1
     claimed = svc.campaigns.claim_for_initialization(
         now, owner or uuid.uuid4().hex, now + timedelta(seconds=svc.lease_seconds * 5), claim_limit
     )
-    result.initialize = [str(doc["_id"]) for doc in claimed]
+    result.initialize = [campaign.id for campaign in claimed]
     running = []
     for campaign in svc.campaigns.find_by_status(
         [CampaignStatus.RUNNING, CampaignStatus.CANCELLED]
     ):
-        if campaign["status"] == CampaignStatus.CANCELLED.value:
-            _poll_cancelled(svc, campaign, now, result)
+        if campaign.status == CampaignStatus.CANCELLED:
+            _poll_cancelled(svc, campaign.id, now, result)
         else:
-            running.append(str(campaign["_id"]))
-            _poll_running(svc, str(campaign["_id"]), now, result)
+            running.append(campaign.id)
+            _poll_running(svc, campaign.id, now, result)
     result.oldest_due = svc.conversation_state_repository.oldest_due(now, running)
     lag = (now - to_utc(result.oldest_due)).total_seconds() if result.oldest_due else 0.0
     svc.metrics.poller_lag(max(0.0, lag))
@@ -63,9 +63,8 @@ def _poll_running(svc: Services, campaign_id: str, now: datetime, result: PollRe
         log.info("campaign_completed", campaign_id=campaign_id)
 
 
-def _poll_cancelled(svc: Services, campaign: Doc, now: datetime, result: PollResult) -> None:
+def _poll_cancelled(svc: Services, campaign_id: str, now: datetime, result: PollResult) -> None:
     """A cancelled campaign is settled once no conversation of it is active."""
-    campaign_id = str(campaign["_id"])
     if svc.conversation_state_repository.count_active(campaign_id):
         result.process.append(campaign_id)
     else:

@@ -104,10 +104,10 @@ def process_due_conversations(
     ``on_claimed(claimed, limit)`` runs right after the claim: a caller can fan out the
     next batch while this one is processed."""
     result = BatchResult(campaign_id=campaign_id)
-    campaign = svc.get_campaign(campaign_id)
-    status = campaign["status"]
-    if status not in (CampaignStatus.RUNNING.value, CampaignStatus.CANCELLED.value):
-        result.skipped_reason = f"campaign is {status}"
+    campaign = svc.campaign(campaign_id)
+    status = campaign.status
+    if status not in (CampaignStatus.RUNNING, CampaignStatus.CANCELLED):
+        result.skipped_reason = f"campaign is {status.value}"
         return result
     template, type_template = svc.type_template(campaign)
     if stage is not None and stage not in type_template.stage_names:
@@ -115,7 +115,7 @@ def process_due_conversations(
     batch_limit = svc.process_batch_size if limit is None else limit
     if batch_limit < 1:
         raise InvalidInputError("limit must be a positive integer")
-    settling = status == CampaignStatus.CANCELLED.value
+    settling = status == CampaignStatus.CANCELLED
     claimed = _claim(svc, campaign_id, stage, batch_limit, owner, settling)
     result.claimed = len(claimed)
     if on_claimed is not None:
@@ -126,7 +126,7 @@ def process_due_conversations(
     batch = _evaluate(claimed, _settle if settling else run, template, type_template, svc)
     ledger = svc.ledger(campaign_id)
     try:
-        _write(svc, batch, campaign["campaign_type"], ledger, result)
+        _write(svc, batch, campaign.campaign_type, ledger, result)
     finally:
         ledger.close()
     log.info(

@@ -28,7 +28,7 @@ def get_pending_conversations(
         ConversationStatus(status)
     except ValueError:
         raise InvalidInputError(f"status: unknown conversation status {status!r}") from None
-    campaign = svc.get_campaign(campaign_id)
+    campaign = svc.campaign(campaign_id)
     if stage is not None:
         _, type_template = svc.type_template(campaign)
         if stage not in type_template.stage_names:
@@ -40,7 +40,7 @@ def get_pending_conversations(
 
 def get_campaign_metrics(svc: Services, campaign_id: str) -> Doc:
     """The seed's Campaign Metrics Document, stages in template order."""
-    campaign = svc.get_campaign(campaign_id)
+    campaign = svc.campaign(campaign_id)
     raw = svc.campaign_metrics.get(campaign_id) or {}
     raw = {key: value for key, value in raw.items() if key != "_id"}
     raw.setdefault("campaign_id", campaign_id)

@@ -19,7 +19,7 @@ _RECONCILED = [
     CampaignStatus.COMPLETED,
     CampaignStatus.CANCELLED,
 ]
-_OVER = frozenset({CampaignStatus.COMPLETED.value, CampaignStatus.CANCELLED.value})
+_OVER = frozenset({CampaignStatus.COMPLETED, CampaignStatus.CANCELLED})
 _STATUS_FIELD = {
     "active": "active_conversations",
     "completed": "completed_conversations",
@@ -33,10 +33,10 @@ def campaigns_to_reconcile(svc: Services, recent: timedelta = timedelta(days=1))
     """Running and paused campaigns, and those completed or cancelled within ``recent``."""
     now = svc.clock.now()
     ids = []
-    for doc in svc.campaigns.find_by_status(_RECONCILED):
-        updated = doc.get("updated_at")
-        if doc["status"] not in _OVER or (updated is not None and to_utc(updated) >= now - recent):
-            ids.append(str(doc["_id"]))
+    for campaign in svc.campaigns.find_by_status(_RECONCILED):
+        updated = campaign.updated_at
+        if campaign.status not in _OVER or (updated is not None and updated >= now - recent):
+            ids.append(campaign.id)
     return ids
 
 
@@ -49,7 +49,7 @@ def reconcile_campaign_metrics(svc: Services, campaign_id: str) -> dict[str, flo
     registration older than the in-flight timeout belongs to a dead writer: it is dropped
     with the correction.
     """
-    campaign = svc.get_campaign(campaign_id)
+    campaign = svc.campaign(campaign_id)
     now = svc.clock.now()
     before = svc.campaign_metrics.get(campaign_id) or {}
     inflight = {str(k): to_utc(v) for k, v in (before.get("inflight") or {}).items()}
@@ -58,7 +58,7 @@ def reconcile_campaign_metrics(svc: Services, campaign_id: str) -> dict[str, flo
         log.info("metrics_reconcile_deferred", campaign_id=campaign_id, reason="writers")
         return {}
     expected = expected_counts(svc.conversation_state_repository.aggregate_campaign(campaign_id))
-    invalid = int((campaign.get("init_progress") or {}).get("invalid", 0))
+    invalid = int((campaign.init_progress or {}).get("invalid", 0))
     if invalid:
         expected["invalid_recipients"] = invalid
     after = svc.campaign_metrics.get(campaign_id) or {}

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from campaign_worker.domain.documents import ConversationState, parse_document
+from campaign_worker.domain.documents import ConversationState
 from campaign_worker.domain.errors import ConcurrencyConflictError, InvalidDocumentError
 from campaign_worker.domain.progression import Effects
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
-from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.context import Services
 from campaign_worker.service.ledger import MetricsLedger
 
 Outcome = tuple[ConversationState, Effects]
@@ -36,7 +36,10 @@ CAS_ATTEMPTS = 8
 
 
 def write_one(
-    svc: Services, conversation_id: str, change: StateChange, first_read: Doc | None = None
+    svc: Services,
+    conversation_id: str,
+    change: StateChange,
+    first_read: ConversationState | None = None,
 ) -> ConversationState:
     """Apply ``change`` to one conversation; returns the state as stored afterwards.
     ``first_read`` saves the first read when the caller has just loaded the document."""
@@ -46,7 +49,7 @@ def write_one(
             state = _read(svc, conversation_id, first_read)
             first_read = None
             ledger.campaign_id = state.campaign_id
-            template, type_template = svc.type_template(state.to_mongo())
+            template, type_template = svc.type_template(state)
             now = svc.clock.now()
             outcome = change(Current(state, template, type_template, now))
             if outcome is None:
@@ -62,10 +65,10 @@ def write_one(
     )
 
 
-def _read(svc: Services, conversation_id: str, first_read: Doc | None) -> ConversationState:
-    if first_read is None:
-        return svc.load(conversation_id)
-    return parse_document(ConversationState, first_read, what=f"conversation {conversation_id}")
+def _read(
+    svc: Services, conversation_id: str, first_read: ConversationState | None
+) -> ConversationState:
+    return svc.load(conversation_id) if first_read is None else first_read
 
 
 def _attempt(

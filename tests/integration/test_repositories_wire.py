@@ -19,11 +19,8 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import monitoring
 from pymongo.errors import DuplicateKeyError
 
-from campaign_worker.adapters.mongo import (
-    CONVERSATIONS,
-    METRICS,
-    MongoConversationStateRepository,
-)
+from campaign_worker.adapters.mongo import CONVERSATIONS, METRICS
+from campaign_worker.adapters.mongo_conversations import MongoConversationStateRepository
 from campaign_worker.adapters.mongo_metrics import MongoCampaignMetricsRepository
 from campaign_worker.domain.documents import (
     ConversationContext,
@@ -467,10 +464,8 @@ def test_a_landed_write_overwritten_at_once_is_still_reported_as_applied(
     try:
         hooked = MongoConversationStateRepository(client[wire_db.name])
         repo.insert_many_states([conversation("stale"), conversation("fresh")])
-        stale, fresh = (
-            ConversationState.model_validate(repo.get_by_user("camp-1", user))
-            for user in ("stale", "fresh")
-        )
+        stale, fresh = (repo.get_by_user("camp-1", user) for user in ("stale", "fresh"))
+        assert stale is not None and fresh is not None
         assert repo.save_transitions([(stale, _with_reply(stale, "first"))]) == {stale.id}
 
         def next_writer() -> None:

@@ -16,7 +16,8 @@ from pymongo.errors import AutoReconnect
 
 import celeryconfig
 from campaign_worker.adapters.clock import ManualClock
-from campaign_worker.adapters.mongo import MongoClientProvider, MongoDeadLetterRepository
+from campaign_worker.adapters.mongo import MongoClientProvider
+from campaign_worker.adapters.mongo_dead_letters import MongoDeadLetterRepository
 from campaign_worker.bootstrap import Container
 from campaign_worker.domain.documents import conversation_id_for
 from campaign_worker.domain.errors import (

@@ -1,0 +1,195 @@
+"""The campaign repository (collection ``campaigns``): conditional status moves, the
+poller's claim, the audience stream and the initialization checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from campaign_worker.adapters.mongo import CAMPAIGNS, translate_errors
+from campaign_worker.domain.documents import Campaign, CampaignStatus, StoredCampaign
+from campaign_worker.domain.errors import InvalidDocumentError
+
+Doc = dict[str, Any]
+
+
+def _stored(doc: Doc | None) -> StoredCampaign | None:
+    return None if doc is None else StoredCampaign.model_validate(doc)
+
+
+class MongoCampaignRepository:
+    def __init__(self, db: Database[Doc]) -> None:
+        self._db = db
+        self._collection: Collection[Doc] = db[CAMPAIGNS]
+
+    @translate_errors
+    def initialize(self) -> None:
+        self._collection.create_index(
+            [("status", ASCENDING), ("start_at", ASCENDING)], name="status_start"
+        )
+
+    @translate_errors
+    def insert(self, campaign: Campaign) -> bool:
+        """Insert; False if a campaign with that id exists already (replay-safe)."""
+        try:
+            self._collection.insert_one(campaign.to_mongo())
+        except DuplicateKeyError:
+            return False
+        return True
+
+    @translate_errors
+    def get(self, campaign_id: str, *, with_recipients: bool = False) -> StoredCampaign | None:
+        projection = None if with_recipients else {"recipients": 0}
+        return _stored(self._collection.find_one({"_id": campaign_id}, projection))
+
+    @translate_errors
+    def transition(
+        self,
+        campaign_id: str,
+        allowed_from: Iterable[CampaignStatus],
+        to: CampaignStatus,
+        now: datetime,
+        extra: Doc | None = None,
+    ) -> StoredCampaign | None:
+        """Conditional status change (and ``extra`` fields set with it); None if the
+        campaign is not in ``allowed_from``."""
+        update: Doc = {"$set": {"status": to.value, "updated_at": now, **(extra or {})}}
+        if to not in (CampaignStatus.INITIALIZING,):
+            update["$unset"] = {"lease_owner": "", "lease_until": ""}
+        return _stored(
+            self._collection.find_one_and_update(
+                {"_id": campaign_id, "status": {"$in": [s.value for s in allowed_from]}},
+                update,
+                projection={"recipients": 0},
+                return_document=ReturnDocument.AFTER,
+            )
+        )
+
+    @translate_errors
+    def claim_for_initialization(
+        self, now: datetime, owner: str, lease_until: datetime, limit: int
+    ) -> list[StoredCampaign]:
+        """Claim due scheduled campaigns (or initializations whose owner died).
+
+        One find_one_and_update per campaign: campaigns are few, and only one poller can
+        win each (the filter includes the status it moves away from).
+        """
+        claimed = []
+        due: Doc = {
+            "$or": [
+                {
+                    "status": CampaignStatus.SCHEDULED.value,
+                    "$or": [{"start_at": None}, {"start_at": {"$lte": now}}],
+                },
+                {"status": CampaignStatus.INITIALIZING.value, "lease_until": {"$lte": now}},
+            ]
+        }
+        for _ in range(limit):
+            doc = self._collection.find_one_and_update(
+                due,
+                {
+                    "$set": {
+                        "status": CampaignStatus.INITIALIZING.value,
+                        "lease_owner": owner,
+                        "lease_until": lease_until,
+                        "updated_at": now,
+                    }
+                },
+                projection={"recipients": 0},
+                sort=[("start_at", ASCENDING)],
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is None:
+                break
+            claimed.append(StoredCampaign.model_validate(doc))
+        return claimed
+
+    @translate_errors
+    def find_by_status(self, statuses: Iterable[CampaignStatus]) -> list[StoredCampaign]:
+        """Campaigns in ``statuses`` (cancelled ones only until they are settled)."""
+        return [
+            StoredCampaign.model_validate(doc)
+            for doc in self._collection.find(
+                {"status": {"$in": [s.value for s in statuses]}, "settled_at": None},
+                {"recipients": 0},
+            )
+        ]
+
+    @translate_errors
+    def mark_settled(self, campaign_id: str, now: datetime) -> bool:
+        """A cancelled campaign with no active conversation left: the poller stops looking."""
+        result = self._collection.update_one(
+            {"_id": campaign_id, "status": CampaignStatus.CANCELLED.value, "settled_at": None},
+            {"$set": {"settled_at": now, "updated_at": now}},
+        )
+        return result.modified_count == 1
+
+    @translate_errors
+    def iter_recipients(
+        self, campaign: StoredCampaign, batch_size: int, position: Doc | None = None
+    ) -> Iterator[tuple[list[Doc], Doc]]:
+        """Yield (batch, position after it), starting after ``position``.
+
+        Inline lists resume by offset; a referenced collection is streamed by cursor in
+        ``_id`` order and resumes after the last ``_id`` seen, so a restarted
+        initialization never re-reads what it already inserted.
+        """
+        recipients = campaign.recipients
+        position = position or {}
+        if isinstance(recipients, list):
+            start = int(position.get("offset", 0))
+            for begin in range(start, len(recipients), batch_size):
+                end = min(begin + batch_size, len(recipients))
+                yield recipients[begin:end], {"offset": end}
+            return
+        if not isinstance(recipients, dict):
+            raise InvalidDocumentError(f"campaign {campaign.id!r} has no recipients")
+        query: Doc = recipients.get("query") or {}
+        if "after_id" in position:
+            query = {"$and": [query, {"_id": {"$gt": position["after_id"]}}]}
+        cursor = (
+            self._db[recipients["collection"]]
+            .find(query, {"user_id": 1, "attributes": 1, "timezone": 1})
+            .sort("_id", ASCENDING)
+            .batch_size(batch_size)
+        )
+        batch: list[Doc] = []
+        last_id: Any = None
+        for doc in cursor:
+            last_id = doc.pop("_id")
+            batch.append(doc)
+            if len(batch) >= batch_size:
+                yield batch, {"after_id": last_id}
+                batch = []
+        if batch:
+            yield batch, {"after_id": last_id}
+
+    @translate_errors
+    def has_recipients(self, campaign: Campaign) -> bool:
+        """Whether the audience has at least one row (one indexed probe for a collection)."""
+        recipients = campaign.recipients
+        if isinstance(recipients, list):
+            return bool(recipients)
+        found = self._db[recipients.collection].find_one(recipients.query, {"_id": 1})
+        return found is not None
+
+    @translate_errors
+    def save_init_progress(
+        self, campaign_id: str, progress: Doc, lease_until: datetime, now: datetime
+    ) -> bool:
+        """Checkpoint an initialization and extend its lease; False once the campaign
+        left ``initializing`` (paused or cancelled meanwhile)."""
+        result = self._collection.update_one(
+            {"_id": campaign_id, "status": CampaignStatus.INITIALIZING.value},
+            {"$set": {"init_progress": progress, "lease_until": lease_until, "updated_at": now}},
+        )
+        return result.matched_count == 1
+
+
+__all__ = ["MongoCampaignRepository"]

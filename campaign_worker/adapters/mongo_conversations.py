@@ -1,0 +1,434 @@
+"""The conversation state repository (collection ``conversation_states``): the seed's
+methods, the claim, the batched compare-and-set writes and the publication marks."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from bson.errors import InvalidDocument
+from pymongo import ASCENDING, ReturnDocument, UpdateOne
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError
+
+from campaign_worker.adapters.mongo import (
+    CONVERSATIONS,
+    ignore_duplicates,
+    translate_errors,
+)
+from campaign_worker.domain.documents import ConversationState, parse_document
+from campaign_worker.domain.errors import InvalidDocumentError
+from campaign_worker.service.ports import WriteOutcome
+
+Doc = dict[str, Any]
+
+
+def _due_filter(campaign_id: str, now: datetime, status: str, stage: str | None) -> Doc:
+    query: Doc = {"campaign_id": campaign_id, "status": status, "next_action_at": {"$lte": now}}
+    if stage is not None:
+        query["current_stage"] = stage
+    return query
+
+
+def _unleased(now: datetime) -> Doc:
+    """No lease, or an expired one. Same documents as ``$or: [{lease_until: null},
+    {lease_until: {$lte: now}}]`` ($not also matches a missing field), but a plain field
+    predicate: secantusdb evaluates a top-level $or ~70x slower (see bench/README.md)."""
+    return {"lease_until": {"$not": {"$gt": now}}}
+
+
+_NOT_DIFFED = {
+    "_id",
+    "message_history",
+    "version",
+    "lease_owner",
+    "lease_until",
+    "last_write",
+    # Maintained by $push here and $pullAll in mark_published, which commute: a write
+    # never overwrites the list that a publication is clearing.
+    "unpublished",
+    "publish_token",
+    "publish_due_at",
+}
+# Write tokens kept per conversation: a write is recognised as landed as long as fewer
+# than this many writes came after it before the check (which follows at once).
+WRITE_TOKENS_KEPT = 16
+
+
+def state_update(
+    old: ConversationState, new: ConversationState, token: str, now: datetime | None = None
+) -> Doc:
+    """The single atomic update that turns ``old`` into ``new`` (appends are $push).
+
+    Outbound messages it appends are also pushed to ``unpublished`` under this write's
+    token: they are recorded now and published to the outbox after the write landed."""
+    before, after = old.to_mongo(), new.to_mongo()
+    changes = {
+        key: value
+        for key, value in after.items()
+        if key not in _NOT_DIFFED and before.get(key) != value
+    }
+    old_history, new_history = before["message_history"], after["message_history"]
+    if new_history[: len(old_history)] != old_history:
+        raise ValueError("message_history may only be appended to")
+    push: Doc = {"last_write": {"$each": [token], "$slice": -WRITE_TOKENS_KEPT}}
+    appended = new_history[len(old_history) :]
+    if appended:
+        push["message_history"] = {"$each": appended}
+    outbound = [m["message_id"] for m in appended if m["direction"] == "outbound"]
+    if outbound:
+        push["unpublished"] = {"$each": outbound}
+        changes["publish_token"] = token
+        changes["publish_due_at"] = now or new.last_active
+    update: Doc = {"$inc": {"version": 1}, "$push": push}
+    if changes:
+        update["$set"] = changes
+    return update
+
+
+class MongoConversationStateRepository:
+    """The seed's ConversationStateRepository over PyMongo (collection conversation_states)."""
+
+    def __init__(self, db: Database[Doc]) -> None:
+        self._db = db
+        self._collection: Collection[Doc] = db[CONVERSATIONS]
+
+    @translate_errors
+    def initialize(self) -> None:
+        """Create the indexes (idempotent)."""
+        c = self._collection
+        c.create_index([("campaign_id", ASCENDING)], name="campaign_id")
+        c.create_index([("user_id", ASCENDING)], name="user_id")
+        c.create_index([("status", ASCENDING)], name="status")
+        c.create_index(
+            [("campaign_id", ASCENDING), ("user_id", ASCENDING)],
+            unique=True,
+            name="campaign_user_unique",
+        )
+        # Serves get_pending_conversations/claim: equality on campaign and status, range on
+        # next_action_at (ESR order).
+        c.create_index(
+            [("campaign_id", ASCENDING), ("status", ASCENDING), ("next_action_at", ASCENDING)],
+            name="pending",
+        )
+        # Serves the poller's lag probe across campaigns.
+        c.create_index([("status", ASCENDING), ("next_action_at", ASCENDING)], name="due")
+        # Serves the publication sweep; the field is null except in a crash window.
+        c.create_index([("publish_due_at", ASCENDING)], name="unpublished")
+
+    @translate_errors
+    def create_conversation_state(self, data: Doc) -> Doc:
+        """Insert one conversation; raises DuplicateKeyError if (campaign, user) exists."""
+        self._collection.insert_one(data)
+        return data
+
+    @translate_errors
+    def get_conversation_state(self, id: str) -> Doc | None:
+        return self._collection.find_one({"_id": id})
+
+    @translate_errors
+    def get_by_user(self, campaign_id: str, user_id: str) -> ConversationState | None:
+        """The conversation of one recipient; ``InvalidDocumentError`` if it does not
+        validate."""
+        doc = self._collection.find_one({"campaign_id": campaign_id, "user_id": user_id})
+        if doc is None:
+            return None
+        return parse_document(ConversationState, doc, what=f"conversation {doc['_id']}")
+
+    @translate_errors
+    def update_conversation_state(self, id: str, updates: Doc) -> Doc | None:
+        """Apply ``updates`` atomically and return the new document (None if absent).
+
+        ``updates`` is either an update document ($set, $inc, ...) or plain fields, which
+        are $set. Every update bumps ``version`` so in-flight compare-and-sets notice it.
+        """
+        if not updates:
+            raise InvalidDocumentError("updates must not be empty")
+        operators = all(key.startswith("$") for key in updates)
+        if not operators and any(key.startswith("$") for key in updates):
+            raise InvalidDocumentError("updates mix operators and plain fields")
+        update = dict(updates) if operators else {"$set": dict(updates)}
+        inc = dict(update.get("$inc", {}))
+        inc["version"] = 1
+        update["$inc"] = inc
+        return self._collection.find_one_and_update(
+            {"_id": id}, update, return_document=ReturnDocument.AFTER
+        )
+
+    @translate_errors
+    def delete_conversation_state(self, id: str) -> bool:
+        return self._collection.delete_one({"_id": id}).deleted_count == 1
+
+    @translate_errors
+    def find_conversation_states(
+        self, query: Doc, *, limit: int = 0, sort: list[tuple[str, int]] | None = None
+    ) -> list[Doc]:
+        cursor = self._collection.find(query, limit=limit)
+        if sort:
+            cursor = cursor.sort(sort)
+        return list(cursor)
+
+    @translate_errors
+    def insert_many_states(self, docs: Sequence[Doc]) -> int:
+        """Insert a batch; duplicates (already initialized) are skipped. Returns inserted."""
+        if not docs:
+            return 0
+        try:
+            return len(self._collection.insert_many(list(docs), ordered=False).inserted_ids)
+        except BulkWriteError as exc:
+            return ignore_duplicates(exc)
+
+    @translate_errors
+    def find_due(
+        self, campaign_id: str, now: datetime, *, stage: str | None, status: str, limit: int
+    ) -> list[Doc]:
+        """Active conversations that are due, oldest first; for a finished status, the
+        conversations in it, most recently finished first (nothing is due there)."""
+        if status != "active":
+            query: Doc = {"campaign_id": campaign_id, "status": status}
+            if stage is not None:
+                query["current_stage"] = stage
+            return list(self._collection.find(query).sort("finished_at", -1).limit(limit))
+        query = _due_filter(campaign_id, now, status, stage)
+        return list(self._collection.find(query).sort("next_action_at", ASCENDING).limit(limit))
+
+    @translate_errors
+    def claim_due(
+        self,
+        campaign_id: str,
+        now: datetime,
+        *,
+        owner: str,
+        lease_until: datetime,
+        stage: str | None,
+        limit: int,
+    ) -> list[Doc]:
+        """Lease up to ``limit`` due conversations to ``owner``; return the leased ones.
+
+        Three round trips whatever the batch size: read candidate ids, one conditional
+        update_many (still due and unleased, so two claimers never share one), read back.
+        """
+        query = {**_due_filter(campaign_id, now, "active", stage), **_unleased(now)}
+        return self._claim(query, owner, lease_until, limit)
+
+    @translate_errors
+    def claim_active(
+        self, campaign_id: str, now: datetime, *, owner: str, lease_until: datetime, limit: int
+    ) -> list[Doc]:
+        """Lease up to ``limit`` active conversations, due or not (to settle a cancel)."""
+        query = {"campaign_id": campaign_id, "status": "active", **_unleased(now)}
+        return self._claim(query, owner, lease_until, limit)
+
+    def _claim(self, query: Doc, owner: str, lease_until: datetime, limit: int) -> list[Doc]:
+        ids = [
+            doc["_id"]
+            # batch_size: the server's first batch is 101 docs otherwise, then a getMore.
+            for doc in self._collection.find(query, {"_id": 1}, limit=limit, batch_size=limit).sort(
+                "next_action_at", ASCENDING
+            )
+        ]
+        if not ids:
+            return []
+        self._collection.update_many(
+            {"_id": {"$in": ids}, **query},
+            {"$set": {"lease_owner": owner, "lease_until": lease_until}},
+        )
+        leased = {"_id": {"$in": ids}, "lease_owner": owner}
+        return list(self._collection.find(leased, limit=len(ids), batch_size=len(ids)))
+
+    @translate_errors
+    def release(self, ids: Sequence[str], owner: str) -> int:
+        result = self._collection.update_many(
+            {"_id": {"$in": list(ids)}, "lease_owner": owner},
+            {"$unset": {"lease_owner": "", "lease_until": ""}},
+        )
+        return result.modified_count
+
+    def save_transitions(
+        self, changes: Sequence[tuple[ConversationState, ConversationState]]
+    ) -> set[str]:
+        """Write each (old, new) pair as a compare-and-set; the ids whose write applied."""
+        return set(self.write_transitions(changes).applied)
+
+    @translate_errors
+    def write_transitions(
+        self,
+        changes: Sequence[tuple[ConversationState, ConversationState]],
+        now: datetime | None = None,
+    ) -> WriteOutcome:
+        """Write each (old, new) pair as a compare-and-set on ``old.version``.
+
+        One bulk_write for the batch; each write also drops any lease, since a newer
+        version makes whatever the lease holder is computing stale anyway. Returns the
+        ids whose write applied (with their write token), and those the server refused
+        with an error (say, a document over the size limit) with the reason. The others
+        lost to a concurrent writer.
+        """
+        outcome = WriteOutcome()
+        if not changes:
+            return outcome
+        batch = uuid.uuid4().hex
+        ops, tokens = [], {}
+        for index, (old, new) in enumerate(changes):
+            token = f"{batch}:{index}"
+            tokens[old.id] = token
+            update = state_update(old, new, token, now)
+            update["$unset"] = {"lease_owner": "", "lease_until": ""}
+            ops.append(UpdateOne({"_id": old.id, "version": old.version}, update))
+        matched = self._bulk(ops, [old.id for old, _ in changes], outcome.failed)
+        if matched == len(ops) - len(outcome.failed):
+            outcome.applied = {cid: t for cid, t in tokens.items() if cid not in outcome.failed}
+            return outcome
+        # Some lost: find out which of ours did land (their token is among the recent
+        # ones, even if another writer has built on the write since).
+        landed = self._collection.find(
+            {"_id": {"$in": list(tokens)}, "last_write": {"$in": list(tokens.values())}},
+            {"_id": 1},
+        )
+        outcome.applied = {doc["_id"]: tokens[doc["_id"]] for doc in landed}
+        return outcome
+
+    def _bulk(self, ops: list[UpdateOne], ids: list[str], failed: dict[str, str]) -> int:
+        """Run ``ops`` unordered; record per-operation errors in ``failed`` (by id) and
+        return how many matched. An operation that cannot even be encoded (an integer
+        beyond 64 bits) fails alone: the batch is then written one operation at a time."""
+        try:
+            result = self._collection.bulk_write(ops, ordered=False)
+            return result.matched_count
+        except BulkWriteError as exc:
+            details = exc.details
+            if details.get("writeConcernErrors"):
+                raise
+            for error in details.get("writeErrors", []):
+                failed[ids[error["index"]]] = str(error.get("errmsg", "write error"))[:500]
+            return int(details.get("nMatched", 0))
+        except (InvalidDocument, OverflowError):
+            if len(ops) == 1:
+                failed[ids[0]] = "the conversation document cannot be stored (BSON)"
+                return 0
+            return sum(self._bulk([op], [cid], failed) for op, cid in zip(ops, ids, strict=True))
+
+    @translate_errors
+    def fail_conversation(self, conversation_id: str, reason: str, now: datetime) -> bool:
+        """End an active conversation as failed without reading it (it may not even
+        validate); False if it was not active."""
+        result = self._collection.update_one(
+            {"_id": conversation_id, "status": "active"},
+            {
+                "$set": {
+                    "status": "failed",
+                    "status_reason": reason[:500],
+                    "finished_at": now,
+                    "next_action_at": None,
+                },
+                "$unset": {"lease_owner": "", "lease_until": ""},
+                "$inc": {"version": 1},
+            },
+        )
+        return result.modified_count == 1
+
+    @translate_errors
+    def mark_published(self, items: Sequence[tuple[str, str, Sequence[str]]]) -> int:
+        """Clear published ids: (conversation id, publish token, ids). Only while the
+        token is the one stored, so a later write's unpublished messages stay marked."""
+        if not items:
+            return 0
+        ops = [
+            UpdateOne(
+                {"_id": cid, "publish_token": token},
+                {"$pullAll": {"unpublished": list(ids)}, "$set": {"publish_due_at": None}},
+            )
+            for cid, token, ids in items
+        ]
+        return self._collection.bulk_write(ops, ordered=False).modified_count
+
+    @translate_errors
+    def find_unpublished(self, before: datetime, limit: int) -> list[Doc]:
+        """Conversations whose recorded messages a crash left unpublished since ``before``."""
+        return list(
+            self._collection.find({"publish_due_at": {"$lte": before}}, limit=limit).sort(
+                "publish_due_at", ASCENDING
+            )
+        )
+
+    @translate_errors
+    def has_due(self, campaign_id: str, now: datetime) -> bool:
+        query = {**_due_filter(campaign_id, now, "active", None), **_unleased(now)}
+        return self._collection.find_one(query, {"_id": 1}) is not None
+
+    @translate_errors
+    def count_conversations(self, campaign_id: str) -> int:
+        return self._collection.count_documents({"campaign_id": campaign_id})
+
+    @translate_errors
+    def count_active(self, campaign_id: str) -> int:
+        return self._collection.count_documents({"campaign_id": campaign_id, "status": "active"})
+
+    @translate_errors
+    def oldest_due(self, now: datetime, campaign_ids: Sequence[str]) -> datetime | None:
+        """The oldest due time among active conversations of ``campaign_ids``."""
+        if not campaign_ids:
+            return None
+        doc = self._collection.find_one(
+            {
+                "campaign_id": {"$in": list(campaign_ids)},
+                "status": "active",
+                "next_action_at": {"$lte": now},
+            },
+            {"next_action_at": 1},
+            sort=[("next_action_at", ASCENDING)],
+        )
+        return doc["next_action_at"] if doc else None
+
+    @translate_errors
+    def aggregate_campaign(self, campaign_id: str) -> Doc:
+        """Recompute a campaign's metrics from its conversations in one aggregation."""
+        pipeline: list[Doc] = [
+            {"$match": {"campaign_id": campaign_id}},
+            {
+                "$facet": {
+                    "status": [{"$group": {"_id": "$status", "n": {"$sum": 1}}}],
+                    "messages": [
+                        {
+                            "$group": {
+                                "_id": None,
+                                "sent": {"$sum": "$metrics.messages_sent"},
+                                "received": {"$sum": "$metrics.messages_received"},
+                            }
+                        }
+                    ],
+                    "stages": [
+                        {"$unwind": "$stages"},
+                        {
+                            "$group": {
+                                "_id": "$stages.name",
+                                "entered": {"$sum": 1},
+                                "completed": {"$sum": {"$cond": ["$stages.completed", 1, 0]}},
+                                "total_ms": {
+                                    "$sum": {
+                                        "$cond": [
+                                            "$stages.completed",
+                                            {
+                                                "$subtract": [
+                                                    "$stages.exited_at",
+                                                    "$stages.entered_at",
+                                                ]
+                                            },
+                                            0,
+                                        ]
+                                    }
+                                },
+                            }
+                        },
+                    ],
+                }
+            },
+        ]
+        result = list(self._collection.aggregate(pipeline))
+        return result[0] if result else {"status": [], "messages": [], "stages": []}
+
+
+__all__ = ["WRITE_TOKENS_KEPT", "MongoConversationStateRepository", "state_update"]

@@ -1,0 +1,66 @@
+"""The outbox repository (collection ``outbox``, ``_id`` = message_id)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError
+
+from campaign_worker.adapters.mongo import (
+    OUTBOX,
+    ignore_duplicates,
+    translate_errors,
+)
+from campaign_worker.domain.progression import OutboundEnvelope
+
+Doc = dict[str, Any]
+
+
+class MongoOutboxRepository:
+    """Messages for the delivering service (collection ``outbox``, ``_id`` = message_id)."""
+
+    def __init__(self, db: Database[Doc]) -> None:
+        self._collection: Collection[Doc] = db[OUTBOX]
+
+    @translate_errors
+    def initialize(self) -> None:
+        self._collection.create_index(
+            [("status", ASCENDING), ("created_at", ASCENDING)], name="status_created"
+        )
+        self._collection.create_index([("conversation_id", ASCENDING)], name="conversation")
+
+    @translate_errors
+    def enqueue_many(self, envelopes: Sequence[OutboundEnvelope]) -> int:
+        """Publish recorded messages; a message_id already there is skipped (idempotent)."""
+        docs = [
+            {
+                "_id": e.message_id,
+                "conversation_id": e.conversation_id,
+                "campaign_id": e.campaign_id,
+                "user_id": e.user_id,
+                "channel": e.channel,
+                "content": e.content,
+                "stage": e.stage,
+                "step": e.step,
+                "status": "pending",
+                "created_at": e.created_at,
+            }
+            for e in envelopes
+        ]
+        if not docs:
+            return 0
+        try:
+            return len(self._collection.insert_many(docs, ordered=False).inserted_ids)
+        except BulkWriteError as exc:
+            return ignore_duplicates(exc)  # published before (a replay or the sweep)
+
+    @translate_errors
+    def find(self, query: Doc, limit: int = 0) -> list[Doc]:
+        return list(self._collection.find(query, limit=limit).sort("created_at", ASCENDING))
+
+
+__all__ = ["MongoOutboxRepository"]
