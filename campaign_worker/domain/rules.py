@@ -1,0 +1,139 @@
+"""Facts about a conversation's stage, pure: opt-out keywords, replies in the stage, the
+stage's rules and when they may change, message waits and the recipient's send window."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from campaign_worker.domain.documents import ConversationState, Direction, Message, to_utc
+from campaign_worker.domain.templates import Rule, SendWindow, Stage
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"[\s\W_]+$", "", text.strip()).upper()
+
+
+def is_opt_out(content: str, keywords: list[str]) -> bool:
+    """Carrier practice: the keyword is the whole message (case and trailing punctuation aside)."""
+    normalised = _normalise(content)
+    return any(normalised == _normalise(keyword) for keyword in keywords)
+
+
+def inbound_in_stage(state: ConversationState, stage: str) -> list[Message]:
+    return [
+        message
+        for message in state.message_history
+        if message.direction == Direction.INBOUND and message.metadata.get("stage") == stage
+    ]
+
+
+def last_outbound_in_stage(state: ConversationState, stage: str) -> Message | None:
+    for message in reversed(state.message_history):
+        if message.direction == Direction.OUTBOUND and message.metadata.get("stage") == stage:
+            return message
+    return None
+
+
+def evaluate_rule(rule: Rule, state: ConversationState, now: datetime) -> tuple[bool, str]:
+    """Evaluate one (possibly composite) rule against the current stage."""
+    stage = state.current_stage
+    if rule.any is not None:
+        for child in rule.any:
+            matched, reason = evaluate_rule(child, state, now)
+            if matched:
+                return True, reason
+        return False, "no 'any' condition met"
+    if rule.all is not None:
+        reasons = []
+        for child in rule.all:
+            matched, reason = evaluate_rule(child, state, now)
+            if not matched:
+                return False, reason
+            reasons.append(reason)
+        return True, " and ".join(reasons)
+    if rule.reply_received:
+        replied = bool(inbound_in_stage(state, stage))
+        return replied, "reply received" if replied else "no reply yet"
+    if rule.keywords is not None:
+        for message in inbound_in_stage(state, stage):
+            for keyword in rule.keywords:
+                if re.search(rf"(?<!\w){re.escape(keyword)}(?!\w)", message.content, re.I):
+                    return True, f"reply matched keyword {keyword!r}"
+        return False, "no reply matched the keywords"
+    if rule.regex is not None:
+        pattern = re.compile(rule.regex, re.I)
+        for message in inbound_in_stage(state, stage):
+            if pattern.search(message.content):
+                return True, f"reply matched /{rule.regex}/"
+        return False, "no reply matched the regex"
+    if rule.min_messages_sent is not None:
+        enough = state.stage_step >= rule.min_messages_sent
+        return enough, f"{state.stage_step} of {rule.min_messages_sent} messages sent"
+    if rule.min_time_in_stage is not None:
+        elapsed = now - state.current_stage_entry().entered_at
+        enough = elapsed >= rule.min_time_in_stage
+        return enough, f"{int(elapsed.total_seconds())}s in stage (min {rule.min_time_in_stage})"
+    raise AssertionError("validated Rule has exactly one condition")  # pragma: no cover
+
+
+def rule_wakeups(rule: Rule, entered_at: datetime) -> list[datetime]:
+    """Times at which a time-based rule may flip to true; worth waking up for."""
+    if rule.min_time_in_stage is not None:
+        return [entered_at + rule.min_time_in_stage]
+    children = rule.any or rule.all or []
+    return [when for child in children for when in rule_wakeups(child, entered_at)]
+
+
+def should_advance(state: ConversationState, stage: Stage, now: datetime) -> tuple[bool, str]:
+    """The stage's ``advance_when`` rule; a stage without one advances when its drip ends."""
+    if stage.advance_when is not None:
+        return evaluate_rule(stage.advance_when, state, now)
+    if not stage.messages:
+        return True, "stage has no messages and no rule"
+    last = last_outbound_in_stage(state, stage.name)
+    drip_done = state.stage_step >= len(stage.messages) and last is not None
+    if drip_done and last is not None and now >= last.timestamp + stage.messages[-1].wait:
+        return True, "all stage messages sent and the last wait elapsed"
+    return False, "stage messages still running"
+
+
+def wait_after(stage: Stage, step: int) -> timedelta:
+    """The wait after message ``step`` of ``stage``. A template edit may have removed
+    messages a conversation already sent: then the last remaining wait applies (none if
+    the stage has no messages left), so progress never depends on a message that is gone."""
+    if not stage.messages:
+        return timedelta(0)
+    return stage.messages[max(0, min(step, len(stage.messages) - 1))].wait
+
+
+def next_send_time(now: datetime, window: SendWindow | None, timezone: str) -> datetime:
+    """``now`` if a message may go out now in the recipient's local time, else the UTC
+    time the window next opens."""
+    if window is None:
+        return now
+    zone = ZoneInfo(timezone)
+    local = now.astimezone(zone)
+    clock = local.time().replace(tzinfo=None)
+    if window.start < window.end:
+        inside = window.start <= clock < window.end
+    else:  # across midnight
+        inside = clock >= window.start or clock < window.end
+    if inside:
+        return now
+    day = local.date() if clock < window.start else local.date() + timedelta(days=1)
+    opens = datetime.combine(day, window.start, tzinfo=zone)
+    return to_utc(opens)
+
+
+__all__ = [
+    "evaluate_rule",
+    "inbound_in_stage",
+    "is_opt_out",
+    "last_outbound_in_stage",
+    "next_send_time",
+    "rule_wakeups",
+    "should_advance",
+    "wait_after",
+]
