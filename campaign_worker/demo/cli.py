@@ -184,45 +184,12 @@ def _run_on_worker(
 
     epoch = datetime.now(UTC)
     clock = OffsetClock(speed=args.speed, epoch=epoch)
-    env = {
-        **os.environ,
-        "MONGODB_URI": mongo_uri,
-        "MONGODB_DB": db_name,
-        "CELERY_BROKER_URL": broker,
-        "CLOCK_SPEED": str(args.speed),
-        "CLOCK_EPOCH": epoch.isoformat(),
-        "POLL_INTERVAL_SECONDS": "1",
-        "METRICS_PORT": "0",
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "INFO",
-        "PYTHONUNBUFFERED": "1",
-    }
-    processes = [
-        _celery(
-            workdir,
-            env,
-            "worker",
-            [
-                "worker",
-                "-Q",
-                QUEUES,
-                "-c",
-                str(args.concurrency),
-                "-n",
-                "demo@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "-l",
-                "INFO",
-            ],
-        ),
-        _celery(workdir, env, "beat", ["beat", "-s", str(workdir / "beat-schedule"), "-l", "INFO"]),
-    ]
+    env = _worker_env(args, mongo_uri, db_name, broker, epoch)
+    processes = _start_worker_and_beat(args, workdir, env)
     # A plain client that knows only task names, like any other service.
     client = Celery(broker=broker)
     client.conf.task_routes = {"campaign_worker.record_inbound_message": {"queue": "inbound"}}
     mongo: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, tzinfo=UTC)
-    db = mongo[db_name]
     try:
         _say(
             out,
@@ -238,22 +205,72 @@ def _run_on_worker(
             f"Sent campaign_worker.create_campaign for {campaign_id} with "
             f"{args.recipients} recipients",
         )
+        db = mongo[db_name]
         status = _drive(out, client, db, clock, campaign_id, epoch, args.timeout, processes)
     finally:
         client.close()
+        mongo.close()
         for process in reversed(processes):
             _stop(process)
+    return _report(out, workdir, mongo_uri, db_name, clock, campaign_id, status)
+
+
+def _worker_env(
+    args: argparse.Namespace, mongo_uri: str, db_name: str, broker: str, epoch: datetime
+) -> dict[str, str]:
+    return {
+        **os.environ,
+        "MONGODB_URI": mongo_uri,
+        "MONGODB_DB": db_name,
+        "CELERY_BROKER_URL": broker,
+        "CLOCK_SPEED": str(args.speed),
+        "CLOCK_EPOCH": epoch.isoformat(),
+        "POLL_INTERVAL_SECONDS": "1",
+        "METRICS_PORT": "0",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _start_worker_and_beat(
+    args: argparse.Namespace, workdir: Path, env: dict[str, str]
+) -> list[subprocess.Popen[bytes]]:
+    worker = [
+        "worker",
+        "-Q",
+        QUEUES,
+        "-c",
+        str(args.concurrency),
+        "-n",
+        "demo@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "-l",
+        "INFO",
+    ]
+    beat = ["beat", "-s", str(workdir / "beat-schedule"), "-l", "INFO"]
+    return [_celery(workdir, env, "worker", worker), _celery(workdir, env, "beat", beat)]
+
+
+def _report(
+    out: TextIO,
+    workdir: Path,
+    mongo_uri: str,
+    db_name: str,
+    clock: OffsetClock,
+    campaign_id: str,
+    status: str | None,
+) -> int:
+    """The funnel of a finished run, or the worker's log when the campaign never appeared."""
     manager = _manager(mongo_uri, db_name, clock)
     metrics = manager.get_campaign_metrics(campaign_id) if status else None
-    mongo.close()
     _say(out, "")
     if metrics is None:
         _say(out, f"The campaign never appeared; worker log: {workdir / 'worker.log'}")
         _say(out, (workdir / "worker.log").read_text(errors="replace")[-3000:])
         return 1
-    outcomes: dict[str, int] = {}
-    for doc in db_outcomes(mongo_uri, db_name, campaign_id):
-        outcomes[doc["_id"]] = doc["n"]
+    outcomes = {doc["_id"]: doc["n"] for doc in db_outcomes(mongo_uri, db_name, campaign_id)}
     _say(out, demo.format_funnel(metrics, outcomes))
     _say(out, f"campaign status: {status}")
     return 0 if status == "completed" else 1
@@ -287,8 +304,7 @@ def _drive(
     """Play the audience until the campaign completes; print progress."""
     deadline = time.monotonic() + timeout
     replied: set[str] = set()
-    last_line = ""
-    last_print = 0.0
+    progress = _Progress(out)
     status: str | None = None
     while time.monotonic() < deadline:
         if any(process.poll() is not None for process in processes):
@@ -298,36 +314,52 @@ def _drive(
         status = campaign["status"] if campaign else None
         if status in ("completed", "cancelled"):
             break
-        active = list(
-            db.conversation_states.find(
-                {"campaign_id": campaign_id, "status": "active"}, demo.AUDIENCE_PROJECTION
-            )
-        )
-        for reply in demo.due_replies(active, clock.now(), replied):
-            replied.add(reply.message_id)
-            client.send_task(
-                "campaign_worker.record_inbound_message",
-                kwargs={
-                    "campaign_id": campaign_id,
-                    "user_id": reply.user_id,
-                    "message_id": reply.message_id,
-                    "content": reply.content,
-                },
-            )
+        _reply_as_the_audience(client, db, clock, campaign_id, replied)
         metrics = db.campaign_metrics.find_one({"_id": campaign_id}) or {}
-        day = (clock.now() - epoch) / timedelta(days=1)
-        line = (
-            f"  day {day:5.1f}  status {status or 'pending':<12} active "
+        progress.show((clock.now() - epoch) / timedelta(days=1), status, metrics, len(replied))
+        time.sleep(0.5)
+    return status
+
+
+def _reply_as_the_audience(
+    client: Any, db: Any, clock: OffsetClock, campaign_id: str, replied: set[str]
+) -> None:
+    """Send, by task name, the replies the simulated audience owes by now."""
+    active = list(
+        db.conversation_states.find(
+            {"campaign_id": campaign_id, "status": "active"}, demo.AUDIENCE_PROJECTION
+        )
+    )
+    for reply in demo.due_replies(active, clock.now(), replied):
+        replied.add(reply.message_id)
+        client.send_task(
+            "campaign_worker.record_inbound_message",
+            kwargs={
+                "campaign_id": campaign_id,
+                "user_id": reply.user_id,
+                "message_id": reply.message_id,
+                "content": reply.content,
+            },
+        )
+
+
+class _Progress:
+    """One progress line when something changed, at most every 2 s."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.last = ""
+        self.printed_at = 0.0
+
+    def show(self, day: float, status: str | None, metrics: dict[str, Any], replies: int) -> None:
+        counts = (
+            f"status {status or 'pending':<12} active "
             f"{metrics.get('active_conversations', 0):>4}  completed "
             f"{metrics.get('completed_conversations', 0):>4}  failed "
             f"{metrics.get('failed_conversations', 0):>4}  opted out "
-            f"{metrics.get('opted_out_conversations', 0):>3}  replies sent {len(replied)}"
+            f"{metrics.get('opted_out_conversations', 0):>3}  replies sent {replies}"
         )
-        # Print when something changed, at most every 2 s (the day counter always moves).
-        if line.split("day")[1][6:] != last_line.split("day")[-1][6:] and (
-            time.monotonic() - last_print >= 2.0
-        ):
-            _say(out, line)
-            last_line, last_print = line, time.monotonic()
-        time.sleep(0.5)
-    return status
+        # The day counter always moves: only the counts decide whether to print.
+        if counts != self.last and time.monotonic() - self.printed_at >= 2.0:
+            _say(self.out, f"  day {day:5.1f}  {counts}")
+            self.last, self.printed_at = counts, time.monotonic()
