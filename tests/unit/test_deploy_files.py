@@ -735,6 +735,7 @@ def test_agreed_metrics_are_the_ones_the_code_defines() -> None:
     from prometheus_client.metrics import MetricWrapperBase
 
     from campaign_worker.adapters import metrics  # a broken import must fail, not skip
+
     defined: dict[str, tuple[str, tuple[str, ...]]] = {}
     for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):
