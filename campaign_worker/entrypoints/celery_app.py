@@ -29,12 +29,14 @@ import functools
 import os
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import structlog
 from celery import Celery, Task, current_task, signals
+from celery.exceptions import Ignore, Reject, Retry
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from pydantic import ValidationError, validate_call
 from pydantic_core import to_jsonable_python
@@ -227,6 +229,11 @@ RETRYABLE: tuple[type[BaseException], ...] = (
 )
 
 
+# A failed task whose dead letter cannot be stored goes back to the broker after this
+# pause (the task process waits it out), so a store outage is no hot loop.
+STORE_RETRY_PAUSE_SECONDS = 2.0
+
+
 def current_task_id() -> str | None:
     task = current_task
     if task is None or task.request is None:
@@ -332,30 +339,33 @@ class CampaignTask(Task):  # type: ignore[type-arg]
     # replaces a failed poll, and a dead letter per beat would bury the real ones.
     dead_letter_failures = True
 
-    def on_failure(
-        self,
-        exc: Exception,
-        task_id: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        einfo: Any,
-    ) -> None:
-        """Dead-letter what failed for another reason than invalid input (which ``run``
-        stored already): retries ran out, or an unexpected error (a bug) - so the message
-        is not lost with the ack and can be replayed once the cause is fixed."""
-        if isinstance(exc, InvalidInputError) or not self.dead_letter_failures:
-            return
-        reason = "retries_exhausted" if isinstance(exc, RETRYABLE) else "error"
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task; a final failure (retries ran out, or an unexpected error) is
+        dead-lettered before its message is acknowledged. If even that cannot be stored,
+        the message is rejected back to the broker (``Reject(requeue=True)``) instead of
+        acknowledged and lost: it runs again once the store is back."""
         try:
-            dead_letter(self.name, args, kwargs, exc, reason=reason, task_id=task_id)
-        except Exception as store_error:  # the store may be what is down
-            log.error(
-                "dead_letter_not_stored",
-                task_name=self.name,
-                task_id=task_id,
-                reason=reason,
-                error=str(store_error),
-            )
+            return super().__call__(*args, **kwargs)
+        except (Retry, Reject, Ignore, InvalidInputError):
+            raise  # a retry on its way; or already dead-lettered by ``run``
+        except Exception as exc:
+            if not self.dead_letter_failures:
+                raise
+            reason = "retries_exhausted" if isinstance(exc, RETRYABLE) else "error"
+            task_id = current_task_id() or uuid.uuid4().hex
+            try:
+                dead_letter(self.name, args, kwargs, exc, reason=reason, task_id=task_id)
+            except Exception as store_error:  # the store may be what is down
+                log.error(
+                    "dead_letter_not_stored",
+                    task_name=self.name,
+                    task_id=task_id,
+                    reason=reason,
+                    error=str(store_error),
+                )
+                time.sleep(STORE_RETRY_PAUSE_SECONDS)  # no hot loop while the store is down
+                raise Reject(reason=f"dead letter not stored: {store_error}", requeue=True) from exc
+            raise
 
 
 def public_task(

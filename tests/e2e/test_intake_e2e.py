@@ -125,3 +125,25 @@ def test_a_message_whose_dead_letter_cannot_be_stored_is_not_acknowledged(
     wait_until(lambda: attempts() >= 2, 60, "the message to come back after a failed store")
     processes.stop_all()
     assert queued(broker, "inbound") == 1
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_failed_task_whose_dead_letter_cannot_be_stored_is_not_acknowledged(
+    broker: Broker, processes: Processes, client: Celery
+) -> None:
+    """A task that fails for good (here: its retries, set to none, run out against an
+    unreachable MongoDB) is dead-lettered before its ack; when even that cannot be
+    stored, the message goes back to the broker instead of being acknowledged."""
+    processes.env["MONGODB_URI"] = "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=200"
+    processes.env["MONGODB_SERVER_SELECTION_TIMEOUT_MS"] = "200"
+    processes.env["CELERY_MAX_RETRIES"] = "0"
+    wait_for_workers(client, [processes.worker("no-store-task", concurrency=1)])
+    client.send_task(PAUSE, kwargs={"campaign_id": "camp-x"}, queue="inbound")
+
+    def attempts() -> int:
+        return processes.log("no-store-task").count('"dead_letter_not_stored"')
+
+    wait_until(lambda: attempts() >= 2, 60, "the failed task's message to come back")
+    processes.stop_all()
+    assert queued(broker, "inbound") == 1
+    assert '"reason": "retries_exhausted"' in processes.log("no-store-task")
