@@ -77,6 +77,8 @@ ALLOWED_SERIES: dict[str, frozenset[str]] = {
     for series in series_names(name, kind)
 }
 ALLOWED_SERIES["up"] = frozenset()
+# Collected from the broker at scrape time (adapters/metrics.py: QueueDepthCollector).
+ALLOWED_SERIES["campaign_worker_queue_depth"] = frozenset({"queue"})
 
 
 # --------------------------------------------------------------------------- tools
@@ -603,6 +605,7 @@ def test_alerts_cover_the_required_conditions() -> None:
         "CampaignWorkerTaskFailureRateHigh": "campaign_worker_task_failures_total",
         "CampaignWorkerDeadLettersGrowing": "increase(campaign_worker_dead_letters_total[15m])",
         "CampaignWorkerMetricsDriftFound": "increase(campaign_worker_metrics_drift_total[1h])",
+        "CampaignWorkerQueueBacklog": "campaign_worker_queue_depth",
     }
     for name, fragment in expected.items():
         assert fragment in by_name[name]["expr"], name
@@ -744,6 +747,7 @@ def test_agreed_metrics_are_the_ones_the_code_defines() -> None:
     for name, (kind, labels) in AGREED_METRICS.items():
         assert name in defined, f"{name} is not defined in campaign_worker.adapters.metrics"
         assert defined[name] == (kind, labels), name
+    assert metrics.QueueDepthCollector.NAME in ALLOWED_SERIES
 
 
 # --------------------------------------------------------------------------- supervision
