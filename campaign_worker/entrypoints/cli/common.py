@@ -1,0 +1,60 @@
+"""Shared pieces of the operator CLI: exit codes, error mapping and output helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from pydantic_core import to_jsonable_python
+from rich.console import Console
+
+from campaign_worker.domain.errors import CampaignWorkerError, InvalidInputError, NotFoundError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # not found, or the action failed
+EXIT_USAGE = 2  # bad arguments or invalid input
+
+JSON_HELP = "print JSON for scripts instead of a table"
+
+
+def console() -> Console:
+    """A console on the current stdout (tests swap it)."""
+    return Console(file=sys.stdout, highlight=False, soft_wrap=True)
+
+
+def error(message: str) -> None:
+    """Write ``error: message`` to stderr."""
+    sys.stderr.write(f"error: {message}\n")
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> typer.Exit:
+    """Report ``message`` on stderr; returns the exit to raise."""
+    error(message)
+    return typer.Exit(code)
+
+
+def exit_code_for(exc: CampaignWorkerError) -> int:
+    """1 for something not found or a failed action, 2 for input that can never work."""
+    if isinstance(exc, NotFoundError):
+        return EXIT_FAILURE
+    if isinstance(exc, InvalidInputError):
+        return EXIT_USAGE
+    return EXIT_FAILURE
+
+
+@contextmanager
+def service_errors() -> Iterator[None]:
+    """Turn the service's errors into a message on stderr and their exit code."""
+    try:
+        yield
+    except CampaignWorkerError as exc:
+        raise fail(str(exc), exit_code_for(exc)) from None
+
+
+def print_json(value: Any) -> None:
+    """One JSON document on stdout (datetimes as ISO strings)."""
+    sys.stdout.write(json.dumps(to_jsonable_python(value), sort_keys=True) + "\n")
