@@ -88,6 +88,10 @@ class CampaignManager(Services):
         conversations in it, most recently finished first."""
         return queries.get_pending_conversations(self, campaign_id, stage, limit, status)
 
+    def list_campaigns(self, status: str | None = None, limit: int = 50) -> list[Doc]:
+        """Campaigns newest first, optionally only those in ``status``."""
+        return queries.list_campaigns(self, status, limit)
+
     def get_conversation_history(self, conversation_id: str) -> list[Doc]:
         state = self.load(conversation_id)
         return [message.model_dump(mode="python") for message in state.message_history]

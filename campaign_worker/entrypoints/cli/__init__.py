@@ -8,6 +8,7 @@ thin: parse, call the service, map its errors to exit codes (see ``common``):
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -16,8 +17,17 @@ from typing import Annotated
 import typer
 
 from campaign_worker.domain.errors import CampaignWorkerError
-from campaign_worker.entrypoints.cli import dead_letters, ops, templates
+from campaign_worker.entrypoints.cli import (
+    campaigns,
+    conversations,
+    dead_letters,
+    metrics,
+    ops,
+    templates,
+)
 from campaign_worker.entrypoints.cli.common import error, exit_code_for
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 app = typer.Typer(
     name="campaign-worker",
@@ -27,6 +37,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(campaigns.app, name="campaigns")
+app.add_typer(conversations.app, name="conversations")
+app.command()(metrics.metrics)
 app.add_typer(templates.app, name="templates")
 app.add_typer(dead_letters.app, name="dead-letters")
 app.command()(ops.health)
@@ -63,8 +76,23 @@ def root(
         raise typer.Exit(0)
 
 
+def configure_cli_logging() -> None:
+    """Logs to stderr (stdout is the commands' output), WARNING unless ``LOG_LEVEL``."""
+    from campaign_worker.adapters.logs import configure_logging
+
+    level = os.environ.get("LOG_LEVEL", "WARNING").upper()
+    if level not in LOG_LEVELS:
+        level = "WARNING"
+    configure_logging(level, os.environ.get("LOG_FORMAT", "auto"), stream=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (the console script exits with it)."""
+    """Run the command line; returns the exit code (the console script exits with it).
+
+    Without ``argv`` this is the process entry point, and configures logging too.
+    """
+    if argv is None:
+        configure_cli_logging()
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
     try:

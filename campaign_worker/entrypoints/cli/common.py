@@ -6,11 +6,14 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from pydantic_core import to_jsonable_python
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from campaign_worker.service.campaign_manager import CampaignManager
 
 from campaign_worker.domain.errors import CampaignWorkerError, InvalidInputError, NotFoundError
 
@@ -53,6 +56,14 @@ def service_errors() -> Iterator[None]:
         yield
     except CampaignWorkerError as exc:
         raise fail(str(exc), exit_code_for(exc)) from None
+
+
+def manager() -> CampaignManager:
+    """The service facade, on the database the settings (environment) name."""
+    from campaign_worker.entrypoints.celery_app import container
+
+    with service_errors():
+        return container().manager
 
 
 def print_json(value: Any) -> None:
