@@ -47,6 +47,10 @@ class CampaignManager(Services):
         """Validate and store a campaign; returns its id (idempotent by id or key)."""
         return campaigns.create_campaign(self, data, idempotency_key)
 
+    def validate_campaign(self, data: Doc) -> Campaign:
+        """Check a campaign request (fields, template, campaign type) without storing it."""
+        return campaigns.validate_campaign(self, data)
+
     def schedule_campaign(self, campaign_id: str) -> Doc:
         return campaigns.transition_campaign(self, campaign_id, CampaignStatus.SCHEDULED).to_mongo()
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from campaign_worker.entrypoints.cli.campaign_create import create
 from campaign_worker.entrypoints.cli.common import (
     JSON_HELP,
     console,
@@ -16,6 +17,7 @@ from campaign_worker.entrypoints.cli.common import (
 )
 
 app = typer.Typer(help="Create, list, inspect and steer campaigns.", no_args_is_help=True)
+app.command()(create)
 
 CampaignId = Annotated[str, typer.Argument(help="the campaign id")]
 AsJson = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
