@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,7 +29,8 @@ def test_the_bare_command_prints_help_and_exits_0() -> None:
     result = run_cli()
     assert result.returncode == 0, result.stderr
     assert "Usage: campaign-worker" in result.stdout
-    for command in ("templates", "dead-letters", "health", "demo"):
+    for command in ("campaigns", "conversations", "metrics", "simulate", "templates",
+                    "dead-letters", "health", "demo"):  # fmt: skip
         assert command in result.stdout
 
 
@@ -103,3 +106,42 @@ def test_templates_list_reports_a_broken_directory(tmp_path: Path) -> None:
     result = run_cli("templates", "list", env={"CAMPAIGN_TEMPLATES_DIR": str(tmp_path)})
     assert result.returncode == 1
     assert "broken.yaml" in result.stderr and "stage 'awareness'" in result.stderr
+
+
+def test_simulate_prints_the_funnel_and_a_sample_conversation() -> None:
+    result = run_cli("simulate", "default", "--campaign-type", "sales", "--recipients", "30",
+                     "--reply-rate", "0.7")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "campaign simulation: 30 recipients" in result.stdout
+    assert re.search(r"awareness\s+│\s+30\s+│", result.stdout)
+    assert "messages of sample recipient user-00000" in result.stdout
+    assert "Hi Ada!" in result.stdout  # the template's first message, filled in
+    assert "completed after" in result.stderr
+
+
+def test_simulate_json_and_reply_rate() -> None:
+    def run(rate: str) -> dict[str, Any]:
+        argv = ("simulate", str(PACKAGED), "--recipients", "40", "--reply-rate", rate, "--json")
+        result = run_cli(*argv)
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    silent, eager = run("0"), run("1")
+    assert silent["funnel"]["messages"]["total_received"] == 0
+    assert silent["funnel"]["stages"]["consideration"]["entered"] == 0
+    assert eager["funnel"]["stages"]["decision"]["completed"] == 40
+    assert eager["funnel"]["outcomes"]["completed"] == 40
+    directions = [m["direction"] for m in eager["sample"]["message_history"]]
+    assert directions[:2] == ["outbound", "inbound"]
+
+
+def test_simulate_bad_input(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(BROKEN)
+    invalid = run_cli("simulate", str(broken))
+    assert invalid.returncode == 1 and f"invalid template {broken}" in invalid.stderr
+    unknown_type = run_cli("simulate", "default", "--campaign-type", "nope")
+    assert unknown_type.returncode == 2 and "no campaign type 'nope'" in unknown_type.stderr
+    unknown = run_cli("simulate", "no-such-template")
+    assert unknown.returncode == 2 and "unknown template_id 'no-such-template'" in unknown.stderr
+    assert run_cli("simulate", "default", "--reply-rate", "1.5").returncode == 2

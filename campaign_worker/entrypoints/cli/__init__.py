@@ -23,6 +23,7 @@ from campaign_worker.entrypoints.cli import (
     dead_letters,
     metrics,
     ops,
+    simulate,
     templates,
 )
 from campaign_worker.entrypoints.cli.common import error, exit_code_for
@@ -40,6 +41,7 @@ app = typer.Typer(
 app.add_typer(campaigns.app, name="campaigns")
 app.add_typer(conversations.app, name="conversations")
 app.command()(metrics.metrics)
+app.command()(simulate.simulate)
 app.add_typer(templates.app, name="templates")
 app.add_typer(dead_letters.app, name="dead-letters")
 app.command()(ops.health)

@@ -34,6 +34,11 @@ def error(message: str) -> None:
     sys.stderr.write(f"error: {message}\n")
 
 
+def note(message: str) -> None:
+    """Progress for the operator, on stderr (stdout stays the command's output)."""
+    sys.stderr.write(message + "\n")
+
+
 def fail(message: str, code: int = EXIT_FAILURE) -> typer.Exit:
     """Report ``message`` on stderr; returns the exit to raise."""
     error(message)

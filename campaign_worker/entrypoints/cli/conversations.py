@@ -28,6 +28,13 @@ def message_status(message: dict[str, Any], unpublished: list[str]) -> str:
     return "pending" if message["message_id"] in unpublished else "sent"
 
 
+def with_statuses(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with a ``status`` on each message of its history."""
+    for message in doc["message_history"]:
+        message["status"] = message_status(message, doc.get("unpublished") or [])
+    return doc
+
+
 def _when(value: Any) -> str:
     return "-" if value is None else f"{value:%Y-%m-%d %H:%M:%S}"
 
@@ -56,8 +63,7 @@ def show(
     wanted = _conversation_id(conversation_id, campaign, user)
     with service_errors():
         doc = manager().get_conversation(wanted)
-    for message in doc["message_history"]:
-        message["status"] = message_status(message, doc.get("unpublished") or [])
+    with_statuses(doc)
     if as_json:
         print_json(doc)
         return
@@ -67,7 +73,7 @@ def show(
         f"status {doc['status']}, stage {doc['current_stage']}"
     )
     out.print(_timeline(doc))
-    out.print(_messages(doc))
+    out.print(messages_table(doc))
 
 
 def _timeline(doc: dict[str, Any]) -> Table:
@@ -84,7 +90,7 @@ def _timeline(doc: dict[str, Any]) -> Table:
     return table
 
 
-def _messages(doc: dict[str, Any]) -> Table:
+def messages_table(doc: dict[str, Any]) -> Table:
     table = Table(title="messages")
     for column in ("time", "direction", "stage", "status", "content"):
         table.add_column(column)
