@@ -142,6 +142,8 @@ def test_conversation_show(running: CampaignManager, cli_env: dict[str, str]) ->
 def test_conversation_show_unknown_or_ambiguous(cli_env: dict[str, str]) -> None:
     unknown = run_cli("conversations", "show", "--campaign", "camp-1", "--user", "x", env=cli_env)
     assert unknown.returncode == 1
-    assert "not found" in unknown.stderr
+    assert "no conversation for user 'x' in campaign 'camp-1'" in unknown.stderr
+    by_id = run_cli("conversations", "show", "abc", env=cli_env)
+    assert by_id.returncode == 1 and "conversation not found: 'abc'" in by_id.stderr
     assert run_cli("conversations", "show", env=cli_env).returncode == 2
     assert run_cli("conversations", "show", "abc", "--user", "u", env=cli_env).returncode == 2

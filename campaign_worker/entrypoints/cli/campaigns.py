@@ -14,6 +14,7 @@ from campaign_worker.entrypoints.cli.common import (
     manager,
     print_json,
     service_errors,
+    when,
 )
 
 app = typer.Typer(help="Create, list, inspect and steer campaigns.", no_args_is_help=True)
@@ -22,10 +23,6 @@ app.command()(create)
 CampaignId = Annotated[str, typer.Argument(help="the campaign id")]
 AsJson = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
 LISTED = ("_id", "name", "campaign_type", "template_id", "status", "total_recipients")
-
-
-def _when(value: Any) -> str:
-    return "-" if value is None else f"{value:%Y-%m-%d %H:%M:%S}"
 
 
 @app.command("list")
@@ -48,7 +45,7 @@ def list_campaigns(
     for column in (*LISTED, "created_at"):
         table.add_column(column.lstrip("_"))
     for doc in found:
-        table.add_row(*(str(doc.get(key, "")) for key in LISTED), _when(doc.get("created_at")))
+        table.add_row(*(str(doc.get(key, "")) for key in LISTED), when(doc.get("created_at")))
     console().print(table)
 
 

@@ -71,6 +71,11 @@ def manager() -> CampaignManager:
         return container().manager
 
 
+def when(value: Any) -> str:
+    """A datetime for a table cell (``-`` when unset)."""
+    return "-" if value is None else f"{value:%Y-%m-%d %H:%M:%S}"
+
+
 def print_json(value: Any) -> None:
     """One JSON document on stdout (datetimes as ISO strings)."""
     sys.stdout.write(json.dumps(to_jsonable_python(value), sort_keys=True) + "\n")

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from campaign_worker.domain.documents import conversation_id_for
+from campaign_worker.domain.errors import ConversationNotFoundError
 from campaign_worker.entrypoints.cli.common import (
     EXIT_USAGE,
     JSON_HELP,
@@ -16,6 +17,7 @@ from campaign_worker.entrypoints.cli.common import (
     manager,
     print_json,
     service_errors,
+    when,
 )
 
 app = typer.Typer(help="Read one conversation.", no_args_is_help=True)
@@ -33,10 +35,6 @@ def with_statuses(doc: dict[str, Any]) -> dict[str, Any]:
     for message in doc["message_history"]:
         message["status"] = message_status(message, doc.get("unpublished") or [])
     return doc
-
-
-def _when(value: Any) -> str:
-    return "-" if value is None else f"{value:%Y-%m-%d %H:%M:%S}"
 
 
 def _conversation_id(conversation_id: str | None, campaign: str | None, user: str | None) -> str:
@@ -62,7 +60,15 @@ def show(
     """
     wanted = _conversation_id(conversation_id, campaign, user)
     with service_errors():
-        doc = manager().get_conversation(wanted)
+        try:
+            doc = manager().get_conversation(wanted)
+        except ConversationNotFoundError:
+            if campaign is None:
+                raise
+            raise fail(
+                f"no conversation for user {user!r} in campaign {campaign!r} "
+                "(not initialized yet, or not in its audience)"
+            ) from None
     with_statuses(doc)
     if as_json:
         print_json(doc)
@@ -83,8 +89,8 @@ def _timeline(doc: dict[str, Any]) -> Table:
     for entry in doc["stages"]:
         table.add_row(
             entry["name"],
-            _when(entry["entered_at"]),
-            _when(entry.get("exited_at")),
+            when(entry["entered_at"]),
+            when(entry.get("exited_at")),
             "yes" if entry.get("completed") else "no",
         )
     return table
@@ -96,7 +102,7 @@ def messages_table(doc: dict[str, Any]) -> Table:
         table.add_column(column)
     for message in doc["message_history"]:
         table.add_row(
-            _when(message["timestamp"]),
+            when(message["timestamp"]),
             message["direction"],
             str(message.get("metadata", {}).get("stage", "")),
             message["status"],
