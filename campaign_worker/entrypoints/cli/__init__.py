@@ -26,7 +26,7 @@ from campaign_worker.entrypoints.cli import (
     simulate,
     templates,
 )
-from campaign_worker.entrypoints.cli.common import error, exit_code_for
+from campaign_worker.entrypoints.cli.common import error, exit_code_for, help_if_bare
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -73,9 +73,7 @@ def root(
     ] = False,
 ) -> None:
     """Operate the campaign worker: create, inspect, steer and simulate campaigns."""
-    if ctx.invoked_subcommand is None:
-        sys.stdout.write(ctx.get_help() + "\n")
-        raise typer.Exit(0)
+    help_if_bare(ctx)
 
 
 def configure_cli_logging() -> None:

@@ -10,6 +10,7 @@ from rich.table import Table
 from campaign_worker.entrypoints.cli.campaign_create import create
 from campaign_worker.entrypoints.cli.common import (
     JSON_HELP,
+    command_group,
     console,
     manager,
     print_json,
@@ -17,7 +18,7 @@ from campaign_worker.entrypoints.cli.common import (
     when,
 )
 
-app = typer.Typer(help="Create, list, inspect and steer campaigns.", no_args_is_help=True)
+app = command_group("Create, list, inspect and steer campaigns.")
 app.command()(create)
 
 CampaignId = Annotated[str, typer.Argument(help="the campaign id")]

@@ -24,6 +24,20 @@ EXIT_USAGE = 2  # bad arguments or invalid input
 JSON_HELP = "print JSON for scripts instead of a table"
 
 
+def help_if_bare(ctx: typer.Context) -> None:
+    """A group called without a command prints its help and exits 0."""
+    if ctx.invoked_subcommand is None:
+        sys.stdout.write(ctx.get_help() + "\n")
+        raise typer.Exit(EXIT_OK)
+
+
+def command_group(help_text: str) -> typer.Typer:
+    """A command group (``campaign-worker GROUP COMMAND``); bare, it prints its help."""
+    group = typer.Typer(help=help_text, invoke_without_command=True)
+    group.callback()(help_if_bare)
+    return group
+
+
 def console() -> Console:
     """A console on the current stdout (tests swap it)."""
     return Console(file=sys.stdout, highlight=False, soft_wrap=True)

@@ -12,6 +12,7 @@ from campaign_worker.domain.errors import ConversationNotFoundError
 from campaign_worker.entrypoints.cli.common import (
     EXIT_USAGE,
     JSON_HELP,
+    command_group,
     console,
     fail,
     manager,
@@ -20,7 +21,7 @@ from campaign_worker.entrypoints.cli.common import (
     when,
 )
 
-app = typer.Typer(help="Read one conversation.", no_args_is_help=True)
+app = command_group("Read one conversation.")
 
 
 def message_status(message: dict[str, Any], unpublished: list[str]) -> str:

@@ -13,9 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
-from campaign_worker.entrypoints.cli.common import EXIT_USAGE, fail, print_json
+from campaign_worker.entrypoints.cli.common import EXIT_USAGE, command_group, fail, print_json
 
-app = typer.Typer(help="List and replay task messages rejected as invalid.", no_args_is_help=True)
+app = command_group("List and replay task messages rejected as invalid.")
 
 # Message bodies (reply texts, recipients) stay out of listings unless asked for.
 PAYLOAD_FIELDS = ("payload", "payload_json", "envelope", "envelope_json")

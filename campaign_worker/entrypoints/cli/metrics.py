@@ -89,8 +89,12 @@ def metrics(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
-    """A campaign's funnel: per stage entered, completed, conversion, average duration;
-    response rate; outcomes. Exit 1 if the campaign is unknown."""
+    """A campaign's funnel, response rate and outcomes.
+
+    Per stage: entered, completed, conversion (completed / entered) and average duration;
+    messages sent and received; conversations completed, failed, opted out, cancelled and
+    active. Exit 1 if the campaign is unknown.
+    """
     report = _report(campaign)
     if watch is None:
         print_json(report) if as_json else console().print(render(report))

@@ -9,9 +9,15 @@ import typer
 from rich.table import Table
 
 from campaign_worker.domain.templates import Template
-from campaign_worker.entrypoints.cli.common import JSON_HELP, console, print_json, service_errors
+from campaign_worker.entrypoints.cli.common import (
+    JSON_HELP,
+    command_group,
+    console,
+    print_json,
+    service_errors,
+)
 
-app = typer.Typer(help="Check and list campaign templates.", no_args_is_help=True)
+app = command_group("Check and list campaign templates.")
 
 
 def summary(template: Template) -> dict[str, Any]:
