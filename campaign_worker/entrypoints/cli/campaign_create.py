@@ -60,7 +60,8 @@ def _import(path: Path, collection: str, import_id: str, batch_size: int) -> Imp
         console=Console(stderr=True),
         transient=True,
     )
-    with service_errors(), progress, path.open(encoding="utf-8", newline="") as handle:
+    # utf-8-sig: a spreadsheet's byte order mark does not end up in the first column's name.
+    with service_errors(), progress, path.open(encoding="utf-8-sig", newline="") as handle:
         task = progress.add_task(path.name, total=path.stat().st_size, rows=0)
         store.initialize()
         rows = read_rows(path, handle, lambda size: progress.advance(task, size))
@@ -106,22 +107,29 @@ def create(
     created, 2 for an invalid campaign or file, 1 when no audience row was valid.
     """
     data = load_campaign(file)
-    service = manager()
-    result: ImportResult | None = None
+    result = None
     if recipients is not None:
-        if recipients.suffix.lower() not in FORMATS:
-            raise fail(f"{recipients}: expected one of {sorted(FORMATS)}", EXIT_USAGE)
-        import_id = import_id_for(idempotency_key)
-        data["recipients"] = {"collection": collection, "query": {"import_id": import_id}}
-        with service_errors():
-            service.validate_campaign(data)  # before importing a million rows
-        result = _import(recipients, collection, import_id, batch_size)
-        _report_skipped(result)
-        if result.imported == 0:
-            raise fail(f"{recipients}: no valid row to import", EXIT_FAILURE)
+        result = _import_audience(data, recipients, collection, batch_size, idempotency_key)
     with service_errors():
-        campaign_id = service.create_campaign(data, idempotency_key)
+        campaign_id = manager().create_campaign(data, idempotency_key)
     _print_created(campaign_id, result, as_json)
+
+
+def _import_audience(
+    data: dict[str, Any], path: Path, collection: str, batch_size: int, key: str | None
+) -> ImportResult:
+    """Point ``data`` at a new import of ``path``, check the campaign, then import."""
+    if path.suffix.lower() not in FORMATS:
+        raise fail(f"{path}: expected one of {sorted(FORMATS)}", EXIT_USAGE)
+    import_id = import_id_for(key)
+    data["recipients"] = {"collection": collection, "query": {"import_id": import_id}}
+    with service_errors():
+        manager().validate_campaign(data)  # before importing a million rows
+    result = _import(path, collection, import_id, batch_size)
+    _report_skipped(result)
+    if result.imported == 0:
+        raise fail(f"{path}: no valid row to import", EXIT_FAILURE)
+    return result
 
 
 def _print_created(campaign_id: str, result: ImportResult | None, as_json: bool) -> None:
@@ -129,9 +137,6 @@ def _print_created(campaign_id: str, result: ImportResult | None, as_json: bool)
     if as_json:
         print_json({"campaign_id": campaign_id, **counts})
         return
-    imported = (
-        ""
-        if result is None
-        else (f" ({result.imported} recipients imported, {result.skipped} skipped)")
-    )
-    console().print(f"created campaign {campaign_id}{imported}")
+    if result is not None:
+        campaign_id += f" ({result.imported} recipients imported, {result.skipped} skipped)"
+    console().print(f"created campaign {campaign_id}")
