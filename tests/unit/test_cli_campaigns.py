@@ -122,6 +122,23 @@ def test_metrics_watch_refreshes_until_interrupted(
     assert latest["messages"]["total_received"] == 2
 
 
+def test_metrics_watch_prints_tables_off_a_terminal(
+    running: CampaignManager, cli_env: dict[str, str]
+) -> None:
+    command = [str(EXE), "metrics", "camp-1", "--watch", "0.2"]
+    env = {**os.environ, **cli_env, "COLUMNS": "120"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    headers = 0
+    for line in process.stdout:  # two snapshots, one after the other
+        headers += line.startswith("campaign camp-1: 3 recipients")
+        if headers == 2:
+            break
+    assert headers == 2
+    process.send_signal(signal.SIGINT)
+    assert process.wait(30) == 0
+
+
 def test_conversation_show(running: CampaignManager, cli_env: dict[str, str]) -> None:
     by_user = run_cli("conversations", "show", "--campaign", "camp-1", "--user", "user-00000",
                       env=cli_env)  # fmt: skip

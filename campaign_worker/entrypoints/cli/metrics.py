@@ -76,6 +76,13 @@ def render(report: dict[str, Any]) -> Group:
     )
 
 
+def _show(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(report)
+    else:
+        console().print(render(report))
+
+
 def _report(campaign_id: str) -> dict[str, Any]:
     with service_errors():
         return funnel(manager().get_campaign_metrics(campaign_id))
@@ -97,7 +104,7 @@ def metrics(
     """
     report = _report(campaign)
     if watch is None:
-        print_json(report) if as_json else console().print(render(report))
+        _show(report, as_json)
         return
     try:
         _watch(campaign, report, watch, as_json)
@@ -110,7 +117,7 @@ def _watch(campaign: str, report: dict[str, Any], every: float, as_json: bool) -
     out = console()
     if as_json or not out.is_terminal:
         while True:
-            print_json(report) if as_json else out.print(render(report))
+            _show(report, as_json)
             out.file.flush()
             time.sleep(every)
             report = _report(campaign)
