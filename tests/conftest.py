@@ -189,3 +189,9 @@ def sample_campaign(n: int = 10, campaign_id: str = "camp-1", **extra: Any) -> d
         ],
         **extra,
     }
+
+
+@pytest.fixture
+def cli_env(wire_uri: str, wire_db: Any) -> dict[str, str]:
+    """Environment for a ``campaign-worker`` subprocess on this test's own database."""
+    return {"MONGODB_URI": wire_uri, "MONGODB_DB": wire_db.name}

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
@@ -119,6 +119,16 @@ class MongoCampaignRepository:
                 {"status": {"$in": [s.value for s in statuses]}, "settled_at": None},
                 {"recipients": 0},
             )
+        ]
+
+    @translate_errors
+    def list_recent(self, status: CampaignStatus | None, limit: int) -> list[StoredCampaign]:
+        """Newest first (by ``created_at``), optionally in one status; no recipients."""
+        query: Doc = {} if status is None else {"status": status.value}
+        cursor = self._collection.find(query, {"recipients": 0})
+        return [
+            StoredCampaign.model_validate(doc)
+            for doc in cursor.sort([("created_at", DESCENDING), ("_id", ASCENDING)]).limit(limit)
         ]
 
     @translate_errors

@@ -92,13 +92,20 @@ def reply_for(user_id: str, stage: str) -> tuple[str | None, timedelta]:
 AUDIENCE_PROJECTION = {"user_id": 1, "status": 1, "current_stage": 1, "stage_step": 1, "stages": 1}
 
 
+Answer = Callable[[str, str], tuple[str | None, timedelta]]
+
+
 def due_replies(
-    conversations: Iterable[dict[str, Any]], now: datetime, already: set[str]
+    conversations: Iterable[dict[str, Any]],
+    now: datetime,
+    already: set[str],
+    answer: Answer = reply_for,
 ) -> list[Reply]:
     """Replies the simulated audience sends by ``now``, given their conversations.
 
     A recipient answers at most once per stage (``already`` holds the reply ids sent),
     ``delay`` after the stage's first message, which goes out as the stage is entered.
+    ``answer(user_id, stage)`` says what and when (the demo's personas by default).
     """
     replies = []
     for conversation in conversations:
@@ -109,7 +116,7 @@ def due_replies(
         if message_id in already:
             continue
         entered_at = conversation["stages"][-1]["entered_at"]
-        text, delay = reply_for(conversation["user_id"], stage)
+        text, delay = answer(conversation["user_id"], stage)
         if text is not None and now >= to_utc(entered_at) + delay:
             replies.append(Reply(conversation["user_id"], message_id, text))
     return replies
@@ -145,6 +152,39 @@ def format_funnel(metrics: dict[str, Any], outcomes: dict[str, int] | None = Non
     return "\n".join(lines)
 
 
+def drive(
+    manager: Any,
+    clock: Any,
+    campaign_id: str,
+    *,
+    answer: Answer = reply_for,
+    tick: timedelta = timedelta(hours=4),
+    max_days: int = 45,
+    after_step: Callable[[], None] | None = None,
+) -> bool:
+    """Step a ManualClock by ``tick``: process what is due, send the audience's due
+    replies, poll; True once the campaign completed, False after ``max_days``."""
+    repo = manager.conversation_state_repository
+    start = clock.now()
+    replied: set[str] = set()
+    while clock.now() - start < timedelta(days=max_days):
+        while manager.process_due_conversations(campaign_id).claimed:
+            pass
+        active = repo.find_conversation_states({"campaign_id": campaign_id, "status": "active"})
+        for reply in due_replies(active, clock.now(), replied, answer):
+            replied.add(reply.message_id)
+            manager.record_inbound_message(
+                campaign_id, reply.user_id, reply.message_id, reply.content
+            )
+        poll = manager.poll_campaigns()
+        if after_step is not None:
+            after_step()
+        if campaign_id in poll.completed:
+            return True
+        clock.advance(tick)
+    return False
+
+
 def run_in_process(
     manager: Any,
     clock: Any,
@@ -159,20 +199,11 @@ def run_in_process(
     manager.create_campaign(sample_campaign(campaign_id, recipients))
     created = manager.initialize_campaign_conversations(campaign_id)
     progress(f"initialized {created} conversations")
-    repo = manager.conversation_state_repository
     start = clock.now()
     last_day = -1
-    replied: set[str] = set()
-    while clock.now() - start < timedelta(days=max_days):
-        while manager.process_due_conversations(campaign_id).claimed:
-            pass
-        active = repo.find_conversation_states({"campaign_id": campaign_id, "status": "active"})
-        for reply in due_replies(active, clock.now(), replied):
-            replied.add(reply.message_id)
-            manager.record_inbound_message(
-                campaign_id, reply.user_id, reply.message_id, reply.content
-            )
-        poll = manager.poll_campaigns()
+
+    def daily() -> None:
+        nonlocal last_day
         day = (clock.now() - start).days
         if day != last_day:
             metrics = manager.get_campaign_metrics(campaign_id)
@@ -183,7 +214,6 @@ def run_in_process(
                 f"{metrics['opted_out_conversations']:>3}"
             )
             last_day = day
-        if campaign_id in poll.completed:
-            break
-        clock.advance(tick)
+
+    drive(manager, clock, campaign_id, tick=tick, max_days=max_days, after_step=daily)
     return dict(manager.get_campaign_metrics(campaign_id))

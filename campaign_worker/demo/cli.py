@@ -8,7 +8,6 @@ worker, beat and the simulated audience runs ``--speed`` times faster than real 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
@@ -17,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,26 +29,15 @@ APP = "campaign_worker.entrypoints.celery_app"
 QUEUES = "celery,polling,initialization,processing,inbound"
 
 
-def add_demo(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="run a sample campaign end to end and print its funnel"
-    )
-    parser.add_argument("--recipients", type=int, default=250)
-    parser.add_argument(
-        "--speed",
-        type=float,
-        default=21_600.0,
-        help="simulated seconds per real second (default: 6 h per second; much faster and "
-        "the embedded MongoDB stand-in falls behind the simulated clock)",
-    )
-    parser.add_argument("--timeout", type=float, default=300.0, help="real seconds at most")
-    parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
-    parser.add_argument(
-        "--in-process",
-        action="store_true",
-        help="drive CampaignManager directly (no Celery), with a manual clock",
-    )
-    parser.set_defaults(handler=run_demo)
+@dataclass(frozen=True)
+class DemoOptions:
+    """What ``campaign-worker demo`` was asked for (see its ``--help``)."""
+
+    recipients: int = 250
+    speed: float = 21_600.0
+    timeout: float = 300.0
+    concurrency: int = 2
+    in_process: bool = False
 
 
 def _say(out: TextIO, text: str) -> None:
@@ -75,7 +64,7 @@ def _service(
     return started[-1].url
 
 
-def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
+def run_demo(args: DemoOptions, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     if args.recipients < 1:
         _say(out, "--recipients must be at least 1")
@@ -129,7 +118,7 @@ def _manager(mongo_uri: str, db_name: str, clock: Any) -> Any:
 
 
 def _run_in_process(
-    args: argparse.Namespace, out: TextIO, mongo_uri: str, db_name: str, campaign_id: str
+    args: DemoOptions, out: TextIO, mongo_uri: str, db_name: str, campaign_id: str
 ) -> int:
     from campaign_worker.adapters.clock import ManualClock
 
@@ -171,7 +160,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def _run_on_worker(
-    args: argparse.Namespace,
+    args: DemoOptions,
     out: TextIO,
     workdir: Path,
     mongo_uri: str,
@@ -216,7 +205,7 @@ def _run_on_worker(
 
 
 def _worker_env(
-    args: argparse.Namespace, mongo_uri: str, db_name: str, broker: str, epoch: datetime
+    args: DemoOptions, mongo_uri: str, db_name: str, broker: str, epoch: datetime
 ) -> dict[str, str]:
     return {
         **os.environ,
@@ -234,7 +223,7 @@ def _worker_env(
 
 
 def _start_worker_and_beat(
-    args: argparse.Namespace, workdir: Path, env: dict[str, str]
+    args: DemoOptions, workdir: Path, env: dict[str, str]
 ) -> list[subprocess.Popen[bytes]]:
     worker = [
         "worker",

@@ -47,6 +47,10 @@ class CampaignManager(Services):
         """Validate and store a campaign; returns its id (idempotent by id or key)."""
         return campaigns.create_campaign(self, data, idempotency_key)
 
+    def validate_campaign(self, data: Doc) -> Campaign:
+        """Check a campaign request (fields, template, campaign type) without storing it."""
+        return campaigns.validate_campaign(self, data)
+
     def schedule_campaign(self, campaign_id: str) -> Doc:
         return campaigns.transition_campaign(self, campaign_id, CampaignStatus.SCHEDULED).to_mongo()
 
@@ -87,6 +91,10 @@ class CampaignManager(Services):
         """Due active conversations, oldest first; for a finished status, the
         conversations in it, most recently finished first."""
         return queries.get_pending_conversations(self, campaign_id, stage, limit, status)
+
+    def list_campaigns(self, status: str | None = None, limit: int = 50) -> list[Doc]:
+        """Campaigns newest first, optionally only those in ``status``."""
+        return queries.list_campaigns(self, status, limit)
 
     def get_conversation_history(self, conversation_id: str) -> list[Doc]:
         state = self.load(conversation_id)

@@ -21,6 +21,13 @@ from campaign_worker.service.context import Doc, Services
 log = structlog.get_logger(__name__)
 
 
+def validate_campaign(svc: Services, data: Doc) -> Campaign:
+    """The campaign as ``data`` describes it, checked against its template; raises if not."""
+    campaign = parse_document(Campaign, data, what="campaign")
+    svc.config_manager.get_campaign_type(campaign.template_id, campaign.campaign_type)
+    return campaign
+
+
 def create_campaign(svc: Services, data: Doc | Campaign, idempotency_key: str | None = None) -> str:
     """Validate and store a campaign; returns its id.
 
@@ -30,8 +37,7 @@ def create_campaign(svc: Services, data: Doc | Campaign, idempotency_key: str | 
     """
     raw = _request(data, idempotency_key)
     fingerprint = _fingerprint(raw)
-    campaign = parse_document(Campaign, raw, what="campaign")
-    svc.config_manager.get_campaign_type(campaign.template_id, campaign.campaign_type)
+    campaign = validate_campaign(svc, raw)
     if campaign.status not in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
         raise InvalidInputError(
             f"status: a new campaign must be draft or scheduled, not {campaign.status.value!r}"

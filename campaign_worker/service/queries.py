@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import structlog
 
-from campaign_worker.domain.documents import CampaignMetrics, ConversationStatus, parse_document
+from campaign_worker.domain.documents import (
+    CampaignMetrics,
+    CampaignStatus,
+    ConversationStatus,
+    parse_document,
+)
 from campaign_worker.domain.errors import InvalidInputError, UnknownStageError
 from campaign_worker.service.context import Doc, Services
 
@@ -36,6 +41,20 @@ def get_pending_conversations(
     return svc.conversation_state_repository.find_due(
         campaign_id, svc.clock.now(), stage=stage, status=status, limit=limit
     )
+
+
+def list_campaigns(svc: Services, status: str | None = None, limit: int = 50) -> list[Doc]:
+    """Campaigns newest first (without inline recipients), optionally in one status."""
+    if limit < 1:
+        raise InvalidInputError("limit must be a positive integer")
+    try:
+        wanted = None if status is None else CampaignStatus(status)
+    except ValueError:
+        known = [member.value for member in CampaignStatus]
+        raise InvalidInputError(
+            f"status: unknown campaign status {status!r}; known: {known}"
+        ) from None
+    return [found.to_mongo() for found in svc.campaigns.list_recent(wanted, limit)]
 
 
 def get_campaign_metrics(svc: Services, campaign_id: str) -> Doc:
@@ -78,4 +97,4 @@ def _clamp_negative(doc: Doc, prefix: str = "") -> list[str]:
     return clamped
 
 
-__all__ = ["get_campaign_metrics", "get_pending_conversations"]
+__all__ = ["get_campaign_metrics", "get_pending_conversations", "list_campaigns"]

@@ -1,0 +1,127 @@
+"""``campaign-worker metrics CAMPAIGN``: the funnel read from the campaign's metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from campaign_worker.entrypoints.cli.common import (
+    JSON_HELP,
+    console,
+    manager,
+    print_json,
+    service_errors,
+)
+
+OUTCOMES = ("completed", "failed", "opted_out", "cancelled", "active")
+
+
+def funnel(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Per stage entered, completed, conversion and average duration; rate; outcomes."""
+    stages = {
+        name: {
+            "entered": values["entered"],
+            "completed": values["completed"],
+            "conversion": values["completed"] / values["entered"] if values["entered"] else 0.0,
+            "avg_duration_seconds": values["avg_duration_seconds"],
+        }
+        for name, values in metrics["stage_metrics"].items()
+    }
+    return {
+        "campaign_id": metrics["campaign_id"],
+        "total_recipients": metrics["total_recipients"],
+        "stages": stages,
+        "messages": dict(metrics["message_metrics"]),
+        "outcomes": {name: metrics.get(f"{name}_conversations", 0) for name in OUTCOMES},
+        "updated_at": metrics["updated_at"],
+    }
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h"
+
+
+def render(report: dict[str, Any]) -> Group:
+    """The funnel as a Rich table with the message and outcome lines under it."""
+    table = Table(
+        title=f"campaign {report['campaign_id']}: {report['total_recipients']} recipients"
+    )
+    for column in ("stage", "entered", "completed", "conversion", "avg duration"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for name, stage in report["stages"].items():
+        conversion = f"{stage['conversion']:.0%}" if stage["entered"] else "-"
+        table.add_row(
+            name,
+            str(stage["entered"]),
+            str(stage["completed"]),
+            conversion,
+            _hours(stage["avg_duration_seconds"]),
+        )
+    messages = report["messages"]
+    outcomes = ", ".join(f"{name} {count}" for name, count in report["outcomes"].items())
+    return Group(
+        table,
+        Text(
+            f"messages sent {messages['total_sent']}, received {messages['total_received']}, "
+            f"response rate {messages['response_rate']:.2f}"
+        ),
+        Text(f"outcomes: {outcomes}"),
+        Text(f"updated {report['updated_at']:%Y-%m-%d %H:%M:%S}"),
+    )
+
+
+def _show(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(report)
+    else:
+        console().print(render(report))
+
+
+def _report(campaign_id: str) -> dict[str, Any]:
+    with service_errors():
+        return funnel(manager().get_campaign_metrics(campaign_id))
+
+
+def metrics(
+    campaign: Annotated[str, typer.Argument(help="the campaign id")],
+    watch: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="refresh every this many seconds until Ctrl-C"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """A campaign's funnel, response rate and outcomes.
+
+    Per stage: entered, completed, conversion (completed / entered) and average duration;
+    messages sent and received; conversations completed, failed, opted out, cancelled and
+    active. Exit 1 if the campaign is unknown.
+    """
+    report = _report(campaign)
+    if watch is None:
+        _show(report, as_json)
+        return
+    try:
+        _watch(campaign, report, watch, as_json)
+    except KeyboardInterrupt:
+        return
+
+
+def _watch(campaign: str, report: dict[str, Any], every: float, as_json: bool) -> None:
+    """Refresh in place on a terminal; otherwise print each snapshot (JSON: one a line)."""
+    out = console()
+    if as_json or not out.is_terminal:
+        while True:
+            _show(report, as_json)
+            out.file.flush()
+            time.sleep(every)
+            report = _report(campaign)
+    with Live(render(report), console=out, auto_refresh=False) as live:
+        while True:
+            time.sleep(every)
+            live.update(render(_report(campaign)), refresh=True)
