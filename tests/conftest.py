@@ -178,6 +178,18 @@ def any_db(request: pytest.FixtureRequest) -> Any:
     return request.getfixturevalue("wire_db")
 
 
+@pytest.fixture
+def db(any_db: Any) -> Any:
+    """The test's database, on mongomock-ng and over the wire (secantusdb or MONGODB_URI)."""
+    return any_db
+
+
+@pytest.fixture
+def manager_on_both(db: Any, make_manager: ManagerFactory) -> CampaignManager:
+    """A manager over ``db``: the test runs once per tier."""
+    return make_manager(db)
+
+
 def sample_campaign(n: int = 10, campaign_id: str = "camp-1", **extra: Any) -> dict[str, Any]:
     return {
         "_id": campaign_id,

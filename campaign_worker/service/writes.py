@@ -43,12 +43,12 @@ def write_one(
 ) -> ConversationState:
     """Apply ``change`` to one conversation; returns the state as stored afterwards.
     ``first_read`` saves the first read when the caller has just loaded the document."""
-    ledger = svc.ledger("")  # bound to the campaign once the state is read
+    ledger: MetricsLedger | None = None  # one registration across the attempts
     try:
         for _ in range(CAS_ATTEMPTS):
             state = _read(svc, conversation_id, first_read)
             first_read = None
-            ledger.campaign_id = state.campaign_id
+            ledger = ledger or svc.ledger(state.campaign_id)
             template, type_template = svc.type_template(state)
             now = svc.clock.now()
             outcome = change(Current(state, template, type_template, now))
@@ -59,7 +59,8 @@ def write_one(
             if stored is not None:
                 return stored
     finally:
-        ledger.close()
+        if ledger is not None:
+            ledger.close()
     raise ConcurrencyConflictError(
         f"conversation {conversation_id!r} kept changing under us; try again later"
     )

@@ -13,14 +13,9 @@ from tests.conftest import ManagerFactory, sample_campaign
 
 
 @pytest.fixture
-def db(any_db: Any) -> Any:
-    """Every test here runs on mongomock-ng and over the wire (secantusdb or MONGODB_URI)."""
-    return any_db
-
-
-@pytest.fixture
-def manager(db: Any, make_manager: ManagerFactory) -> CampaignManager:
-    return make_manager(db)
+def manager(manager_on_both: CampaignManager) -> CampaignManager:
+    """Every test here runs on mongomock-ng and over the wire (``db`` is the same one)."""
+    return manager_on_both
 
 
 @pytest.fixture

@@ -9,18 +9,13 @@ import pytest
 
 from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.service.campaign_manager import CampaignManager
-from tests.conftest import ManagerFactory, sample_campaign
+from tests.conftest import sample_campaign
 
 
 @pytest.fixture
-def db(any_db: Any) -> Any:
-    """Every test here runs on mongomock-ng and over the wire (secantusdb or MONGODB_URI)."""
-    return any_db
-
-
-@pytest.fixture
-def manager(db: Any, make_manager: ManagerFactory) -> CampaignManager:
-    return make_manager(db)
+def manager(manager_on_both: CampaignManager) -> CampaignManager:
+    """Every test here runs on mongomock-ng and over the wire (``db`` is the same one)."""
+    return manager_on_both
 
 
 def _scenario(manager: CampaignManager, clock: ManualClock) -> None:
