@@ -65,6 +65,7 @@ def build_manager(
         ),
         init_batch_size=settings.init_batch_size,
         process_batch_size=settings.process_batch_size,
+        process_fanout=settings.process_fanout,
         lease_seconds=settings.lease_seconds,
     )
 

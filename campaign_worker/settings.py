@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     campaign_templates_dir: Path | None = None
     init_batch_size: int = Field(default=1000, ge=1, le=100_000)
     init_batches_per_task: int = Field(default=50, ge=1)
-    process_batch_size: int = Field(default=200, ge=1, le=10_000)
+    process_batch_size: int = Field(default=1000, ge=1, le=10_000)
+    process_fanout: int = Field(default=8, ge=1, le=1024)
     lease_seconds: int = Field(default=120, ge=5, le=86_400)
 
     celery_broker_url: str = Field(default="redis://localhost:6379/0", min_length=1)

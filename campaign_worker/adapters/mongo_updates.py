@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from campaign_worker.domain.documents import ConversationState
+from campaign_worker.domain.partitions import partition_of
 
 Doc = dict[str, Any]
 
@@ -19,6 +20,7 @@ _NOT_DIFFED = {
     "version",
     "lease_owner",
     "lease_until",
+    "partition",
     "last_write",
     # Maintained by $push here and $pullAll in mark_published, which commute: a write
     # never overwrites the list that a publication is clearing.
@@ -59,6 +61,12 @@ def state_update(
     update: Doc = {"$inc": {"version": 1}, "$push": push}
     if changes:
         update["$set"] = changes
+    if old.partition is None:
+        # Created before partitions: it gets its bucket with its first write.
+        changes["partition"] = partition_of(old.id)
+    if old.lease_owner is not None or old.lease_until is not None:
+        # Written by a release that leased documents: nothing reads leases any more.
+        update["$unset"] = {"lease_owner": "", "lease_until": ""}
     return update
 
 

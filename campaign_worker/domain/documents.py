@@ -168,8 +168,12 @@ class ConversationState(_Doc):
     stage_step: int = Field(default=0, ge=0, description="outbound messages sent in this stage")
     status_reason: str | None = None
     finished_at: UtcDatetime | None = None
+    # Leases are gone (processing is partitioned); still read on documents that have them.
     lease_owner: str | None = None
     lease_until: UtcDatetime | None = None
+    # The bucket that assigns it to a processing range (domain/partitions.py); None on
+    # documents created before partitions, which the first range picks up.
+    partition: int | None = Field(default=None, ge=0)
     version: int = Field(default=0, ge=0)
     # Tokens of the most recent compare-and-set writes, newest last (capped): lets a
     # writer tell that its write landed even when others have written on top since.

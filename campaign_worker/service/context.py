@@ -45,7 +45,8 @@ class Services:
         outbox_repository: OutboxRepository,
         clock: Clock,
         init_batch_size: int = 1000,
-        process_batch_size: int = 200,
+        process_batch_size: int = 1000,
+        process_fanout: int = 8,
         lease_seconds: int = 120,
         inflight_timeout_seconds: int = 900,
     ) -> None:
@@ -58,6 +59,10 @@ class Services:
         self.clock = clock
         self.init_batch_size = init_batch_size
         self.process_batch_size = process_batch_size
+        # Most processing tasks one campaign runs in parallel (partition ranges).
+        self.process_fanout = process_fanout
+        # How long a dispatched processing task keeps its range to itself before the
+        # poller dispatches that range again (and an initializer its campaign).
         self.lease_seconds = lease_seconds
         # A registered writer older than this is dead (beyond any task's time limit).
         self.inflight_timeout = timedelta(seconds=inflight_timeout_seconds)
@@ -89,8 +94,8 @@ class Services:
         template = self.config_manager.get_template(template_id)
         return template, self.config_manager.get_campaign_type(template_id, of.campaign_type)
 
-    def ledger(self, campaign_id: str) -> MetricsLedger:
-        return MetricsLedger(self.campaign_metrics, campaign_id, self.clock)
+    def ledger(self, campaign_id: str, registration: str | None = None) -> MetricsLedger:
+        return MetricsLedger(self.campaign_metrics, campaign_id, self.clock, registration)
 
     def record_counters(self, campaign_type: str, landed: list[Effects]) -> None:
         """Operational counters (Prometheus) for writes that landed."""

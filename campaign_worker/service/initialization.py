@@ -23,6 +23,7 @@ from campaign_worker.domain.documents import (
     conversation_id_for,
 )
 from campaign_worker.domain.errors import CampaignNotFoundError, InvalidStateTransitionError
+from campaign_worker.domain.partitions import partition_of
 from campaign_worker.domain.progression import first_action_at
 from campaign_worker.service.campaigns import transition_campaign
 from campaign_worker.service.context import Doc, Services
@@ -204,8 +205,10 @@ def new_conversation(
     campaign: StoredCampaign, recipient: Recipient, stages: list[str], now: datetime
 ) -> ConversationState:
     """A recipient's conversation, in the first stage, due at the campaign's start."""
+    conversation_id = conversation_id_for(campaign.id, recipient.user_id)
     return ConversationState(
-        id=conversation_id_for(campaign.id, recipient.user_id),
+        id=conversation_id,
+        partition=partition_of(conversation_id),
         user_id=recipient.user_id,
         campaign_id=campaign.id,
         campaign_type=campaign.campaign_type,

@@ -13,6 +13,7 @@ from campaign_worker.domain.documents import (
     ConversationState,
     StoredCampaign,
 )
+from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.domain.progression import MetricsDelta, OutboundEnvelope
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 
@@ -52,18 +53,15 @@ class ConversationStateRepository(Protocol):
     def find_due(
         self, campaign_id: str, now: datetime, *, stage: str | None, status: str, limit: int
     ) -> list[dict[str, Any]]: ...
-    def claim_due(
+    def read_due(
         self,
         campaign_id: str,
         now: datetime,
         *,
-        owner: str,
-        lease_until: datetime,
-        stage: str | None,
+        stage: str | None = None,
         limit: int,
-    ) -> list[dict[str, Any]]: ...
-    def claim_active(
-        self, campaign_id: str, now: datetime, *, owner: str, lease_until: datetime, limit: int
+        span: PartitionRange = ...,
+        settling: bool = False,
     ) -> list[dict[str, Any]]: ...
     def save_transitions(
         self, changes: Sequence[tuple[ConversationState, ConversationState]]
@@ -78,6 +76,7 @@ class ConversationStateRepository(Protocol):
     def find_unpublished(self, before: datetime, limit: int) -> list[dict[str, Any]]: ...
     def get_by_user(self, campaign_id: str, user_id: str) -> ConversationState | None: ...
     def has_due(self, campaign_id: str, now: datetime) -> bool: ...
+    def count_due(self, campaign_id: str, now: datetime, *, settling: bool, limit: int) -> int: ...
     def count_conversations(self, campaign_id: str) -> int: ...
     def count_active(self, campaign_id: str) -> int: ...
     def oldest_due(self, now: datetime, campaign_ids: Sequence[str]) -> datetime | None: ...
@@ -115,8 +114,15 @@ class CampaignMetricsRepository(Protocol):
     def initialize(self) -> None: ...
     def ensure(self, campaign_id: str, now: datetime) -> None: ...
     def begin(self, campaign_id: str, token: str, now: datetime) -> None: ...
+    def register(self, campaign_id: str, tokens: Sequence[str], now: datetime) -> None: ...
     def apply_delta(
-        self, campaign_id: str, delta: MetricsDelta, now: datetime, *, token: str | None = None
+        self,
+        campaign_id: str,
+        delta: MetricsDelta,
+        now: datetime,
+        *,
+        token: str | None = None,
+        register: Sequence[str] = (),
     ) -> None: ...
     def get(self, campaign_id: str) -> dict[str, Any] | None: ...
     def correct(

@@ -1,5 +1,5 @@
-"""Processing batches: claim due conversations with a lease, progress each, write them in
-one bulk compare-and-set, publish what landed, account once per batch.
+"""Processing batches: read a partition range's due conversations in one query, progress
+each, write them in one bulk compare-and-set, publish what landed, account once per batch.
 
 For a cancelled campaign a batch settles active conversations instead (each ends
 ``cancelled``). A conversation that cannot be evaluated or written is failed alone, with
@@ -8,10 +8,9 @@ the reason; the rest of its batch lands.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import structlog
 from pydantic import ValidationError
@@ -23,6 +22,7 @@ from campaign_worker.domain.documents import (
     describe_validation_error,
 )
 from campaign_worker.domain.errors import InvalidInputError, UnknownStageError
+from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.domain.progression import (
     Action,
     Decision,
@@ -33,9 +33,10 @@ from campaign_worker.domain.progression import (
 )
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 from campaign_worker.service.context import Doc, Services
-from campaign_worker.service.ledger import MetricsLedger
+from campaign_worker.service.ledger import Dispatch, MetricsLedger, dispatch_token
 
 log = structlog.get_logger(__name__)
+WHOLE = PartitionRange()
 
 Step = Callable[
     [ConversationState, Template, CampaignTypeTemplate, datetime],
@@ -48,7 +49,7 @@ class BatchResult:
     """What one processing batch did (returned by tasks as JSON)."""
 
     campaign_id: str
-    claimed: int = 0
+    claimed: int = 0  # read (no longer leased; the name is kept for callers)
     written: int = 0
     conflicts: int = 0
     invalid: int = 0
@@ -56,6 +57,7 @@ class BatchResult:
     advanced: int = 0
     finished: dict[str, int] = field(default_factory=dict)
     skipped_reason: str | None = None
+    more: bool = False  # more was due in the range than this batch took
     failures: int = 0  # conversations that could not be evaluated or written: failed alone
 
     def as_dict(self) -> Doc:
@@ -70,6 +72,7 @@ class BatchResult:
             "advanced": self.advanced,
             "finished": dict(self.finished),
             "skipped_reason": self.skipped_reason,
+            "more": self.more,
         }
 
     def count(self, landed: list[Effects]) -> None:
@@ -84,7 +87,7 @@ class BatchResult:
 
 
 @dataclass
-class _Batch:
+class EvaluatedBatch:
     """One batch's evaluated changes, before they are written."""
 
     changes: list[tuple[ConversationState, ConversationState]] = field(default_factory=list)
@@ -99,16 +102,51 @@ def process_due_conversations(
     limit: int | None = None,
     owner: str | None = None,
     on_claimed: Callable[[int, int], None] | None = None,
+    *,
+    span: PartitionRange = WHOLE,
+    registration: str | None = None,
+    on_more: Callable[[list[Dispatch]], None] | None = None,
 ) -> BatchResult:
-    """Claim a batch with a lease, progress each conversation, write in bulk.
-    ``on_claimed(claimed, limit)`` runs right after the claim: a caller can fan out the
-    next batch while this one is processed."""
+    """Read a batch of due conversations of ``span`` in one query, progress each, write
+    them in one bulk compare-and-set, publish, account once.
+
+    ``registration``: this task's metrics registration, made by whoever enqueued it (so
+    it needs none of its own). ``on_more(dispatches)``: when more is due in ``span``,
+    the ranges to continue with (``span``, or its halves below the fan-out limit), each
+    already registered by this batch's one metrics write; the caller enqueues them.
+    ``owner`` is unused (batches are no longer leased) and kept for old callers;
+    ``on_claimed(read, limit)`` runs right after the read."""
     result = BatchResult(campaign_id=campaign_id)
+    ledger = svc.ledger(campaign_id, registration)
+    try:
+        _process(svc, campaign_id, stage, limit, span, on_claimed, ledger, result)
+        continued = _continue(svc, span, result, on_more, ledger)
+    except BaseException:
+        ledger.close(failed=True)  # what landed is counted all the same
+        raise
+    # The batch's one metrics write: its counts, its deregistration and, when it
+    # continues, the registration of what it hands over.
+    ledger.close()
+    if continued and on_more is not None:
+        on_more(continued)
+    return result
+
+
+def _process(
+    svc: Services,
+    campaign_id: str,
+    stage: str | None,
+    limit: int | None,
+    span: PartitionRange,
+    on_claimed: Callable[[int, int], None] | None,
+    ledger: MetricsLedger,
+    result: BatchResult,
+) -> None:
     campaign = svc.campaign(campaign_id)
     status = campaign.status
     if status not in (CampaignStatus.RUNNING, CampaignStatus.CANCELLED):
         result.skipped_reason = f"campaign is {status.value}"
-        return result
+        return
     template, type_template = svc.type_template(campaign)
     if stage is not None and stage not in type_template.stage_names:
         raise UnknownStageError(stage, type_template.stage_names)
@@ -116,46 +154,49 @@ def process_due_conversations(
     if batch_limit < 1:
         raise InvalidInputError("limit must be a positive integer")
     settling = status == CampaignStatus.CANCELLED
-    claimed = _claim(svc, campaign_id, stage, batch_limit, owner, settling)
+    # One more than the batch: whether more is due, at no extra round trip.
+    docs = svc.conversation_state_repository.read_due(
+        campaign_id,
+        svc.clock.now(),
+        stage=stage,
+        limit=batch_limit + 1,
+        span=span,
+        settling=settling,
+    )
+    result.more = len(docs) > batch_limit
+    claimed = docs[:batch_limit]
     result.claimed = len(claimed)
     if on_claimed is not None:
         on_claimed(len(claimed), batch_limit)
     svc.metrics.batch_size("process", len(claimed))
     if not claimed:
-        return result
+        return
     batch = _evaluate(claimed, _settle if settling else run, template, type_template, svc)
-    ledger = svc.ledger(campaign_id)
-    try:
-        _write(svc, batch, campaign.campaign_type, ledger, result)
-    finally:
-        ledger.close()
+    write_evaluated(svc, batch, campaign.campaign_type, ledger, result)
     log.info(
         "batch_processed",
         campaign_id=campaign_id,
+        partition=span.key,
         **{k: v for k, v in result.as_dict().items() if k != "campaign_id"},
     )
-    return result
 
 
-def _claim(
+def _continue(
     svc: Services,
-    campaign_id: str,
-    stage: str | None,
-    limit: int,
-    owner: str | None,
-    settling: bool,
-) -> list[Doc]:
-    now = svc.clock.now()
-    owner = owner or uuid.uuid4().hex
-    lease_until = now + timedelta(seconds=svc.lease_seconds)
-    repo = svc.conversation_state_repository
-    if settling:
-        return repo.claim_active(
-            campaign_id, now, owner=owner, lease_until=lease_until, limit=limit
-        )
-    return repo.claim_due(
-        campaign_id, now, owner=owner, lease_until=lease_until, stage=stage, limit=limit
-    )
+    span: PartitionRange,
+    result: BatchResult,
+    on_more: Callable[[list[Dispatch]], None] | None,
+    ledger: MetricsLedger,
+) -> list[Dispatch]:
+    """The ranges to continue with, registered by this batch's metrics write. A batch
+    that mostly lost its writes shares its range with another task: it lets that one
+    go on alone, so doubled chains merge instead of running side by side."""
+    if on_more is None or not result.more or result.conflicts > result.written:
+        return []
+    ranges = list(span.split()) if span.count * 2 <= svc.process_fanout else [span]
+    dispatches = [Dispatch(r, dispatch_token(r)) for r in ranges]
+    ledger.hand_over([d.token for d in dispatches])
+    return dispatches
 
 
 def _evaluate(
@@ -164,9 +205,9 @@ def _evaluate(
     template: Template,
     type_template: CampaignTypeTemplate,
     svc: Services,
-) -> _Batch:
+) -> EvaluatedBatch:
     """Each claimed conversation's next state; what cannot be evaluated fails alone."""
-    batch = _Batch()
+    batch = EvaluatedBatch()
     now = svc.clock.now()
     for doc in claimed:
         try:
@@ -188,10 +229,15 @@ def _evaluate(
     return batch
 
 
-def _write(
-    svc: Services, batch: _Batch, campaign_type: str, ledger: MetricsLedger, result: BatchResult
+def write_evaluated(
+    svc: Services,
+    batch: EvaluatedBatch,
+    campaign_type: str,
+    ledger: MetricsLedger,
+    result: BatchResult,
 ) -> None:
-    """One bulk compare-and-set, then publication, accounting and the failures."""
+    """Write evaluated changes in one bulk compare-and-set, publish what landed, add its
+    counts to ``ledger`` (applied when the caller closes it), fail the broken alone."""
     result.invalid = sum(reason.startswith("invalid document") for reason in batch.broken.values())
     counts = any(not effects.delta.is_empty() for effects in batch.effects.values())
     if counts:
@@ -263,4 +309,11 @@ def validation_summary(exc: ValueError) -> str:
     return str(exc)[:500]
 
 
-__all__ = ["BatchResult", "fail_alone", "process_due_conversations", "validation_summary"]
+__all__ = [
+    "BatchResult",
+    "EvaluatedBatch",
+    "fail_alone",
+    "process_due_conversations",
+    "validation_summary",
+    "write_evaluated",
+]

@@ -304,24 +304,57 @@ def test_campaign_over_the_wire_ends_with_exact_metrics(
     }
 
 
-@pytest.mark.parametrize("batch", [40, 150])
+@pytest.mark.parametrize("batch", [40, 150, 1000])
 def test_processing_round_trips_are_per_batch(
     counted_db: tuple[Any, CommandCounter], make_manager: ManagerFactory, batch: int
 ) -> None:
     db, counter = counted_db
     manager = make_manager(db, process_batch_size=batch)
-    manager.create_campaign(sample_campaign(160))
+    manager.create_campaign(sample_campaign(batch + 10))
     manager.initialize_campaign_conversations("camp-1")
 
     with counter.measure() as span:
         result = manager.process_due_conversations("camp-1")
-    assert result.claimed == batch and result.written == batch
-    # campaign read, claim (find ids, update_many, read back), metrics registration,
-    # bulk_write, outbox insert, publication marks, metrics increment: 9 whatever the
-    # batch size (no getMore above 101 docs).
-    assert span.counts.total == 9, span.counts.as_dict()
-    # claim, registration, bulk_write, publication marks, metrics
-    assert span.counts.by_name["update"] == 5
+    assert result.claimed == batch and result.written == batch and result.more
+    # campaign read, the batch read in full (one find, no getMore, no lease write, no
+    # re-read), metrics registration, bulk_write, outbox insert, publication marks,
+    # metrics increment: 7 whatever the batch size.
+    assert span.counts.total == 7, span.counts.as_dict()
+    assert dict(span.counts.by_name) == {"find": 2, "insert": 1, "update": 4}
+
+
+def test_a_dispatched_batch_writes_the_metrics_document_once(
+    counted_db: tuple[Any, CommandCounter], make_manager: ManagerFactory
+) -> None:
+    """Registered by its dispatcher, a batch needs no registration of its own: its one
+    metrics write counts, deregisters it and registers its successors."""
+    db, counter = counted_db
+    manager = make_manager(db, process_batch_size=100)
+    manager.create_campaign(sample_campaign(150))
+    manager.initialize_campaign_conversations("camp-1")
+    [first] = manager.dispatch_processing("camp-1")
+    handed: list[Any] = []
+
+    with counter.measure() as span:
+        result = manager.process_due_conversations(
+            "camp-1", registration=first.token, on_more=handed.extend
+        )
+    assert (result.written, result.more, len(handed)) == (100, True, 2)
+    assert span.counts.total == 6, span.counts.as_dict()
+    assert dict(span.counts.by_name) == {"find": 2, "insert": 1, "update": 3}
+    assert set(db[METRICS].find_one({"_id": "camp-1"})["inflight"]) == {d.token for d in handed}
+
+    with counter.measure() as span:
+        rest = [
+            manager.process_due_conversations(
+                "camp-1", registration=d.token, on_more=handed.extend, **d.span.as_kwargs()
+            )
+            for d in list(handed)
+        ]
+    assert sum(r.written for r in rest) == 50 and not any(r.more for r in rest)
+    assert span.counts.total == 2 * 6, span.counts.as_dict()
+    assert db[METRICS].find_one({"_id": "camp-1"})["inflight"] == {}
+    assert_metrics_match_states(manager, db)
 
 
 # ------------------------------------------------------------------ concurrency
