@@ -31,6 +31,8 @@ from campaign_worker.domain.limits import MAX_ATTRIBUTES_BYTES, check_size
 
 def to_utc(value: datetime) -> datetime:
     """Naive datetimes are taken as UTC (that is how BSON stores them)."""
+    if value.tzinfo is UTC and not value.microsecond % 1000:
+        return value  # what a tz-aware client reads back: every stored date, every step
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     value = value.astimezone(UTC)

@@ -7,7 +7,6 @@ the resulting state with one conditional update. The decisions and effects are i
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -185,16 +184,24 @@ class _Blank(dict[str, Any]):
 def render(text: str, attributes: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
     """Fill ``{placeholders}`` from recipient attributes; unknown ones render empty."""
     values = _Blank({**(defaults or {}), **attributes})
-    return string.Formatter().vformat(text, (), values)
+    # str.format_map: the same fields as string.Formatter, in C (a few us per message).
+    return text.format_map(values)
+
+
+def _close_stage(state: ConversationState, now: datetime, *, completed: bool) -> list[StageEntry]:
+    """The stage entries with the current one closed: a copy of that entry only, the
+    others shared with ``state`` (nothing mutates an entry in place)."""
+    return [
+        entry.model_copy(update={"exited_at": now, "completed": completed})
+        if entry.name == state.current_stage and entry.exited_at is None
+        else entry
+        for entry in state.stages
+    ]
 
 
 def enter_stage(state: ConversationState, stage: str, now: datetime) -> ConversationState:
     """Close the current stage entry and open ``stage``. Returns a new state."""
-    stages = [entry.model_copy() for entry in state.stages]
-    for entry in stages:
-        if entry.name == state.current_stage and entry.exited_at is None:
-            entry.exited_at = now
-            entry.completed = True
+    stages = _close_stage(state, now, completed=True)
     stages.append(StageEntry(name=stage, entered_at=now))
     metrics = state.metrics.model_copy(
         update={"stage_progressions": state.metrics.stage_progressions + 1}
@@ -219,11 +226,7 @@ def finish(
     *,
     stage_completed: bool,
 ) -> ConversationState:
-    stages = [entry.model_copy() for entry in state.stages]
-    for entry in stages:
-        if entry.name == state.current_stage and entry.exited_at is None:
-            entry.exited_at = now
-            entry.completed = stage_completed
+    stages = _close_stage(state, now, completed=stage_completed)
     return state.model_copy(
         update={
             "stages": stages,
@@ -265,6 +268,8 @@ def apply(
     if decision.action in TERMINAL_ACTIONS:
         return _end(state, decision, now, effects)
     if decision.action == Action.WAIT:
+        if decision.next_action_at == state.next_action_at:
+            return state  # nothing changes: no copy
         return state.model_copy(update={"next_action_at": decision.next_action_at})
     return state
 
