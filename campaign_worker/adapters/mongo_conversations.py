@@ -73,7 +73,7 @@ class MongoConversationStateRepository:
         # A partition range is checked on the fetched documents, which come in due order,
         # so a read stops after about ``limit x partitions`` of them. Not a fourth key
         # (partition): secantusdb 0.7 answers the plain due query wrongly (no documents)
-        # through such an index; see bench/README.md.
+        # through such an index; see docs/architecture.md, "Processing".
         c.create_index(
             [("campaign_id", ASCENDING), ("status", ASCENDING), ("next_action_at", ASCENDING)],
             name=DUE_INDEX,
@@ -294,11 +294,20 @@ class MongoConversationStateRepository:
         return self._collection.find_one(query, {"_id": 1}) is not None
 
     @translate_errors
-    def count_due(self, campaign_id: str, now: datetime, *, settling: bool, limit: int) -> int:
-        """How many are due (``settling``: active), counted up to ``limit``."""
+    def count_due(
+        self,
+        campaign_id: str,
+        now: datetime,
+        *,
+        settling: bool,
+        limit: int,
+        span: PartitionRange = WHOLE,
+    ) -> int:
+        """How many are due (``settling``: active) in ``span``, counted up to ``limit``."""
         query: Doc = {"campaign_id": campaign_id, "status": "active"}
         if not settling:
             query = _due_filter(campaign_id, now, "active", None)
+        query.update(_in_range(span))
         return self._collection.count_documents(query, limit=limit)
 
     @translate_errors

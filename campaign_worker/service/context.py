@@ -44,7 +44,7 @@ class Services:
         metrics_repository: CampaignMetricsRepository,
         outbox_repository: OutboxRepository,
         clock: Clock,
-        init_batch_size: int = 1000,
+        init_batch_size: int = 2000,
         process_batch_size: int = 1000,
         process_fanout: int = 8,
         lease_seconds: int = 120,

@@ -58,6 +58,7 @@ class BatchResult:
     finished: dict[str, int] = field(default_factory=dict)
     skipped_reason: str | None = None
     more: bool = False  # more was due in the range than this batch took
+    settling: bool = False  # a cancelled campaign's conversations were settled
     failures: int = 0  # conversations that could not be evaluated or written: failed alone
 
     def as_dict(self) -> Doc:
@@ -153,7 +154,7 @@ def _process(
     batch_limit = svc.process_batch_size if limit is None else limit
     if batch_limit < 1:
         raise InvalidInputError("limit must be a positive integer")
-    settling = status == CampaignStatus.CANCELLED
+    settling = result.settling = status == CampaignStatus.CANCELLED
     # One more than the batch: whether more is due, at no extra round trip.
     docs = svc.conversation_state_repository.read_due(
         campaign_id,
@@ -188,12 +189,25 @@ def _continue(
     on_more: Callable[[list[Dispatch]], None] | None,
     ledger: MetricsLedger,
 ) -> list[Dispatch]:
-    """The ranges to continue with, registered by this batch's metrics write. A batch
-    that mostly lost its writes shares its range with another task: it lets that one
-    go on alone, so doubled chains merge instead of running side by side."""
+    """The ranges to continue with, registered by this batch's metrics write: the two
+    halves while two more batches are due and the fan-out allows, else the range
+    itself, or nothing once nothing is due (one count, only when more was seen). A batch
+    that mostly lost its writes shares its range with another task: it lets that one go
+    on alone, so doubled chains merge instead of running side by side."""
     if on_more is None or not result.more or result.conflicts > result.written:
         return []
-    ranges = list(span.split()) if span.count * 2 <= svc.process_fanout else [span]
+    batch = max(result.claimed, 1)
+    left = svc.conversation_state_repository.count_due(
+        result.campaign_id,
+        svc.clock.now(),
+        settling=result.settling,
+        limit=2 * batch,
+        span=span,
+    )
+    if not left:
+        return []
+    halves = left >= 2 * batch and span.count * 2 <= svc.process_fanout
+    ranges = list(span.split()) if halves else [span]
     dispatches = [Dispatch(r, dispatch_token(r)) for r in ranges]
     ledger.hand_over([d.token for d in dispatches])
     return dispatches

@@ -206,7 +206,7 @@ def test_pending_queries_are_served_by_the_compound_index(
         # MongoDB uses the index and checks the partition on the fetched documents;
         # secantusdb's planner scans the collection as soon as a predicate names a field
         # outside an equality-prefix-plus-one-range of an index. Recorded in
-        # bench/README.md; must pass on a real MongoDB.
+        # docs/architecture.md ("Processing"); must pass on a real MongoDB.
         pytest.xfail("secantusdb plans COLLSCAN for a partition range (unindexed predicate)")
     assert range_scans == [pending]
 

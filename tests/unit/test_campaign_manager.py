@@ -857,7 +857,7 @@ def test_malformed_partition_arguments_are_refused_clearly(
 def test_a_full_range_reports_more_and_hands_over_registered_successors(
     manager: CampaignManager,
 ) -> None:
-    running(manager, 5)
+    running(manager, 7)
     handed: list[Any] = []
     result = manager.process_due_conversations("camp-1", limit=2, on_more=handed.extend)
     assert (result.claimed, result.more) == (2, True)
@@ -872,9 +872,9 @@ def test_a_full_range_reports_more_and_hands_over_registered_successors(
         )
         for d in list(handed)
     ]
-    assert sum(r.claimed for r in rest) == 3 and not any(r.more for r in rest)
+    assert sum(r.claimed for r in rest) == 5 and not any(r.more for r in rest)
     assert stored_metrics(manager)["inflight"] == {}  # each deregistered itself
-    assert stored_metrics(manager)["message_metrics"]["total_sent"] == 5
+    assert stored_metrics(manager)["message_metrics"]["total_sent"] == 7
 
 
 def test_a_crash_before_the_state_write_records_and_publishes_nothing(

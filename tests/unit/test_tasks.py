@@ -495,10 +495,11 @@ def test_the_poller_fans_out_over_partition_ranges_by_due_count(
 def test_a_batch_with_more_due_hands_over_to_its_two_halves(
     worker: Container, enqueued: Enqueued
 ) -> None:
-    running_campaign(worker, n=5)
+    running_campaign(worker, n=7)
 
     first = run(tasks.process_conversations, "p1", campaign_id="camp-1", limit=2).get()
     assert first["claimed"] == 2 and first["sent"] == 2 and first["more"]
+    # 5 left, at least two more batches: the range continues as its two halves.
     halves = [
         {"campaign_id": "camp-1", "limit": 2, "partition": i, "partitions": 2} for i in range(2)
     ]
@@ -506,8 +507,18 @@ def test_a_batch_with_more_due_hands_over_to_its_two_halves(
     assert all(t is not None and t.startswith("range-") for t in enqueued.task_ids)
 
     rest = run(tasks.process_conversations, "p2", campaign_id="camp-1", limit=10).get()
-    assert rest["claimed"] == 3 and not rest["more"]
+    assert rest["claimed"] == 5 and not rest["more"]
     assert len(enqueued.calls) == 2  # nothing more due: the chain ends
+
+
+def test_a_batch_with_less_than_two_batches_left_continues_its_own_range(
+    worker: Container, enqueued: Enqueued
+) -> None:
+    running_campaign(worker, n=5)
+    run(tasks.process_conversations, "p1", campaign_id="camp-1", limit=2).get()
+    assert enqueued.calls == [
+        ("campaign_worker.process_conversations", {"campaign_id": "camp-1", "limit": 2})
+    ]
 
 
 @pytest.mark.parametrize(
