@@ -104,7 +104,12 @@ class Services:
                         campaign_type, transition.from_stage, transition.to_stage
                     )
                 else:
-                    self.metrics.conversation_finished(campaign_type, transition.outcome or "")
+                    outcome = transition.outcome or ""
+                    self.metrics.conversation_finished(campaign_type, outcome)
+                    # The funnel counts exits too: from the stage the conversation ended in.
+                    self.metrics.stage_transition(
+                        campaign_type, transition.from_stage, f"exit:{outcome}"
+                    )
         for channel, count in sent_by_channel.items():
             self.metrics.messages_sent(channel, count)
 

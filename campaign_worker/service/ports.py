@@ -144,6 +144,8 @@ class MetricsRecorder(Protocol):
     def messages_received(self, channel: str, count: int) -> None: ...
     def batch_size(self, operation: str, size: int) -> None: ...
     def poller_lag(self, seconds: float) -> None: ...
+    def messages_deferred(self, channel: str, count: int) -> None: ...
+    def suppressed(self, campaign_type: str, count: int) -> None: ...
 
 
 class NullRecorder:
@@ -166,4 +168,10 @@ class NullRecorder:
         return None
 
     def poller_lag(self, seconds: float) -> None:
+        return None
+
+    def messages_deferred(self, channel: str, count: int) -> None:
+        return None
+
+    def suppressed(self, campaign_type: str, count: int) -> None:
         return None
