@@ -205,11 +205,14 @@ def test_recorded_intents_are_not_classified_again(monkeypatch: pytest.MonkeyPat
     state = started(f)
     for hour in range(1, 6):
         state = reply(state, "hmm, thinking", T0 + timedelta(hours=hour), f)
-    calls = []
+    calls: list[str] = []
     original = ReplyClassifier.classify
-    monkeypatch.setattr(
-        ReplyClassifier, "classify", lambda self, text: calls.append(text) or original(self, text)
-    )
+
+    def counting(self: ReplyClassifier, text: str) -> str:
+        calls.append(text)
+        return original(self, text)
+
+    monkeypatch.setattr(ReplyClassifier, "classify", counting)
     for day in range(1, 4):
         run(state, f[0], f[1], T0 + day * DAY)
     assert calls == []
