@@ -47,6 +47,7 @@ def _parse_duration(value: Any) -> Any:
     return value  # let pydantic handle ints, floats and ISO 8601
 
 
+parse_duration = _parse_duration  # "30m", "1d12h" -> timedelta; anything else unchanged
 Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
 StageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 IntentName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]

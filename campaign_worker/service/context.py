@@ -27,6 +27,7 @@ from campaign_worker.service.ports import (
     OutboxRepository,
     TemplateSource,
 )
+from campaign_worker.service.send_guard import SendGuard
 
 Doc = dict[str, Any]
 
@@ -48,6 +49,7 @@ class Services:
         process_batch_size: int = 200,
         lease_seconds: int = 120,
         inflight_timeout_seconds: int = 900,
+        send_guard: SendGuard | None = None,
     ) -> None:
         self.conversation_state_repository = conversation_state_repository
         self.config_manager = config_manager
@@ -64,6 +66,8 @@ class Services:
         # Messages still unpublished this long after their write are a crash's leftovers.
         self.publish_grace = timedelta(seconds=30)
         self.publisher = Publisher(conversation_state_repository, outbox_repository)
+        # Suppression list and frequency caps, asked before every send (none: no checks).
+        self.send_guard = send_guard or SendGuard()
 
     def campaign(self, campaign_id: str) -> StoredCampaign:
         found = self.campaigns.get(campaign_id)

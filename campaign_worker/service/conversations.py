@@ -27,7 +27,7 @@ from campaign_worker.domain.limits import (
     check_size,
     truncate_utf8,
 )
-from campaign_worker.domain.progression import Action, Decision, Effects, apply, run
+from campaign_worker.domain.progression import Action, Decision, Effects, apply
 from campaign_worker.domain.replies import reply_facts
 from campaign_worker.domain.rules import entry_index
 from campaign_worker.domain.templates import Template
@@ -103,7 +103,7 @@ class _Reply:
             if c.state.status in FINISHED_STATUSES or campaign_status in _WOUND_DOWN:
                 pass
             elif campaign_status == CampaignStatus.RUNNING:
-                updated, effects = run(updated, c.template, c.type_template, c.now)
+                updated, effects = c.progress(updated)
             else:
                 # Paused campaign: keep the reply due so it is evaluated on resume.
                 updated = updated.model_copy(update={"next_action_at": c.now})
@@ -233,7 +233,7 @@ def process_conversation(svc: Services, conversation_id: str) -> Doc:
         # As process_due_conversations: a paused or cancelled campaign sends nothing.
         if svc.campaign(c.state.campaign_id).status != CampaignStatus.RUNNING:
             return None
-        return run(c.state, c.template, c.type_template, c.now)
+        return c.progress(c.state)
 
     return write_one(svc, conversation_id, change).to_mongo()
 

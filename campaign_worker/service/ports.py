@@ -14,6 +14,7 @@ from campaign_worker.domain.documents import (
     StoredCampaign,
 )
 from campaign_worker.domain.progression import MetricsDelta, OutboundEnvelope
+from campaign_worker.domain.suppressions import FrequencyCap, Suppression
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 
 
@@ -132,6 +133,36 @@ class CampaignMetricsRepository(Protocol):
 class OutboxRepository(Protocol):
     def initialize(self) -> None: ...
     def enqueue_many(self, envelopes: Sequence[OutboundEnvelope]) -> int: ...
+
+
+class SuppressionRepository(Protocol):
+    """The suppression list (``domain.suppressions``), shared with the delivering service."""
+
+    def initialize(self) -> None: ...
+    def add_many(self, entries: Sequence[Suppression]) -> int: ...
+    def matching(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]: ...
+    def list(
+        self, *, user_id: str | None = None, channel: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]: ...
+    def lift(self, key: str) -> dict[str, Any] | None: ...
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """One message that wants a frequency-cap slot."""
+
+    channel: str
+    user_id: str
+    message_id: str
+
+
+class SendBudgetRepository(Protocol):
+    """Frequency-cap slots across campaigns, taken atomically."""
+
+    def initialize(self) -> None: ...
+    def reserve(
+        self, requests: Sequence[SendRequest], caps: dict[str, FrequencyCap], now: datetime
+    ) -> dict[str, datetime]: ...
 
 
 class MetricsRecorder(Protocol):

@@ -1211,7 +1211,18 @@ def test_metrics_document_after_a_scripted_scenario(
             "consideration": {"entered": 1, "completed": 1, "avg_duration_seconds": 7200.0},
             "decision": {"entered": 1, "completed": 1, "avg_duration_seconds": 3600.0},
         },
-        "message_metrics": {"total_sent": 8, "total_received": 4, "response_rate": 0.5},
+        "message_metrics": {
+            "total_sent": 8,
+            "total_received": 4,
+            "response_rate": 0.5,
+            "deferred": 0,
+        },
+        # The transitions that happened, exits included (branched funnel).
+        "funnel": {
+            "awareness": {"consideration": 1, "exit:opted_out": 1, "exit:completed": 1},
+            "consideration": {"decision": 1},
+            "decision": {"exit:completed": 1},
+        },
         "updated_at": START + DAY,
     }
 
