@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from campaign_worker.domain.documents import ConversationState, Direction, Message, to_utc
@@ -20,6 +21,12 @@ def is_opt_out(content: str, keywords: list[str]) -> bool:
     """Carrier practice: the keyword is the whole message (case and trailing punctuation aside)."""
     normalised = _normalise(content)
     return any(normalised == _normalise(keyword) for keyword in keywords)
+
+
+@lru_cache(maxsize=1024)
+def _keyword_pattern(keyword: str) -> re.Pattern[str]:
+    """Compiled once per keyword (templates are immutable), not once per step."""
+    return re.compile(rf"(?<!\w){re.escape(keyword)}(?!\w)", re.I)
 
 
 def entry_index(state: ConversationState) -> int:
@@ -104,7 +111,7 @@ def evaluate_rule(rule: Rule, state: ConversationState, now: datetime) -> tuple[
     if rule.keywords is not None:
         for message in inbound_in_stage(state, stage):
             for keyword in rule.keywords:
-                if re.search(rf"(?<!\w){re.escape(keyword)}(?!\w)", message.content, re.I):
+                if _keyword_pattern(keyword).search(message.content):
                     return True, f"reply matched keyword {keyword!r}"
         return False, "no reply matched the keywords"
     if rule.regex is not None:

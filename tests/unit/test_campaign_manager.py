@@ -652,7 +652,8 @@ def test_get_stage_data_returns_the_template_stage(manager: CampaignManager) -> 
     running(manager, 1)
     data = manager._get_stage_data(conv(manager, 0), "decision")
     assert data["name"] == "decision"
-    assert data["advance_when"]["regex"] == r"\b(buy|yes|deal|start)\b"
+    assert data["advance_when"]["any"][1]["regex"] == r"\b(buy|yes|deal|start)\b"
+    assert data["on_reply"]["question"] == {"goto": "consideration", "exit": None}
     assert data["max_followups_without_reply"] == {"count": 1, "then": "fail"}
     assert len(data["messages"]) == 2
 

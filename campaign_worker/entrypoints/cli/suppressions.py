@@ -35,7 +35,11 @@ def list_entries(
     with service_errors():
         entries = manager().list_suppressions(user_id=user, channel=channel, limit=limit)
     if as_json:
-        print_json(entries)
+        for entry in entries:
+            print_json(entry)
+        return
+    if not entries:
+        console().print("no suppressions")
         return
     table = Table("id", "source", "reason", "campaign", "since")
     for entry in entries:
