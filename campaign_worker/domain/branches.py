@@ -55,7 +55,8 @@ def _edges(type_template: CampaignTypeTemplate, stage: Stage) -> Iterator[tuple[
     """(field, route, instant) for each edge; ``instant`` when it can fire at once."""
     waits = sum((message.wait for message in stage.messages), timedelta(0))
     limit = stage.max_time_in_stage
-    instant_next = (stage.advance_when is None and waits == timedelta(0)) or (
+    drip_advances = stage.advance_when is None and stage.on_timeout is None
+    instant_next = (drip_advances and waits == timedelta(0)) or (
         limit is not None and limit.then == "advance" and limit.after == timedelta(0)
     )
     yield "next", next_route(type_template, stage), instant_next

@@ -144,9 +144,12 @@ def rule_wakeups(rule: Rule, entered_at: datetime) -> list[datetime]:
 
 
 def should_advance(state: ConversationState, stage: Stage, now: datetime) -> tuple[bool, str]:
-    """The stage's ``advance_when`` rule; a stage without one advances when its drip ends."""
+    """The stage's ``advance_when`` rule; a stage without one advances when its drip ends,
+    unless it has an ``on_timeout`` (then a reply or the timeout moves it)."""
     if stage.advance_when is not None:
         return evaluate_rule(stage.advance_when, state, now)
+    if stage.on_timeout is not None:
+        return False, "waiting for a reply or the timeout"  # the timeout decides, not the drip
     if not stage.messages:
         return True, "stage has no messages and no rule"
     last = last_outbound_in_stage(state, stage.name)

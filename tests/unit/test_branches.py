@@ -297,3 +297,69 @@ def test_a_loop_with_a_wait_is_valid() -> None:
         ),
         "ok.json",
     )
+
+
+# ---------------------------------------------------------------- the packaged journeys
+
+
+def test_packaged_sales_routes_replies_by_meaning() -> None:
+    from campaign_worker.adapters.config_manager import ConfigManager
+
+    template = ConfigManager().get_template("default")
+    sales = template.for_type("sales")
+    assert sales is not None
+    f = (template, sales)
+
+    def after(text: str) -> ConversationState:
+        state = started_in(f, "awareness")
+        state = reply(state, text, T0 + DAY / 2, f)
+        return run(state, template, sales, T0 + DAY / 2)[0]
+
+    # The examples: none of these is interest any more.
+    assert after("no thanks").status == ConversationStatus.FAILED
+    assert after("STOP please").status == ConversationStatus.OPTED_OUT
+    assert after("please unsubscribe me").status == ConversationStatus.OPTED_OUT
+    ooo = after("I am out of the office until Monday")
+    assert (ooo.current_stage, ooo.status) == ("awareness", ConversationStatus.ACTIVE)
+    assert after("What does it cost?").current_stage == "decision"  # skip ahead
+    assert after("Yes, tell me more").current_stage == "consideration"
+
+
+def test_packaged_renewal_times_out_to_its_reminder_and_exits() -> None:
+    from campaign_worker.adapters.config_manager import ConfigManager
+
+    template = ConfigManager().get_template("default")
+    renewal = template.for_type("renewal")
+    assert renewal is not None
+    f = (template, renewal)
+    state = started_in(f, "notice")
+    state, effects = run(state, template, renewal, T0 + 3 * DAY)
+    assert state.current_stage == "reminder" and len(effects.outbound) == 1
+    yes = reply(state, "yes, renew it", T0 + 4 * DAY, f)
+    done, effects = run(yes, template, renewal, T0 + 4 * DAY)
+    assert done.status == ConversationStatus.COMPLETED
+    assert effects.delta.funnel == {("reminder", "confirm"): 1, ("confirm", "exit:completed"): 1}
+    silent, effects = run(state, template, renewal, T0 + 6 * DAY)
+    assert silent.status == ConversationStatus.FAILED
+    assert effects.delta.funnel == {("reminder", "exit:failed"): 1}
+
+
+def started_in(f: tuple[Template, CampaignTypeTemplate], stage: str) -> ConversationState:
+    state = ConversationState(
+        id="c2",
+        user_id="u2",
+        campaign_id="k2",
+        campaign_type="x",
+        current_stage=stage,
+        stages=[StageEntry(name=stage, entered_at=T0)],
+        context=ConversationContext(
+            template_id=f[0].template_id,
+            available_stages=f[1].stage_names,
+            attributes={"first_name": "Ann"},
+            timezone="Europe/Berlin",
+        ),
+        created_at=T0,
+        last_active=T0,
+        next_action_at=T0,
+    )
+    return run(state, f[0], f[1], T0)[0]

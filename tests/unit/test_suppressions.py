@@ -151,3 +151,46 @@ def test_frequency_cap_settings_are_parsed() -> None:
     for bad in ("sms=0/1d", "sms=1/x", "=1/1d", "sms:1/1d"):
         with pytest.raises(ValueError, match="frequency cap"):
             parse_caps(bad)
+
+
+class _Recorder:
+    """Records the funnel counters a manager reports (Prometheus in production)."""
+
+    def __init__(self) -> None:
+        self.transitions: list[tuple[str, str]] = []
+        self.deferred: list[str] = []
+
+    def stage_transition(self, campaign_type: str, from_stage: str, to_stage: str) -> None:
+        self.transitions.append((from_stage, to_stage))
+
+    def messages_deferred(self, channel: str, count: int) -> None:
+        self.deferred += [channel] * count
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def test_prometheus_counts_transitions_exits_and_deferrals(
+    mock_db: Any, settings: Any, clock: ManualClock
+) -> None:
+    from campaign_worker.bootstrap import build_manager, ensure_indexes
+
+    recorder = _Recorder()
+    manager = build_manager(
+        mock_db,
+        settings.model_copy(update={"frequency_caps": "*=1/1d"}),
+        clock=clock,
+        recorder=recorder,
+    )
+    ensure_indexes(manager)
+    start(manager, "a", ["ann", "bob"])
+    start(manager, "b", ["ann"])
+    manager.process_due_conversations("a")
+    manager.process_due_conversations("b")  # ann is capped
+    manager.record_inbound_message("a", "ann", "m1", "Yes please")
+    manager.record_inbound_message("a", "bob", "m2", "no thanks")
+    assert recorder.transitions == [
+        ("awareness", "consideration"),
+        ("awareness", "exit:failed"),
+    ]
+    assert recorder.deferred == ["default", "default"]  # b's first message, a's next
