@@ -65,15 +65,18 @@ def paused_until(state: ConversationState, now: datetime) -> datetime | None:
 def timed_out(
     state: ConversationState, stage: Stage, entered_at: datetime, now: datetime
 ) -> tuple[Decision | None, datetime | None]:
-    """``on_timeout``: no reply that counts within ``after`` of entering the stage. Returns
-    the decision once due, else the moment it will be (or nothing once a reply came)."""
+    """``on_timeout``: nothing moved the conversation on within ``after`` of entering the
+    stage (a reply it does not route does not stop the clock, else such a reply would leave
+    the conversation waiting forever). Returns the decision once due, else its moment."""
     route = timeout_route(stage)
-    if route is None or stage.on_timeout is None or inbound_in_stage(state, stage.name):
+    if route is None or stage.on_timeout is None:
         return None, None
     deadline = entered_at + stage.on_timeout.after
     if now < deadline:
         return None, deadline
-    return route_decision(route, f"no reply within {stage.on_timeout.after}"), None
+    replied = bool(inbound_in_stage(state, stage.name))
+    why = "no reply" if not replied else "no reply the stage routes"
+    return route_decision(route, f"{why} within {stage.on_timeout.after}"), None
 
 
 __all__ = ["opt_out", "paused_until", "reply_branch", "route_decision", "timed_out"]

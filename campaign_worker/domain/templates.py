@@ -158,7 +158,8 @@ BranchTarget = Annotated[_Target, BeforeValidator(_target_shorthand)]
 
 
 class OnTimeout(_Target):
-    """No reply that counts ``after`` entering the stage: go to ``goto`` or ``exit``."""
+    """Still in the stage ``after`` entering it (nothing routed or advanced it): go to
+    ``goto`` or ``exit``."""
 
     after: Duration
 

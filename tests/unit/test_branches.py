@@ -363,3 +363,18 @@ def started_in(f: tuple[Template, CampaignTypeTemplate], stage: str) -> Conversa
         next_action_at=T0,
     )
     return run(state, f[0], f[1], T0)[0]
+
+
+def test_an_unrouted_reply_does_not_stop_the_timeout() -> None:
+    f = journey()
+    state = run(started(f), f[0], f[1], T0 + DAY)[0]  # follow-up sent
+    # consideration routes only positive replies and times out after 3 days.
+    state = reply(state, "How does it work?", T0 + DAY, f)
+    state = run(state, f[0], f[1], T0 + DAY)[0]
+    assert state.current_stage == "consideration"
+    state = reply(state, "Thursday works for me", T0 + 2 * DAY, f)
+    state, effects = run(state, f[0], f[1], T0 + 2 * DAY)
+    assert state.current_stage == "consideration" and not effects.transitions
+    state, effects = run(state, f[0], f[1], T0 + 4 * DAY)
+    assert state.current_stage == "awareness"  # the timeout's target: back to the start
+    assert effects.decisions[0].reason == "no reply the stage routes within 3 days, 0:00:00"
