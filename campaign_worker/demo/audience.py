@@ -155,7 +155,8 @@ def format_funnel(metrics: dict[str, Any], outcomes: dict[str, int] | None = Non
     lines += [
         "",
         f"messages sent {mm['total_sent']}, received {mm['total_received']}, "
-        f"response rate {mm['response_rate']:.2f}",
+        f"response rate {mm['response_rate']:.2f}, "
+        f"deferred by the frequency cap {mm.get('deferred', 0)}",
         f"outcomes: completed {metrics['completed_conversations']}, "
         f"failed {metrics['failed_conversations']}, "
         f"opted out {metrics.get('opted_out_conversations', 0)}, "
