@@ -9,10 +9,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from campaign_worker.domain.errors import ConfigurationError
+from campaign_worker.domain.suppressions import FrequencyCap, parse_caps
 
 
 class Settings(BaseSettings):
@@ -56,10 +57,31 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9808, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"
 
+    # Cross-campaign frequency caps, CHANNEL=N/WINDOW, "*" for every channel without its
+    # own (e.g. "*=3/1d,sms=1/12h"); empty: no cap.
+    frequency_caps: str = ""
+    # Where recipients' channel addresses are (CHANNEL=ATTRIBUTE), for the suppression list.
+    suppression_address_attributes: str = "email=email,sms=phone"
+
     # Demo/test only: run the clock CLOCK_SPEED times faster than real time, counted from
     # CLOCK_EPOCH (which every process of one run must share).
     clock_speed: float = Field(default=1.0, gt=0)
     clock_epoch: datetime | None = None
+
+    @field_validator("frequency_caps")
+    @classmethod
+    def _caps(cls, value: str) -> str:
+        parse_caps(value)  # raises naming the bad entry
+        return value
+
+    @property
+    def caps(self) -> dict[str, FrequencyCap]:
+        return parse_caps(self.frequency_caps)
+
+    @property
+    def address_attributes(self) -> dict[str, str]:
+        pairs = (item.partition("=") for item in self.suppression_address_attributes.split(","))
+        return {k.strip(): v.strip() for k, _, v in pairs if k.strip() and v.strip()}
 
     @model_validator(mode="after")
     def _limits_below_visibility(self) -> Settings:

@@ -36,7 +36,10 @@ def metrics_inc(delta: MetricsDelta) -> dict[str, float]:
         "invalid_recipients": delta.invalid_recipients,
         "message_metrics.total_sent": delta.sent,
         "message_metrics.total_received": delta.received,
+        "message_metrics.deferred": delta.deferred,
     }
+    for (from_stage, to_stage), count in delta.funnel.items():
+        inc[f"funnel.{from_stage}.{to_stage}"] = count
     for stage, count in delta.stage_entered.items():
         inc[f"stage_metrics.{stage}.entered"] = count
     for stage, count in delta.stage_completed.items():

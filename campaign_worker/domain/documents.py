@@ -217,9 +217,15 @@ def conversation_id_for(campaign_id: str, user_id: str) -> str:
     return uuid.uuid5(uuid.NAMESPACE_URL, f"campaign-worker:{campaign_id}:{user_id}").hex
 
 
-def message_id_for(conversation_id: str, stage: str, step: int) -> str:
-    """Deterministic outbound message id per (conversation, stage, step): replays dedupe."""
-    digest = hashlib.sha256(f"{conversation_id}|{stage}|{step}".encode()).hexdigest()
+def message_id_for(conversation_id: str, stage: str, step: int, visit: int = 0) -> str:
+    """Deterministic outbound message id per (conversation, stage, step): replays dedupe.
+    A stage entered again after a branch back (``visit`` > 0) sends under new ids."""
+    key = (
+        f"{conversation_id}|{stage}|{step}"
+        if not visit
+        else f"{conversation_id}|{stage}#{visit}|{step}"
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()
     return f"out-{digest[:32]}"
 
 
@@ -357,6 +363,8 @@ class MessageMetrics(_Doc):
     total_sent: int = Field(default=0, ge=0)
     total_received: int = Field(default=0, ge=0)
     response_rate: float = Field(default=0.0, ge=0)
+    # Sends held back by the cross-campaign frequency cap (each deferral counted).
+    deferred: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _derive_rate(self) -> MessageMetrics:
@@ -380,6 +388,8 @@ class CampaignMetrics(_Doc):
     invalid_recipients: int = Field(default=0, ge=0)
     stage_metrics: dict[str, StageMetrics] = Field(default_factory=dict)
     message_metrics: MessageMetrics = Field(default_factory=MessageMetrics)
+    # Transitions that happened: from stage -> to stage (or "exit:<outcome>") -> count.
+    funnel: dict[str, dict[str, int]] = Field(default_factory=dict)
     updated_at: UtcDatetime
     # Bumped by every write; lets the reconcile detect concurrent increments.
     revision: int = Field(default=0, ge=0)

@@ -236,6 +236,41 @@ def get_campaign_metrics(campaign_id: Id) -> dict[str, Any]:
     return container().manager.get_campaign_metrics(campaign_id)
 
 
+@public_task("campaign_worker.list_suppressions")
+def list_suppressions(
+    user_id: Id | None = None, channel: Id | None = None, limit: PositiveInt = 100
+) -> list[dict[str, Any]]:
+    """Entries of the suppression list (datetimes as ISO 8601 strings)."""
+    return container().manager.list_suppressions(user_id=user_id, channel=channel, limit=limit)
+
+
+@public_task("campaign_worker.add_suppression")
+def add_suppression(
+    user_id: Id | None = None,
+    channel: Id | None = None,
+    address: Id | None = None,
+    reason: str = "added by an operator",
+    source: str = "operator",
+) -> dict[str, Any]:
+    """Suppress a user id, or a channel address (a bounce, a complaint)."""
+    return container().manager.add_suppression(
+        user_id=user_id, channel=channel, address=address, reason=reason, source=source
+    )
+
+
+@public_task("campaign_worker.lift_suppression")
+def lift_suppression(
+    key: Id | None = None,
+    user_id: Id | None = None,
+    channel: Id | None = None,
+    address: Id | None = None,
+) -> dict[str, Any]:
+    """Lift one entry of the suppression list; an unknown one is an error (not retried)."""
+    return container().manager.lift_suppression(
+        key=key, user_id=user_id, channel=channel, address=address
+    )
+
+
 PUBLIC_TASKS = (
     create_campaign,
     poll_campaigns,
@@ -248,4 +283,7 @@ PUBLIC_TASKS = (
     resume_campaign,
     cancel_campaign,
     get_campaign_metrics,
+    list_suppressions,
+    add_suppression,
+    lift_suppression,
 )

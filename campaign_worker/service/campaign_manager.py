@@ -31,6 +31,7 @@ from campaign_worker.service import (
     processing,
     queries,
     reconcile,
+    suppression_admin,
 )
 from campaign_worker.service.campaigns import campaign_id_for_key
 from campaign_worker.service.context import Doc, Services
@@ -231,6 +232,39 @@ class CampaignManager(Services):
         return reconcile.reconcile_campaign_metrics(self, campaign_id)
 
     # ------------------------------------------------------------------ polling
+
+    # ------------------------------------------------------------------ suppressions
+
+    def list_suppressions(
+        self, user_id: str | None = None, channel: str | None = None, limit: int = 100
+    ) -> list[Doc]:
+        """Entries of the suppression list (opt-outs, bounces, complaints)."""
+        return suppression_admin.list_suppressions(self, user_id, channel, limit)
+
+    def add_suppression(
+        self,
+        user_id: str | None = None,
+        channel: str | None = None,
+        address: str | None = None,
+        reason: str = "added by an operator",
+        source: str = "operator",
+    ) -> Doc:
+        """Suppress a user (``user_id``) or a channel address (``channel``, ``address``)."""
+        return suppression_admin.add_suppression(
+            self, user_id=user_id, channel=channel, address=address, reason=reason, source=source
+        )
+
+    def lift_suppression(
+        self,
+        key: str | None = None,
+        user_id: str | None = None,
+        channel: str | None = None,
+        address: str | None = None,
+    ) -> Doc:
+        """Lift one entry (``key``, or ``user_id``, or ``channel`` and ``address``)."""
+        return suppression_admin.lift_suppression(
+            self, key=key, user_id=user_id, channel=channel, address=address
+        )
 
     def poll_campaigns(self, owner: str | None = None, claim_limit: int = 10) -> PollResult:
         """One poller pass (see ``service.polling``)."""

@@ -27,6 +27,7 @@ from campaign_worker.service.ports import (
     OutboxRepository,
     TemplateSource,
 )
+from campaign_worker.service.send_guard import SendGuard
 
 Doc = dict[str, Any]
 
@@ -49,6 +50,7 @@ class Services:
         process_fanout: int = 8,
         lease_seconds: int = 120,
         inflight_timeout_seconds: int = 900,
+        send_guard: SendGuard | None = None,
     ) -> None:
         self.conversation_state_repository = conversation_state_repository
         self.config_manager = config_manager
@@ -69,6 +71,8 @@ class Services:
         # Messages still unpublished this long after their write are a crash's leftovers.
         self.publish_grace = timedelta(seconds=30)
         self.publisher = Publisher(conversation_state_repository, outbox_repository)
+        # Suppression list and frequency caps, asked before every send (none: no checks).
+        self.send_guard = send_guard or SendGuard()
 
     def campaign(self, campaign_id: str) -> StoredCampaign:
         found = self.campaigns.get(campaign_id)
@@ -109,7 +113,12 @@ class Services:
                         campaign_type, transition.from_stage, transition.to_stage
                     )
                 else:
-                    self.metrics.conversation_finished(campaign_type, transition.outcome or "")
+                    outcome = transition.outcome or ""
+                    self.metrics.conversation_finished(campaign_type, outcome)
+                    # The funnel counts exits too: from the stage the conversation ended in.
+                    self.metrics.stage_transition(
+                        campaign_type, transition.from_stage, f"exit:{outcome}"
+                    )
         for channel, count in sent_by_channel.items():
             self.metrics.messages_sent(channel, count)
 

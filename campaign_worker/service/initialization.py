@@ -18,6 +18,7 @@ from campaign_worker.domain.documents import (
     CampaignStatus,
     ConversationContext,
     ConversationState,
+    ConversationStatus,
     Recipient,
     StageEntry,
     StoredCampaign,
@@ -25,7 +26,7 @@ from campaign_worker.domain.documents import (
 )
 from campaign_worker.domain.errors import CampaignNotFoundError, InvalidStateTransitionError
 from campaign_worker.domain.partitions import partition_of
-from campaign_worker.domain.progression import first_action_at
+from campaign_worker.domain.progression import finish, first_action_at
 from campaign_worker.service.campaigns import transition_campaign
 from campaign_worker.service.context import Doc, Services
 from campaign_worker.service.ledger import MetricsLedger
@@ -156,23 +157,52 @@ def _insert_batch(
     _, type_template = svc.type_template(campaign)
     stages = type_template.stage_names
     now = svc.clock.now()
-    docs = []
+    recipients = []
     for raw in batch:
         try:
-            recipient = Recipient.model_validate(raw)
+            recipients.append(Recipient.model_validate(raw))
         except ValueError as exc:
             _count_invalid(campaign, raw, exc, progress, ledger)
-            continue
-        docs.append(new_conversation(campaign, recipient, stages, now).to_mongo())
+    suppressed = svc.send_guard.suppressed_people(
+        [(r.user_id, r.user_id, r.attributes) for r in recipients]
+    )
+    docs, finished = [], []
+    for recipient in recipients:
+        state = new_conversation(campaign, recipient, stages, now)
+        if recipient.user_id in suppressed:
+            # On the suppression list: created already opted out, never messaged.
+            reason = suppressed[recipient.user_id]
+            finished.append(
+                finish(
+                    state, ConversationStatus.OPTED_OUT, reason, now, stage_completed=False
+                ).to_mongo()
+            )
+        else:
+            docs.append(state.to_mongo())
     ledger.before_write()
     inserted = svc.conversation_state_repository.insert_many_states(docs)
-    svc.metrics.batch_size("initialize", len(docs))
+    svc.metrics.batch_size("initialize", len(docs) + len(finished))
     if inserted:
         ledger.delta.total_recipients += inserted
         ledger.delta.active += inserted
         ledger.delta.stage_entered[stages[0]] += inserted
         svc.metrics.conversations_initialized(campaign.campaign_type, inserted)
+    if finished:
+        _insert_suppressed(svc, campaign, finished, stages[0], ledger)
     return inserted
+
+
+def _insert_suppressed(
+    svc: Services, campaign: StoredCampaign, docs: list[Doc], first: str, ledger: MetricsLedger
+) -> None:
+    """Suppressed recipients' conversations, counted as opted out (not as created)."""
+    inserted = svc.conversation_state_repository.insert_many_states(docs)
+    if inserted:
+        ledger.delta.total_recipients += inserted
+        ledger.delta.opted_out += inserted
+        ledger.delta.stage_entered[first] += inserted
+        ledger.delta.funnel[(first, "exit:opted_out")] += inserted
+        svc.metrics.suppressed(campaign.campaign_type, inserted)
 
 
 def _count_invalid(

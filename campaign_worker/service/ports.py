@@ -15,6 +15,7 @@ from campaign_worker.domain.documents import (
 )
 from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.domain.progression import MetricsDelta, OutboundEnvelope
+from campaign_worker.domain.suppressions import FrequencyCap, Suppression
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 
 
@@ -152,6 +153,36 @@ class OutboxRepository(Protocol):
     def enqueue_many(self, envelopes: Sequence[OutboundEnvelope]) -> int: ...
 
 
+class SuppressionRepository(Protocol):
+    """The suppression list (``domain.suppressions``), shared with the delivering service."""
+
+    def initialize(self) -> None: ...
+    def add_many(self, entries: Sequence[Suppression]) -> int: ...
+    def matching(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]: ...
+    def list(
+        self, *, user_id: str | None = None, channel: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]: ...
+    def lift(self, key: str) -> dict[str, Any] | None: ...
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """One message that wants a frequency-cap slot."""
+
+    channel: str
+    user_id: str
+    message_id: str
+
+
+class SendBudgetRepository(Protocol):
+    """Frequency-cap slots across campaigns, taken atomically."""
+
+    def initialize(self) -> None: ...
+    def reserve(
+        self, requests: Sequence[SendRequest], caps: dict[str, FrequencyCap], now: datetime
+    ) -> dict[str, datetime]: ...
+
+
 class MetricsRecorder(Protocol):
     """Operational counters (Prometheus in production, nothing in unit tests)."""
 
@@ -162,6 +193,8 @@ class MetricsRecorder(Protocol):
     def messages_received(self, channel: str, count: int) -> None: ...
     def batch_size(self, operation: str, size: int) -> None: ...
     def poller_lag(self, seconds: float) -> None: ...
+    def messages_deferred(self, channel: str, count: int) -> None: ...
+    def suppressed(self, campaign_type: str, count: int) -> None: ...
 
 
 class NullRecorder:
@@ -184,4 +217,10 @@ class NullRecorder:
         return None
 
     def poller_lag(self, seconds: float) -> None:
+        return None
+
+    def messages_deferred(self, channel: str, count: int) -> None:
+        return None
+
+    def suppressed(self, campaign_type: str, count: int) -> None:
         return None

@@ -34,6 +34,7 @@ from campaign_worker.domain.progression import (
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 from campaign_worker.service.context import Doc, Services
 from campaign_worker.service.ledger import Dispatch, MetricsLedger, dispatch_token
+from campaign_worker.service.writes import Current
 
 log = structlog.get_logger(__name__)
 WHOLE = PartitionRange()
@@ -173,6 +174,8 @@ def _process(
     if not claimed:
         return
     batch = _evaluate(claimed, _settle if settling else run, template, type_template, svc)
+    if not settling:
+        _guard(svc, batch, template, type_template)
     write_evaluated(svc, batch, campaign.campaign_type, ledger, result)
     log.info(
         "batch_processed",
@@ -243,6 +246,30 @@ def _evaluate(
     return batch
 
 
+def _guard(
+    svc: Services, batch: EvaluatedBatch, template: Template, type_template: CampaignTypeTemplate
+) -> None:
+    """Ask the send guard about the batch's sends (one suppression query, the frequency
+    cap's slots); re-run the steps it refuses: opt out, or wait for a held channel."""
+    now = svc.clock.now()
+    verdicts = svc.send_guard.check([(old, batch.effects[old.id]) for old, _ in batch.changes], now)
+    if not verdicts:
+        return
+    for index, (old, _) in enumerate(batch.changes):
+        verdict = verdicts.get(old.id)
+        if verdict is None:
+            continue
+        ruled = Current(old, template, type_template, now, verdict.suppressed, verdict.holds)
+        new, effects = ruled.progress(old)
+        effects.delta.deferred += len(verdict.holds)
+        for channel in verdict.holds:
+            svc.metrics.messages_deferred(channel, 1)
+        if verdict.suppressed is not None:
+            svc.metrics.suppressed(old.campaign_type, 1)
+        batch.changes[index] = (old, new)
+        batch.effects[old.id] = effects
+
+
 def write_evaluated(
     svc: Services,
     batch: EvaluatedBatch,
@@ -268,6 +295,9 @@ def write_evaluated(
         ledger.add(effects.delta)
     svc.publisher.after_writes(
         [(old, new, applied[old.id]) for old, new in batch.changes if old.id in applied]
+    )
+    svc.send_guard.record_opt_outs(
+        [(old, new) for old, new in batch.changes if old.id in applied], svc.clock.now()
     )
     svc.record_counters(campaign_type, landed)
     result.failures = fail_alone(svc, batch.broken, ledger)

@@ -660,7 +660,8 @@ def test_get_stage_data_returns_the_template_stage(manager: CampaignManager) -> 
     running(manager, 1)
     data = manager._get_stage_data(conv(manager, 0), "decision")
     assert data["name"] == "decision"
-    assert data["advance_when"]["regex"] == r"\b(buy|yes|deal|start)\b"
+    assert data["advance_when"]["any"][1]["regex"] == r"\b(buy|yes|deal|start)\b"
+    assert data["on_reply"]["question"] == {"goto": "consideration", "exit": None}
     assert data["max_followups_without_reply"] == {"count": 1, "then": "fail"}
     assert len(data["messages"]) == 2
 
@@ -1263,7 +1264,18 @@ def test_metrics_document_after_a_scripted_scenario(
             "consideration": {"entered": 1, "completed": 1, "avg_duration_seconds": 7200.0},
             "decision": {"entered": 1, "completed": 1, "avg_duration_seconds": 3600.0},
         },
-        "message_metrics": {"total_sent": 8, "total_received": 4, "response_rate": 0.5},
+        "message_metrics": {
+            "total_sent": 8,
+            "total_received": 4,
+            "response_rate": 0.5,
+            "deferred": 0,
+        },
+        # The transitions that happened, exits included (branched funnel).
+        "funnel": {
+            "awareness": {"consideration": 1, "exit:opted_out": 1, "exit:completed": 1},
+            "consideration": {"decision": 1},
+            "decision": {"exit:completed": 1},
+        },
         "updated_at": START + DAY,
     }
 

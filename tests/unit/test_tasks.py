@@ -154,6 +154,9 @@ def test_public_task_names_are_registered() -> None:
             "resume_campaign",
             "cancel_campaign",
             "get_campaign_metrics",
+            "list_suppressions",
+            "add_suppression",
+            "lift_suppression",
         )
     }
     assert all(task.name in app.tasks for task in tasks.PUBLIC_TASKS)
