@@ -2,10 +2,10 @@
 recipients collection (``bench/run.py`` measures it; also runnable alone).
 
 The parent inserts N recipients, then runs ``python -m bench.init_rss child ...`` in a
-fresh process that only builds a CampaignManager and calls
-``initialize_campaign_conversations``; the parent reads the child's peak resident set size
-(``ru_maxrss``) from ``wait4``. Streaming in batches means the peak depends on the batch
-size, not on N: compare a small N with a large one.
+fresh process that only builds a CampaignManager, calls
+``initialize_campaign_conversations`` and reports its peak resident set size (``VmHWM``,
+its own high-water mark) and its RSS before initializing. Streaming in batches means the
+peak depends on the batch size, not on N: compare a small N with a large one.
 
     .venv/bin/python -m bench.init_rss --sizes 10000 1000000   # MONGODB_URI or a secantusdb
 """
@@ -57,16 +57,20 @@ def measure(uri: str, db_name: str, size: int) -> dict[str, Any]:
     finally:
         client.close()
     argv = [sys.executable, "-m", "bench.init_rss", "child", uri, db_name, str(size)]
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"init_rss child failed with {proc.returncode}")
-    result: dict[str, Any] = json.loads(output.decode().strip().splitlines()[-1])
-    result["peak_rss_mib"] = round(usage.ru_maxrss / 1024, 1)  # Linux: KiB
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"init_rss child failed ({done.returncode}): {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def status_mib(field: str) -> float:
+    """A memory field of /proc/self/status in MiB. VmHWM is this process image's own peak:
+    unlike ru_maxrss it does not inherit the RSS of the parent that spawned it."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return round(int(line.split()[1]) / 1024, 1)  # kB
+    raise LookupError(field)
 
 
 def child(uri: str, db_name: str, size: int) -> None:
@@ -92,11 +96,18 @@ def child(uri: str, db_name: str, size: int) -> None:
             "recipients": {"collection": f"recipients_{size}", "query": {}},
         }
     )
+    before = status_mib("VmRSS")
     begun = time.perf_counter()
     created = manager.initialize_campaign_conversations(campaign_id)
     seconds = time.perf_counter() - begun
-    assert created == size, (created, size)
-    print(json.dumps({"recipients": size, "created": created, "seconds": round(seconds, 2)}))
+    result = {
+        "recipients": size,
+        "created": created,
+        "seconds": round(seconds, 2),
+        "rss_before_mib": before,
+        "peak_rss_mib": status_mib("VmHWM"),
+    }
+    print(json.dumps(result))
     client.close()
 
 

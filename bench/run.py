@@ -84,7 +84,7 @@ def service_section(bench: ServiceBench, n: int, m: int) -> tuple[list[Figure], 
                 f"raw insert_many: {fmt(per_1000(raw_insert.span.total, n))}; "
                 "one insert per recipient: 1,000",
                 f"N = {n:,}, init batch {bench.settings.init_batch_size:,}",
-                {"by_command": run.span.by_name(), "seconds": run.seconds},
+                {"round_trips": run.span.total, "items": n, "by_command": run.span.by_name()},
             )
         )
     init_rate, raw_rate = rate(n, inits["inline"].seconds), rate(n, raw_insert.seconds)
@@ -116,7 +116,12 @@ def service_section(bench: ServiceBench, n: int, m: int) -> tuple[list[Figure], 
             f"naive: {fmt(per_1000(naive.span.total, m))}; raw bulk_write: "
             f"{fmt(per_1000(raw_bulk.span.total, m))}",
             f"process_due_conversations, batch {batch} (default)",
-            {"by_command": advance.span.by_name(), "batches": len(advance.spans)},
+            {
+                "round_trips": advance.span.total,
+                "items": m,
+                "by_command": advance.span.by_name(),
+                "batches": len(advance.spans),
+            },
         ),
         Figure(
             "claim_share_of_batch_db_time",
@@ -191,20 +196,25 @@ def celery_section(
             per_1000(one.round_trips, one.items),
             f"naive: {fmt(raw['naive_round_trips_per_1000'])}",
             "poll + processing tasks, 1 worker process",
-            {"by_command": one.mongo_commands},
+            {"round_trips": one.round_trips, "items": one.items, "by_command": one.mongo_commands},
         ),
         Figure(
             "reply_round_trips_per_1000_celery",
             per_1000(replies.round_trips, replies.items),
             f"naive: {fmt(raw['naive_round_trips_per_1000'])}",
             f"{replies.items:,} campaign_worker.record_inbound_message tasks",
-            {"by_command": replies.mongo_commands, "seconds": replies.seconds},
+            {
+                "round_trips": replies.round_trips,
+                "items": replies.items,
+                "by_command": replies.mongo_commands,
+            },
         ),
         Figure(
             "broker_messages_per_1000_advanced",
             per_1000(one.messages, one.items),
             "one task per conversation: 1,000",
             f"published: bench {one.published_by_bench}, worker {one.published_by_worker}",
+            {"messages": one.messages, "items": one.items},
         ),
         Figure(
             "worker_cpu_per_1000_over_noop",
@@ -240,8 +250,8 @@ def memory_section(uri: str, db_name: str, sizes: list[int]) -> Figure:
         "init_peak_rss_mib",
         last["peak_rss_mib"],
         f"{first['recipients']:,} recipients: {first['peak_rss_mib']} MiB",
-        f"at {last['recipients']:,} recipients ({last['seconds']} s); "
-        "a fresh process, recipients collection",
+        f"at {last['recipients']:,} recipients ({last['seconds']} s); a fresh process "
+        f"({last['rss_before_mib']} MiB before initializing), recipients collection",
         {"runs": results},
     )
 
