@@ -349,6 +349,10 @@ def run_sections(args: argparse.Namespace, mongo: Server, broker: Server) -> dic
     }
 
 
+def order(figure: Figure) -> int:
+    return list(TARGETS).index(figure.key)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     configure_logging("WARNING", "console")
@@ -365,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         "broker": broker.kind,
         "sizes": outcome["sizes"],
         "seconds": round(time.perf_counter() - begun, 1),
-        "figures": {f.key: f.as_dict() for f in figures},
+        "figures": {f.key: f.as_dict() for f in sorted(figures, key=order)},
         "details": outcome["details"],
     }
     print()
