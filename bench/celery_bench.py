@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -122,6 +123,7 @@ class CeleryBench:
     def close(self) -> None:
         self.celery.close()
         self.redis.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     # ------------------------------------------------------------------ processes
 
