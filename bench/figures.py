@@ -107,3 +107,50 @@ def table(figures: list[Figure]) -> str:
             f"| {label} | **{fmt(figure.value)}** | {target} | {figure.baseline} | {figure.note} |"
         )
     return "\n".join(lines)
+
+
+def size_text(value: Any) -> str:
+    if isinstance(value, list):
+        return " / ".join(f"{v:,}" for v in value)
+    return f"{value:,}"
+
+
+def describe(report: dict[str, Any]) -> str:
+    """One line: when, which commit, on what, against which server and broker, sizes."""
+    machine = report["machine"]
+    sizes = ", ".join(f"{k} {size_text(v)}" for k, v in report["sizes"].items())
+    return (
+        f"{report['date']}, commit `{report['commit']}`, {machine['cpus']} CPUs "
+        f"({machine['cpu'] or machine['platform']}), Python {machine['python']}, pymongo "
+        f"{machine['pymongo']}; MongoDB: {report['server']['kind']} (reports "
+        f"{report['server']['version']}); broker: {report['broker']}; sizes: {sizes}; "
+        f"{report['seconds']:.0f} s"
+    )
+
+
+def compare(after: dict[str, Any], before: dict[str, Any] | None = None) -> str:
+    """The docs table from bench JSON: each figure's target, its value before (another
+    report, if given) and now, and now's same-run baseline."""
+    lines = []
+    if before is not None:
+        lines += [f"- before: {describe(before)}", f"- after: {describe(after)}", ""]
+        lines += [
+            "| figure | target | before | after | baseline (after's run) | note (after) |",
+            "|---|---:|---:|---:|---|---|",
+        ]
+    else:
+        lines += [f"- {describe(after)}", ""]
+        lines += [
+            "| figure | target | measured | baseline, same run | note |",
+            "|---|---:|---:|---|---|",
+        ]
+    for key, (label, target) in TARGETS.items():
+        now = after["figures"].get(key)
+        value = f"**{fmt(now['value'])}**" if now else "(not run)"
+        row = [label, target]
+        if before is not None:
+            old = before["figures"].get(key)
+            row.append(fmt(old["value"]) if old else "(not run)")
+        row += [value, now["baseline"] if now else "", now["note"] if now else ""]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)

@@ -40,7 +40,7 @@ import pymongo  # noqa: E402
 
 from bench import init_rss  # noqa: E402
 from bench.celery_bench import CeleryBench, Run  # noqa: E402
-from bench.figures import TARGETS, Figure, fmt, table  # noqa: E402
+from bench.figures import TARGETS, Figure, compare, fmt, table  # noqa: E402
 from bench.service_bench import ServiceBench, Timed, claim_share, compare_and_sets  # noqa: E402
 from bench.wire import Recorder, Server, mongo_server, redis_broker  # noqa: E402
 from campaign_worker.adapters.logs import configure_logging, redact_uri  # noqa: E402
@@ -303,6 +303,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sections", default="service,celery,memory")
     parser.add_argument("--workers", default="1,2,4", help="worker processes per scaling run")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="print the docs/benchmarks.md table of a results file instead of running",
+    )
+    parser.add_argument(
+        "--before", type=Path, metavar="JSON", help="with --render: a before column"
+    )
     return parser.parse_args(argv)
 
 
@@ -355,6 +364,10 @@ def order(figure: Figure) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.render:
+        before = json.loads(args.before.read_text()) if args.before else None
+        print(compare(json.loads(args.render.read_text()), before))
+        return 0
     configure_logging("WARNING", "console")
     begun = time.perf_counter()
     with mongo_server(args.uri) as mongo, redis_broker(args.broker) as broker:
