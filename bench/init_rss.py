@@ -125,9 +125,10 @@ def main() -> int:
             for size in args.sizes:
                 print(json.dumps(measure(server.uri, db_name, size)), flush=True)
         finally:
-            client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(server.uri)
-            client.drop_database(db_name)
-            client.close()
+            if server.pid is None:  # a server the bench started goes with its storage
+                client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(server.uri)
+                client.drop_database(db_name)
+                client.close()
     return 0
 
 
