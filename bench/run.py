@@ -245,6 +245,7 @@ def memory_section(uri: str, db_name: str, sizes: list[int]) -> Figure:
     for size in sizes:
         print(f"  peak RSS: initializing {size:,} streamed recipients", flush=True)
         results.append(init_rss.measure(uri, db_name, size))
+        print(f"    {json.dumps(results[-1])}", flush=True)
     first, last = results[0], results[-1]
     return Figure(
         "init_peak_rss_mib",
