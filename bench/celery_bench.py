@@ -31,13 +31,15 @@ from typing import Any
 import redis
 from celery import Celery
 
+import celeryconfig
 from bench.wire import Server, cpu_seconds, group_cpu_seconds
 from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.bootstrap import build_manager, ensure_indexes
 from campaign_worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-QUEUES = "celery,polling,initialization,processing,inbound"
+# Every queue the project's Celery settings declare (a worker consumes them all).
+QUEUES = ",".join(queue.name for queue in celeryconfig.task_queues)
 POLL = "campaign_worker.poll_campaigns"
 INBOUND = "campaign_worker.record_inbound_message"
 
