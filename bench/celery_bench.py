@@ -239,7 +239,7 @@ class CeleryBench:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{label}: not done after {self.timeout}s")
         cpu1 = worker.cpu()
-        time.sleep(0.3)  # the last counter files are written after the task returns
+        time.sleep(0.5)  # counter files are written after the task returns, or every 0.1 s
         commands1, published1 = worker.counts()
         seconds = finished - begun
         return Run(
