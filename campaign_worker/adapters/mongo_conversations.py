@@ -105,8 +105,9 @@ class MongoConversationStateRepository:
         ]
         query = clauses[0] if len(clauses) == 1 else {"$or": clauses}
         wanted = {(c, u) for c, u in pairs}
-        # batch_size: every match in the first reply (the server's default is 101 documents).
-        found = self._collection.find(query, batch_size=max(len(wanted), 1))
+        # At most one conversation per pair (unique index): with limit and batch_size, every
+        # match comes in the first reply and the cursor is closed (no getMore).
+        found = self._collection.find(query, limit=len(wanted), batch_size=len(wanted))
         return [doc for doc in found if (doc.get("campaign_id"), doc.get("user_id")) in wanted]
 
     @translate_errors
@@ -114,7 +115,9 @@ class MongoConversationStateRepository:
         """The conversations with these ids (those that exist), in one ``find``."""
         if not ids:
             return []
-        return list(self._collection.find({"_id": {"$in": list(ids)}}, batch_size=len(ids)))
+        unique = list(dict.fromkeys(ids))
+        query = {"_id": {"$in": unique}}
+        return list(self._collection.find(query, limit=len(unique), batch_size=len(unique)))
 
     @translate_errors
     def update_conversation_state(self, id: str, updates: Doc) -> Doc | None:
