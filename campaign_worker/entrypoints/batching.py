@@ -28,6 +28,7 @@ from time import monotonic, time
 from typing import Any
 
 from celery import signals
+from celery.app.trace import LOG_RECEIVED
 from celery.utils.imports import symbol_by_name
 from celery.utils.log import get_logger
 from celery.utils.time import timezone
@@ -115,6 +116,10 @@ class Buffer:
     ) -> None:
         """Celery's task message handler for this task (see ``strategy.default``)."""
         req = self._request(message, body, ack, reject)
+        if logger.isEnabledFor(logging.INFO):  # Celery's "received" line (reprs redacted)
+            context = {"id": req.id, "name": req.name, "args": req.argsrepr}
+            context.update(kwargs=req.kwargsrepr, eta=req.eta)
+            logger.info(LOG_RECEIVED, context, extra={"data": context})
         if (req.expires or req.id in revoked_tasks) and req.revoked():
             return
         signals.task_received.send(sender=self.consumer, request=req)
@@ -232,12 +237,7 @@ class Buffer:
         batch = [req for req in batch if req not in revoked]
         if not batch:
             return
-        items = [
-            BatchItem(
-                req.id, list(req.args), dict(req.kwargs), int(req.request_dict.get("retries") or 0)
-            )
-            for req in batch
-        ]
+        items = [_item(req) for req in batch]
         self.consumer.pool.apply_async(
             run_batch,
             args=(self.task.name, items),
