@@ -10,6 +10,7 @@ stored, or their retry not published): those go back to the broker.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ from celery import signals
 from celery.app.task import Context
 from celery.utils.time import get_exponential_backoff_interval
 
-from campaign_worker.adapters.logs import TaskSecrets, scrub, secrets_of, task_secrets
+from campaign_worker.adapters.logs import scrub, secrets_of
 from campaign_worker.domain.errors import InvalidInputError
 from campaign_worker.entrypoints.batching import BatchItem, ItemOutcome
 from campaign_worker.entrypoints.celery_app import RETRYABLE, CampaignTask, dead_letter
@@ -49,10 +50,15 @@ class BatchedTask(CampaignTask):
     batch_interval = get_settings().inbound_batch_interval
 
     def run_batch(self, items: Sequence[BatchItem]) -> list[ItemOutcome]:
-        """Run the batch and settle each message (pool side)."""
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(task_name=self.name, batch_size=len(items))
-        task_secrets.set(TaskSecrets([i.args for i in items], [i.kwargs for i in items]))
+        """Run the batch and settle each message (pool side). One run of the task as far
+        as ``task_prerun``/``task_postrun`` go (log context, body scrubbing, duration):
+        under a batch id, with every message's arguments."""
+        batch_id = f"batch-{uuid.uuid4().hex}"
+        arguments = [[item.args, item.kwargs] for item in items]
+        run = {"sender": self, "task_id": batch_id, "task": self, "args": arguments, "kwargs": {}}
+        signals.task_prerun.send(**run)
+        structlog.contextvars.bind_contextvars(batch_size=len(items))
+        outcomes: list[ItemOutcome] = []
         try:
             try:
                 values = _HANDLERS[self.name](items)
@@ -63,8 +69,7 @@ class BatchedTask(CampaignTask):
             log.info("batch_settled", **{s.lower(): states.count(s) for s in set(states)})
             return outcomes
         finally:
-            structlog.contextvars.clear_contextvars()
-            task_secrets.set(None)
+            signals.task_postrun.send(**run, retval=None, state="SUCCESS" if outcomes else None)
 
     def _settle(self, item: BatchItem, value: Any) -> ItemOutcome:
         if not isinstance(value, Exception):
