@@ -10,6 +10,8 @@ stored, or their retry not published): those go back to the broker.
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,15 +19,19 @@ from typing import Any
 import structlog
 from celery import signals
 from celery.app.task import Context
+from celery.app.trace import LOG_SUCCESS
 from celery.utils.time import get_exponential_backoff_interval
 
 from campaign_worker.adapters.logs import scrub, secrets_of
 from campaign_worker.domain.errors import InvalidInputError
+from campaign_worker.entrypoints import observability as hooks
 from campaign_worker.entrypoints.batching import BatchItem, ItemOutcome
 from campaign_worker.entrypoints.celery_app import RETRYABLE, CampaignTask, dead_letter
+from campaign_worker.entrypoints.requests import argument_reprs, parameter_names
 from campaign_worker.settings import get_settings
 
 log = structlog.get_logger(__name__)
+_trace_log = logging.getLogger("celery.app.trace")  # where Celery logs a task's outcome
 
 #: One value per item, in order: the task's JSON result, or the exception that failed it.
 BatchHandler = Callable[[Sequence[BatchItem]], list[Any]]
@@ -51,13 +57,20 @@ class BatchedTask(CampaignTask):
 
     def run_batch(self, items: Sequence[BatchItem]) -> list[ItemOutcome]:
         """Run the batch and settle each message (pool side). One run of the task as far
-        as ``task_prerun``/``task_postrun`` go (log context, body scrubbing, duration):
-        under a batch id, with every message's arguments."""
-        batch_id = f"batch-{uuid.uuid4().hex}"
+        as ``task_prerun``/``task_postrun`` go (log context, body scrubbing), with every
+        message's arguments; the duration metric counts one run per message."""
         arguments = [[item.args, item.kwargs] for item in items]
-        run = {"sender": self, "task_id": batch_id, "task": self, "args": arguments, "kwargs": {}}
+        run: dict[str, Any] = {
+            "sender": self,
+            "task_id": None,
+            "task": self,
+            "args": arguments,
+            "kwargs": {},
+        }
         signals.task_prerun.send(**run)
-        structlog.contextvars.bind_contextvars(batch_size=len(items))
+        batch_id = f"batch-{uuid.uuid4().hex[:12]}"
+        structlog.contextvars.bind_contextvars(batch_id=batch_id, batch_size=len(items))
+        started = time.perf_counter()
         outcomes: list[ItemOutcome] = []
         try:
             try:
@@ -69,11 +82,13 @@ class BatchedTask(CampaignTask):
             log.info("batch_settled", **{s.lower(): states.count(s) for s in set(states)})
             return outcomes
         finally:
+            hooks.batch_ran(self.name, len(items), time.perf_counter() - started)
             signals.task_postrun.send(**run, retval=None, state="SUCCESS" if outcomes else None)
 
     def _settle(self, item: BatchItem, value: Any) -> ItemOutcome:
         if not isinstance(value, Exception):
             self._store(item, lambda ctx: self.backend.mark_as_done(item.id, value, request=ctx))
+            self._log_success(item, value)
             return ItemOutcome(True, "SUCCESS", result=value)
         if isinstance(value, InvalidInputError):
             return self._dead_letter(item, value, "invalid_input")
@@ -83,6 +98,18 @@ class BatchedTask(CampaignTask):
             return self._dead_letter(item, value, "retries_exhausted")
         log.error("batch_item_failed", task_id=item.id, error_type=type(value).__name__)
         return self._dead_letter(item, value, "error")
+
+    def _log_success(self, item: BatchItem, result: Any) -> None:
+        """Celery's "succeeded" line for one message, in that message's log context."""
+        if not _trace_log.isEnabledFor(logging.INFO):
+            return
+        names = parameter_names(self.run)
+        context = hooks.task_context(item.id, self.name, item.args, item.kwargs, names)
+        argsrepr, kwargsrepr = argument_reprs(self.run, item.args, item.kwargs)
+        data = {"id": item.id, "name": self.name, "return_value": repr(result), "runtime": 0.0}
+        data.update(args=argsrepr, kwargs=kwargsrepr)
+        with structlog.contextvars.bound_contextvars(**context):
+            _trace_log.info(LOG_SUCCESS, data, extra={"data": data})
 
     def _retry(self, item: BatchItem, error: Exception) -> ItemOutcome:
         """Publish the message again with a backoff, as ``Task.retry`` does."""

@@ -47,6 +47,7 @@ from celery.worker.strategy import (  # type: ignore[attr-defined]
 from kombu.asynchronous.timer import to_timestamp
 
 logger = get_logger(__name__)
+_strategy_log = get_logger("celery.worker.strategy")  # where Celery logs "received"
 
 #: A batch whose outcome is unknown goes back to the broker after this pause, so an
 #: outage is no hot loop (the same pause as ``celery_app.STORE_RETRY_PAUSE_SECONDS``).
@@ -116,10 +117,10 @@ class Buffer:
     ) -> None:
         """Celery's task message handler for this task (see ``strategy.default``)."""
         req = self._request(message, body, ack, reject)
-        if logger.isEnabledFor(logging.INFO):  # Celery's "received" line (reprs redacted)
+        if _strategy_log.isEnabledFor(logging.INFO):  # Celery's "received" line, redacted
             context = {"id": req.id, "name": req.name, "args": req.argsrepr}
             context.update(kwargs=req.kwargsrepr, eta=req.eta)
-            logger.info(LOG_RECEIVED, context, extra={"data": context})
+            _strategy_log.info(LOG_RECEIVED, context, extra={"data": context})
         if (req.expires or req.id in revoked_tasks) and req.revoked():
             return
         signals.task_received.send(sender=self.consumer, request=req)
