@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     process_batch_size: int = Field(default=1000, ge=1, le=10_000)
     process_fanout: int = Field(default=8, ge=1, le=1024)
     lease_seconds: int = Field(default=120, ge=5, le=86_400)
+    # Replies are recorded in batches: up to this many at once, at most this long after
+    # the first one arrived (the added latency at low load).
+    inbound_batch_size: int = Field(default=500, ge=1, le=10_000)
+    inbound_batch_interval: float = Field(default=0.5, gt=0, le=60)
 
     celery_broker_url: str = Field(default="redis://localhost:6379/0", min_length=1)
     celery_result_backend: str | None = None

@@ -103,6 +103,35 @@ class MongoConversationStateRepository:
         return parse_document(ConversationState, doc, what=f"conversation {doc['_id']}")
 
     @translate_errors
+    def find_by_users(self, pairs: Sequence[tuple[str, str]]) -> list[Doc]:
+        """The conversations of these (campaign id, user id) pairs, in one ``find``
+        (one ``$in`` per campaign, served by the unique (campaign, user) index)."""
+        users: dict[str, set[str]] = {}
+        for campaign_id, user_id in pairs:
+            users.setdefault(campaign_id, set()).add(user_id)
+        if not users:
+            return []
+        clauses = [
+            {"campaign_id": campaign_id, "user_id": {"$in": sorted(ids)}}
+            for campaign_id, ids in users.items()
+        ]
+        query = clauses[0] if len(clauses) == 1 else {"$or": clauses}
+        wanted = {(c, u) for c, u in pairs}
+        # At most one conversation per pair (unique index): with limit and batch_size, every
+        # match comes in the first reply and the cursor is closed (no getMore).
+        found = self._collection.find(query, limit=len(wanted), batch_size=len(wanted))
+        return [doc for doc in found if (doc.get("campaign_id"), doc.get("user_id")) in wanted]
+
+    @translate_errors
+    def get_many(self, ids: Sequence[str]) -> list[Doc]:
+        """The conversations with these ids (those that exist), in one ``find``."""
+        if not ids:
+            return []
+        unique = list(dict.fromkeys(ids))
+        query = {"_id": {"$in": unique}}
+        return list(self._collection.find(query, limit=len(unique), batch_size=len(unique)))
+
+    @translate_errors
     def update_conversation_state(self, id: str, updates: Doc) -> Doc | None:
         """Apply ``updates`` atomically and return the new document (None if absent).
 

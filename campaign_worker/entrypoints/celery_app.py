@@ -369,7 +369,10 @@ class CampaignTask(Task):  # type: ignore[type-arg]
 
 
 def public_task(
-    name: str, *, dead_letter_failures: bool = True
+    name: str,
+    *,
+    dead_letter_failures: bool = True,
+    base: type[CampaignTask] = CampaignTask,
 ) -> Callable[[Callable[P, R]], CampaignTask]:
     """Register ``fn`` as the public task ``name`` with validated arguments.
 
@@ -397,9 +400,7 @@ def public_task(
                 dead_letter(name, args, kwargs, exc)
                 raise
 
-        return app.task(name=name, base=CampaignTask, dead_letter_failures=dead_letter_failures)(
-            run
-        )
+        return app.task(name=name, base=base, dead_letter_failures=dead_letter_failures)(run)
 
     return decorate
 

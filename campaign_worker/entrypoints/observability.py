@@ -287,6 +287,16 @@ def dead_lettered(task_name: str, reason: str) -> None:
     DEAD_LETTERS.labels(task_name, reason).inc()
 
 
+def batch_ran(task_name: str, messages: int, seconds: float) -> None:
+    """A batched task ran ``messages`` messages together: each counts as one run that took
+    the batch's time (``task_duration_seconds`` stays one observation per message)."""
+    from campaign_worker.adapters.metrics import TASK_DURATION
+
+    histogram = TASK_DURATION.labels(task_name)
+    for _ in range(messages):
+        histogram.observe(seconds)
+
+
 def drift_corrected(drift: dict[str, float]) -> None:
     from campaign_worker.adapters.metrics import METRICS_DRIFT
 

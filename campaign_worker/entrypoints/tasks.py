@@ -14,21 +14,27 @@ return JSON. Waits never become Celery countdowns: they live in MongoDB as
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
 import structlog
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, ValidationError, validate_call
 
-from campaign_worker.domain.errors import InvalidStateTransitionError
+from campaign_worker.domain.documents import describe_validation_error
+from campaign_worker.domain.errors import InvalidInputError, InvalidStateTransitionError
 from campaign_worker.entrypoints import observability as hooks
+from campaign_worker.entrypoints.batch_task import BatchedTask, batch_handler
+from campaign_worker.entrypoints.batching import BatchItem
 from campaign_worker.entrypoints.celery_app import (
     RETRYABLE,
     container,
     current_task_id,
+    jsonable,
     public_task,
 )
 from campaign_worker.service.ledger import Dispatch, is_dispatch_token
+from campaign_worker.service.replies import InboundReply
 
 log = structlog.get_logger(__name__)
 
@@ -182,7 +188,10 @@ def process_conversations(
     return result.as_dict()
 
 
-@public_task("campaign_worker.record_inbound_message")
+INBOUND = "campaign_worker.record_inbound_message"
+
+
+@public_task(INBOUND, base=BatchedTask)
 def record_inbound_message(
     campaign_id: Id,
     user_id: Id,
@@ -191,10 +200,44 @@ def record_inbound_message(
     timestamp: IsoDatetime | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Store a reply (idempotent by message_id) and evaluate the conversation at once."""
+    """Store a reply (idempotent by message_id) and evaluate the conversation at once.
+    A worker runs these in batches (``_record_replies``); this is a batch of one."""
     return container().manager.record_inbound_message(
         campaign_id, user_id, message_id, content, timestamp=timestamp, metadata=metadata
     )
+
+
+@validate_call
+def _inbound_reply(
+    campaign_id: Id,
+    user_id: Id,
+    message_id: Id,
+    content: str,
+    timestamp: IsoDatetime | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> InboundReply:
+    """A reply's arguments, checked as ``record_inbound_message`` checks them."""
+    return InboundReply(campaign_id, user_id, message_id, content, timestamp, metadata)
+
+
+@batch_handler(INBOUND)
+def _record_replies(items: Sequence[BatchItem]) -> list[Any]:
+    """A worker's batch of replies: each one's result, or the error that refuses it."""
+    values: list[Any] = [None] * len(items)
+    replies, where = [], []
+    for index, item in enumerate(items):
+        try:
+            replies.append(_inbound_reply(*item.args, **item.kwargs))
+            where.append(index)
+        except ValidationError as exc:
+            reason = describe_validation_error(exc)
+            values[index] = InvalidInputError(f"invalid arguments for {INBOUND}: {reason}")
+        except TypeError as exc:  # keyword arguments that are not strings
+            values[index] = InvalidInputError(f"invalid arguments for {INBOUND}: {exc}")
+    outcomes = container().manager.record_inbound_messages(replies) if replies else []
+    for index, outcome in zip(where, outcomes, strict=True):
+        values[index] = outcome.error if outcome.error is not None else jsonable(outcome.result)
+    return values
 
 
 @public_task("campaign_worker.mark_conversation_complete")

@@ -10,7 +10,7 @@ same request finds nothing left to do.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from campaign_worker.domain.documents import (
@@ -31,6 +31,7 @@ from campaign_worker.service import (
     processing,
     queries,
     reconcile,
+    replies,
     suppression_admin,
 )
 from campaign_worker.service.campaigns import campaign_id_for_key
@@ -191,6 +192,13 @@ class CampaignManager(Services):
         return conversations.record_inbound_message(
             self, campaign_id, user_id, message_id, content, timestamp, metadata
         )
+
+    def record_inbound_messages(
+        self, batch: Sequence[replies.InboundReply]
+    ) -> list[replies.ReplyOutcome]:
+        """Record a batch of replies in a handful of round trips; one outcome (result or
+        error) per reply, in order. See ``service/replies.py``."""
+        return replies.record_inbound_messages(self, batch)
 
     def process_due_conversations(
         self,

@@ -9,34 +9,18 @@ from campaign_worker.domain.documents import (
     FINISHED_STATUSES,
     CampaignStatus,
     ConversationState,
-    Direction,
-    Message,
     parse_document,
 )
 from campaign_worker.domain.errors import (
-    ConversationNotFoundError,
-    InvalidDocumentError,
     InvalidInputError,
-    LimitExceededError,
     UnknownStageError,
 )
-from campaign_worker.domain.limits import (
-    MAX_CONTENT_BYTES,
-    MAX_HISTORY_MESSAGES,
-    MAX_METADATA_BYTES,
-    check_size,
-    truncate_utf8,
-)
 from campaign_worker.domain.progression import Action, Decision, Effects, apply
-from campaign_worker.domain.replies import reply_facts
-from campaign_worker.domain.rules import entry_index
-from campaign_worker.domain.templates import Template
 from campaign_worker.service.context import Doc, Services
-from campaign_worker.service.writes import Current, Outcome, StateChange, write_one
+from campaign_worker.service.replies import InboundReply, record_one
+from campaign_worker.service.writes import Current, Outcome, write_one
 
 UPDATABLE_FIELDS = {"context", "next_action_at", "status_reason"}
-# Replies to these campaigns are recorded and change nothing else.
-_WOUND_DOWN = frozenset({CampaignStatus.CANCELLED, CampaignStatus.COMPLETED})
 
 
 def record_inbound_message(
@@ -48,105 +32,13 @@ def record_inbound_message(
     timestamp: datetime | None = None,
     metadata: Doc | None = None,
 ) -> Doc:
-    """Store a reply (idempotent by message_id) and evaluate the conversation at once.
+    """Store a reply (idempotent by message_id) and evaluate the conversation at once
+    (a batch of one: see ``service/replies.py``).
 
     Returns {conversation_id, duplicate, status, current_stage, actions}.
     """
-    if not message_id:
-        raise InvalidInputError("message_id: must not be empty")
-    if not isinstance(content, str):
-        raise InvalidInputError("content: must be a string")
-    check_size(metadata or {}, MAX_METADATA_BYTES, "metadata")
-    # An over-long reply is kept, cut at the limit and marked, rather than refused:
-    # its start still counts as the reply it is.
-    content, size = truncate_utf8(content, MAX_CONTENT_BYTES)
-    extra: Doc = {"truncated": True, "original_bytes": size} if size > MAX_CONTENT_BYTES else {}
-    campaign = svc.campaign(campaign_id)
-    try:
-        found = svc.conversation_state_repository.get_by_user(campaign_id, user_id)
-    except InvalidDocumentError as exc:
-        raise InvalidInputError(str(exc)) from exc
-    if found is None:
-        raise ConversationNotFoundError(f"campaign {campaign_id!r} / user {user_id!r}")
-    result: Doc = {"conversation_id": found.id, "duplicate": False, "actions": []}
-    reply = _Reply(message_id, content, timestamp, {**(metadata or {}), **extra})
-    change = reply.change(campaign.status, result)
-    try:
-        state = write_one(svc, found.id, change, first_read=found)
-    except InvalidDocumentError as exc:
-        raise InvalidInputError(str(exc)) from exc
-    if not result["duplicate"]:
-        svc.metrics.messages_received(str((metadata or {}).get("channel", "default")), 1)
-    result.update({"status": state.status.value, "current_stage": state.current_stage})
-    return result
-
-
-class _Reply:
-    """An inbound message about to be recorded."""
-
-    def __init__(
-        self, message_id: str, content: str, timestamp: datetime | None, metadata: Doc
-    ) -> None:
-        self.message_id = message_id
-        self.content = content
-        self.timestamp = timestamp
-        self.metadata = metadata
-
-    def change(self, campaign_status: CampaignStatus, result: Doc) -> StateChange:
-        def record(c: Current) -> Outcome | None:
-            result["actions"] = []  # what an earlier, lost attempt decided does not count
-            if any(m.message_id == self.message_id for m in c.state.message_history):
-                result["duplicate"] = True
-                return None
-            updated = self.recorded_in(c.state, c.now, c.template)
-            effects = Effects()
-            if c.state.status in FINISHED_STATUSES or campaign_status in _WOUND_DOWN:
-                pass
-            elif campaign_status == CampaignStatus.RUNNING:
-                updated, effects = c.progress(updated)
-            else:
-                # Paused campaign: keep the reply due so it is evaluated on resume.
-                updated = updated.model_copy(update={"next_action_at": c.now})
-            effects.delta.received += 1
-            result["actions"] = [decision.action.value for decision in effects.decisions]
-            return updated, effects
-
-        return record
-
-    def recorded_in(
-        self, state: ConversationState, now: datetime, template: Template
-    ) -> ConversationState:
-        if len(state.message_history) >= MAX_HISTORY_MESSAGES:
-            raise LimitExceededError(
-                f"conversation {state.id!r} holds {MAX_HISTORY_MESSAGES} messages, "
-                "the most one conversation keeps"
-            )
-        message = Message(
-            message_id=self.message_id,
-            direction=Direction.INBOUND,
-            content=self.content,
-            timestamp=self.timestamp or now,
-            metadata={
-                **self.metadata,
-                "stage": state.current_stage,
-                "received_at": now,
-                "entry": entry_index(state),
-                # Classified once, here; evaluation reads the intent, never the text again.
-                **reply_facts(
-                    self.content, self.timestamp or now, state.context.timezone, template
-                ),
-            },
-        )
-        metrics = state.metrics.model_copy(
-            update={"messages_received": state.metrics.messages_received + 1}
-        )
-        return state.model_copy(
-            update={
-                "message_history": [*state.message_history, message],
-                "metrics": metrics,
-                "last_active": now,
-            }
-        )
+    reply = InboundReply(campaign_id, user_id, message_id, content, timestamp, metadata)
+    return record_one(svc, reply)
 
 
 def advance_conversation_stage(svc: Services, conversation_id: str, next_stage: str) -> Doc:

@@ -7,7 +7,7 @@ replay). ``write_one`` retries it from a fresh read when a concurrent writer won
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -17,6 +17,7 @@ from campaign_worker.domain.progression import Action, Decision, Effects, apply,
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 from campaign_worker.service.context import Services
 from campaign_worker.service.ledger import MetricsLedger
+from campaign_worker.service.ports import WriteOutcome
 
 Outcome = tuple[ConversationState, Effects]
 
@@ -146,4 +147,53 @@ def _attempt(
     )
 
 
-__all__ = ["CAS_ATTEMPTS", "Current", "Outcome", "StateChange", "write_one"]
+@dataclass(frozen=True)
+class Evaluated:
+    """One conversation's evaluated change, ready to be written."""
+
+    old: ConversationState
+    new: ConversationState
+    effects: Effects
+
+
+def write_changes(
+    svc: Services,
+    changes: Sequence[Evaluated],
+    ledger_of: Callable[[str], MetricsLedger],
+    now: datetime,
+) -> WriteOutcome:
+    """Write ``changes`` in one bulk compare-and-set, then publish and account for those
+    that landed (``ledger_of(campaign_id)``: the caller's ledger per campaign, closed by
+    the caller). Returns which applied, which the server refused; the rest lost a race."""
+    if not changes:
+        return WriteOutcome()
+    counting = {c.old.campaign_id for c in changes if not c.effects.delta.is_empty()}
+    for campaign_id in sorted(counting):
+        ledger_of(campaign_id).before_write()
+    written = svc.conversation_state_repository.write_transitions(
+        [(c.old, c.new) for c in changes], now
+    )
+    for campaign_id in counting:
+        ledger_of(campaign_id).after_write()
+    landed = [c for c in changes if c.old.id in written.applied]
+    for change in landed:
+        ledger_of(change.old.campaign_id).add(change.effects.delta)
+    svc.publisher.after_writes([(c.old, c.new, written.applied[c.old.id]) for c in landed])
+    svc.send_guard.record_opt_outs([(c.old, c.new) for c in landed], now)
+    by_type: dict[str, list[Effects]] = {}
+    for change in landed:
+        by_type.setdefault(change.old.campaign_type, []).append(change.effects)
+    for campaign_type, effects in by_type.items():
+        svc.record_counters(campaign_type, effects)
+    return written
+
+
+__all__ = [
+    "CAS_ATTEMPTS",
+    "Current",
+    "Evaluated",
+    "Outcome",
+    "StateChange",
+    "write_changes",
+    "write_one",
+]

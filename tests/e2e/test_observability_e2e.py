@@ -184,6 +184,9 @@ def test_prometheus_scrapes_exact_totals_and_logs_are_redacted_json(
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "INFO",
             "CELERY_QUIET": "1",  # no startup banner: the whole log is JSON lines
+            # One reply per batch: the replies spread over both children, as other tasks
+            # do (batching itself: tests/e2e/test_reply_batches_e2e.py).
+            "INBOUND_BATCH_SIZE": "1",
         }
     )
     node = processes.worker("obs-worker", concurrency=2)

@@ -1,7 +1,8 @@
 """What the README tells clients about ETA/countdown: a task delayed past the Redis
 visibility timeout is delivered again (Redis hands an unacked message out anew after
 ``CELERY_VISIBILITY_TIMEOUT``, including one a worker holds back for its ETA), so it runs
-more than once; every task is idempotent, so the effect is applied once.
+more than once; every task is idempotent, so the effect is applied once. (Replies run in
+batches, so the two copies, both due at the countdown, may run in one batch.)
 
 A real worker with the real app and the real ``record_inbound_message`` task, on a private
 Redis (the shared one keeps its timeout), with a visibility timeout of 4 s and a reply sent
@@ -79,7 +80,7 @@ def test_countdown_past_the_visibility_timeout_runs_twice_and_applies_once(
     try:
         node = procs.worker("visibility", concurrency=2, app=COUNTING_APP)
         wait_for_workers(client, [node])
-        client.send_task(
+        sent = client.send_task(
             INBOUND,
             kwargs={
                 "campaign_id": CAMPAIGN,
@@ -91,8 +92,13 @@ def test_countdown_past_the_visibility_timeout_runs_twice_and_applies_once(
             countdown=COUNTDOWN,
         )
 
+        def deliveries() -> int:
+            """Times the worker took the message (replies run in batches: two copies due
+            at once may run in one batch, so batch runs are not deliveries)."""
+            return procs.log("visibility").count(f"{INBOUND}[{sent.id}] received")
+
         def settled() -> bool:
-            if task_runs(counters)[INBOUND] < 2:
+            if deliveries() < 2 or task_runs(counters)[INBOUND] < 1:
                 return False
             inspect = client.control.inspect(destination=[node], timeout=1)
             busy = [
@@ -104,8 +110,7 @@ def test_countdown_past_the_visibility_timeout_runs_twice_and_applies_once(
 
         wait_until(settled, COUNTDOWN + 30, "the delayed reply to run twice and settle")
 
-        runs = task_runs(counters)[INBOUND]
-        assert runs >= 2  # delivered again after the visibility timeout: it ran twice
+        assert deliveries() >= 2  # delivered again after the visibility timeout, and run
         state = db["conversation_states"].find_one({"campaign_id": CAMPAIGN})
         assert state is not None
         inbound = [m for m in state["message_history"] if m["message_id"] == "sms-late-1"]

@@ -1,0 +1,173 @@
+"""``BatchedTask``: a public task whose worker runs its messages in batches.
+
+Called directly (``apply``, eager, ``run``) it is an ordinary ``CampaignTask`` of one
+request. In a worker its messages are buffered and run as one batch (``batching.py``);
+``run_batch`` settles each message as the single-request policy would: a result, a dead
+letter (invalid input, retries exhausted, unexpected error) or a retry published with
+backoff, and reports which messages it could not settle (their dead letter could not be
+stored, or their retry not published): those go back to the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from celery import signals
+from celery.app.task import Context
+from celery.app.trace import LOG_SUCCESS
+from celery.utils.time import get_exponential_backoff_interval
+
+from campaign_worker.adapters.logs import scrub, secrets_of
+from campaign_worker.domain.errors import InvalidInputError
+from campaign_worker.entrypoints import observability as hooks
+from campaign_worker.entrypoints.batching import BatchItem, ItemOutcome
+from campaign_worker.entrypoints.celery_app import RETRYABLE, CampaignTask, dead_letter
+from campaign_worker.entrypoints.requests import argument_reprs, parameter_names
+from campaign_worker.settings import get_settings
+
+log = structlog.get_logger(__name__)
+_trace_log = logging.getLogger("celery.app.trace")  # where Celery logs a task's outcome
+
+#: One value per item, in order: the task's JSON result, or the exception that failed it.
+BatchHandler = Callable[[Sequence[BatchItem]], list[Any]]
+_HANDLERS: dict[str, BatchHandler] = {}
+
+
+def batch_handler(task_name: str) -> Callable[[BatchHandler], BatchHandler]:
+    """Register the function that runs a batch of ``task_name``'s messages."""
+
+    def register(handler: BatchHandler) -> BatchHandler:
+        _HANDLERS[task_name] = handler
+        return handler
+
+    return register
+
+
+class BatchedTask(CampaignTask):
+    """A ``CampaignTask`` whose worker-side messages are run in batches."""
+
+    Strategy = "campaign_worker.entrypoints.batching:strategy"
+    batch_size = get_settings().inbound_batch_size
+    batch_interval = get_settings().inbound_batch_interval
+
+    def run_batch(self, items: Sequence[BatchItem]) -> list[ItemOutcome]:
+        """Run the batch and settle each message (pool side). One run of the task as far
+        as ``task_prerun``/``task_postrun`` go (log context, body scrubbing), with every
+        message's arguments; the duration metric counts one run per message."""
+        arguments = [[item.args, item.kwargs] for item in items]
+        run: dict[str, Any] = {
+            "sender": self,
+            "task_id": None,
+            "task": self,
+            "args": arguments,
+            "kwargs": {},
+        }
+        signals.task_prerun.send(**run)
+        batch_id = f"batch-{uuid.uuid4().hex[:12]}"
+        structlog.contextvars.bind_contextvars(batch_id=batch_id, batch_size=len(items))
+        started = time.perf_counter()
+        outcomes: list[ItemOutcome] = []
+        try:
+            try:
+                values = _HANDLERS[self.name](items)
+            except Exception as exc:  # the whole batch failed (say, MongoDB unreachable)
+                values = [exc] * len(items)
+            outcomes = [self._settle(i, value) for i, value in zip(items, values, strict=True)]
+            states = [o.state if o.settled else "UNSETTLED" for o in outcomes]
+            log.info("batch_settled", **{s.lower(): states.count(s) for s in set(states)})
+            return outcomes
+        finally:
+            hooks.batch_ran(self.name, len(items), time.perf_counter() - started)
+            signals.task_postrun.send(**run, retval=None, state="SUCCESS" if outcomes else None)
+
+    def _settle(self, item: BatchItem, value: Any) -> ItemOutcome:
+        if not isinstance(value, Exception):
+            self._store(item, lambda ctx: self.backend.mark_as_done(item.id, value, request=ctx))
+            self._log_success(item, value)
+            return ItemOutcome(True, "SUCCESS", result=value)
+        if isinstance(value, InvalidInputError):
+            return self._dead_letter(item, value, "invalid_input")
+        if isinstance(value, RETRYABLE):
+            if item.retries < self.max_retries:
+                return self._retry(item, value)
+            return self._dead_letter(item, value, "retries_exhausted")
+        log.error("batch_item_failed", task_id=item.id, error_type=type(value).__name__)
+        return self._dead_letter(item, value, "error")
+
+    def _log_success(self, item: BatchItem, result: Any) -> None:
+        """Celery's "succeeded" line for one message, in that message's log context."""
+        if not _trace_log.isEnabledFor(logging.INFO):
+            return
+        names = parameter_names(self.run)
+        context = hooks.task_context(item.id, self.name, item.args, item.kwargs, names)
+        argsrepr, kwargsrepr = argument_reprs(self.run, item.args, item.kwargs)
+        data = {"id": item.id, "name": self.name, "return_value": repr(result), "runtime": 0.0}
+        data.update(args=argsrepr, kwargs=kwargsrepr)
+        with structlog.contextvars.bound_contextvars(**context):
+            _trace_log.info(LOG_SUCCESS, data, extra={"data": data})
+
+    def _retry(self, item: BatchItem, error: Exception) -> ItemOutcome:
+        """Publish the message again with a backoff, as ``Task.retry`` does."""
+        countdown = get_exponential_backoff_interval(
+            factor=1, retries=item.retries, maximum=self.retry_backoff_max, full_jitter=True
+        )
+        try:
+            self.apply_async(
+                tuple(item.args),
+                item.kwargs,
+                task_id=item.id,
+                countdown=countdown,
+                retries=item.retries + 1,  # type: ignore[call-arg]  # passed to send_task
+            )
+        except Exception as exc:
+            log.error("retry_not_published", task_id=item.id, error=str(exc))
+            return ItemOutcome(False)
+        signals.task_retry.send(sender=self, request=None, reason=error, einfo=None)
+        return ItemOutcome(True, "RETRY", error=self._text(item, error))
+
+    def _dead_letter(self, item: BatchItem, error: Exception, reason: str) -> ItemOutcome:
+        """Store the dead letter first; a message whose letter is not stored is unsettled."""
+        try:
+            dead_letter(self.name, item.args, item.kwargs, error, reason=reason, task_id=item.id)
+        except Exception as exc:  # the store may be what is down
+            log.error("dead_letter_not_stored", task_id=item.id, reason=reason, error=str(exc))
+            return ItemOutcome(False)
+        self._store(item, lambda ctx: self.backend.mark_as_failure(item.id, error, request=ctx))
+        signals.task_failure.send(
+            sender=self,
+            task_id=item.id,
+            exception=error,
+            args=item.args,
+            kwargs=item.kwargs,
+            traceback=None,
+            einfo=None,
+        )
+        return ItemOutcome(True, "FAILURE", error=self._text(item, error))
+
+    def _store(self, item: BatchItem, store: Callable[[Context], Any]) -> None:
+        """The message's result for a client that waits on it (if results are kept)."""
+        if self.ignore_result:
+            return
+        try:
+            context = Context(
+                id=item.id,
+                task=self.name,
+                ignore_result=False,
+                reply_to=item.reply_to,
+                correlation_id=item.correlation_id,
+            )
+            store(context)
+        except Exception as exc:  # the effect happened; only the result is missing
+            log.warning("result_not_stored", task_id=item.id, error=str(exc))
+
+    @staticmethod
+    def _text(item: BatchItem, error: Exception) -> str:
+        return scrub(f"{type(error).__name__}({str(error)!r})", secrets_of(item.args, item.kwargs))
+
+
+__all__ = ["BatchHandler", "BatchedTask", "batch_handler"]

@@ -1,0 +1,413 @@
+"""Inbound replies, recorded in batches: a handful of round trips per batch, whatever its size.
+
+A batch reads each campaign once and every affected conversation in one ``find``; each
+conversation gets its new replies appended in arrival order (a ``message_id`` already in
+its history, or earlier in the batch, is a duplicate) and is evaluated after each, in
+memory; then all conversations are written in one bulk compare-and-set, published and
+accounted once. A conversation whose write lost a race is re-read and recomputed
+(bounded by ``CAS_ATTEMPTS``). Each reply gets its own outcome: a result, or the error
+that refuses it (``InvalidInputError``: dead letter) or defers it
+(``ConcurrencyConflictError``: retry); infrastructure errors fail the whole call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from campaign_worker.domain.documents import (
+    FINISHED_STATUSES,
+    CampaignStatus,
+    ConversationState,
+    Direction,
+    Message,
+    StoredCampaign,
+    parse_document,
+)
+from campaign_worker.domain.errors import (
+    CampaignNotFoundError,
+    ConcurrencyConflictError,
+    ConversationNotFoundError,
+    InvalidDocumentError,
+    InvalidInputError,
+    LimitExceededError,
+)
+from campaign_worker.domain.limits import (
+    MAX_CONTENT_BYTES,
+    MAX_HISTORY_MESSAGES,
+    MAX_METADATA_BYTES,
+    check_size,
+    truncate_utf8,
+)
+from campaign_worker.domain.progression import Effects
+from campaign_worker.domain.replies import reply_facts
+from campaign_worker.domain.rules import entry_index
+from campaign_worker.domain.templates import CampaignTypeTemplate, Template
+from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.ledger import MetricsLedger
+from campaign_worker.service.send_guard import Verdict
+from campaign_worker.service.writes import CAS_ATTEMPTS, Current, Evaluated, write_changes
+
+log = structlog.get_logger(__name__)
+
+# Replies to these campaigns are recorded and change nothing else.
+_WOUND_DOWN = frozenset({CampaignStatus.CANCELLED, CampaignStatus.COMPLETED})
+
+
+@dataclass(frozen=True)
+class InboundReply:
+    """One ``record_inbound_message`` request, as sent."""
+
+    campaign_id: str
+    user_id: str
+    message_id: str
+    content: str
+    timestamp: datetime | None = None
+    metadata: Doc | None = None
+
+
+@dataclass
+class ReplyOutcome:
+    """What became of one reply: ``result`` ({conversation_id, duplicate, status,
+    current_stage, actions}) or ``error``."""
+
+    result: Doc | None = None
+    error: Exception | None = None
+
+
+class Reply:
+    """An inbound message about to be recorded (validated, cut to the size limit)."""
+
+    def __init__(
+        self, message_id: str, content: str, timestamp: datetime | None, metadata: Doc
+    ) -> None:
+        self.message_id = message_id
+        self.content = content
+        self.timestamp = timestamp
+        self.metadata = metadata
+
+    @classmethod
+    def checked(cls, reply: InboundReply) -> Reply:
+        """``InvalidInputError`` (or ``LimitExceededError``) if it can never be recorded."""
+        if not reply.message_id:
+            raise InvalidInputError("message_id: must not be empty")
+        if not isinstance(reply.content, str):
+            raise InvalidInputError("content: must be a string")
+        check_size(reply.metadata or {}, MAX_METADATA_BYTES, "metadata")
+        # An over-long reply is kept, cut at the limit and marked, rather than refused:
+        # its start still counts as the reply it is.
+        content, size = truncate_utf8(reply.content, MAX_CONTENT_BYTES)
+        extra: Doc = {"truncated": True, "original_bytes": size} if size > MAX_CONTENT_BYTES else {}
+        return cls(reply.message_id, content, reply.timestamp, {**(reply.metadata or {}), **extra})
+
+    def applied_to(
+        self, c: _Conversation, state: ConversationState, now: datetime
+    ) -> tuple[ConversationState, Effects]:
+        """``state`` with this reply recorded, then evaluated (as the campaign allows and
+        as the send guard ruled, if it was asked)."""
+        template, type_template = c.templates
+        updated = self.recorded_in(state, now, template)
+        effects = Effects()
+        if state.status in FINISHED_STATUSES or c.campaign.status in _WOUND_DOWN:
+            pass
+        elif c.campaign.status == CampaignStatus.RUNNING:
+            verdict = c.verdict or Verdict()
+            current = Current(
+                state, template, type_template, now, verdict.suppressed, verdict.holds
+            )
+            updated, effects = current.progress(updated)
+        else:
+            # Paused campaign: keep the reply due so it is evaluated on resume.
+            updated = updated.model_copy(update={"next_action_at": now})
+        effects.delta.received += 1
+        return updated, effects
+
+    def recorded_in(
+        self, state: ConversationState, now: datetime, template: Template
+    ) -> ConversationState:
+        """The one place an inbound message is appended to a conversation."""
+        if len(state.message_history) >= MAX_HISTORY_MESSAGES:
+            raise LimitExceededError(
+                f"conversation {state.id!r} holds {MAX_HISTORY_MESSAGES} messages, "
+                "the most one conversation keeps"
+            )
+        message = Message(
+            message_id=self.message_id,
+            direction=Direction.INBOUND,
+            content=self.content,
+            timestamp=self.timestamp or now,
+            metadata={
+                **self.metadata,
+                "stage": state.current_stage,
+                "received_at": now,
+                "entry": entry_index(state),
+                # Classified once, here; evaluation reads the intent, never the text again.
+                **reply_facts(
+                    self.content, self.timestamp or now, state.context.timezone, template
+                ),
+            },
+        )
+        metrics = state.metrics.model_copy(
+            update={"messages_received": state.metrics.messages_received + 1}
+        )
+        return state.model_copy(
+            update={
+                "message_history": [*state.message_history, message],
+                "metrics": metrics,
+                "last_active": now,
+            }
+        )
+
+
+@dataclass
+class _Conversation:
+    """One conversation of the batch and the replies (by batch index) addressed to it."""
+
+    campaign: StoredCampaign
+    state: ConversationState
+    templates: tuple[Template, CampaignTypeTemplate]
+    replies: list[tuple[int, Reply]] = field(default_factory=list)
+    verdict: Verdict | None = None  # the send guard's ruling on its sends, once asked
+
+
+def record_inbound_messages(svc: Services, replies: Sequence[InboundReply]) -> list[ReplyOutcome]:
+    """Record ``replies`` (idempotent by message_id); one outcome per reply, in order."""
+    outcomes = [ReplyOutcome() for _ in replies]
+    checked: dict[int, Reply] = {}
+    for index, reply in enumerate(replies):
+        try:
+            checked[index] = Reply.checked(reply)
+        except InvalidInputError as exc:
+            outcomes[index].error = exc
+    campaigns = _campaigns(svc, {replies[i].campaign_id for i in checked})
+    wanted = [i for i in checked if replies[i].campaign_id in campaigns]
+    for index in [i for i in checked if replies[i].campaign_id not in campaigns]:
+        outcomes[index].error = CampaignNotFoundError(replies[index].campaign_id)
+    conversations = _conversations(svc, replies, wanted, checked, campaigns, outcomes)
+    ledgers: dict[str, MetricsLedger] = {}
+    try:
+        _write_all(svc, conversations, outcomes, ledgers)
+    finally:
+        for ledger in ledgers.values():
+            ledger.close()
+    received: dict[str, int] = {}
+    for index, outcome in enumerate(outcomes):
+        if outcome.result is not None and not outcome.result["duplicate"]:
+            channel = str((replies[index].metadata or {}).get("channel", "default"))
+            received[channel] = received.get(channel, 0) + 1
+    for channel, count in received.items():
+        svc.metrics.messages_received(channel, count)
+    return outcomes
+
+
+def _campaigns(svc: Services, ids: set[str]) -> dict[str, StoredCampaign]:
+    """Each campaign once (a batch usually addresses one or a few)."""
+    found: dict[str, StoredCampaign] = {}
+    for campaign_id in sorted(ids):
+        stored = svc.campaigns.get(campaign_id)
+        if stored is not None:
+            found[campaign_id] = stored
+    return found
+
+
+def _conversations(
+    svc: Services,
+    replies: Sequence[InboundReply],
+    wanted: list[int],
+    checked: dict[int, Reply],
+    campaigns: dict[str, StoredCampaign],
+    outcomes: list[ReplyOutcome],
+) -> dict[str, _Conversation]:
+    """The conversations the replies address (one read), with their replies in order."""
+    pairs = sorted({(replies[i].campaign_id, replies[i].user_id) for i in wanted})
+    by_pair: dict[tuple[str, str], ConversationState | InvalidInputError] = {}
+    for doc in svc.conversation_state_repository.find_by_users(pairs):
+        pair = (doc["campaign_id"], doc["user_id"])
+        try:
+            by_pair[pair] = parse_document(
+                ConversationState, doc, what=f"conversation {doc['_id']}"
+            )
+        except InvalidDocumentError as exc:
+            by_pair[pair] = InvalidInputError(str(exc))
+    found: dict[str, _Conversation] = {}
+    for index in wanted:
+        reply = replies[index]
+        state = by_pair.get((reply.campaign_id, reply.user_id))
+        if state is None:
+            error = f"campaign {reply.campaign_id!r} / user {reply.user_id!r}"
+            outcomes[index].error = ConversationNotFoundError(error)
+        elif isinstance(state, InvalidInputError):
+            outcomes[index].error = state
+        elif state.id in found:
+            found[state.id].replies.append((index, checked[index]))
+        else:
+            try:
+                templates = svc.type_template(state)
+            except InvalidInputError as exc:  # e.g. its template was removed
+                outcomes[index].error = exc
+                continue
+            found[state.id] = _Conversation(campaigns[reply.campaign_id], state, templates)
+            found[state.id].replies.append((index, checked[index]))
+    return found
+
+
+def _write_all(
+    svc: Services,
+    conversations: dict[str, _Conversation],
+    outcomes: list[ReplyOutcome],
+    ledgers: dict[str, MetricsLedger],
+) -> None:
+    """Evaluate and write every conversation; re-read and retry those that lost a race."""
+
+    def ledger_of(campaign_id: str) -> MetricsLedger:
+        if campaign_id not in ledgers:
+            ledgers[campaign_id] = svc.ledger(campaign_id)
+        return ledgers[campaign_id]
+
+    pending = dict(conversations)
+    for attempt in range(CAS_ATTEMPTS):
+        if attempt:
+            _reread(svc, pending, outcomes)
+        now = svc.clock.now()
+        changes, unchanged = _evaluate_all(pending, outcomes, now)
+        changes = _guard(svc, pending, changes, outcomes, now)
+        svc.publisher.leftovers(unchanged)  # a replay after a crash: publish what is left
+        written = write_changes(svc, changes, ledger_of, now)
+        for conversation_id, reason in written.failed.items():
+            error: Exception = InvalidInputError(
+                f"conversation {conversation_id!r} cannot store this change: {reason}"
+            )
+            _refuse(pending.pop(conversation_id), outcomes, error)
+        for conversation_id in written.applied:
+            pending.pop(conversation_id)
+        for state in unchanged:
+            pending.pop(state.id, None)
+        if not pending:
+            return
+        log.info("replies_conflict", conversations=len(pending), attempt=attempt + 1)
+    for conversation in pending.values():
+        error = ConcurrencyConflictError(
+            f"conversation {conversation.state.id!r} kept changing under us; try again later"
+        )
+        _refuse(conversation, outcomes, error)
+
+
+def _evaluate_all(
+    pending: dict[str, _Conversation], outcomes: list[ReplyOutcome], now: datetime
+) -> tuple[list[Evaluated], list[ConversationState]]:
+    """Each pending conversation's change (or, if no reply in it is new, its state)."""
+    changes: list[Evaluated] = []
+    unchanged: list[ConversationState] = []
+    for conversation in pending.values():
+        conversation.verdict = None  # asked again about this attempt's sends
+        change = _evaluate(conversation, outcomes, now)
+        if change is None:
+            unchanged.append(conversation.state)
+        else:
+            changes.append(change)
+    return changes, unchanged
+
+
+def _guard(
+    svc: Services,
+    pending: dict[str, _Conversation],
+    changes: list[Evaluated],
+    outcomes: list[ReplyOutcome],
+    now: datetime,
+) -> list[Evaluated]:
+    """Ask the send guard about the batch's sends (one query for all); re-evaluate the
+    conversations it rules on: a suppressed recipient opts out, a capped channel waits."""
+    verdicts = svc.send_guard.check([(c.old, c.effects) for c in changes], now)
+    if not verdicts:
+        return changes
+    ruled: list[Evaluated] = []
+    for change in changes:
+        verdict = verdicts.get(change.old.id)
+        if verdict is None:
+            ruled.append(change)
+            continue
+        conversation = pending[change.old.id]
+        conversation.verdict = verdict
+        again = _evaluate(conversation, outcomes, now)
+        if again is not None:
+            again.effects.delta.deferred += len(verdict.holds)
+            ruled.append(again)
+        for channel in verdict.holds:
+            svc.metrics.messages_deferred(channel, 1)
+        if verdict.suppressed is not None:
+            svc.metrics.suppressed(change.old.campaign_type, 1)
+    return ruled
+
+
+def _evaluate(c: _Conversation, outcomes: list[ReplyOutcome], now: datetime) -> Evaluated | None:
+    """Append each new reply in order and evaluate after each (as if they had come one by
+    one); each reply's result is the state right after it. None if none is new."""
+    state = c.state
+    effects = Effects()
+    seen = {m.message_id for m in state.message_history}
+    for index, reply in c.replies:
+        result: Doc = {"conversation_id": state.id, "duplicate": False, "actions": []}
+        outcomes[index].error = None  # what an earlier, lost attempt decided does not count
+        if reply.message_id in seen:
+            result["duplicate"] = True
+        else:
+            try:
+                state, step = reply.applied_to(c, state, now)
+            except Exception as exc:  # refused alone (a full conversation, a bug)
+                outcomes[index].result, outcomes[index].error = None, exc
+                continue
+            seen.add(reply.message_id)
+            _merge(effects, step)
+            result["actions"] = [decision.action.value for decision in step.decisions]
+        result.update({"status": state.status.value, "current_stage": state.current_stage})
+        outcomes[index].result = result
+    if state is c.state:
+        return None
+    return Evaluated(c.state, state, effects)
+
+
+def _reread(svc: Services, pending: dict[str, _Conversation], outcomes: list[ReplyOutcome]) -> None:
+    """Fresh states for conversations that lost a race (one read)."""
+    docs = svc.conversation_state_repository.get_many(sorted(pending))
+    fresh = {str(doc["_id"]): doc for doc in docs}
+    for conversation_id in list(pending):
+        conversation = pending[conversation_id]
+        doc = fresh.get(conversation_id)
+        try:
+            if doc is None:
+                raise ConversationNotFoundError(conversation_id)
+            conversation.state = parse_document(
+                ConversationState, doc, what=f"conversation {conversation_id}"
+            )
+        except InvalidInputError as exc:
+            _refuse(pending.pop(conversation_id), outcomes, exc)
+
+
+def _refuse(c: _Conversation, outcomes: list[ReplyOutcome], error: Exception) -> None:
+    """Every reply to ``c`` that would have been recorded fails with ``error``."""
+    for index, _ in c.replies:
+        result = outcomes[index].result
+        if result is None or not result["duplicate"]:
+            outcomes[index].result, outcomes[index].error = None, error
+
+
+def _merge(into: Effects, step: Effects) -> None:
+    into.outbound.extend(step.outbound)
+    into.transitions.extend(step.transitions)
+    into.decisions.extend(step.decisions)
+    into.delta.add(step.delta)
+
+
+def record_one(svc: Services, reply: InboundReply) -> Doc:
+    """One reply (the seed's ``record_inbound_message``): its result, or its error raised."""
+    outcome = record_inbound_messages(svc, [reply])[0]
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.result is not None
+    return outcome.result
+
+
+__all__ = ["InboundReply", "Reply", "ReplyOutcome", "record_inbound_messages", "record_one"]
