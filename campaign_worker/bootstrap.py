@@ -17,6 +17,7 @@ from campaign_worker.adapters.mongo_conversations import MongoConversationStateR
 from campaign_worker.adapters.mongo_dead_letters import MongoDeadLetterRepository
 from campaign_worker.adapters.mongo_metrics import MongoCampaignMetricsRepository
 from campaign_worker.adapters.mongo_outbox import MongoOutboxRepository
+from campaign_worker.delivery_wiring import ensure_delivery_indexes
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.ports import Clock, MetricsRecorder
 from campaign_worker.settings import Settings, get_settings
@@ -92,4 +93,5 @@ def bootstrap(
     manager = build_manager(provider.database, settings, clock=clock, recorder=recorder)
     if create_indexes:
         ensure_indexes(manager)
+        ensure_delivery_indexes(provider.database)
     return Container(settings=settings, mongo=provider, manager=manager)

@@ -26,7 +26,7 @@ from campaign_worker.demo import audience as demo
 from campaign_worker.demo.embedded import EmbeddedService, start_mongo, start_redis
 
 APP = "campaign_worker.entrypoints.celery_app"
-QUEUES = "celery,polling,initialization,processing,inbound"
+QUEUES = "celery,polling,initialization,processing,inbound,delivery"
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ def _parse_duration(value: Any) -> Any:
 
 Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
 StageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# webhook, smtp, outbox, default (DELIVERY_DEFAULT_CHANNEL), or a name for an external deliverer.
+ChannelName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
 
 
 class _Model(BaseModel):
@@ -53,7 +55,7 @@ class _Model(BaseModel):
 class OutboundMessage(_Model):
     text: str = Field(min_length=1)
     wait: Duration = timedelta(days=1)
-    channel: str = "default"
+    channel: ChannelName = "default"
 
     @field_validator("text")
     @classmethod
@@ -126,6 +128,7 @@ class MaxFollowups(_Model):
 
 class Stage(_Model):
     name: StageName
+    channel: ChannelName | None = None  # for its messages that name none
     messages: list[OutboundMessage] = Field(default_factory=list)
     advance_when: Rule | None = None
     max_time_in_stage: MaxTimeInStage | None = None
@@ -146,6 +149,7 @@ class Stage(_Model):
 
 class CampaignTypeTemplate(_Model):
     stages: list[Stage] = Field(min_length=1)
+    channel: ChannelName | None = None  # for its stages that name none
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> CampaignTypeTemplate:
@@ -161,6 +165,36 @@ class CampaignTypeTemplate(_Model):
 
     def stage(self, name: str) -> Stage | None:
         return next((stage for stage in self.stages if stage.name == name), None)
+
+
+def inherit_channels(data: Any) -> Any:
+    """Give each message that names no ``channel`` the nearest one named above it
+    (stage, campaign type, template): messages carry the channel they go out on."""
+    if not isinstance(data, dict) or not isinstance(data.get("campaign_types"), dict):
+        return data
+    types = {}
+    for name, type_data in data["campaign_types"].items():
+        if isinstance(type_data, dict) and isinstance(type_data.get("stages"), list):
+            inherited = type_data.get("channel") or data.get("channel")
+            stages = [_stage_channels(stage, inherited) for stage in type_data["stages"]]
+            type_data = {**type_data, "stages": stages}
+        types[name] = type_data
+    return {**data, "campaign_types": types}
+
+
+def _stage_channels(stage: Any, inherited: Any) -> Any:
+    if not isinstance(stage, dict) or not isinstance(stage.get("messages"), list):
+        return stage
+    channel = stage.get("channel") or inherited
+    if channel is None:
+        return stage
+    messages = [
+        {**message, "channel": channel}
+        if isinstance(message, dict) and "channel" not in message
+        else message
+        for message in stage["messages"]
+    ]
+    return {**stage, "messages": messages}
 
 
 class SendWindow(_Model):
@@ -190,7 +224,13 @@ class Template(_Model):
     attribute_defaults: dict[str, str] = Field(default_factory=dict)
     # No messages outside these local hours (replies are still handled at any time).
     send_window: SendWindow | None = None
+    channel: ChannelName | None = None  # for its campaign types that name none
     campaign_types: dict[str, CampaignTypeTemplate] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_channels(cls, data: Any) -> Any:
+        return inherit_channels(data)
 
     def for_type(self, campaign_type: str) -> CampaignTypeTemplate | None:
         return self.campaign_types.get(campaign_type)
