@@ -129,9 +129,6 @@ def test_receiver_rejects_a_wrong_key_and_a_replayed_timestamp(
         # A request signed with the right key, captured and sent again ten minutes later.
         headers = {"Content-Type": "application/json", "Idempotency-Key": "m-1"}
         body = b'{"message_id":"m-1"}'
-        import time
-
-        from campaign_worker.domain.delivery import signature
 
         stamp = str(int(time.time()))
         headers |= {
