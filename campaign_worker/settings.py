@@ -124,14 +124,15 @@ class Settings(BaseSettings):
         if self.webhook_url and self.webhook_secret is None:
             raise ValueError("WEBHOOK_URL needs WEBHOOK_SECRET (the signing key)")
         # A send must end before its lease does, or another dispatcher may send it too.
-        longest = max(
-            self.webhook_connect_timeout_seconds + self.webhook_read_timeout_seconds,
-            self.smtp_timeout_seconds * 2,
-        )
-        if longest >= self.delivery_lease_seconds:
+        sends = [0.0]
+        if self.webhook_url:
+            sends.append(self.webhook_connect_timeout_seconds + self.webhook_read_timeout_seconds)
+        if self.smtp_host:
+            sends.append(self.smtp_timeout_seconds * 2)  # connect, then each reply
+        if max(sends) * 2 >= self.delivery_lease_seconds:
             raise ValueError(
-                "DELIVERY_LEASE_SECONDS must exceed the longest send (webhook connect + read "
-                f"timeouts, twice SMTP_TIMEOUT_SECONDS): {longest:g} s"
+                "DELIVERY_LEASE_SECONDS must exceed twice the longest send (webhook connect + "
+                f"read timeouts, twice SMTP_TIMEOUT_SECONDS): {max(sends):g} s"
             )
         return self
 

@@ -33,6 +33,17 @@ def _claimable(channels: Sequence[str], now: datetime) -> Doc:
     }
 
 
+def _older_than(latest: Doc, path: str) -> list[Doc]:
+    """What ``latest`` replaces at ``path``: nothing yet, a lower rank, or the same rank
+    at an earlier or equal time."""
+    rank, at = latest["rank"], latest["at"]
+    return [
+        {path: None},
+        {f"{path}.rank": {"$lt": rank}},
+        {f"{path}.rank": rank, f"{path}.at": {"$lte": at}},
+    ]
+
+
 class MongoDeliveryRows:
     """Outbox rows as the dispatcher moves them (every move conditional on the lease)."""
 
@@ -132,20 +143,22 @@ class MongoDeliveryStatuses:
 
     @translate_errors
     def set_latest(
-        self, message_id: str, conversation_id: str, status: str, at: datetime, detail: Any
+        self,
+        message_id: str,
+        conversation_id: str,
+        latest: Doc,
     ) -> None:
-        """The latest status by its time, on the row and on the history entry."""
-        latest = {"status": status, "at": at, "detail": detail}
-        older = [{"delivery.at": None}, {"delivery.at": {"$lte": at}}]
-        self._outbox.update_one({"_id": message_id, "$or": older}, {"$set": {"delivery": latest}})
+        """The latest status ({status, rank, at, detail}: higher rank, then later time
+        wins), on the row and on the history entry."""
+        self._outbox.update_one(
+            {"_id": message_id, "$or": _older_than(latest, "delivery")},
+            {"$set": {"delivery": latest}},
+        )
         # The entry's metadata only: conversation writes append to the history and never
         # rewrite an entry, so this commutes with their compare-and-set.
-        entry_older = [{"metadata.delivery.at": None}, {"metadata.delivery.at": {"$lte": at}}]
+        entry = {"message_id": message_id, "$or": _older_than(latest, "metadata.delivery")}
         self._conversations.update_one(
-            {
-                "_id": conversation_id,
-                "message_history": {"$elemMatch": {"message_id": message_id, "$or": entry_older}},
-            },
+            {"_id": conversation_id, "message_history": {"$elemMatch": entry}},
             {"$set": {"message_history.$.metadata.delivery": latest}},
         )
 

@@ -57,6 +57,12 @@ REPORTED_STATUSES = frozenset(
 )
 
 
+def status_rank(status: DeliveryStatus) -> int:
+    """Which status is the latest: a higher rank wins, then the later time. ``sent`` ranks
+    below what a provider reports, which it always precedes, whatever the clocks say."""
+    return 0 if status == DeliveryStatus.SENT else 1
+
+
 def resolve_channel(channel: str, default_channel: str) -> str:
     """The channel a row goes out on: a template's ``default`` is the configured one."""
     return default_channel if channel == DEFAULT_CHANNEL else channel
@@ -125,6 +131,7 @@ __all__ = [
     "resolve_channel",
     "retry_delay",
     "signature",
+    "status_rank",
 ]
 
 

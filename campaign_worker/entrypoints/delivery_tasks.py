@@ -5,11 +5,13 @@ providers' delivery events come back through."""
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import uuid
 from typing import Any, Literal
 
 import structlog
+from celery import current_task
 
 from campaign_worker.adapters import metrics
 from campaign_worker.delivery_wiring import Delivery, build_delivery
@@ -42,6 +44,11 @@ def delivery() -> Delivery:
         return _delivery[1]
 
 
+def _node() -> str:
+    request = current_task.request if current_task else None
+    return str(getattr(request, "hostname", None) or socket.gethostname())
+
+
 def _count(statuses: list[StatusRecorded]) -> None:
     for recorded in statuses:
         if recorded.counted:  # once per (message, status), as in the metrics document
@@ -57,7 +64,8 @@ def _record(result: DispatchResult) -> None:
 @public_task("campaign_worker.dispatch_deliveries", dead_letter_failures=False)
 def dispatch_deliveries() -> dict[str, Any]:
     """Claim one batch of deliverable outbox rows and send each through its channel."""
-    owner = f"{current_task_id() or 'direct'}:{uuid.uuid4().hex[:8]}"
+    # Who sent a row stays on it (``attempted_by``): worker node, process, task.
+    owner = f"{_node()}:{os.getpid()}:{current_task_id() or 'direct'}:{uuid.uuid4().hex[:6]}"
     dispatcher = delivery().dispatcher
     result = dispatcher.dispatch(owner)
     _record(result)

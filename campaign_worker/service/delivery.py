@@ -138,7 +138,12 @@ class Dispatcher:
             return
         if not self._wait_for_slot(row, owner, name, result):
             return
-        fields = {"delivered_via": name, "address": address, "attempted_at": self.clock.now()}
+        fields = {
+            "delivered_via": name,
+            "address": address,
+            "attempted_at": self.clock.now(),
+            "attempted_by": owner,
+        }
         if not self.rows.start_attempt(message_id, owner, self._lease_end(), fields):
             result.outcomes[(name, "lost")] += 1  # our lease ran out: another dispatcher has it
             return

@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from campaign_worker.domain.delivery import DeliveryStatus, ends_conversation, resolve_channel
+from campaign_worker.domain.delivery import (
+    DeliveryStatus,
+    ends_conversation,
+    resolve_channel,
+    status_rank,
+)
 from campaign_worker.domain.documents import FINISHED_STATUSES
 from campaign_worker.domain.effects import Action, Decision
 from campaign_worker.domain.errors import InvalidInputError, NotFoundError
@@ -78,7 +83,8 @@ class StatusRecorder:
         new = self.statuses.add_event(
             message_id, status.value, {"at": at, "detail": detail, "recorded_at": now}
         )
-        self.statuses.set_latest(message_id, row["conversation_id"], status.value, at, detail)
+        latest = {"status": status.value, "rank": status_rank(status), "at": at, "detail": detail}
+        self.statuses.set_latest(message_id, row["conversation_id"], latest)
         counted = self.statuses.count(
             row["campaign_id"], channel, status.value, f"{message_id}:{status.value}"
         )

@@ -329,6 +329,9 @@ def test_statuses_flow_back_once_and_a_hard_bounce_ends_the_conversation(
     metrics = manager.get_campaign_metrics("camp-d")
     assert metrics["delivery"] == {"webhook": {"sent": 3, "delivered": 1, "bounced": 2}}
     assert metrics["failed_conversations"] == 1 and metrics["active_conversations"] == 2
-    # The latest status by time stays: a "sent" replayed now is older than "delivered".
+    # A provider's report outranks "sent" whatever the clocks say (the dispatcher may
+    # record "sent" after the provider's report arrived); among reports, the later wins.
+    record(ids["u-0"], DeliveryStatus.SENT, timestamp=later + timedelta(hours=1))
+    record(ids["u-0"], DeliveryStatus.FAILED, "late", timestamp=later - timedelta(minutes=1))
     stored = delivery.statuses.statuses.row(ids["u-0"])
     assert stored is not None and stored["delivery"]["status"] == "delivered"

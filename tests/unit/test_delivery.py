@@ -116,7 +116,7 @@ def test_delivery_settings_are_checked_and_secrets_never_shown() -> None:
         Settings(webhook_url="http://h/")
     assert "WEBHOOK_SECRET" in describe_settings_error(missing.value)
     with pytest.raises(ValidationError) as short:
-        Settings(delivery_lease_seconds=10)
+        Settings(webhook_url="http://h/", webhook_secret="k", delivery_lease_seconds=20)
     assert "DELIVERY_LEASE_SECONDS" in describe_settings_error(short.value)
     with pytest.raises(ValidationError) as bad:
         Settings(delivery_rate_limits="webhook=lots")
