@@ -89,7 +89,7 @@ class WebhookReceiver:
         now = time.time() + self.clock_offset
         verified = self.verify(self.secret, request.headers, body, now=now)
         with self._lock:
-            number = len(self.received)
+            number = len(self.raw)  # in order of arrival
             self.raw.append((dict(request.headers.items()), body))
         action = self.behaviour(number) if verified else 401
         headers: dict[str, str] = {}
