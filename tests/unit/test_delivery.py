@@ -3,6 +3,7 @@ deferrals and suppressions (on both tiers)."""
 
 from __future__ import annotations
 
+import inspect
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from campaign_worker.adapters.channel_webhook import WebhookChannel
 from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.adapters.mongo import OUTBOX
 from campaign_worker.delivery_wiring import build_delivery
+from campaign_worker.demo import webhook_receiver
 from campaign_worker.domain.delivery import (
     DeliveryStatus,
     Outgoing,
@@ -252,3 +254,8 @@ def test_outbox_rows_stay_for_an_external_deliverer(db: Any, delivering: Any) ->
         ids[1]: "pending",
         ids[2]: "sent",
     }
+
+
+def test_the_demo_receiver_verifies_with_the_readme_snippet_verbatim() -> None:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert inspect.getsource(webhook_receiver.verify_campaign_webhook) in text
