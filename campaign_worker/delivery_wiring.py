@@ -10,6 +10,7 @@ from pymongo.database import Database
 
 from campaign_worker.adapters.channel_smtp import SmtpChannel
 from campaign_worker.adapters.channel_webhook import WebhookChannel
+from campaign_worker.adapters.clock import SystemClock
 from campaign_worker.adapters.mongo_delivery import MongoDeliveryRows, MongoDeliveryStatuses
 from campaign_worker.adapters.mongo_delivery_suppressions import MongoDeliverySuppressions
 from campaign_worker.adapters.rate_limit import NoRateLimit, RedisRateLimiter
@@ -17,6 +18,7 @@ from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.delivery import Dispatcher, DispatchPolicy
 from campaign_worker.service.delivery_ports import Channel, RateLimiter
 from campaign_worker.service.delivery_status import StatusRecorder
+from campaign_worker.service.ports import Clock
 from campaign_worker.settings import Settings
 
 
@@ -77,7 +79,10 @@ def build_delivery(
     *,
     channels: list[Channel] | None = None,
     limiter: RateLimiter | None = None,
+    clock: Clock | None = None,
 ) -> Delivery:
+    """``clock`` times leases, retries and rate-limit slots: real time by default, even
+    when the campaign's clock runs faster (the demo), since providers live in real time."""
     suppressions = MongoDeliverySuppressions(db)
     statuses = StatusRecorder(
         manager, MongoDeliveryStatuses(db), suppressions, settings.delivery_default_channel
@@ -96,7 +101,7 @@ def build_delivery(
         limiter or build_limiter(settings),
         suppressions,
         statuses,
-        manager.clock,
+        clock or SystemClock(),
         policy,
     )
     return Delivery(dispatcher, statuses)

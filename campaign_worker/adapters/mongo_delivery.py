@@ -12,7 +12,13 @@ from pymongo import ASCENDING
 from pymongo.collection import Collection
 from pymongo.database import Database
 
-from campaign_worker.adapters.mongo import CONVERSATIONS, METRICS, OUTBOX, translate_errors
+from campaign_worker.adapters.mongo import (
+    CAMPAIGNS,
+    CONVERSATIONS,
+    METRICS,
+    OUTBOX,
+    translate_errors,
+)
 from campaign_worker.domain.delivery import RowStatus
 
 Doc = dict[str, Any]
@@ -50,6 +56,7 @@ class MongoDeliveryRows:
     def __init__(self, db: Database[Doc]) -> None:
         self._outbox: Collection[Doc] = db[OUTBOX]
         self._conversations: Collection[Doc] = db[CONVERSATIONS]
+        self._campaigns: Collection[Doc] = db[CAMPAIGNS]
 
     @translate_errors
     def initialize(self) -> None:
@@ -118,6 +125,11 @@ class MongoDeliveryRows:
             {"_id": {"$in": list(conversation_ids)}}, {"context.attributes": 1}
         )
         return {doc["_id"]: dict(doc.get("context", {}).get("attributes") or {}) for doc in found}
+
+    @translate_errors
+    def campaign_statuses(self, campaign_ids: Sequence[str]) -> dict[str, str]:
+        found = self._campaigns.find({"_id": {"$in": list(campaign_ids)}}, {"status": 1})
+        return {doc["_id"]: str(doc.get("status")) for doc in found}
 
 
 class MongoDeliveryStatuses:

@@ -28,6 +28,7 @@ from campaign_worker.domain.delivery import (
     resolve_channel,
     retry_delay,
 )
+from campaign_worker.domain.documents import CampaignStatus
 from campaign_worker.domain.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -45,6 +46,9 @@ from campaign_worker.service.ports import Clock
 
 log = structlog.get_logger(__name__)
 
+# A paused campaign's messages are looked at again this often (seconds).
+PAUSED_RECHECK = 60
+
 
 @dataclass(frozen=True)
 class DispatchPolicy:
@@ -59,7 +63,8 @@ class DispatchPolicy:
 @dataclass
 class DispatchResult:
     claimed: int = 0
-    # Attempt outcomes per channel: sent, retry, failed, deferred (rate limit), lost (lease).
+    # Outcomes per channel: sent, retry, failed, deferred (rate limit), held (campaign
+    # paused), lost (lease taken over).
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     statuses: list[StatusRecorded] = field(default_factory=list)
 
@@ -110,9 +115,14 @@ class Dispatcher:
             self.claimed_names, now, self.policy.batch_size, owner, self._lease_end()
         )
         result.claimed = len(rows)
+        if not rows:
+            return result
         attributes = self.rows.attributes_of(sorted({row["conversation_id"] for row in rows}))
+        campaigns = self.rows.campaign_statuses(sorted({row["campaign_id"] for row in rows}))
         for index, row in enumerate(rows):
             try:
+                if self._held(row, owner, campaigns.get(row["campaign_id"]), result):
+                    continue
                 self._one(row, owner, attributes.get(row["conversation_id"], {}), result)
             except TransientError:
                 # Limiter or store unreachable: hand the rest back now, not at lease expiry.
@@ -120,6 +130,19 @@ class Dispatcher:
                     self.rows.finish(rest["_id"], owner, RowStatus.PENDING, {})
                 raise
         return result
+
+    def _held(self, row: Doc, owner: str, campaign: str | None, result: DispatchResult) -> bool:
+        """Cancelling a campaign stops its sending at once; pausing holds it."""
+        name = resolve_channel(row["channel"], self.policy.default_channel)
+        if campaign == CampaignStatus.CANCELLED:
+            self._fail(row, owner, name, "campaign cancelled", result)
+            return True
+        if campaign == CampaignStatus.PAUSED:
+            later = {"next_attempt_at": self.clock.now() + timedelta(seconds=PAUSED_RECHECK)}
+            self.rows.finish(row["_id"], owner, RowStatus.PENDING, later)
+            result.outcomes[(name, "held")] += 1
+            return True
+        return False
 
     def _lease_end(self) -> datetime:
         return self.clock.now() + timedelta(seconds=self.policy.lease_seconds)

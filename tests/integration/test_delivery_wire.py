@@ -79,7 +79,9 @@ def delivery_for(
     wire_db: Any, manager: CampaignManager, channels: list[Channel], **settings: Any
 ) -> Delivery:
     config = Settings(delivery_backoff_base_seconds=1, delivery_lease_seconds=30, **settings)
-    return build_delivery(wire_db, manager, config, channels=channels, limiter=NoRateLimit())
+    return build_delivery(
+        wire_db, manager, config, channels=channels, limiter=NoRateLimit(), clock=manager.clock
+    )
 
 
 def webhook(url: str, secret: bytes = SECRET, read_timeout: float = 2.0) -> WebhookChannel:

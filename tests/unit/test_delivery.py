@@ -214,7 +214,14 @@ def test_a_rate_limited_row_goes_back_to_pending_until_its_slot(
     db: Any, delivering: Any, clock: ManualClock
 ) -> None:
     channel = FakeChannel()
-    delivery = build_delivery(db, delivering, Settings(), channels=[channel], limiter=SlowLimit(50))
+    delivery = build_delivery(
+        db,
+        delivering,
+        Settings(),
+        channels=[channel],
+        limiter=SlowLimit(50),
+        clock=delivering.clock,
+    )
     result = delivery.dispatcher.dispatch("a")
     assert channel.sent == [] and result.as_dict() == {"claimed": 3, "deferred": 3}
     for doc in db[OUTBOX].find():
@@ -225,7 +232,9 @@ def test_a_rate_limited_row_goes_back_to_pending_until_its_slot(
 
 def test_a_suppressed_address_is_not_sent_to(db: Any, delivering: Any) -> None:
     channel = FakeChannel()
-    delivery = build_delivery(db, delivering, Settings(), channels=[channel], limiter=SlowLimit(0))
+    delivery = build_delivery(
+        db, delivering, Settings(), channels=[channel], limiter=SlowLimit(0), clock=delivering.clock
+    )
     delivery.dispatcher.suppressions.suppress(
         "u-1", "webhook", "u-1", "complaint", {}, datetime.now(UTC)
     )
@@ -243,10 +252,14 @@ def test_outbox_rows_stay_for_an_external_deliverer(db: Any, delivering: Any) ->
     db[OUTBOX].update_one({"_id": ids[1]}, {"$set": {"channel": "sms"}})
     db[OUTBOX].update_one({"_id": ids[2]}, {"$set": {"channel": "default"}})
     channel = FakeChannel()
-    kept = build_delivery(db, delivering, Settings(), channels=[channel], limiter=SlowLimit(0))
+    kept = build_delivery(
+        db, delivering, Settings(), channels=[channel], limiter=SlowLimit(0), clock=delivering.clock
+    )
     assert kept.dispatcher.dispatch("a").claimed == 0
     as_webhook = Settings(delivery_default_channel="webhook")
-    sending = build_delivery(db, delivering, as_webhook, channels=[channel], limiter=SlowLimit(0))
+    sending = build_delivery(
+        db, delivering, as_webhook, channels=[channel], limiter=SlowLimit(0), clock=delivering.clock
+    )
     assert sending.dispatcher.dispatch("b").claimed == 1
     assert channel.sent == [ids[2]]
     assert {d["_id"]: d["status"] for d in db[OUTBOX].find()} == {
@@ -259,3 +272,41 @@ def test_outbox_rows_stay_for_an_external_deliverer(db: Any, delivering: Any) ->
 def test_the_demo_receiver_verifies_with_the_readme_snippet_verbatim() -> None:
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert inspect.getsource(webhook_receiver.verify_campaign_webhook) in text
+
+
+def test_a_paused_campaign_holds_its_messages_and_a_cancelled_one_sends_none(
+    db: Any, delivering: Any, clock: ManualClock
+) -> None:
+    channel = FakeChannel()
+    delivery = build_delivery(
+        db, delivering, Settings(), channels=[channel], limiter=SlowLimit(0), clock=delivering.clock
+    )
+    delivering.pause_campaign("c")
+    assert delivery.dispatcher.dispatch("a").as_dict() == {"claimed": 3, "held": 3}
+    assert {d["status"] for d in db[OUTBOX].find()} == {"pending"}
+    delivering.cancel_campaign("c")
+    clock.advance(timedelta(minutes=2))
+    assert delivery.dispatcher.dispatch("b").as_dict() == {"claimed": 3, "failed": 3}
+    assert {d["last_error"] for d in db[OUTBOX].find()} == {"campaign cancelled"}
+    assert channel.sent == []
+
+
+def test_prometheus_counts_a_status_only_when_the_metrics_document_did() -> None:
+    from prometheus_client import REGISTRY
+
+    from campaign_worker.entrypoints import delivery_tasks
+    from campaign_worker.service.delivery_status import StatusRecorded
+
+    labels = {"channel": "webhook", "status": "delivered"}
+
+    def value() -> float:
+        return REGISTRY.get_sample_value("campaign_worker_delivery_statuses_total", labels) or 0.0
+
+    before = value()
+    delivery_tasks._count(
+        [
+            StatusRecorded("m-1", "delivered", "webhook", duplicate=False, counted=True),
+            StatusRecorded("m-1", "delivered", "webhook", duplicate=True, counted=False),
+        ]
+    )
+    assert value() == before + 1
