@@ -94,6 +94,7 @@ def build_delivery(
         backoff_base=settings.delivery_backoff_base_seconds,
         backoff_cap=settings.delivery_backoff_max_seconds,
         default_channel=settings.delivery_default_channel,
+        batch_seconds=settings.celery_task_soft_time_limit / 2,
     )
     dispatcher = Dispatcher(
         MongoDeliveryRows(db),

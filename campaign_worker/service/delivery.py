@@ -12,6 +12,7 @@ effect for a provider that honours the key.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -58,6 +59,9 @@ class DispatchPolicy:
     backoff_base: float = 2.0
     backoff_cap: float = 600.0
     default_channel: str = "outbox"
+    # A batch hands its remaining rows back after this long (keep it well inside the task
+    # time limit), and waits for rate-limit slots for at most a third of the lease in all.
+    batch_seconds: float = 100.0
 
 
 @dataclass
@@ -97,6 +101,7 @@ class Dispatcher:
         self.clock = clock
         self.policy = policy
         self.sleep = sleep
+        self._wait_budget = 0.0
 
     @property
     def claimed_names(self) -> list[str]:
@@ -119,17 +124,28 @@ class Dispatcher:
             return result
         attributes = self.rows.attributes_of(sorted({row["conversation_id"] for row in rows}))
         campaigns = self.rows.campaign_statuses(sorted({row["campaign_id"] for row in rows}))
+        started = time.monotonic()
+        self._wait_budget = self.policy.lease_seconds / 3
         for index, row in enumerate(rows):
+            if time.monotonic() - started > self.policy.batch_seconds:
+                self._release(rows[index:], owner)  # a slow provider: the next task goes on
+                break
             try:
                 if self._held(row, owner, campaigns.get(row["campaign_id"]), result):
                     continue
                 self._one(row, owner, attributes.get(row["conversation_id"], {}), result)
             except TransientError:
                 # Limiter or store unreachable: hand the rest back now, not at lease expiry.
-                for rest in rows[index:]:
-                    self.rows.finish(rest["_id"], owner, RowStatus.PENDING, {})
+                self._release(rows[index:], owner)
                 raise
         return result
+
+    def _release(self, rows: list[Doc], owner: str) -> None:
+        """Back to pending, due at once, without counting an attempt (best effort: what
+        cannot be released now is claimed again when its lease expires)."""
+        with contextlib.suppress(TransientError):
+            for row in rows:
+                self.rows.finish(row["_id"], owner, RowStatus.PENDING, {})
 
     def _held(self, row: Doc, owner: str, campaign: str | None, result: DispatchResult) -> bool:
         """Cancelling a campaign stops its sending at once; pausing holds it."""
@@ -188,19 +204,18 @@ class Dispatcher:
             log.warning("delivery_lease_lost_after_send", message_id=message_id, channel=name)
 
     def _wait_for_slot(self, row: Doc, owner: str, name: str, result: DispatchResult) -> bool:
-        """Wait for the channel's rate limit, up to a third of the lease; beyond that, hand
-        the row back as pending until the slot is expected."""
-        budget = self.policy.lease_seconds / 3
+        """Wait for the channel's rate limit while the batch's waiting budget lasts; beyond
+        it, hand the row back as pending until the slot is expected."""
         while True:
             wait = self.limiter.acquire(name)
             if wait <= 0:
                 return True
-            if wait > budget:
+            if wait > self._wait_budget:
                 later = {"next_attempt_at": self.clock.now() + timedelta(seconds=wait)}
                 self.rows.finish(row["_id"], owner, RowStatus.PENDING, later)
                 result.outcomes[(name, "deferred")] += 1
                 return False
-            budget -= wait
+            self._wait_budget -= wait
             self.sleep(wait)
 
     def _retry_or_fail(

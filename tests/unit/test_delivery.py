@@ -3,6 +3,7 @@ deferrals and suppressions (on both tiers)."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import random
 from datetime import UTC, datetime, timedelta
@@ -310,3 +311,19 @@ def test_prometheus_counts_a_status_only_when_the_metrics_document_did() -> None
         ]
     )
     assert value() == before + 1
+
+
+def test_a_batch_past_its_time_hands_the_rest_back(db: Any, delivering: Any) -> None:
+    channel = FakeChannel()
+    delivery = build_delivery(
+        db, delivering, Settings(), channels=[channel], limiter=SlowLimit(0), clock=delivering.clock
+    )
+    delivery.dispatcher.policy = dataclasses.replace(delivery.dispatcher.policy, batch_seconds=-1)
+    assert delivery.dispatcher.dispatch("slow").as_dict() == {"claimed": 3}
+    assert channel.sent == []
+    docs = list(db[OUTBOX].find())
+    assert {d["status"] for d in docs} == {"pending"}
+    assert all("lease_owner" not in d and d.get("attempts") is None for d in docs)
+    # Released rows are due at once: the next batch sends them.
+    delivery.dispatcher.policy = dataclasses.replace(delivery.dispatcher.policy, batch_seconds=60)
+    assert delivery.dispatcher.dispatch("next").as_dict() == {"claimed": 3, "sent": 3}
