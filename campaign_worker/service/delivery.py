@@ -196,9 +196,11 @@ class Dispatcher:
             self._fail(row, owner, name, str(exc), result)
             return
         sent = {"sent_at": self.clock.now(), "provider_id": provider_id, "last_error": None}
+        # The status first: a crash before the row says sent repeats the send (same
+        # idempotency key) and finds the status already recorded, rather than never.
+        result.statuses.append(self.statuses.record(message_id, DeliveryStatus.SENT))
         if self.rows.finish(message_id, owner, RowStatus.SENT, sent):
             result.outcomes[(name, "sent")] += 1
-            result.statuses.append(self.statuses.record(message_id, DeliveryStatus.SENT))
         else:
             result.outcomes[(name, "lost")] += 1
             log.warning("delivery_lease_lost_after_send", message_id=message_id, channel=name)
