@@ -337,3 +337,44 @@ def test_statuses_flow_back_once_and_a_hard_bounce_ends_the_conversation(
     record(ids["u-0"], DeliveryStatus.FAILED, "late", timestamp=later - timedelta(minutes=1))
     stored = delivery.statuses.statuses.row(ids["u-0"])
     assert stored is not None and stored["delivery"]["status"] == "delivered"
+
+
+@pytest.mark.parametrize("templates", ["smtp"], indirect=True)
+def test_smtp_refusals_fail_on_5xx_and_retry_on_4xx(
+    wire_db: Any, manager: CampaignManager, clock: ManualClock
+) -> None:
+    class Refuse:
+        async def handle_RCPT(
+            self, server: Any, session: Any, envelope: Any, address: str, options: Any
+        ) -> str:
+            if address.startswith("u0@"):
+                return "550 5.1.1 no such mailbox"
+            if address.startswith("u1@"):
+                return "451 4.3.0 try again later"
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            return "250 accepted"
+
+    controller = Controller(Refuse(), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        campaign(manager, 3)
+        channel = SmtpChannel(
+            "127.0.0.1", controller.port, sender="news@example.test", subject="Hi", timeout=5
+        )
+        delivery_for(wire_db, manager, [channel]).dispatcher.dispatch("smtp")
+    finally:
+        controller.stop()
+    by_user = {d["user_id"]: d for d in rows(wire_db).values()}
+    assert (by_user["u-0"]["status"], by_user["u-0"]["last_error"]) == (
+        "failed",
+        "smtp recipient refused: 550",
+    )
+    assert (by_user["u-1"]["status"], by_user["u-1"]["last_error"]) == (
+        "pending",
+        "smtp recipient refused: 451",
+    )
+    assert by_user["u-1"]["next_attempt_at"] > clock.now()
+    assert by_user["u-2"]["status"] == "sent"
