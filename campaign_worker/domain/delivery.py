@@ -57,6 +57,36 @@ REPORTED_STATUSES = frozenset(
 )
 
 
+def inherit_channels(data: Any) -> Any:
+    """Give each message that names no ``channel`` the nearest one named above it
+    (stage, campaign type, template): messages carry the channel they go out on."""
+    if not isinstance(data, dict) or not isinstance(data.get("campaign_types"), dict):
+        return data
+    types = {}
+    for name, type_data in data["campaign_types"].items():
+        if isinstance(type_data, dict) and isinstance(type_data.get("stages"), list):
+            inherited = type_data.get("channel") or data.get("channel")
+            stages = [_stage_channels(stage, inherited) for stage in type_data["stages"]]
+            type_data = {**type_data, "stages": stages}
+        types[name] = type_data
+    return {**data, "campaign_types": types}
+
+
+def _stage_channels(stage: Any, inherited: Any) -> Any:
+    if not isinstance(stage, dict) or not isinstance(stage.get("messages"), list):
+        return stage
+    channel = stage.get("channel") or inherited
+    if channel is None:
+        return stage
+    messages = [
+        {**message, "channel": channel}
+        if isinstance(message, dict) and "channel" not in message
+        else message
+        for message in stage["messages"]
+    ]
+    return {**stage, "messages": messages}
+
+
 def status_rank(status: DeliveryStatus) -> int:
     """Which status is the latest: a higher rank wins, then the later time. ``sent`` ranks
     below what a provider reports, which it always precedes, whatever the clocks say."""
@@ -127,6 +157,7 @@ __all__ = [
     "Outgoing",
     "RowStatus",
     "ends_conversation",
+    "inherit_channels",
     "parse_retry_after",
     "resolve_channel",
     "retry_delay",

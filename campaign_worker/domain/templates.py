@@ -27,6 +27,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from campaign_worker.domain.delivery import inherit_channels
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -45,7 +47,7 @@ def _parse_duration(value: Any) -> Any:
 Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
 StageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 # webhook, smtp, outbox, default (DELIVERY_DEFAULT_CHANNEL), or a name for an external deliverer.
-ChannelName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+ChannelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
 class _Model(BaseModel):
@@ -165,36 +167,6 @@ class CampaignTypeTemplate(_Model):
 
     def stage(self, name: str) -> Stage | None:
         return next((stage for stage in self.stages if stage.name == name), None)
-
-
-def inherit_channels(data: Any) -> Any:
-    """Give each message that names no ``channel`` the nearest one named above it
-    (stage, campaign type, template): messages carry the channel they go out on."""
-    if not isinstance(data, dict) or not isinstance(data.get("campaign_types"), dict):
-        return data
-    types = {}
-    for name, type_data in data["campaign_types"].items():
-        if isinstance(type_data, dict) and isinstance(type_data.get("stages"), list):
-            inherited = type_data.get("channel") or data.get("channel")
-            stages = [_stage_channels(stage, inherited) for stage in type_data["stages"]]
-            type_data = {**type_data, "stages": stages}
-        types[name] = type_data
-    return {**data, "campaign_types": types}
-
-
-def _stage_channels(stage: Any, inherited: Any) -> Any:
-    if not isinstance(stage, dict) or not isinstance(stage.get("messages"), list):
-        return stage
-    channel = stage.get("channel") or inherited
-    if channel is None:
-        return stage
-    messages = [
-        {**message, "channel": channel}
-        if isinstance(message, dict) and "channel" not in message
-        else message
-        for message in stage["messages"]
-    ]
-    return {**stage, "messages": messages}
 
 
 class SendWindow(_Model):

@@ -107,7 +107,7 @@ def test_channels_are_inherited_from_template_type_and_stage() -> None:
         == "default"
     )
     with pytest.raises(ValidationError, match="channel"):
-        Template.model_validate({**data, "channel": "Not A Name"})
+        Template.model_validate({**data, "channel": "no.dots"})
 
 
 def test_delivery_settings_are_checked_and_secrets_never_shown() -> None:
