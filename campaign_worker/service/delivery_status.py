@@ -80,9 +80,14 @@ class StatusRecorder:
         channel = str(
             row.get("delivered_via") or resolve_channel(row["channel"], self.default_channel)
         )
-        new = self.statuses.add_event(
-            message_id, status.value, {"at": at, "detail": detail, "recorded_at": now}
-        )
+        before = next((e for e in row.get("events", []) if e.get("status") == status.value), None)
+        if before is not None:
+            # A repeat: its effects are applied again as first recorded (its time and detail).
+            new, at, detail = False, before["at"], before.get("detail")
+        else:
+            new = self.statuses.add_event(
+                message_id, status.value, {"at": at, "detail": detail, "recorded_at": now}
+            )
         latest = {"status": status.value, "rank": status_rank(status), "at": at, "detail": detail}
         self.statuses.set_latest(message_id, row["conversation_id"], latest)
         counted = self.statuses.count(

@@ -334,6 +334,12 @@ def test_statuses_flow_back_once_and_a_hard_bounce_ends_the_conversation(
     # A provider's report outranks "sent" whatever the clocks say (the dispatcher may
     # record "sent" after the provider's report arrived); among reports, the later wins.
     record(ids["u-0"], DeliveryStatus.SENT, timestamp=later + timedelta(hours=1))
+    # A repeated "failed" keeps its first time: it cannot become the latest by repeating.
+    record(ids["u-1"], DeliveryStatus.FAILED, "first", timestamp=later)
+    record(ids["u-1"], DeliveryStatus.DELIVERED, timestamp=later + timedelta(minutes=1))
+    record(ids["u-1"], DeliveryStatus.FAILED, "again", timestamp=later + timedelta(hours=1))
+    u1_row = delivery.statuses.statuses.row(ids["u-1"])
+    assert u1_row is not None and u1_row["delivery"]["status"] == "delivered"
     record(ids["u-0"], DeliveryStatus.FAILED, "late", timestamp=later - timedelta(minutes=1))
     stored = delivery.statuses.statuses.row(ids["u-0"])
     assert stored is not None and stored["delivery"]["status"] == "delivered"
