@@ -17,9 +17,12 @@ from campaign_worker.adapters.mongo_conversations import MongoConversationStateR
 from campaign_worker.adapters.mongo_dead_letters import MongoDeadLetterRepository
 from campaign_worker.adapters.mongo_metrics import MongoCampaignMetricsRepository
 from campaign_worker.adapters.mongo_outbox import MongoOutboxRepository
+from campaign_worker.adapters.mongo_send_budget import MongoSendBudgetRepository
+from campaign_worker.adapters.mongo_suppressions import MongoSuppressionRepository
 from campaign_worker.delivery_wiring import ensure_delivery_indexes
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.ports import Clock, MetricsRecorder
+from campaign_worker.service.send_guard import SendGuard
 from campaign_worker.settings import Settings, get_settings
 
 
@@ -66,7 +69,14 @@ def build_manager(
         ),
         init_batch_size=settings.init_batch_size,
         process_batch_size=settings.process_batch_size,
+        process_fanout=settings.process_fanout,
         lease_seconds=settings.lease_seconds,
+        send_guard=SendGuard(
+            MongoSuppressionRepository(db),
+            MongoSendBudgetRepository(db),
+            caps=settings.caps,
+            address_attributes=settings.address_attributes,
+        ),
     )
 
 
@@ -76,6 +86,11 @@ def ensure_indexes(manager: CampaignManager) -> None:
     manager.campaigns.initialize()
     manager.campaign_metrics.initialize()
     manager.outbox.initialize()
+    guard = manager.send_guard
+    if guard.suppressions is not None:
+        guard.suppressions.initialize()
+    if guard.budget is not None:
+        guard.budget.initialize()
 
 
 def bootstrap(

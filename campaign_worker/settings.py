@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from campaign_worker.domain.errors import ConfigurationError
+from campaign_worker.domain.suppressions import FrequencyCap, parse_caps
 
 
 class Settings(BaseSettings):
@@ -29,9 +30,10 @@ class Settings(BaseSettings):
     mongodb_socket_timeout_ms: int = Field(default=30000, ge=100)
 
     campaign_templates_dir: Path | None = None
-    init_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    init_batch_size: int = Field(default=2000, ge=1, le=100_000)
     init_batches_per_task: int = Field(default=50, ge=1)
-    process_batch_size: int = Field(default=200, ge=1, le=10_000)
+    process_batch_size: int = Field(default=1000, ge=1, le=10_000)
+    process_fanout: int = Field(default=8, ge=1, le=1024)
     lease_seconds: int = Field(default=120, ge=5, le=86_400)
 
     celery_broker_url: str = Field(default="redis://localhost:6379/0", min_length=1)
@@ -84,10 +86,31 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9808, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"
 
+    # Cross-campaign frequency caps, CHANNEL=N/WINDOW, "*" for every channel without its
+    # own (e.g. "*=3/1d,sms=1/12h"); empty: no cap.
+    frequency_caps: str = ""
+    # Where recipients' channel addresses are (CHANNEL=ATTRIBUTE), for the suppression list.
+    suppression_address_attributes: str = "email=email,sms=phone"
+
     # Demo/test only: run the clock CLOCK_SPEED times faster than real time, counted from
     # CLOCK_EPOCH (which every process of one run must share).
     clock_speed: float = Field(default=1.0, gt=0)
     clock_epoch: datetime | None = None
+
+    @field_validator("frequency_caps")
+    @classmethod
+    def _caps(cls, value: str) -> str:
+        parse_caps(value)  # raises naming the bad entry
+        return value
+
+    @property
+    def caps(self) -> dict[str, FrequencyCap]:
+        return parse_caps(self.frequency_caps)
+
+    @property
+    def address_attributes(self) -> dict[str, str]:
+        pairs = (item.partition("=") for item in self.suppression_address_attributes.split(","))
+        return {k.strip(): v.strip() for k, _, v in pairs if k.strip() and v.strip()}
 
     @model_validator(mode="after")
     def _limits_below_visibility(self) -> Settings:

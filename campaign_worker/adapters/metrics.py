@@ -34,7 +34,7 @@ CONVERSATIONS_INITIALIZED = Counter(
 )
 STAGE_TRANSITIONS = Counter(
     "stage_transitions",
-    "Conversations moved from one stage to the next.",
+    "Transitions that happened: from a stage to another (to_stage) or out (exit:<outcome>).",
     ["campaign_type", "from_stage", "to_stage"],
     namespace=NAMESPACE,
 )
@@ -68,6 +68,18 @@ DELIVERY_ATTEMPTS = Counter(
     "Dispatcher outcomes per channel: sent, retry, failed, deferred (rate limit), lost "
     "(lease taken over).",
     ["channel", "outcome"],
+    namespace=NAMESPACE,
+)
+MESSAGES_DEFERRED = Counter(
+    "messages_deferred",
+    "Sends held back by the cross-campaign frequency cap (deferred, not dropped).",
+    ["channel"],
+    namespace=NAMESPACE,
+)
+SUPPRESSED_SENDS = Counter(
+    "suppressed_conversations",
+    "Conversations ended because their recipient is on the suppression list.",
+    ["campaign_type"],
     namespace=NAMESPACE,
 )
 TASK_DURATION = Histogram(
@@ -144,6 +156,12 @@ class PrometheusRecorder:
 
     def batch_size(self, operation: str, size: int) -> None:
         BATCH_SIZE.labels(operation).observe(size)
+
+    def messages_deferred(self, channel: str, count: int) -> None:
+        MESSAGES_DEFERRED.labels(channel).inc(count)
+
+    def suppressed(self, campaign_type: str, count: int) -> None:
+        SUPPRESSED_SENDS.labels(campaign_type).inc(count)
 
     def poller_lag(self, seconds: float) -> None:
         POLLER_LAG.set(seconds)

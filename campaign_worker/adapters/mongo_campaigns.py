@@ -142,9 +142,15 @@ class MongoCampaignRepository:
 
     @translate_errors
     def iter_recipients(
-        self, campaign: StoredCampaign, batch_size: int, position: Doc | None = None
+        self,
+        campaign: StoredCampaign,
+        batch_size: int,
+        position: Doc | None = None,
+        read_ahead: int = 1,
     ) -> Iterator[tuple[list[Doc], Doc]]:
-        """Yield (batch, position after it), starting after ``position``.
+        """Yield (batch, position after it), starting after ``position``. A referenced
+        collection is read ``read_ahead`` batches per round trip (still a bounded
+        amount in memory).
 
         Inline lists resume by offset; a referenced collection is streamed by cursor in
         ``_id`` order and resumes after the last ``_id`` seen, so a restarted
@@ -167,7 +173,7 @@ class MongoCampaignRepository:
             self._db[recipients["collection"]]
             .find(query, {"user_id": 1, "attributes": 1, "timezone": 1})
             .sort("_id", ASCENDING)
-            .batch_size(batch_size)
+            .batch_size(batch_size * read_ahead)
         )
         batch: list[Doc] = []
         last_id: Any = None

@@ -1,5 +1,5 @@
 """The conversation state repository (collection ``conversation_states``): the seed's
-methods, the claim, the batched compare-and-set writes and the publication marks."""
+methods, the processing read, the batched compare-and-set writes and the publication marks."""
 
 from __future__ import annotations
 
@@ -22,9 +22,12 @@ from campaign_worker.adapters.mongo import (
 from campaign_worker.adapters.mongo_updates import state_update
 from campaign_worker.domain.documents import ConversationState, parse_document
 from campaign_worker.domain.errors import InvalidDocumentError
+from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.service.ports import WriteOutcome
 
 Doc = dict[str, Any]
+WHOLE = PartitionRange()
+DUE_INDEX = "pending"
 
 
 def _due_filter(campaign_id: str, now: datetime, status: str, stage: str | None) -> Doc:
@@ -34,11 +37,16 @@ def _due_filter(campaign_id: str, now: datetime, status: str, stage: str | None)
     return query
 
 
-def _unleased(now: datetime) -> Doc:
-    """No lease, or an expired one. Same documents as ``$or: [{lease_until: null},
-    {lease_until: {$lte: now}}]`` ($not also matches a missing field), but a plain field
-    predicate: secantusdb evaluates a top-level $or ~70x slower (see bench/README.md)."""
-    return {"lease_until": {"$not": {"$gt": now}}}
+def _in_range(span: PartitionRange) -> Doc:
+    """The bucket predicate of a partition range. The first range also takes documents
+    without a bucket (created before partitions): ``$not: {$gte: high}`` matches a
+    missing field, as a plain field predicate (secantusdb evaluates a top-level $or ~70x
+    slower, see bench/README.md)."""
+    if span.whole:
+        return {}
+    if span.low == 0:
+        return {"partition": {"$not": {"$gte": span.high}}}
+    return {"partition": {"$gte": span.low, "$lt": span.high}}
 
 
 class MongoConversationStateRepository:
@@ -60,11 +68,15 @@ class MongoConversationStateRepository:
             unique=True,
             name="campaign_user_unique",
         )
-        # Serves get_pending_conversations/claim: equality on campaign and status, range on
-        # next_action_at (ESR order).
+        # Serves the processing read, get_pending_conversations and the poller's count:
+        # equality on campaign and status, sort and range on next_action_at (ESR order).
+        # A partition range is checked on the fetched documents, which come in due order,
+        # so a read stops after about ``limit x partitions`` of them. Not a fourth key
+        # (partition): secantusdb 0.7 answers the plain due query wrongly (no documents)
+        # through such an index; see docs/architecture.md, "Processing".
         c.create_index(
             [("campaign_id", ASCENDING), ("status", ASCENDING), ("next_action_at", ASCENDING)],
-            name="pending",
+            name=DUE_INDEX,
         )
         # Serves the poller's lag probe across campaigns.
         c.create_index([("status", ASCENDING), ("next_action_at", ASCENDING)], name="due")
@@ -148,56 +160,27 @@ class MongoConversationStateRepository:
         return list(self._collection.find(query).sort("next_action_at", ASCENDING).limit(limit))
 
     @translate_errors
-    def claim_due(
+    def read_due(
         self,
         campaign_id: str,
         now: datetime,
         *,
-        owner: str,
-        lease_until: datetime,
-        stage: str | None,
+        stage: str | None = None,
         limit: int,
+        span: PartitionRange = WHOLE,
+        settling: bool = False,
     ) -> list[Doc]:
-        """Lease up to ``limit`` due conversations to ``owner``; return the leased ones.
-
-        Three round trips whatever the batch size: read candidate ids, one conditional
-        update_many (still due and unleased, so two claimers never share one), read back.
-        """
-        query = {**_due_filter(campaign_id, now, "active", stage), **_unleased(now)}
-        return self._claim(query, owner, lease_until, limit)
-
-    @translate_errors
-    def claim_active(
-        self, campaign_id: str, now: datetime, *, owner: str, lease_until: datetime, limit: int
-    ) -> list[Doc]:
-        """Lease up to ``limit`` active conversations, due or not (to settle a cancel)."""
-        query = {"campaign_id": campaign_id, "status": "active", **_unleased(now)}
-        return self._claim(query, owner, lease_until, limit)
-
-    def _claim(self, query: Doc, owner: str, lease_until: datetime, limit: int) -> list[Doc]:
-        ids = [
-            doc["_id"]
-            # batch_size: the server's first batch is 101 docs otherwise, then a getMore.
-            for doc in self._collection.find(query, {"_id": 1}, limit=limit, batch_size=limit).sort(
-                "next_action_at", ASCENDING
-            )
-        ]
-        if not ids:
-            return []
-        self._collection.update_many(
-            {"_id": {"$in": ids}, **query},
-            {"$set": {"lease_owner": owner, "lease_until": lease_until}},
-        )
-        leased = {"_id": {"$in": ids}, "lease_owner": owner}
-        return list(self._collection.find(leased, limit=len(ids), batch_size=len(ids)))
-
-    @translate_errors
-    def release(self, ids: Sequence[str], owner: str) -> int:
-        result = self._collection.update_many(
-            {"_id": {"$in": list(ids)}, "lease_owner": owner},
-            {"$unset": {"lease_owner": "", "lease_until": ""}},
-        )
-        return result.modified_count
+        """Up to ``limit`` due active conversations of a partition range, oldest due
+        first, read in full in one round trip (``batch_size``: else the server's first
+        batch is 101 documents, then a getMore). ``settling``: every active one, due or
+        not (a cancelled campaign's). Nothing is leased: see docs/architecture.md."""
+        if settling:
+            query: Doc = {"campaign_id": campaign_id, "status": "active"}
+        else:
+            query = _due_filter(campaign_id, now, "active", stage)
+        query.update(_in_range(span))
+        cursor = self._collection.find(query, limit=limit, batch_size=limit)
+        return list(cursor.sort("next_action_at", ASCENDING))
 
     def save_transitions(
         self, changes: Sequence[tuple[ConversationState, ConversationState]]
@@ -213,8 +196,8 @@ class MongoConversationStateRepository:
     ) -> WriteOutcome:
         """Write each (old, new) pair as a compare-and-set on ``old.version``.
 
-        One bulk_write for the batch; each write also drops any lease, since a newer
-        version makes whatever the lease holder is computing stale anyway. Returns the
+        One bulk_write for the batch (a lease left by an earlier release is dropped by
+        the same write: see ``state_update``). Returns the
         ids whose write applied (with their write token), and those the server refused
         with an error (say, a document over the size limit) with the reason. The others
         lost to a concurrent writer.
@@ -228,7 +211,6 @@ class MongoConversationStateRepository:
             token = f"{batch}:{index}"
             tokens[old.id] = token
             update = state_update(old, new, token, now)
-            update["$unset"] = {"lease_owner": "", "lease_until": ""}
             ops.append(UpdateOne({"_id": old.id, "version": old.version}, update))
         matched = self._bulk(ops, [old.id for old, _ in changes], outcome.failed)
         if matched == len(ops) - len(outcome.failed):
@@ -308,8 +290,25 @@ class MongoConversationStateRepository:
 
     @translate_errors
     def has_due(self, campaign_id: str, now: datetime) -> bool:
-        query = {**_due_filter(campaign_id, now, "active", None), **_unleased(now)}
+        query = _due_filter(campaign_id, now, "active", None)
         return self._collection.find_one(query, {"_id": 1}) is not None
+
+    @translate_errors
+    def count_due(
+        self,
+        campaign_id: str,
+        now: datetime,
+        *,
+        settling: bool,
+        limit: int,
+        span: PartitionRange = WHOLE,
+    ) -> int:
+        """How many are due (``settling``: active) in ``span``, counted up to ``limit``."""
+        query: Doc = {"campaign_id": campaign_id, "status": "active"}
+        if not settling:
+            query = _due_filter(campaign_id, now, "active", None)
+        query.update(_in_range(span))
+        return self._collection.count_documents(query, limit=limit)
 
     @translate_errors
     def count_conversations(self, campaign_id: str) -> int:

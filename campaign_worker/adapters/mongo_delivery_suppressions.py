@@ -1,56 +1,59 @@
-"""Suppressed addresses from delivery (hard bounces, complaints), in the ``suppressions``
-collection that opt-outs share: one document per user id, channel and address."""
+"""Delivery's view of the shared suppression list (``adapters/mongo_suppressions.py``,
+collection ``suppressions``): a hard bounce or a complaint adds the channel address
+(``address:<channel>:<address>``, source ``bounce``/``complaint``); before each send the
+dispatcher checks the address and the user (an opt-out since the message was written)."""
 
 from __future__ import annotations
 
-import contextlib
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING
-from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
 
-from campaign_worker.adapters.mongo import translate_errors
+from campaign_worker.adapters.mongo_suppressions import MongoSuppressionRepository
+from campaign_worker.domain.suppressions import (
+    Suppression,
+    address_key,
+    normalize_address,
+    user_key,
+)
 
 Doc = dict[str, Any]
-SUPPRESSIONS = "suppressions"
 
 
 class MongoDeliverySuppressions:
-    """Addresses no channel sends to any more."""
+    """The ``Suppressions`` port of delivery over the shared list."""
 
     def __init__(self, db: Database[Doc]) -> None:
-        self._collection: Collection[Doc] = db[SUPPRESSIONS]
+        self._list = MongoSuppressionRepository(db)
 
-    @translate_errors
     def initialize(self) -> None:
-        self._collection.create_index(
-            [("user_id", ASCENDING), ("channel", ASCENDING), ("address", ASCENDING)],
-            name="user_channel_address",
-            unique=True,
-        )
-        self._collection.create_index(
-            [("channel", ASCENDING), ("address", ASCENDING)], name="channel_address"
-        )
+        self._list.initialize()
 
-    @translate_errors
     def suppress(
-        self, user_id: str, channel: str, address: str, reason: str, source: Doc, now: datetime
+        self,
+        user_id: str,
+        channel: str,
+        address: str,
+        reason: str,
+        campaign_id: str | None,
+        now: datetime,
     ) -> None:
-        """Idempotent: the first reason is kept."""
-        # DuplicateKeyError: a concurrent upsert inserted it; suppressed either way.
-        with contextlib.suppress(DuplicateKeyError):
-            self._collection.update_one(
-                {"user_id": user_id, "channel": channel, "address": address},
-                {"$setOnInsert": {"reason": reason, "source": source, "created_at": now}},
-                upsert=True,
-            )
+        """Idempotent: an address already listed keeps its first reason."""
+        entry = Suppression(
+            key=address_key(channel, address),
+            reason=reason,
+            source="complaint" if reason == "complaint" else "bounce",
+            created_at=now,
+            user_id=user_id,
+            channel=channel,
+            address=normalize_address(address),
+            campaign_id=campaign_id,
+        )
+        self._list.add_many([entry])
 
-    @translate_errors
-    def is_suppressed(self, channel: str, address: str) -> bool:
-        return self._collection.find_one({"channel": channel, "address": address}) is not None
+    def is_suppressed(self, user_id: str, channel: str, address: str) -> bool:
+        return bool(self._list.matching([user_key(user_id), address_key(channel, address)]))
 
 
-__all__ = ["SUPPRESSIONS", "MongoDeliverySuppressions"]
+__all__ = ["MongoDeliverySuppressions"]

@@ -36,7 +36,10 @@ def metrics_inc(delta: MetricsDelta) -> dict[str, float]:
         "invalid_recipients": delta.invalid_recipients,
         "message_metrics.total_sent": delta.sent,
         "message_metrics.total_received": delta.received,
+        "message_metrics.deferred": delta.deferred,
     }
+    for (from_stage, to_stage), count in delta.funnel.items():
+        inc[f"funnel.{from_stage}.{to_stage}"] = count
     for stage, count in delta.stage_entered.items():
         inc[f"stage_metrics.{stage}.entered"] = count
     for stage, count in delta.stage_completed.items():
@@ -101,9 +104,14 @@ _DERIVE: Doc = {
 
 
 def increment_pipeline(
-    campaign_id: str, inc: dict[str, float], now: datetime, drop: Sequence[str] = ()
+    campaign_id: str,
+    inc: dict[str, float],
+    now: datetime,
+    drop: Sequence[str] = (),
+    register: Sequence[str] = (),
 ) -> list[Doc]:
-    """An update pipeline: add ``inc``, bump ``revision``, re-derive, drop registrations."""
+    """An update pipeline: add ``inc``, bump ``revision``, re-derive, drop registrations,
+    add registrations (``register``: tasks the writer hands its work over to)."""
     added: Doc = {
         path: {"$add": [{"$ifNull": [f"${path}", 0]}, amount]} for path, amount in inc.items()
     }
@@ -120,6 +128,8 @@ def increment_pipeline(
     ]
     if drop:
         pipeline.append({"$unset": [f"inflight.{token}" for token in drop]})
+    if register:
+        pipeline.append({"$set": {f"inflight.{token}": now for token in register}})
     return pipeline
 
 
@@ -152,14 +162,29 @@ class MongoCampaignMetricsRepository:
         )
 
     @translate_errors
+    def register(self, campaign_id: str, tokens: Sequence[str], now: datetime) -> None:
+        """Register writers that are about to be dispatched (one write for all)."""
+        if tokens:
+            pipeline = increment_pipeline(campaign_id, {}, now, register=tokens)
+            self._collection.update_one({"_id": campaign_id}, pipeline, upsert=True)
+
+    @translate_errors
     def apply_delta(
-        self, campaign_id: str, delta: MetricsDelta, now: datetime, *, token: str | None = None
+        self,
+        campaign_id: str,
+        delta: MetricsDelta,
+        now: datetime,
+        *,
+        token: str | None = None,
+        register: Sequence[str] = (),
     ) -> None:
-        """One atomic increment for a whole batch's changes (and its deregistration)."""
+        """One atomic increment for a whole batch's changes (and its deregistration, and
+        the registration of what it hands over)."""
         inc = metrics_inc(delta)
-        if not inc and token is None:
+        if not inc and token is None and not register:
             return
-        pipeline = increment_pipeline(campaign_id, inc, now, [token] if token else ())
+        drop = [token] if token else ()
+        pipeline = increment_pipeline(campaign_id, inc, now, drop, register)
         self._collection.update_one({"_id": campaign_id}, pipeline, upsert=True)
 
     @translate_errors

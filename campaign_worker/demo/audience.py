@@ -71,11 +71,27 @@ class Reply:
     content: str
 
 
-# (probability, text) per stage: the first bucket the roll falls in decides.
+# (probability, text) per stage: the first bucket the roll falls in decides. The packaged
+# sales journey routes each by its intent: opt out, out-of-office pause, skip ahead on a
+# price question, exit on "no thanks", back from decision to consideration on a question.
 _PERSONAS: dict[str, list[tuple[float, str | None]]] = {
-    "awareness": [(0.06, "STOP"), (0.55, "Yes, tell me more"), (1.0, None)],
+    "awareness": [
+        (0.10, "What's the price?"),
+        (0.16, "Automatic reply: I am out of the office until Monday"),
+        (0.20, "No thanks"),
+        (0.30, "How does it work?"),
+        (0.55, "Yes, tell me more"),
+        (0.90, None),
+        (0.93, "STOP please"),
+        (1.0, "Please unsubscribe me"),
+    ],
     "consideration": [(0.55, "What's the pricing?"), (0.75, "Looks interesting"), (1.0, None)],
-    "decision": [(0.60, "Let's do it, BUY"), (0.70, "No thanks"), (1.0, None)],
+    "decision": [
+        (0.50, "Let's do it, BUY"),
+        (0.62, "Is there a free trial?"),
+        (0.72, "No thanks"),
+        (1.0, None),
+    ],
 }
 
 
@@ -134,11 +150,13 @@ def format_funnel(metrics: dict[str, Any], outcomes: dict[str, int] | None = Non
         rate = f"{completed / entered:.0%}" if entered else "-"
         hours = values["avg_duration_seconds"] / 3600
         lines.append(f"{stage:<16}{entered:>9}{completed:>11}{rate:>8}{hours:>10.1f} h")
+    lines += format_transitions(metrics.get("funnel") or {})
     mm = metrics["message_metrics"]
     lines += [
         "",
         f"messages sent {mm['total_sent']}, received {mm['total_received']}, "
-        f"response rate {mm['response_rate']:.2f}",
+        f"response rate {mm['response_rate']:.2f}, "
+        f"deferred by the frequency cap {mm.get('deferred', 0)}",
         f"outcomes: completed {metrics['completed_conversations']}, "
         f"failed {metrics['failed_conversations']}, "
         f"opted out {metrics.get('opted_out_conversations', 0)}, "
@@ -150,6 +168,18 @@ def format_funnel(metrics: dict[str, Any], outcomes: dict[str, int] | None = Non
             + ", ".join(f"{key} {value}" for key, value in sorted(outcomes.items()))
         )
     return "\n".join(lines)
+
+
+def format_transitions(funnel: dict[str, dict[str, int]]) -> list[str]:
+    """The branched funnel: every transition that happened, from -> to (or exit)."""
+    if not funnel:
+        return []
+    lines = ["", f"{'transition':<38}{'conversations':>14}"]
+    for source, targets in funnel.items():
+        for target, count in sorted(targets.items(), key=lambda item: -item[1]):
+            label = target.replace("exit:", "(exit) ")
+            lines.append(f"{source + ' -> ' + label:<38}{count:>14}")
+    return lines
 
 
 def drive(

@@ -105,6 +105,15 @@ def run_demo(args: DemoOptions, out: TextIO | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+# The demo caps messages across campaigns too (FREQUENCY_CAPS from the environment wins):
+# a reply that moves someone on within a day of two messages waits for the window.
+DEMO_CAPS = "*=2/1d"
+
+
+def _caps() -> str:
+    return os.environ.get("FREQUENCY_CAPS") or DEMO_CAPS
+
+
 def _manager(mongo_uri: str, db_name: str, clock: Any) -> Any:
     from pymongo import MongoClient
 
@@ -113,7 +122,9 @@ def _manager(mongo_uri: str, db_name: str, clock: Any) -> Any:
 
     client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, tzinfo=UTC)
     manager = build_manager(
-        client[db_name], Settings(mongodb_uri=mongo_uri, mongodb_db=db_name), clock=clock
+        client[db_name],
+        Settings(mongodb_uri=mongo_uri, mongodb_db=db_name, frequency_caps=_caps()),
+        clock=clock,
     )
     ensure_indexes(manager)
     return manager
@@ -224,6 +235,7 @@ def _worker_env(
         "CELERY_BROKER_URL": broker,
         "CLOCK_SPEED": str(args.speed),
         "CLOCK_EPOCH": epoch.isoformat(),
+        "FREQUENCY_CAPS": _caps(),
         "POLL_INTERVAL_SECONDS": "1",
         "METRICS_PORT": "0",
         "LOG_FORMAT": "json",

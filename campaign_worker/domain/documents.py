@@ -31,6 +31,8 @@ from campaign_worker.domain.limits import MAX_ATTRIBUTES_BYTES, check_size
 
 def to_utc(value: datetime) -> datetime:
     """Naive datetimes are taken as UTC (that is how BSON stores them)."""
+    if value.tzinfo is UTC and not value.microsecond % 1000:
+        return value  # what a tz-aware client reads back: every stored date, every step
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     value = value.astimezone(UTC)
@@ -168,8 +170,12 @@ class ConversationState(_Doc):
     stage_step: int = Field(default=0, ge=0, description="outbound messages sent in this stage")
     status_reason: str | None = None
     finished_at: UtcDatetime | None = None
+    # Leases are gone (processing is partitioned); still read on documents that have them.
     lease_owner: str | None = None
     lease_until: UtcDatetime | None = None
+    # The bucket that assigns it to a processing range (domain/partitions.py); None on
+    # documents created before partitions, which the first range picks up.
+    partition: int | None = Field(default=None, ge=0)
     version: int = Field(default=0, ge=0)
     # Tokens of the most recent compare-and-set writes, newest last (capped): lets a
     # writer tell that its write landed even when others have written on top since.
@@ -211,9 +217,15 @@ def conversation_id_for(campaign_id: str, user_id: str) -> str:
     return uuid.uuid5(uuid.NAMESPACE_URL, f"campaign-worker:{campaign_id}:{user_id}").hex
 
 
-def message_id_for(conversation_id: str, stage: str, step: int) -> str:
-    """Deterministic outbound message id per (conversation, stage, step): replays dedupe."""
-    digest = hashlib.sha256(f"{conversation_id}|{stage}|{step}".encode()).hexdigest()
+def message_id_for(conversation_id: str, stage: str, step: int, visit: int = 0) -> str:
+    """Deterministic outbound message id per (conversation, stage, step): replays dedupe.
+    A stage entered again after a branch back (``visit`` > 0) sends under new ids."""
+    key = (
+        f"{conversation_id}|{stage}|{step}"
+        if not visit
+        else f"{conversation_id}|{stage}#{visit}|{step}"
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()
     return f"out-{digest[:32]}"
 
 
@@ -351,6 +363,8 @@ class MessageMetrics(_Doc):
     total_sent: int = Field(default=0, ge=0)
     total_received: int = Field(default=0, ge=0)
     response_rate: float = Field(default=0.0, ge=0)
+    # Sends held back by the cross-campaign frequency cap (each deferral counted).
+    deferred: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _derive_rate(self) -> MessageMetrics:
@@ -374,6 +388,8 @@ class CampaignMetrics(_Doc):
     invalid_recipients: int = Field(default=0, ge=0)
     stage_metrics: dict[str, StageMetrics] = Field(default_factory=dict)
     message_metrics: MessageMetrics = Field(default_factory=MessageMetrics)
+    # Transitions that happened: from stage -> to stage (or "exit:<outcome>") -> count.
+    funnel: dict[str, dict[str, int]] = Field(default_factory=dict)
     # Messages per channel and delivery status ({"webhook": {"sent": 3, "delivered": 2}}),
     # and the recent "<message_id>:<status>" keys already counted (kept out of reads).
     delivery: dict[str, dict[str, int]] = Field(default_factory=dict)

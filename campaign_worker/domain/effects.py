@@ -58,6 +58,10 @@ class MetricsDelta:
     stage_entered: Counter[str] = field(default_factory=Counter)
     stage_completed: Counter[str] = field(default_factory=Counter)
     stage_duration: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    # Transitions that happened, (from stage, to stage or "exit:<outcome>") -> count.
+    funnel: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Sends held back by a frequency cap (deferred, not dropped).
+    deferred: int = 0
 
     def add(self, other: MetricsDelta) -> None:
         self.total_recipients += other.total_recipients
@@ -73,6 +77,8 @@ class MetricsDelta:
         self.stage_completed.update(other.stage_completed)
         for stage, seconds in other.stage_duration.items():
             self.stage_duration[stage] += seconds
+        self.funnel.update(other.funnel)
+        self.deferred += other.deferred
 
     def is_empty(self) -> bool:
         return not (
@@ -88,6 +94,8 @@ class MetricsDelta:
             or +self.stage_entered
             or +self.stage_completed
             or any(self.stage_duration.values())
+            or +self.funnel
+            or self.deferred
         )
 
 

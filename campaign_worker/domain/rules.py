@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from campaign_worker.domain.documents import ConversationState, Direction, Message, to_utc
+from campaign_worker.domain.intents import NOT_A_REPLY, ReplyClassifier
 from campaign_worker.domain.templates import Rule, SendWindow, Stage
 
 
@@ -21,17 +23,67 @@ def is_opt_out(content: str, keywords: list[str]) -> bool:
     return any(normalised == _normalise(keyword) for keyword in keywords)
 
 
-def inbound_in_stage(state: ConversationState, stage: str) -> list[Message]:
+@lru_cache(maxsize=1024)
+def _keyword_pattern(keyword: str) -> re.Pattern[str]:
+    """Compiled once per keyword (templates are immutable), not once per step."""
+    return re.compile(rf"(?<!\w){re.escape(keyword)}(?!\w)", re.I)
+
+
+def entry_index(state: ConversationState) -> int:
+    """Index of the current stage entry in ``state.stages`` (a stage entered again after
+    a branch back gets a new entry, so its earlier replies and sends stay behind)."""
+    for index in range(len(state.stages) - 1, -1, -1):
+        if state.stages[index].name == state.current_stage:
+            return index
+    return len(state.stages) - 1
+
+
+def visit_of(state: ConversationState) -> int:
+    """How many times the current stage was entered before this entry."""
+    index = entry_index(state)
+    return sum(entry.name == state.current_stage for entry in state.stages[:index])
+
+
+def _in_entry(message: Message, stage: str, entry: int) -> bool:
+    if message.metadata.get("stage") != stage:
+        return False
+    tagged = message.metadata.get("entry")
+    return tagged is None or tagged == entry  # untagged: written before branches existed
+
+
+def intent_of(message: Message, classifier: ReplyClassifier | None = None) -> str | None:
+    """The intent recorded with an inbound message (classified then, once); a message
+    recorded before intents existed is classified now if a classifier is given."""
+    intent = message.metadata.get("intent")
+    if isinstance(intent, str):
+        return intent
+    return None if classifier is None else classifier.classify(message.content)
+
+
+def replies_in_entry(state: ConversationState, stage: str) -> list[Message]:
+    """Inbound messages of the current entry of ``stage``, auto-replies included."""
+    entry = entry_index(state)
     return [
         message
         for message in state.message_history
-        if message.direction == Direction.INBOUND and message.metadata.get("stage") == stage
+        if message.direction == Direction.INBOUND and _in_entry(message, stage, entry)
+    ]
+
+
+def inbound_in_stage(state: ConversationState, stage: str) -> list[Message]:
+    """Replies that count in the current entry of ``stage``: an out-of-office auto-reply
+    is not a reply."""
+    return [
+        message
+        for message in replies_in_entry(state, stage)
+        if message.metadata.get("intent") not in NOT_A_REPLY
     ]
 
 
 def last_outbound_in_stage(state: ConversationState, stage: str) -> Message | None:
+    entry = entry_index(state)
     for message in reversed(state.message_history):
-        if message.direction == Direction.OUTBOUND and message.metadata.get("stage") == stage:
+        if message.direction == Direction.OUTBOUND and _in_entry(message, stage, entry):
             return message
     return None
 
@@ -59,7 +111,7 @@ def evaluate_rule(rule: Rule, state: ConversationState, now: datetime) -> tuple[
     if rule.keywords is not None:
         for message in inbound_in_stage(state, stage):
             for keyword in rule.keywords:
-                if re.search(rf"(?<!\w){re.escape(keyword)}(?!\w)", message.content, re.I):
+                if _keyword_pattern(keyword).search(message.content):
                     return True, f"reply matched keyword {keyword!r}"
         return False, "no reply matched the keywords"
     if rule.regex is not None:
@@ -68,6 +120,11 @@ def evaluate_rule(rule: Rule, state: ConversationState, now: datetime) -> tuple[
             if pattern.search(message.content):
                 return True, f"reply matched /{rule.regex}/"
         return False, "no reply matched the regex"
+    if rule.intent is not None:
+        for message in inbound_in_stage(state, stage):
+            if message.metadata.get("intent") in rule.intent:
+                return True, f"reply is {message.metadata['intent']}"
+        return False, "no reply with the intents"
     if rule.min_messages_sent is not None:
         enough = state.stage_step >= rule.min_messages_sent
         return enough, f"{state.stage_step} of {rule.min_messages_sent} messages sent"
@@ -87,9 +144,12 @@ def rule_wakeups(rule: Rule, entered_at: datetime) -> list[datetime]:
 
 
 def should_advance(state: ConversationState, stage: Stage, now: datetime) -> tuple[bool, str]:
-    """The stage's ``advance_when`` rule; a stage without one advances when its drip ends."""
+    """The stage's ``advance_when`` rule; a stage without one advances when its drip ends,
+    unless it has an ``on_timeout`` (then a reply or the timeout moves it)."""
     if stage.advance_when is not None:
         return evaluate_rule(stage.advance_when, state, now)
+    if stage.on_timeout is not None:
+        return False, "waiting for a reply or the timeout"  # the timeout decides, not the drip
     if not stage.messages:
         return True, "stage has no messages and no rule"
     last = last_outbound_in_stage(state, stage.name)
@@ -128,12 +188,16 @@ def next_send_time(now: datetime, window: SendWindow | None, timezone: str) -> d
 
 
 __all__ = [
+    "entry_index",
     "evaluate_rule",
     "inbound_in_stage",
+    "intent_of",
     "is_opt_out",
     "last_outbound_in_stage",
     "next_send_time",
+    "replies_in_entry",
     "rule_wakeups",
     "should_advance",
+    "visit_of",
     "wait_after",
 ]

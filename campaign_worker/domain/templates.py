@@ -23,11 +23,15 @@ from __future__ import annotations
 import re
 import string
 from datetime import time, timedelta
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from campaign_worker.domain import branches
 from campaign_worker.domain.delivery import inherit_channels
+from campaign_worker.domain.intents import BUILT_IN, OTHER, Language, ReplyClassifier
+from campaign_worker.domain.intents import compile_classifier as _compile_classifier
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -44,8 +48,11 @@ def _parse_duration(value: Any) -> Any:
     return value  # let pydantic handle ints, floats and ISO 8601
 
 
+parse_duration = _parse_duration  # "30m", "1d12h" -> timedelta; anything else unchanged
 Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
 StageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+IntentName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+ExitOutcome = Literal["completed", "failed", "opted_out"]
 # webhook, smtp, outbox, default (DELIVERY_DEFAULT_CHANNEL), or a name for an external deliverer.
 ChannelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
@@ -96,6 +103,8 @@ class Rule(_Model):
     regex: str | None = None
     min_messages_sent: int | None = Field(default=None, ge=0)
     min_time_in_stage: Duration | None = None
+    # A reply in this stage classified as one of these intents.
+    intent: list[IntentName] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Rule:
@@ -103,7 +112,7 @@ class Rule(_Model):
         if len(given) != 1:
             raise ValueError(
                 "a rule needs exactly one of any, all, reply_received, keywords, regex, "
-                f"min_messages_sent, min_time_in_stage (got {given or 'none'})"
+                f"min_messages_sent, min_time_in_stage, intent (got {given or 'none'})"
             )
         return self
 
@@ -128,6 +137,64 @@ class MaxFollowups(_Model):
     then: Literal["fail", "complete"] = "fail"
 
 
+def _target_shorthand(value: Any) -> Any:
+    return {"goto": value} if isinstance(value, str) else value
+
+
+class _Target(_Model):
+    """Where a branch leads: a named stage (``goto``, or just its name) or an exit."""
+
+    goto: StageName | None = None
+    exit: ExitOutcome | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> _Target:
+        if (self.goto is None) == (self.exit is None):
+            raise ValueError("a branch target is a stage name, {goto: stage} or {exit: outcome}")
+        return self
+
+    def describe(self) -> str:
+        return self.goto if self.goto is not None else f"exit:{self.exit}"
+
+
+BranchTarget = Annotated[_Target, BeforeValidator(_target_shorthand)]
+
+
+class OnTimeout(_Target):
+    """Still in the stage ``after`` entering it (nothing routed or advanced it): go to
+    ``goto`` or ``exit``."""
+
+    after: Duration
+
+
+class OutOfOffice(_Model):
+    """Follow-ups pause after an auto-reply: until its return date, at most ``max_pause``
+    away, else for ``pause``."""
+
+    pause: Duration = timedelta(days=3)
+    max_pause: Duration = timedelta(days=30)
+
+
+class IntentSpec(_Model):
+    """A template's own intent, or additions to a built-in one."""
+
+    keywords: list[Annotated[str, Field(pattern=r"\w")]] = Field(default_factory=list)
+    phrases: list[Annotated[str, Field(pattern=r"\w")]] = Field(default_factory=list)
+    exact: list[Annotated[str, Field(pattern=r"\w")]] = Field(default_factory=list)
+    regex: list[str] = Field(default_factory=list)
+    replace_defaults: bool = False
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {pattern!r}: {exc}") from exc
+        return value
+
+
 class Stage(_Model):
     name: StageName
     channel: ChannelName | None = None  # for its messages that name none
@@ -135,6 +202,11 @@ class Stage(_Model):
     advance_when: Rule | None = None
     max_time_in_stage: MaxTimeInStage | None = None
     max_followups_without_reply: MaxFollowups | None = None
+    # Branches: by the intent of a reply, after a silence, and where "advance" leads
+    # (default: the following stage, or completion after the last).
+    on_reply: dict[IntentName, BranchTarget] | None = None
+    on_timeout: OnTimeout | None = None
+    next: BranchTarget | None = None
 
     @model_validator(mode="after")
     def _followups_reachable(self) -> Stage:
@@ -159,6 +231,9 @@ class CampaignTypeTemplate(_Model):
         duplicated = sorted({name for name in names if names.count(name) > 1})
         if duplicated:
             raise ValueError(f"duplicate stage names: {duplicated}")
+        problems = branches.problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property
@@ -185,6 +260,10 @@ class SendWindow(_Model):
         return self
 
 
+def _english() -> list[Language]:
+    return ["en"]
+
+
 class Template(_Model):
     template_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")]
     description: str = ""
@@ -196,6 +275,10 @@ class Template(_Model):
     attribute_defaults: dict[str, str] = Field(default_factory=dict)
     # No messages outside these local hours (replies are still handled at any time).
     send_window: SendWindow | None = None
+    # Built-in intent phrases of these languages apply; ``intents`` adds or overrides.
+    languages: list[Language] = Field(default_factory=_english, min_length=1)
+    intents: dict[IntentName, IntentSpec] = Field(default_factory=dict)
+    out_of_office: OutOfOffice = Field(default_factory=OutOfOffice)
     channel: ChannelName | None = None  # for its campaign types that name none
     campaign_types: dict[str, CampaignTypeTemplate] = Field(min_length=1)
 
@@ -203,6 +286,26 @@ class Template(_Model):
     @classmethod
     def _inherit_channels(cls, data: Any) -> Any:
         return inherit_channels(data)
+
+    @model_validator(mode="after")
+    def _known_intents(self) -> Template:
+        known = {*BUILT_IN, OTHER, *self.intents}
+        problems = [
+            f"campaign type {type_name!r} stage {stage.name!r} field {where}: "
+            f"unknown intent {intent!r} (known: {sorted(known)})"
+            for type_name, type_template in self.campaign_types.items()
+            for stage in type_template.stages
+            for where, intent in branches.intents_used(stage)
+            if intent not in known
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @cached_property
+    def classifier(self) -> ReplyClassifier:
+        """This template's intents, compiled once (templates are immutable)."""
+        return _compile_classifier(self.languages, self.intents, self.opt_out_keywords)
 
     def for_type(self, campaign_type: str) -> CampaignTypeTemplate | None:
         return self.campaign_types.get(campaign_type)

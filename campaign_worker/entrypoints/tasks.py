@@ -28,11 +28,13 @@ from campaign_worker.entrypoints.celery_app import (
     current_task_id,
     public_task,
 )
+from campaign_worker.service.ledger import Dispatch, is_dispatch_token
 
 log = structlog.get_logger(__name__)
 
 Id = Annotated[str, Field(min_length=1, max_length=512)]
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+Partition = Annotated[int, Field(strict=True, ge=0)]
 
 
 def _iso_8601(value: Any) -> Any:
@@ -55,12 +57,25 @@ def campaign_id_for_task(task_id: str) -> str:
 def _enqueue_processing(
     campaign_id: str, stage: str | None = None, limit: int | None = None
 ) -> None:
-    kwargs: dict[str, Any] = {"campaign_id": campaign_id}
-    if stage is not None:
-        kwargs["stage"] = stage
-    if limit is not None:
-        kwargs["limit"] = limit
-    process_conversations.apply_async(kwargs=kwargs)
+    """One registered processing task over the whole campaign."""
+    _enqueue(campaign_id, container().manager.dispatch_processing(campaign_id), stage, limit)
+
+
+def _enqueue(
+    campaign_id: str,
+    dispatches: list[Dispatch],
+    stage: str | None = None,
+    limit: int | None = None,
+) -> None:
+    """Enqueue registered processing tasks, each under its registration token as task id
+    (which tells the task it is registered)."""
+    for dispatch in dispatches:
+        kwargs: dict[str, Any] = {"campaign_id": campaign_id, **dispatch.span.as_kwargs()}
+        if stage is not None:
+            kwargs["stage"] = stage
+        if limit is not None:
+            kwargs["limit"] = limit
+        process_conversations.apply_async(kwargs=kwargs, task_id=dispatch.token)
 
 
 @public_task("campaign_worker.create_campaign")
@@ -83,11 +98,13 @@ def poll_campaigns() -> dict[str, Any]:
     result = container().manager.poll_campaigns(owner=current_task_id())
     for campaign_id in result.initialize:
         initialize_campaign.apply_async(kwargs={"campaign_id": campaign_id})
-    for campaign_id in result.process:
-        _enqueue_processing(campaign_id)
+    for campaign_id, dispatches in result.dispatches.items():
+        _enqueue(campaign_id, dispatches)
     return {
         "initialize": result.initialize,
         "process": result.process,
+        "partitions": {cid: len(d) for cid, d in result.dispatches.items()},
+        "in_progress": result.in_progress,
         "completed": result.completed,
         "oldest_due": result.oldest_due,
         "republished": result.republished,
@@ -134,23 +151,33 @@ def initialize_campaign(campaign_id: Id) -> int:
 
 @public_task("campaign_worker.process_conversations")
 def process_conversations(
-    campaign_id: Id, stage: str | None = None, limit: PositiveInt | None = None
+    campaign_id: Id,
+    stage: str | None = None,
+    limit: PositiveInt | None = None,
+    partition: Partition | None = None,
+    partitions: Partition | None = None,
 ) -> dict[str, Any]:
-    """Claim one batch of due conversations (leased), advance each, write in bulk."""
+    """Read one batch of due conversations of partition range ``partition`` of
+    ``partitions`` (both omitted: all), advance each, write in bulk. While more is due in
+    the range, the batch enqueues its successors (the range, or its two halves up to
+    ``PROCESS_FANOUT`` ranges), registered by its metrics write."""
+    task_id = current_task_id()
 
-    def fan_out(claimed: int, batch_limit: int) -> None:
-        # A full batch suggests more is due: let another worker claim the next batch
-        # while this one works. An empty claim ends the chain; the poller is the backstop.
-        if claimed < batch_limit:
-            return
+    def continue_with(dispatches: list[Dispatch]) -> None:
+        # The poller is the backstop if this fails: the registrations expire.
         try:
-            _enqueue_processing(campaign_id, stage, limit)
+            _enqueue(campaign_id, dispatches, stage, limit)
         except RETRYABLE as exc:
             log.warning("fan_out_failed", campaign_id=campaign_id, error=str(exc))
 
-    owner = f"{current_task_id() or 'direct'}:{uuid.uuid4().hex[:8]}"
     result = container().manager.process_due_conversations(
-        campaign_id, stage=stage, limit=limit, owner=owner, on_claimed=fan_out
+        campaign_id,
+        stage=stage,
+        limit=limit,
+        partition=partition,
+        partitions=partitions,
+        registration=task_id if is_dispatch_token(task_id) else None,
+        on_more=continue_with,
     )
     return result.as_dict()
 
@@ -209,6 +236,41 @@ def get_campaign_metrics(campaign_id: Id) -> dict[str, Any]:
     return container().manager.get_campaign_metrics(campaign_id)
 
 
+@public_task("campaign_worker.list_suppressions")
+def list_suppressions(
+    user_id: Id | None = None, channel: Id | None = None, limit: PositiveInt = 100
+) -> list[dict[str, Any]]:
+    """Entries of the suppression list (datetimes as ISO 8601 strings)."""
+    return container().manager.list_suppressions(user_id=user_id, channel=channel, limit=limit)
+
+
+@public_task("campaign_worker.add_suppression")
+def add_suppression(
+    user_id: Id | None = None,
+    channel: Id | None = None,
+    address: Id | None = None,
+    reason: str = "added by an operator",
+    source: str = "operator",
+) -> dict[str, Any]:
+    """Suppress a user id, or a channel address (a bounce, a complaint)."""
+    return container().manager.add_suppression(
+        user_id=user_id, channel=channel, address=address, reason=reason, source=source
+    )
+
+
+@public_task("campaign_worker.lift_suppression")
+def lift_suppression(
+    key: Id | None = None,
+    user_id: Id | None = None,
+    channel: Id | None = None,
+    address: Id | None = None,
+) -> dict[str, Any]:
+    """Lift one entry of the suppression list; an unknown one is an error (not retried)."""
+    return container().manager.lift_suppression(
+        key=key, user_id=user_id, channel=channel, address=address
+    )
+
+
 PUBLIC_TASKS = (
     create_campaign,
     poll_campaigns,
@@ -221,4 +283,7 @@ PUBLIC_TASKS = (
     resume_campaign,
     cancel_campaign,
     get_campaign_metrics,
+    list_suppressions,
+    add_suppression,
+    lift_suppression,
 )

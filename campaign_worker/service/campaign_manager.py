@@ -20,6 +20,7 @@ from campaign_worker.domain.documents import (
     parse_document,
 )
 from campaign_worker.domain.errors import InvalidInputError, UnknownStageError
+from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.domain.progression import Action, evaluate, evaluate_rule, should_advance
 from campaign_worker.domain.templates import Stage, Template
 from campaign_worker.service import (
@@ -30,10 +31,12 @@ from campaign_worker.service import (
     processing,
     queries,
     reconcile,
+    suppression_admin,
 )
 from campaign_worker.service.campaigns import campaign_id_for_key
 from campaign_worker.service.context import Doc, Services
 from campaign_worker.service.initialization import InitResult
+from campaign_worker.service.ledger import Dispatch
 from campaign_worker.service.polling import PollResult
 from campaign_worker.service.processing import BatchResult
 
@@ -196,11 +199,26 @@ class CampaignManager(Services):
         limit: int | None = None,
         owner: str | None = None,
         on_claimed: Callable[[int, int], None] | None = None,
+        *,
+        partition: int | None = None,
+        partitions: int | None = None,
+        registration: str | None = None,
+        on_more: Callable[[list[Dispatch]], None] | None = None,
     ) -> BatchResult:
-        """Claim a batch of due conversations with a lease, progress each, write in bulk
-        (for a cancelled campaign: settle its active conversations)."""
+        """Read a batch of due conversations (of partition range ``partition`` of
+        ``partitions``; both None: all) in one query, progress each, write in bulk (for a
+        cancelled campaign: settle its active conversations). See
+        ``processing.process_due_conversations`` for the rest."""
         return processing.process_due_conversations(
-            self, campaign_id, stage, limit, owner, on_claimed
+            self,
+            campaign_id,
+            stage,
+            limit,
+            owner,
+            on_claimed,
+            span=PartitionRange.of(partition, partitions),
+            registration=registration,
+            on_more=on_more,
         )
 
     # ------------------------------------------------------------------ reconcile
@@ -215,9 +233,47 @@ class CampaignManager(Services):
 
     # ------------------------------------------------------------------ polling
 
+    # ------------------------------------------------------------------ suppressions
+
+    def list_suppressions(
+        self, user_id: str | None = None, channel: str | None = None, limit: int = 100
+    ) -> list[Doc]:
+        """Entries of the suppression list (opt-outs, bounces, complaints)."""
+        return suppression_admin.list_suppressions(self, user_id, channel, limit)
+
+    def add_suppression(
+        self,
+        user_id: str | None = None,
+        channel: str | None = None,
+        address: str | None = None,
+        reason: str = "added by an operator",
+        source: str = "operator",
+    ) -> Doc:
+        """Suppress a user (``user_id``) or a channel address (``channel``, ``address``)."""
+        return suppression_admin.add_suppression(
+            self, user_id=user_id, channel=channel, address=address, reason=reason, source=source
+        )
+
+    def lift_suppression(
+        self,
+        key: str | None = None,
+        user_id: str | None = None,
+        channel: str | None = None,
+        address: str | None = None,
+    ) -> Doc:
+        """Lift one entry (``key``, or ``user_id``, or ``channel`` and ``address``)."""
+        return suppression_admin.lift_suppression(
+            self, key=key, user_id=user_id, channel=channel, address=address
+        )
+
     def poll_campaigns(self, owner: str | None = None, claim_limit: int = 10) -> PollResult:
         """One poller pass (see ``service.polling``)."""
         return polling.poll_campaigns(self, owner, claim_limit)
+
+    def dispatch_processing(self, campaign_id: str, count: int = 1) -> list[Dispatch]:
+        """Register ``count`` processing tasks over partition ranges; enqueue them under
+        their tokens as task ids (see ``service.polling.dispatch``)."""
+        return polling.dispatch(self, campaign_id, count)
 
 
 __all__ = [

@@ -27,6 +27,7 @@ from campaign_worker.service.ports import (
     OutboxRepository,
     TemplateSource,
 )
+from campaign_worker.service.send_guard import SendGuard
 
 Doc = dict[str, Any]
 
@@ -44,10 +45,12 @@ class Services:
         metrics_repository: CampaignMetricsRepository,
         outbox_repository: OutboxRepository,
         clock: Clock,
-        init_batch_size: int = 1000,
-        process_batch_size: int = 200,
+        init_batch_size: int = 2000,
+        process_batch_size: int = 1000,
+        process_fanout: int = 8,
         lease_seconds: int = 120,
         inflight_timeout_seconds: int = 900,
+        send_guard: SendGuard | None = None,
     ) -> None:
         self.conversation_state_repository = conversation_state_repository
         self.config_manager = config_manager
@@ -58,12 +61,18 @@ class Services:
         self.clock = clock
         self.init_batch_size = init_batch_size
         self.process_batch_size = process_batch_size
+        # Most processing tasks one campaign runs in parallel (partition ranges).
+        self.process_fanout = process_fanout
+        # How long a dispatched processing task keeps its range to itself before the
+        # poller dispatches that range again (and an initializer its campaign).
         self.lease_seconds = lease_seconds
         # A registered writer older than this is dead (beyond any task's time limit).
         self.inflight_timeout = timedelta(seconds=inflight_timeout_seconds)
         # Messages still unpublished this long after their write are a crash's leftovers.
         self.publish_grace = timedelta(seconds=30)
         self.publisher = Publisher(conversation_state_repository, outbox_repository)
+        # Suppression list and frequency caps, asked before every send (none: no checks).
+        self.send_guard = send_guard or SendGuard()
 
     def campaign(self, campaign_id: str) -> StoredCampaign:
         found = self.campaigns.get(campaign_id)
@@ -89,8 +98,8 @@ class Services:
         template = self.config_manager.get_template(template_id)
         return template, self.config_manager.get_campaign_type(template_id, of.campaign_type)
 
-    def ledger(self, campaign_id: str) -> MetricsLedger:
-        return MetricsLedger(self.campaign_metrics, campaign_id, self.clock)
+    def ledger(self, campaign_id: str, registration: str | None = None) -> MetricsLedger:
+        return MetricsLedger(self.campaign_metrics, campaign_id, self.clock, registration)
 
     def record_counters(self, campaign_type: str, landed: list[Effects]) -> None:
         """Operational counters (Prometheus) for writes that landed."""
@@ -104,7 +113,12 @@ class Services:
                         campaign_type, transition.from_stage, transition.to_stage
                     )
                 else:
-                    self.metrics.conversation_finished(campaign_type, transition.outcome or "")
+                    outcome = transition.outcome or ""
+                    self.metrics.conversation_finished(campaign_type, outcome)
+                    # The funnel counts exits too: from the stage the conversation ended in.
+                    self.metrics.stage_transition(
+                        campaign_type, transition.from_stage, f"exit:{outcome}"
+                    )
         for channel, count in sent_by_channel.items():
             self.metrics.messages_sent(channel, count)
 

@@ -27,7 +27,10 @@ from campaign_worker.domain.limits import (
     check_size,
     truncate_utf8,
 )
-from campaign_worker.domain.progression import Action, Decision, Effects, apply, run
+from campaign_worker.domain.progression import Action, Decision, Effects, apply
+from campaign_worker.domain.replies import reply_facts
+from campaign_worker.domain.rules import entry_index
+from campaign_worker.domain.templates import Template
 from campaign_worker.service.context import Doc, Services
 from campaign_worker.service.writes import Current, Outcome, StateChange, write_one
 
@@ -95,12 +98,12 @@ class _Reply:
             if any(m.message_id == self.message_id for m in c.state.message_history):
                 result["duplicate"] = True
                 return None
-            updated = self.recorded_in(c.state, c.now)
+            updated = self.recorded_in(c.state, c.now, c.template)
             effects = Effects()
             if c.state.status in FINISHED_STATUSES or campaign_status in _WOUND_DOWN:
                 pass
             elif campaign_status == CampaignStatus.RUNNING:
-                updated, effects = run(updated, c.template, c.type_template, c.now)
+                updated, effects = c.progress(updated)
             else:
                 # Paused campaign: keep the reply due so it is evaluated on resume.
                 updated = updated.model_copy(update={"next_action_at": c.now})
@@ -110,7 +113,9 @@ class _Reply:
 
         return record
 
-    def recorded_in(self, state: ConversationState, now: datetime) -> ConversationState:
+    def recorded_in(
+        self, state: ConversationState, now: datetime, template: Template
+    ) -> ConversationState:
         if len(state.message_history) >= MAX_HISTORY_MESSAGES:
             raise LimitExceededError(
                 f"conversation {state.id!r} holds {MAX_HISTORY_MESSAGES} messages, "
@@ -121,7 +126,16 @@ class _Reply:
             direction=Direction.INBOUND,
             content=self.content,
             timestamp=self.timestamp or now,
-            metadata={**self.metadata, "stage": state.current_stage, "received_at": now},
+            metadata={
+                **self.metadata,
+                "stage": state.current_stage,
+                "received_at": now,
+                "entry": entry_index(state),
+                # Classified once, here; evaluation reads the intent, never the text again.
+                **reply_facts(
+                    self.content, self.timestamp or now, state.context.timezone, template
+                ),
+            },
         )
         metrics = state.metrics.model_copy(
             update={"messages_received": state.metrics.messages_received + 1}
@@ -219,7 +233,7 @@ def process_conversation(svc: Services, conversation_id: str) -> Doc:
         # As process_due_conversations: a paused or cancelled campaign sends nothing.
         if svc.campaign(c.state.campaign_id).status != CampaignStatus.RUNNING:
             return None
-        return run(c.state, c.template, c.type_template, c.now)
+        return c.progress(c.state)
 
     return write_one(svc, conversation_id, change).to_mongo()
 

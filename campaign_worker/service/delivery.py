@@ -172,7 +172,7 @@ class Dispatcher:
         except PermanentDeliveryError as exc:
             self._fail(row, owner, name, str(exc), result)
             return
-        if self.suppressions.is_suppressed(name, address):
+        if self.suppressions.is_suppressed(row["user_id"], name, address):
             self._fail(row, owner, name, "address suppressed", result)
             return
         if not self._wait_for_slot(row, owner, name, result):

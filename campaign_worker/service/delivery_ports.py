@@ -44,9 +44,15 @@ class RateLimiter(Protocol):
 
 class Suppressions(Protocol):
     def suppress(
-        self, user_id: str, channel: str, address: str, reason: str, source: Doc, now: datetime
+        self,
+        user_id: str,
+        channel: str,
+        address: str,
+        reason: str,
+        campaign_id: str | None,
+        now: datetime,
     ) -> None: ...
-    def is_suppressed(self, channel: str, address: str) -> bool: ...
+    def is_suppressed(self, user_id: str, channel: str, address: str) -> bool: ...
 
 
 __all__ = ["Channel", "DeliveryRows", "DeliveryStatuses", "Doc", "RateLimiter", "Suppressions"]

@@ -102,13 +102,10 @@ class StatusRecorder:
 
     def _end(self, row: Doc, channel: str, status: DeliveryStatus, now: datetime) -> str:
         address = str(row.get("address") or row["user_id"])
-        source = {
-            "message_id": row["_id"],
-            "campaign_id": row["campaign_id"],
-            "status": status.value,
-        }
         reason = "complaint" if status == DeliveryStatus.COMPLAINED else "hard bounce"
-        self.suppressions.suppress(row["user_id"], channel, address, reason, source, now)
+        self.suppressions.suppress(
+            row["user_id"], channel, address, reason, row.get("campaign_id"), now
+        )
         why = f"{reason} for message {row['_id']}"
 
         def fail(c: Current) -> Outcome | None:

@@ -2,8 +2,9 @@
 
 Safe to run twice or concurrently: conversation ids are deterministic and (campaign_id,
 user_id) is unique, so a duplicate means "already initialized". Progress (recipient
-position, invalid rows) is checkpointed with every batch, so a task can stop within its
-time limit and the next one resume where it left off.
+position, invalid rows) is checkpointed every few batches and at the end of a step, so a
+task can stop within its time limit and the next one resume where it left off; the
+metrics are incremented once per step.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from campaign_worker.domain.documents import (
     CampaignStatus,
     ConversationContext,
     ConversationState,
+    ConversationStatus,
     Recipient,
     StageEntry,
     StoredCampaign,
     conversation_id_for,
 )
 from campaign_worker.domain.errors import CampaignNotFoundError, InvalidStateTransitionError
-from campaign_worker.domain.progression import first_action_at
+from campaign_worker.domain.partitions import partition_of
+from campaign_worker.domain.progression import finish, first_action_at
 from campaign_worker.service.campaigns import transition_campaign
 from campaign_worker.service.context import Doc, Services
 from campaign_worker.service.ledger import MetricsLedger
@@ -32,6 +35,10 @@ from campaign_worker.service.processing import validation_summary
 log = structlog.get_logger(__name__)
 
 INVALID_SAMPLES = 10  # invalid audience rows kept (user id and error) on the campaign
+# Batches between checkpoints. A resumed step re-inserts at most this many batches
+# (duplicates, skipped and not counted) and a pause is seen within them; in exchange a
+# batch costs its insert and a fifth of a checkpoint (bench/round_trips.py).
+CHECKPOINT_EVERY = 5
 _NOT_INITIALIZABLE = frozenset(
     {
         CampaignStatus.DRAFT,
@@ -89,25 +96,53 @@ def initialize_campaign_step(
         transition_campaign(svc, campaign_id, CampaignStatus.INITIALIZING)
     progress = _Progress.of(campaign)
     result = InitResult(campaign_id=campaign_id)
-    recipients = svc.campaigns.iter_recipients(campaign, svc.init_batch_size, progress.position)
+    # One registration and one metrics increment per step (task), after its last
+    # checkpoint: what it inserted is counted once, whatever the number of batches.
+    ledger = svc.ledger(campaign_id)
+    try:
+        _run_batches(svc, campaign, status, progress, ledger, max_batches, result)
+    finally:
+        ledger.close()
+    return result
+
+
+def _run_batches(
+    svc: Services,
+    campaign: StoredCampaign,
+    status: CampaignStatus,
+    progress: _Progress,
+    ledger: MetricsLedger,
+    max_batches: int | None,
+    result: InitResult,
+) -> None:
+    """Insert batches, checkpointing every ``CHECKPOINT_EVERY`` of them and at the end."""
+    campaign_id = campaign.id
+    recipients = svc.campaigns.iter_recipients(
+        campaign, svc.init_batch_size, progress.position, read_ahead=CHECKPOINT_EVERY
+    )
+    unsaved = 0
     for batches, (batch, position) in enumerate(recipients, start=1):
-        ledger = svc.ledger(campaign_id)
         result.created += _insert_batch(svc, campaign, batch, progress, ledger)
         progress.position = position
+        unsaved += 1
+        last = max_batches is not None and batches >= max_batches
+        if unsaved < CHECKPOINT_EVERY and not last:
+            continue
+        unsaved = 0
         if not _checkpoint(svc, campaign_id, status, progress, ledger):
             result.stopped = True  # paused or cancelled meanwhile
             log.info("campaign_initialization_stopped", campaign_id=campaign_id)
-            return result
-        if max_batches is not None and batches >= max_batches:
+            return
+        if last:
             log.info(
                 "campaign_initialization_checkpoint",
                 campaign_id=campaign_id,
                 created=result.created,
                 position=position,
             )
-            return result
-    _finish(svc, campaign_id, progress, result)
-    return result
+            return
+    _finish(svc, campaign_id, progress, result)  # also the last checkpoint
+    ledger.after_write()
 
 
 def _insert_batch(
@@ -122,23 +157,52 @@ def _insert_batch(
     _, type_template = svc.type_template(campaign)
     stages = type_template.stage_names
     now = svc.clock.now()
-    docs = []
+    recipients = []
     for raw in batch:
         try:
-            recipient = Recipient.model_validate(raw)
+            recipients.append(Recipient.model_validate(raw))
         except ValueError as exc:
             _count_invalid(campaign, raw, exc, progress, ledger)
-            continue
-        docs.append(new_conversation(campaign, recipient, stages, now).to_mongo())
+    suppressed = svc.send_guard.suppressed_people(
+        [(r.user_id, r.user_id, r.attributes) for r in recipients]
+    )
+    docs, finished = [], []
+    for recipient in recipients:
+        state = new_conversation(campaign, recipient, stages, now)
+        if recipient.user_id in suppressed:
+            # On the suppression list: created already opted out, never messaged.
+            reason = suppressed[recipient.user_id]
+            finished.append(
+                finish(
+                    state, ConversationStatus.OPTED_OUT, reason, now, stage_completed=False
+                ).to_mongo()
+            )
+        else:
+            docs.append(state.to_mongo())
     ledger.before_write()
     inserted = svc.conversation_state_repository.insert_many_states(docs)
-    svc.metrics.batch_size("initialize", len(docs))
+    svc.metrics.batch_size("initialize", len(docs) + len(finished))
     if inserted:
         ledger.delta.total_recipients += inserted
         ledger.delta.active += inserted
         ledger.delta.stage_entered[stages[0]] += inserted
         svc.metrics.conversations_initialized(campaign.campaign_type, inserted)
+    if finished:
+        _insert_suppressed(svc, campaign, finished, stages[0], ledger)
     return inserted
+
+
+def _insert_suppressed(
+    svc: Services, campaign: StoredCampaign, docs: list[Doc], first: str, ledger: MetricsLedger
+) -> None:
+    """Suppressed recipients' conversations, counted as opted out (not as created)."""
+    inserted = svc.conversation_state_repository.insert_many_states(docs)
+    if inserted:
+        ledger.delta.total_recipients += inserted
+        ledger.delta.opted_out += inserted
+        ledger.delta.stage_entered[first] += inserted
+        ledger.delta.funnel[(first, "exit:opted_out")] += inserted
+        svc.metrics.suppressed(campaign.campaign_type, inserted)
 
 
 def _count_invalid(
@@ -166,8 +230,8 @@ def _checkpoint(
     saved = status == CampaignStatus.RUNNING or svc.campaigns.save_init_progress(
         campaign_id, progress.as_doc(), now + timedelta(seconds=svc.lease_seconds * 5), now
     )
+    # Inserts up to here are checkpointed: the increment may follow (at the step's end).
     ledger.after_write()
-    ledger.close()
     return saved
 
 
@@ -204,8 +268,10 @@ def new_conversation(
     campaign: StoredCampaign, recipient: Recipient, stages: list[str], now: datetime
 ) -> ConversationState:
     """A recipient's conversation, in the first stage, due at the campaign's start."""
+    conversation_id = conversation_id_for(campaign.id, recipient.user_id)
     return ConversationState(
-        id=conversation_id_for(campaign.id, recipient.user_id),
+        id=conversation_id,
+        partition=partition_of(conversation_id),
         user_id=recipient.user_id,
         campaign_id=campaign.id,
         campaign_type=campaign.campaign_type,
@@ -223,4 +289,10 @@ def new_conversation(
     )
 
 
-__all__ = ["INVALID_SAMPLES", "InitResult", "initialize_campaign_step", "new_conversation"]
+__all__ = [
+    "CHECKPOINT_EVERY",
+    "INVALID_SAMPLES",
+    "InitResult",
+    "initialize_campaign_step",
+    "new_conversation",
+]

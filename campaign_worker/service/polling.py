@@ -1,6 +1,7 @@
 """The poller's pass: publish crash leftovers, claim campaigns due for initialization,
-find running campaigns with due conversations (and cancelled ones with conversations left
-to settle), complete running ones with nothing left active, and measure the lag."""
+dispatch processing over partition ranges for running campaigns with due conversations
+(and cancelled ones with conversations left to settle) unless dispatched tasks are on
+them already, complete running ones with nothing left active, and measure the lag."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from datetime import datetime, timedelta
 import structlog
 
 from campaign_worker.domain.documents import CampaignStatus, to_utc
+from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.service.context import Services
+from campaign_worker.service.ledger import Dispatch, dispatch_token, is_dispatch_token
 
 log = structlog.get_logger(__name__)
 
@@ -19,7 +22,11 @@ log = structlog.get_logger(__name__)
 @dataclass
 class PollResult:
     initialize: list[str] = field(default_factory=list)
-    process: list[str] = field(default_factory=list)
+    process: list[str] = field(default_factory=list)  # campaigns processing was dispatched for
+    # The tasks to enqueue per campaign (registered already).
+    dispatches: dict[str, list[Dispatch]] = field(default_factory=dict)
+    # Campaigns with work due that dispatched tasks are on already.
+    in_progress: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
     oldest_due: datetime | None = None
     republished: int = 0
@@ -52,10 +59,9 @@ def poll_campaigns(svc: Services, owner: str | None = None, claim_limit: int = 1
 
 
 def _poll_running(svc: Services, campaign_id: str, now: datetime, result: PollResult) -> None:
-    repo = svc.conversation_state_repository
-    if repo.has_due(campaign_id, now):
-        result.process.append(campaign_id)
-    elif repo.count_active(campaign_id) == 0:
+    if _dispatch(svc, campaign_id, now, False, result):
+        return
+    if svc.conversation_state_repository.count_active(campaign_id) == 0:
         svc.campaigns.transition(
             campaign_id, [CampaignStatus.RUNNING], CampaignStatus.COMPLETED, now
         )
@@ -65,11 +71,49 @@ def _poll_running(svc: Services, campaign_id: str, now: datetime, result: PollRe
 
 def _poll_cancelled(svc: Services, campaign_id: str, now: datetime, result: PollResult) -> None:
     """A cancelled campaign is settled once no conversation of it is active."""
-    if svc.conversation_state_repository.count_active(campaign_id):
-        result.process.append(campaign_id)
-    else:
+    if not _dispatch(svc, campaign_id, now, True, result):
         svc.campaigns.mark_settled(campaign_id, now)
         log.info("campaign_settled", campaign_id=campaign_id)
 
 
-__all__ = ["PollResult", "poll_campaigns"]
+def _dispatch(
+    svc: Services, campaign_id: str, now: datetime, settling: bool, result: PollResult
+) -> bool:
+    """Dispatch processing over partition ranges if work is due and no dispatched task
+    is on it already; True if work is due. As many ranges as batches are due, up to the
+    fan-out; each task registers its successors while more is due in its range."""
+    capacity = svc.process_batch_size * svc.process_fanout
+    due = svc.conversation_state_repository.count_due(
+        campaign_id, now, settling=settling, limit=capacity
+    )
+    if not due:
+        return False
+    if _in_progress(svc, campaign_id, now):
+        result.in_progress.append(campaign_id)
+        return True
+    count = min(svc.process_fanout, -(-due // svc.process_batch_size))
+    result.process.append(campaign_id)
+    result.dispatches[campaign_id] = dispatch(svc, campaign_id, count)
+    return True
+
+
+def dispatch(svc: Services, campaign_id: str, count: int = 1) -> list[Dispatch]:
+    """Register ``count`` processing tasks, one per partition range, in one write; the
+    caller enqueues them (each under its token as task id)."""
+    spans = [PartitionRange(index, count) for index in range(count)]
+    dispatches = [Dispatch(span, dispatch_token(span)) for span in spans]
+    svc.campaign_metrics.register(campaign_id, [d.token for d in dispatches], svc.clock.now())
+    return dispatches
+
+
+def _in_progress(svc: Services, campaign_id: str, now: datetime) -> bool:
+    """A dispatched task registered within the lease time is (or will be) on it."""
+    doc = svc.campaign_metrics.get(campaign_id) or {}
+    recent = now - timedelta(seconds=svc.lease_seconds)
+    return any(
+        is_dispatch_token(token) and isinstance(since, datetime) and to_utc(since) > recent
+        for token, since in (doc.get("inflight") or {}).items()
+    )
+
+
+__all__ = ["PollResult", "dispatch", "poll_campaigns"]

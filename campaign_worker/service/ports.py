@@ -13,7 +13,9 @@ from campaign_worker.domain.documents import (
     ConversationState,
     StoredCampaign,
 )
+from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.domain.progression import MetricsDelta, OutboundEnvelope
+from campaign_worker.domain.suppressions import FrequencyCap, Suppression
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 
 
@@ -52,18 +54,15 @@ class ConversationStateRepository(Protocol):
     def find_due(
         self, campaign_id: str, now: datetime, *, stage: str | None, status: str, limit: int
     ) -> list[dict[str, Any]]: ...
-    def claim_due(
+    def read_due(
         self,
         campaign_id: str,
         now: datetime,
         *,
-        owner: str,
-        lease_until: datetime,
-        stage: str | None,
+        stage: str | None = None,
         limit: int,
-    ) -> list[dict[str, Any]]: ...
-    def claim_active(
-        self, campaign_id: str, now: datetime, *, owner: str, lease_until: datetime, limit: int
+        span: PartitionRange = ...,
+        settling: bool = False,
     ) -> list[dict[str, Any]]: ...
     def save_transitions(
         self, changes: Sequence[tuple[ConversationState, ConversationState]]
@@ -78,6 +77,15 @@ class ConversationStateRepository(Protocol):
     def find_unpublished(self, before: datetime, limit: int) -> list[dict[str, Any]]: ...
     def get_by_user(self, campaign_id: str, user_id: str) -> ConversationState | None: ...
     def has_due(self, campaign_id: str, now: datetime) -> bool: ...
+    def count_due(
+        self,
+        campaign_id: str,
+        now: datetime,
+        *,
+        settling: bool,
+        limit: int,
+        span: PartitionRange = ...,
+    ) -> int: ...
     def count_conversations(self, campaign_id: str) -> int: ...
     def count_active(self, campaign_id: str) -> int: ...
     def oldest_due(self, now: datetime, campaign_ids: Sequence[str]) -> datetime | None: ...
@@ -102,7 +110,11 @@ class CampaignRepository(Protocol):
     def find_by_status(self, statuses: Iterable[CampaignStatus]) -> list[StoredCampaign]: ...
     def list_recent(self, status: CampaignStatus | None, limit: int) -> list[StoredCampaign]: ...
     def iter_recipients(
-        self, campaign: StoredCampaign, batch_size: int, position: dict[str, Any] | None = None
+        self,
+        campaign: StoredCampaign,
+        batch_size: int,
+        position: dict[str, Any] | None = None,
+        read_ahead: int = 1,
     ) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]: ...
     def has_recipients(self, campaign: Campaign) -> bool: ...
     def mark_settled(self, campaign_id: str, now: datetime) -> bool: ...
@@ -115,8 +127,15 @@ class CampaignMetricsRepository(Protocol):
     def initialize(self) -> None: ...
     def ensure(self, campaign_id: str, now: datetime) -> None: ...
     def begin(self, campaign_id: str, token: str, now: datetime) -> None: ...
+    def register(self, campaign_id: str, tokens: Sequence[str], now: datetime) -> None: ...
     def apply_delta(
-        self, campaign_id: str, delta: MetricsDelta, now: datetime, *, token: str | None = None
+        self,
+        campaign_id: str,
+        delta: MetricsDelta,
+        now: datetime,
+        *,
+        token: str | None = None,
+        register: Sequence[str] = (),
     ) -> None: ...
     def get(self, campaign_id: str) -> dict[str, Any] | None: ...
     def correct(
@@ -134,6 +153,36 @@ class OutboxRepository(Protocol):
     def enqueue_many(self, envelopes: Sequence[OutboundEnvelope]) -> int: ...
 
 
+class SuppressionRepository(Protocol):
+    """The suppression list (``domain.suppressions``), shared with the delivering service."""
+
+    def initialize(self) -> None: ...
+    def add_many(self, entries: Sequence[Suppression]) -> int: ...
+    def matching(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]: ...
+    def list(
+        self, *, user_id: str | None = None, channel: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]: ...
+    def lift(self, key: str) -> dict[str, Any] | None: ...
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """One message that wants a frequency-cap slot."""
+
+    channel: str
+    user_id: str
+    message_id: str
+
+
+class SendBudgetRepository(Protocol):
+    """Frequency-cap slots across campaigns, taken atomically."""
+
+    def initialize(self) -> None: ...
+    def reserve(
+        self, requests: Sequence[SendRequest], caps: dict[str, FrequencyCap], now: datetime
+    ) -> dict[str, datetime]: ...
+
+
 class MetricsRecorder(Protocol):
     """Operational counters (Prometheus in production, nothing in unit tests)."""
 
@@ -144,6 +193,8 @@ class MetricsRecorder(Protocol):
     def messages_received(self, channel: str, count: int) -> None: ...
     def batch_size(self, operation: str, size: int) -> None: ...
     def poller_lag(self, seconds: float) -> None: ...
+    def messages_deferred(self, channel: str, count: int) -> None: ...
+    def suppressed(self, campaign_type: str, count: int) -> None: ...
 
 
 class NullRecorder:
@@ -166,4 +217,10 @@ class NullRecorder:
         return None
 
     def poller_lag(self, seconds: float) -> None:
+        return None
+
+    def messages_deferred(self, channel: str, count: int) -> None:
+        return None
+
+    def suppressed(self, campaign_type: str, count: int) -> None:
         return None

@@ -1,5 +1,5 @@
-"""Processing batches: claim due conversations with a lease, progress each, write them in
-one bulk compare-and-set, publish what landed, account once per batch.
+"""Processing batches: read a partition range's due conversations in one query, progress
+each, write them in one bulk compare-and-set, publish what landed, account once per batch.
 
 For a cancelled campaign a batch settles active conversations instead (each ends
 ``cancelled``). A conversation that cannot be evaluated or written is failed alone, with
@@ -8,10 +8,9 @@ the reason; the rest of its batch lands.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import structlog
 from pydantic import ValidationError
@@ -23,6 +22,7 @@ from campaign_worker.domain.documents import (
     describe_validation_error,
 )
 from campaign_worker.domain.errors import InvalidInputError, UnknownStageError
+from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.domain.progression import (
     Action,
     Decision,
@@ -33,9 +33,11 @@ from campaign_worker.domain.progression import (
 )
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 from campaign_worker.service.context import Doc, Services
-from campaign_worker.service.ledger import MetricsLedger
+from campaign_worker.service.ledger import Dispatch, MetricsLedger, dispatch_token
+from campaign_worker.service.writes import Current
 
 log = structlog.get_logger(__name__)
+WHOLE = PartitionRange()
 
 Step = Callable[
     [ConversationState, Template, CampaignTypeTemplate, datetime],
@@ -48,7 +50,7 @@ class BatchResult:
     """What one processing batch did (returned by tasks as JSON)."""
 
     campaign_id: str
-    claimed: int = 0
+    claimed: int = 0  # read (no longer leased; the name is kept for callers)
     written: int = 0
     conflicts: int = 0
     invalid: int = 0
@@ -56,6 +58,8 @@ class BatchResult:
     advanced: int = 0
     finished: dict[str, int] = field(default_factory=dict)
     skipped_reason: str | None = None
+    more: bool = False  # more was due in the range than this batch took
+    settling: bool = False  # a cancelled campaign's conversations were settled
     failures: int = 0  # conversations that could not be evaluated or written: failed alone
 
     def as_dict(self) -> Doc:
@@ -70,6 +74,7 @@ class BatchResult:
             "advanced": self.advanced,
             "finished": dict(self.finished),
             "skipped_reason": self.skipped_reason,
+            "more": self.more,
         }
 
     def count(self, landed: list[Effects]) -> None:
@@ -84,7 +89,7 @@ class BatchResult:
 
 
 @dataclass
-class _Batch:
+class EvaluatedBatch:
     """One batch's evaluated changes, before they are written."""
 
     changes: list[tuple[ConversationState, ConversationState]] = field(default_factory=list)
@@ -99,63 +104,116 @@ def process_due_conversations(
     limit: int | None = None,
     owner: str | None = None,
     on_claimed: Callable[[int, int], None] | None = None,
+    *,
+    span: PartitionRange = WHOLE,
+    registration: str | None = None,
+    on_more: Callable[[list[Dispatch]], None] | None = None,
 ) -> BatchResult:
-    """Claim a batch with a lease, progress each conversation, write in bulk.
-    ``on_claimed(claimed, limit)`` runs right after the claim: a caller can fan out the
-    next batch while this one is processed."""
+    """Read a batch of due conversations of ``span`` in one query, progress each, write
+    them in one bulk compare-and-set, publish, account once.
+
+    ``registration``: this task's metrics registration, made by whoever enqueued it (so
+    it needs none of its own). ``on_more(dispatches)``: when more is due in ``span``,
+    the ranges to continue with (``span``, or its halves below the fan-out limit), each
+    already registered by this batch's one metrics write; the caller enqueues them.
+    ``owner`` is unused (batches are no longer leased) and kept for old callers;
+    ``on_claimed(read, limit)`` runs right after the read."""
     result = BatchResult(campaign_id=campaign_id)
+    ledger = svc.ledger(campaign_id, registration)
+    try:
+        _process(svc, campaign_id, stage, limit, span, on_claimed, ledger, result)
+        continued = _continue(svc, span, result, on_more, ledger)
+    except BaseException:
+        ledger.close(failed=True)  # what landed is counted all the same
+        raise
+    # The batch's one metrics write: its counts, its deregistration and, when it
+    # continues, the registration of what it hands over.
+    ledger.close()
+    if continued and on_more is not None:
+        on_more(continued)
+    return result
+
+
+def _process(
+    svc: Services,
+    campaign_id: str,
+    stage: str | None,
+    limit: int | None,
+    span: PartitionRange,
+    on_claimed: Callable[[int, int], None] | None,
+    ledger: MetricsLedger,
+    result: BatchResult,
+) -> None:
     campaign = svc.campaign(campaign_id)
     status = campaign.status
     if status not in (CampaignStatus.RUNNING, CampaignStatus.CANCELLED):
         result.skipped_reason = f"campaign is {status.value}"
-        return result
+        return
     template, type_template = svc.type_template(campaign)
     if stage is not None and stage not in type_template.stage_names:
         raise UnknownStageError(stage, type_template.stage_names)
     batch_limit = svc.process_batch_size if limit is None else limit
     if batch_limit < 1:
         raise InvalidInputError("limit must be a positive integer")
-    settling = status == CampaignStatus.CANCELLED
-    claimed = _claim(svc, campaign_id, stage, batch_limit, owner, settling)
+    settling = result.settling = status == CampaignStatus.CANCELLED
+    # One more than the batch: whether more is due, at no extra round trip.
+    docs = svc.conversation_state_repository.read_due(
+        campaign_id,
+        svc.clock.now(),
+        stage=stage,
+        limit=batch_limit + 1,
+        span=span,
+        settling=settling,
+    )
+    result.more = len(docs) > batch_limit
+    claimed = docs[:batch_limit]
     result.claimed = len(claimed)
     if on_claimed is not None:
         on_claimed(len(claimed), batch_limit)
     svc.metrics.batch_size("process", len(claimed))
     if not claimed:
-        return result
+        return
     batch = _evaluate(claimed, _settle if settling else run, template, type_template, svc)
-    ledger = svc.ledger(campaign_id)
-    try:
-        _write(svc, batch, campaign.campaign_type, ledger, result)
-    finally:
-        ledger.close()
+    if not settling:
+        _guard(svc, batch, template, type_template)
+    write_evaluated(svc, batch, campaign.campaign_type, ledger, result)
     log.info(
         "batch_processed",
         campaign_id=campaign_id,
+        partition=span.key,
         **{k: v for k, v in result.as_dict().items() if k != "campaign_id"},
     )
-    return result
 
 
-def _claim(
+def _continue(
     svc: Services,
-    campaign_id: str,
-    stage: str | None,
-    limit: int,
-    owner: str | None,
-    settling: bool,
-) -> list[Doc]:
-    now = svc.clock.now()
-    owner = owner or uuid.uuid4().hex
-    lease_until = now + timedelta(seconds=svc.lease_seconds)
-    repo = svc.conversation_state_repository
-    if settling:
-        return repo.claim_active(
-            campaign_id, now, owner=owner, lease_until=lease_until, limit=limit
-        )
-    return repo.claim_due(
-        campaign_id, now, owner=owner, lease_until=lease_until, stage=stage, limit=limit
+    span: PartitionRange,
+    result: BatchResult,
+    on_more: Callable[[list[Dispatch]], None] | None,
+    ledger: MetricsLedger,
+) -> list[Dispatch]:
+    """The ranges to continue with, registered by this batch's metrics write: the two
+    halves while two more batches are due and the fan-out allows, else the range
+    itself, or nothing once nothing is due (one count, only when more was seen). A batch
+    that mostly lost its writes shares its range with another task: it lets that one go
+    on alone, so doubled chains merge instead of running side by side."""
+    if on_more is None or not result.more or result.conflicts > result.written:
+        return []
+    batch = max(result.claimed, 1)
+    left = svc.conversation_state_repository.count_due(
+        result.campaign_id,
+        svc.clock.now(),
+        settling=result.settling,
+        limit=2 * batch,
+        span=span,
     )
+    if not left:
+        return []
+    halves = left >= 2 * batch and span.count * 2 <= svc.process_fanout
+    ranges = list(span.split()) if halves else [span]
+    dispatches = [Dispatch(r, dispatch_token(r)) for r in ranges]
+    ledger.hand_over([d.token for d in dispatches])
+    return dispatches
 
 
 def _evaluate(
@@ -164,9 +222,9 @@ def _evaluate(
     template: Template,
     type_template: CampaignTypeTemplate,
     svc: Services,
-) -> _Batch:
+) -> EvaluatedBatch:
     """Each claimed conversation's next state; what cannot be evaluated fails alone."""
-    batch = _Batch()
+    batch = EvaluatedBatch()
     now = svc.clock.now()
     for doc in claimed:
         try:
@@ -188,10 +246,39 @@ def _evaluate(
     return batch
 
 
-def _write(
-    svc: Services, batch: _Batch, campaign_type: str, ledger: MetricsLedger, result: BatchResult
+def _guard(
+    svc: Services, batch: EvaluatedBatch, template: Template, type_template: CampaignTypeTemplate
 ) -> None:
-    """One bulk compare-and-set, then publication, accounting and the failures."""
+    """Ask the send guard about the batch's sends (one suppression query, the frequency
+    cap's slots); re-run the steps it refuses: opt out, or wait for a held channel."""
+    now = svc.clock.now()
+    verdicts = svc.send_guard.check([(old, batch.effects[old.id]) for old, _ in batch.changes], now)
+    if not verdicts:
+        return
+    for index, (old, _) in enumerate(batch.changes):
+        verdict = verdicts.get(old.id)
+        if verdict is None:
+            continue
+        ruled = Current(old, template, type_template, now, verdict.suppressed, verdict.holds)
+        new, effects = ruled.progress(old)
+        effects.delta.deferred += len(verdict.holds)
+        for channel in verdict.holds:
+            svc.metrics.messages_deferred(channel, 1)
+        if verdict.suppressed is not None:
+            svc.metrics.suppressed(old.campaign_type, 1)
+        batch.changes[index] = (old, new)
+        batch.effects[old.id] = effects
+
+
+def write_evaluated(
+    svc: Services,
+    batch: EvaluatedBatch,
+    campaign_type: str,
+    ledger: MetricsLedger,
+    result: BatchResult,
+) -> None:
+    """Write evaluated changes in one bulk compare-and-set, publish what landed, add its
+    counts to ``ledger`` (applied when the caller closes it), fail the broken alone."""
     result.invalid = sum(reason.startswith("invalid document") for reason in batch.broken.values())
     counts = any(not effects.delta.is_empty() for effects in batch.effects.values())
     if counts:
@@ -208,6 +295,9 @@ def _write(
         ledger.add(effects.delta)
     svc.publisher.after_writes(
         [(old, new, applied[old.id]) for old, new in batch.changes if old.id in applied]
+    )
+    svc.send_guard.record_opt_outs(
+        [(old, new) for old, new in batch.changes if old.id in applied], svc.clock.now()
     )
     svc.record_counters(campaign_type, landed)
     result.failures = fail_alone(svc, batch.broken, ledger)
@@ -263,4 +353,11 @@ def validation_summary(exc: ValueError) -> str:
     return str(exc)[:500]
 
 
-__all__ = ["BatchResult", "fail_alone", "process_due_conversations", "validation_summary"]
+__all__ = [
+    "BatchResult",
+    "EvaluatedBatch",
+    "fail_alone",
+    "process_due_conversations",
+    "validation_summary",
+    "write_evaluated",
+]

@@ -7,13 +7,13 @@ replay). ``write_one`` retries it from a fresh read when a concurrent writer won
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from campaign_worker.domain.documents import ConversationState
 from campaign_worker.domain.errors import ConcurrencyConflictError, InvalidDocumentError
-from campaign_worker.domain.progression import Effects
+from campaign_worker.domain.progression import Action, Decision, Effects, apply, run
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 from campaign_worker.service.context import Services
 from campaign_worker.service.ledger import MetricsLedger
@@ -23,12 +23,26 @@ Outcome = tuple[ConversationState, Effects]
 
 @dataclass(frozen=True)
 class Current:
-    """What a state change sees: the stored state, its template and the time."""
+    """What a state change sees: the stored state, its template and the time; and, when
+    the send guard refused its sends, why (suppressed) or which channels wait (holds)."""
 
     state: ConversationState
     template: Template
     type_template: CampaignTypeTemplate
     now: datetime
+    suppressed: str | None = None
+    holds: Mapping[str, datetime] = field(default_factory=dict)
+
+    def progress(self, state: ConversationState) -> Outcome:
+        """Run ``state``'s steps as the guard allows: a suppressed recipient's
+        conversation opts out instead of sending; held channels wait."""
+        if self.suppressed is not None:
+            effects = Effects()
+            decision = Decision(Action.OPT_OUT, self.suppressed)
+            return apply(
+                state, decision, self.template, self.type_template, self.now, effects
+            ), effects
+        return run(state, self.template, self.type_template, self.now, holds=self.holds)
 
 
 StateChange = Callable[[Current], Outcome | None]
@@ -51,7 +65,8 @@ def write_one(
             ledger = ledger or svc.ledger(state.campaign_id)
             template, type_template = svc.type_template(state)
             now = svc.clock.now()
-            outcome = change(Current(state, template, type_template, now))
+            current = Current(state, template, type_template, now)
+            outcome = _guarded(svc, change, current, change(current))
             if outcome is None:
                 svc.publisher.leftovers([state])  # a replay after a crash
                 return state
@@ -64,6 +79,26 @@ def write_one(
     raise ConcurrencyConflictError(
         f"conversation {conversation_id!r} kept changing under us; try again later"
     )
+
+
+def _guarded(
+    svc: Services, change: StateChange, current: Current, outcome: Outcome | None
+) -> Outcome | None:
+    """If the change sends, ask the send guard; recompute the change as it rules."""
+    if outcome is None or not outcome[1].outbound:
+        return outcome
+    verdict = svc.send_guard.check([(current.state, outcome[1])], current.now).get(current.state.id)
+    if verdict is None:
+        return outcome
+    ruled = replace(current, suppressed=verdict.suppressed, holds=verdict.holds)
+    outcome = change(ruled)
+    if outcome is not None and verdict.holds:
+        outcome[1].delta.deferred += len(verdict.holds)
+        for channel in verdict.holds:
+            svc.metrics.messages_deferred(channel, 1)
+    if verdict.suppressed is not None:
+        svc.metrics.suppressed(current.state.campaign_type, 1)
+    return outcome
 
 
 def _read(
@@ -98,6 +133,7 @@ def _attempt(
         return None
     ledger.add(effects.delta)
     svc.publisher.after_writes([(state, new_state, token)])
+    svc.send_guard.record_opt_outs([(state, new_state)], now)
     svc.record_counters(state.campaign_type, [effects])
     # What is stored now: the write bumped the version and dropped any lease.
     return new_state.model_copy(

@@ -5,6 +5,7 @@ worker and with two."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import pytest
 from celery import Celery
 
 from campaign_worker.entrypoints.tasks import campaign_id_for_task
-from tests.e2e.conftest import COUNTING_APP, Broker, Processes, wait_for_workers
+from tests.e2e.conftest import COUNTING_APP, Broker, Processes, wait_for_workers, wait_until
 from tests.e2e.scenario import (
     CREATE,
     METRICS,
@@ -163,6 +164,17 @@ def test_two_worker_processes_give_the_same_end_state(
     Driver(client, mongo, "two-workers").run_until_completed(timeout=120)
 
     assert_final_state(mongo, "two-workers", N)
+
+    # Processing ran as registered tasks over partition ranges (batches of 10 of 80 split
+    # their ranges); every registration was released by the task it named, so nothing
+    # keeps the metrics reconcile waiting.
+    def released() -> bool:
+        doc = mongo["campaign_metrics"].find_one({"_id": "two-workers"}) or {}
+        return not doc.get("inflight")
+
+    wait_until(released, 30, "every processing registration to be released")
+    logs = "".join(processes.log(node.split("@")[0]) for node in nodes)
+    assert re.search(r"partition\W+[0-9]+of[2-9]", logs), "no batch ran on a partition range"
     stats = client.control.inspect(destination=nodes, timeout=5).stats() or {}
     done = {node: sum(stats[node]["total"].values()) for node in nodes}
     assert all(count > 0 for count in done.values()), done  # both took part

@@ -63,6 +63,7 @@ def test_cancel_settles_every_conversation_on_a_real_worker(
         "total_sent": N,
         "total_received": 1,
         "response_rate": pytest.approx(1 / N),
+        "deferred": 0,
     }
     assert mongo["outbox"].count_documents({"campaign_id": CAMPAIGN}) == N
     polled = client.send_task("campaign_worker.poll_campaigns", queue="polling").get(timeout=30)

@@ -150,9 +150,10 @@ def test_server_killed_during_initialization_and_processing_leaves_no_duplicates
         ]
         assert sorted(recorded) == sorted(doc["_id"] for doc in outbox)
         assert all(doc["metrics"]["messages_sent"] == 1 for doc in states)
-        # Crash 1 fell between a batch's insert and its metrics $inc, and the rerun found
-        # those conversations already there: the $inc is lost; crash 2 lost a batch's
-        # $inc with the server. The dead writers stay registered, so the reconcile waits
+        # Crash 1 fell after the step's second insert, before its first checkpoint and
+        # its one metrics $inc (at the step's end), and the rerun found those 80
+        # conversations already there: their $inc is lost; crash 2 lost a batch's $inc
+        # with the server. The dead writers stay registered, so the reconcile waits
         # until their registrations expire; then one aggregation over the states finds
         # exactly that drift and corrects it.
         assert manager.reconcile_campaign_metrics("camp-1") == {}
@@ -160,9 +161,9 @@ def test_server_killed_during_initialization_and_processing_leaves_no_duplicates
         drift = manager.reconcile_campaign_metrics("camp-1")
         if journal:
             assert drift == {
-                "total_recipients": 40,
-                "active_conversations": 40,
-                "stage_metrics.awareness.entered": 40,
+                "total_recipients": 80,
+                "active_conversations": 80,
+                "stage_metrics.awareness.entered": 80,
                 "message_metrics.total_sent": 40,
             }
         assert manager.reconcile_campaign_metrics("camp-1") == {}

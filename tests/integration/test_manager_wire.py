@@ -20,6 +20,7 @@ from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.adapters.mongo import CAMPAIGNS, CONVERSATIONS, METRICS, OUTBOX
 from campaign_worker.domain.documents import conversation_id_for
 from campaign_worker.service.campaign_manager import CampaignManager
+from campaign_worker.service.initialization import CHECKPOINT_EVERY
 from tests.conftest import ManagerFactory, sample_campaign
 from tooling.mongo_monitoring import CommandCounter
 
@@ -181,20 +182,28 @@ def test_initialization_round_trips_are_per_batch_not_per_recipient(
 ) -> None:
     db, counter = counted_db
     manager = make_manager(db, init_batch_size=50)
-    manager.create_campaign(sample_campaign(120))
+    manager.create_campaign(sample_campaign(600))
 
     with counter.measure() as span:
-        assert manager.initialize_campaign_conversations("camp-1") == 120
-    batches = math.ceil(120 / 50)
-    assert span.counts.by_name.get("insert") == batches
-    # Fixed: campaign read, two status changes, the final count. Per batch: the writer's
-    # registration, the insert, the progress checkpoint and the metrics increment (which
-    # deregisters). Nothing per recipient.
-    assert span.counts.total <= 4 + 4 * batches, span.counts.as_dict()
+        assert manager.initialize_campaign_conversations("camp-1") == 600
+    batches = math.ceil(600 / 50)
+    checkpoints = batches // CHECKPOINT_EVERY
+    # Fixed: campaign read, two status changes, the final count, the writer's one
+    # registration and one metrics increment. Per batch: the suppression check (one
+    # find) and its insert, and a checkpoint every CHECKPOINT_EVERY batches. Nothing per
+    # recipient.
+    assert dict(span.counts.by_name) == {
+        "aggregate": 1,
+        "find": 1 + batches,
+        "findAndModify": 2,
+        "insert": batches,
+        "update": 2 + checkpoints,
+    }
+    assert span.counts.total == 6 + 2 * batches + checkpoints
 
     with counter.measure() as span:
         assert manager.initialize_campaign_conversations("camp-1") == 0
-    assert span.counts.total <= 4 + 4 * batches, span.counts.as_dict()
+    assert span.counts.total <= 6 + 2 * batches + checkpoints, span.counts.as_dict()
 
 
 def test_referenced_recipients_are_streamed_from_their_collection(
@@ -304,24 +313,63 @@ def test_campaign_over_the_wire_ends_with_exact_metrics(
     }
 
 
-@pytest.mark.parametrize("batch", [40, 150])
+@pytest.mark.parametrize("batch", [40, 150, 1000])
 def test_processing_round_trips_are_per_batch(
     counted_db: tuple[Any, CommandCounter], make_manager: ManagerFactory, batch: int
 ) -> None:
     db, counter = counted_db
     manager = make_manager(db, process_batch_size=batch)
-    manager.create_campaign(sample_campaign(160))
+    manager.create_campaign(sample_campaign(batch + 10))
     manager.initialize_campaign_conversations("camp-1")
 
     with counter.measure() as span:
         result = manager.process_due_conversations("camp-1")
-    assert result.claimed == batch and result.written == batch
-    # campaign read, claim (find ids, update_many, read back), metrics registration,
-    # bulk_write, outbox insert, publication marks, metrics increment: 9 whatever the
-    # batch size (no getMore above 101 docs).
-    assert span.counts.total == 9, span.counts.as_dict()
-    # claim, registration, bulk_write, publication marks, metrics
-    assert span.counts.by_name["update"] == 5
+    assert result.claimed == batch and result.written == batch and result.more
+    # campaign read, the batch read in full (one find, no getMore, no lease write, no
+    # re-read), the suppression check of the batch's senders (one find), metrics
+    # registration, bulk_write, outbox insert, publication marks, metrics increment: 8
+    # whatever the batch size.
+    assert span.counts.total == 8, span.counts.as_dict()
+    assert dict(span.counts.by_name) == {"find": 3, "insert": 1, "update": 4}
+
+
+def test_a_dispatched_batch_writes_the_metrics_document_once(
+    counted_db: tuple[Any, CommandCounter], make_manager: ManagerFactory
+) -> None:
+    """Registered by its dispatcher, a batch needs no registration of its own: its one
+    metrics write counts, deregisters it and registers its successors."""
+    db, counter = counted_db
+    manager = make_manager(db, process_batch_size=100)
+    manager.create_campaign(sample_campaign(350))
+    manager.initialize_campaign_conversations("camp-1")
+    [first] = manager.dispatch_processing("camp-1")
+    handed: list[Any] = []
+
+    with counter.measure() as span:
+        result = manager.process_due_conversations(
+            "camp-1", registration=first.token, on_more=handed.extend
+        )
+    assert (result.written, result.more, len(handed)) == (100, True, 2)
+    # campaign read, batch read, suppression check, bulk_write, outbox insert,
+    # publication marks, the one metrics write; and, because more was due, one count of
+    # what is left in the range.
+    assert dict(span.counts.by_name) == {"aggregate": 1, "find": 3, "insert": 1, "update": 3}
+    assert set(db[METRICS].find_one({"_id": "camp-1"})["inflight"]) == {d.token for d in handed}
+
+    done = 0
+    with counter.measure() as span:
+        while done < len(handed):
+            d = handed[done]
+            done += 1
+            manager.process_due_conversations(
+                "camp-1", registration=d.token, on_more=handed.extend, **d.span.as_kwargs()
+            )
+    assert db[CONVERSATIONS].count_documents({"metrics.messages_sent": 0}) == 0
+    # Per task 7 round trips, plus a count for each that saw more: nothing per conversation.
+    saw_more = span.counts.by_name.get("aggregate", 0)
+    assert span.counts.total == 7 * done + saw_more, (done, span.counts.as_dict())
+    assert db[METRICS].find_one({"_id": "camp-1"})["inflight"] == {}
+    assert_metrics_match_states(manager, db)
 
 
 # ------------------------------------------------------------------ concurrency

@@ -30,6 +30,7 @@ from campaign_worker.domain.documents import (
     StageEntry,
     conversation_id_for,
 )
+from campaign_worker.domain.partitions import PARTITIONS, PartitionRange, partition_of
 from campaign_worker.domain.progression import MetricsDelta
 from tests.conftest import START
 from tooling.mongo_monitoring import CommandCounter
@@ -49,8 +50,10 @@ def conversation(
     next_action_at: datetime | None = START,
     status: str = "active",
 ) -> Doc:
+    conversation_id = conversation_id_for(campaign_id, user_id)
     return ConversationState(
-        id=conversation_id_for(campaign_id, user_id),
+        id=conversation_id,
+        partition=partition_of(conversation_id),
         user_id=user_id,
         campaign_id=campaign_id,
         campaign_type="sales",
@@ -167,7 +170,7 @@ def _index_scans(stage: Doc) -> list[Doc]:
 def test_pending_queries_are_served_by_the_compound_index(
     wire_uri: str, wire_db: Any, repo: MongoConversationStateRepository
 ) -> None:
-    """The queries find_due and claim_due actually send are planned on the index."""
+    """The queries find_due and read_due actually send are planned on the index."""
     repo.insert_many_states([conversation(u) for u in users(30)])
     repo.insert_many_states([conversation(u, campaign_id="camp-2") for u in users(30)])
     recorder = _FindRecorder()
@@ -177,15 +180,12 @@ def test_pending_queries_are_served_by_the_compound_index(
     try:
         recorded = MongoConversationStateRepository(client[wire_db.name])
         assert len(recorded.find_due("camp-1", START, stage=None, status="active", limit=10)) == 10
-        lease = START + timedelta(minutes=1)
-        claimed = recorded.claim_due(
-            "camp-1", START, owner="w", lease_until=lease, stage=None, limit=5
-        )
-        assert len(claimed) == 5
+        assert len(recorded.read_due("camp-1", START, limit=5)) == 5
+        assert recorded.read_due("camp-1", START, limit=5, span=PartitionRange(1, 4))
     finally:
         client.close()
-    find_due_query, claim_query = recorder.finds[0], recorder.finds[1]
-    assert "next_action_at" in claim_query["filter"] and "sort" in claim_query
+    find_due_query, read_query, range_query = recorder.finds[:3]
+    assert "next_action_at" in read_query["filter"] and "sort" in read_query
 
     pending = {"campaign_id": 1, "status": 1, "next_action_at": 1}
 
@@ -199,13 +199,16 @@ def test_pending_queries_are_served_by_the_compound_index(
         return [scan["keyPattern"] for scan in _index_scans(plan)], host
 
     assert scanned(find_due_query)[0] == [pending]
-    claim_scans, host = scanned(claim_query)
-    if not claim_scans and host == "secantus":
-        # MongoDB uses the index and filters lease_until on the fetched documents;
-        # secantusdb's planner scans the collection as soon as a predicate names an
-        # unindexed field. Recorded in bench/README.md; must pass on a real MongoDB.
-        pytest.xfail("secantusdb plans COLLSCAN for the claim query (lease_until predicate)")
-    assert claim_scans == [pending]
+    # The whole-range read (every batch while one task is enough) is the same query.
+    assert scanned(read_query)[0] == [pending]
+    range_scans, host = scanned(range_query)
+    if not range_scans and host == "secantus":
+        # MongoDB uses the index and checks the partition on the fetched documents;
+        # secantusdb's planner scans the collection as soon as a predicate names a field
+        # outside an equality-prefix-plus-one-range of an index. Recorded in
+        # docs/architecture.md ("Processing"); must pass on a real MongoDB.
+        pytest.xfail("secantusdb plans COLLSCAN for a partition range (unindexed predicate)")
+    assert range_scans == [pending]
 
 
 def test_unique_index_rejects_a_second_conversation_for_the_same_user(
@@ -255,92 +258,112 @@ def test_a_batch_insert_is_one_round_trip(
         client.close()
 
 
-# ------------------------------------------------------------------ claiming
+# ------------------------------------------------------------------ reading due work
 
 
-def test_claim_due_only_takes_due_active_unleased_conversations(
-    repo: MongoConversationStateRepository,
+def test_read_due_takes_due_active_conversations_oldest_first_in_one_find(
+    wire_uri: str, wire_db: Any, repo: MongoConversationStateRepository
 ) -> None:
     later = START + timedelta(hours=1)
     repo.insert_many_states(
-        [conversation(u) for u in users(4, "due")]
+        [
+            conversation(u, next_action_at=START - timedelta(minutes=i))
+            for i, u in enumerate(users(4, "due"))
+        ]
         + [conversation(u, next_action_at=later) for u in users(3, "later")]
         + [conversation(u, next_action_at=None) for u in users(2, "idle")]
         + [conversation(u, status="completed") for u in users(2, "done")]
         + [conversation(u, campaign_id="camp-2") for u in users(2, "other")]
     )
-    # Lease states: field absent (unset by an earlier write), expiring exactly now
-    # (expired: a lease holds until, not through, lease_until), and still held.
-    no_field, ends_now, held = (conversation(u) for u in ("lease-absent", "lease-now", "held"))
-    del no_field["lease_until"]
-    ends_now.update(lease_owner="x", lease_until=START)
-    held.update(lease_owner="x", lease_until=START + timedelta(milliseconds=1))
-    repo.insert_many_states([no_field, ends_now, held])
-    lease = START + timedelta(minutes=2)
-
-    first = repo.claim_due("camp-1", START, owner="a", lease_until=lease, stage=None, limit=10)
-    assert sorted(doc["user_id"] for doc in first) == [
-        *users(4, "due"),
-        "lease-absent",
-        "lease-now",
-    ]
-    assert {doc["lease_owner"] for doc in first} == {"a"}
-
-    # Leased and unexpired: nobody else gets them, not even with a larger limit.
-    assert repo.claim_due("camp-1", START, owner="b", lease_until=lease, stage=None, limit=50) == []
-    # Once the lease has expired (a crashed worker), another owner takes them over.
-    after = lease + timedelta(seconds=1)
-    retaken = repo.claim_due(
-        "camp-1", after, owner="b", lease_until=after + timedelta(minutes=2), stage=None, limit=50
+    # A lease left by an older release no longer keeps a conversation from being read.
+    held = conversation("held", next_action_at=START - timedelta(hours=1))
+    held.update(lease_owner="x", lease_until=later)
+    repo.insert_many_states([held])
+    counter = CommandCounter()
+    client: pymongo.MongoClient[Doc] = pymongo.MongoClient(
+        wire_uri, tz_aware=True, tzinfo=UTC, event_listeners=[counter]
     )
-    assert sorted(doc["user_id"] for doc in retaken) == [
-        *users(4, "due"),
-        "held",
-        "lease-absent",
-        "lease-now",
-    ]
-    # The hour-later ones are not due until then; stage filter narrows the claim.
-    assert (
-        repo.claim_due("camp-1", after, owner="c", lease_until=later, stage="decision", limit=50)
-        == []
+    try:
+        counted = MongoConversationStateRepository(client[wire_db.name])
+        with counter.measure() as span:
+            due = counted.read_due("camp-1", START, limit=200)
+        assert dict(span.counts.by_name) == {"find": 1}  # in full, no getMore, no lease
+        assert [doc["user_id"] for doc in due] == ["held", *reversed(users(4, "due"))]
+        assert counted.read_due("camp-1", START, limit=2) == due[:2]
+        assert counted.read_due("camp-1", later, stage="decision", limit=50) == []
+        # Settling a cancelled campaign reads every active one, due or not.
+        settling = counted.read_due("camp-1", START, limit=50, settling=True)
+        assert len(settling) == 5 + 3 + 2
+    finally:
+        client.close()
+
+
+def test_a_batch_read_of_many_documents_is_one_round_trip(
+    wire_uri: str, wire_db: Any, repo: MongoConversationStateRepository
+) -> None:
+    repo.insert_many_states([conversation(u) for u in users(300)])
+    counter = CommandCounter()
+    client: pymongo.MongoClient[Doc] = pymongo.MongoClient(
+        wire_uri, tz_aware=True, tzinfo=UTC, event_listeners=[counter]
     )
+    try:
+        counted = MongoConversationStateRepository(client[wire_db.name])
+        with counter.measure() as span:
+            assert len(counted.read_due("camp-1", START, limit=251)) == 251
+        assert dict(span.counts.by_name) == {"find": 1}
+    finally:
+        client.close()
 
 
-def test_concurrent_claims_never_share_a_conversation(
+def test_partition_ranges_read_disjoint_sets_and_old_documents_go_to_the_first(
+    wire_db: Any, repo: MongoConversationStateRepository
+) -> None:
+    repo.insert_many_states([conversation(u) for u in users(120)])
+    old = [conversation(u) for u in users(6, "old")]
+    for doc in old:
+        del doc["partition"]  # written before partitions existed
+    repo.insert_many_states(old)
+    for count in (1, 2, 3, 8):
+        seen: list[str] = []
+        for index in range(count):
+            span = PartitionRange(index, count)
+            docs = repo.read_due("camp-1", START, limit=500, span=span)
+            seen += [doc["_id"] for doc in docs]
+            for doc in docs:
+                bucket = doc.get("partition")
+                if bucket is None:
+                    assert index == 0, "a document without a bucket outside the first range"
+                else:
+                    assert span.low <= bucket < span.high
+        assert len(seen) == len(set(seen)) == 126, count
+    assert PartitionRange(count - 1, count).high == PARTITIONS
+
+
+def test_two_readers_of_one_range_race_and_exactly_one_write_lands(
     wire_db: Any, repo: MongoConversationStateRepository, new_client: ClientFactory
 ) -> None:
-    total, owners = 150, ["w0", "w1", "w2", "w3"]
-    repo.insert_many_states([conversation(u) for u in users(total)])
-    claimed: dict[str, list[str]] = {owner: [] for owner in owners}
-    lease = START + timedelta(minutes=5)
+    """A doubled dispatch: both read the same documents; the compare-and-set lets one
+    write of each conversation land, the other is reported as not applied."""
+    repo.insert_many_states([conversation(u) for u in users(60)])
+    applied: dict[int, set[str]] = {}
 
-    def claimer(owner: str) -> Callable[[], None]:
+    def reader(index: int) -> Callable[[], None]:
         mine = MongoConversationStateRepository(new_client()[wire_db.name])
 
         def work() -> None:
-            while True:
-                # A limit larger than the share makes every claimer race for the same ids.
-                batch = mine.claim_due(
-                    "camp-1", START, owner=owner, lease_until=lease, stage=None, limit=60
-                )
-                if not batch:
-                    # Empty can mean "others hold the rest" or "none left": stop when none
-                    # is claimable at all.
-                    if not mine.has_due("camp-1", START):
-                        return
-                    continue
-                claimed[owner].extend(doc["_id"] for doc in batch)
+            docs = mine.read_due("camp-1", START, limit=100)
+            states = [ConversationState.model_validate(doc) for doc in docs]
+            applied[index] = mine.save_transitions(
+                [(s, _with_reply(s, f"in-{index}-{s.user_id}")) for s in states]
+            )
 
         return work
 
-    run_threads([claimer(owner) for owner in owners])
-
-    every = [cid for ids in claimed.values() for cid in ids]
-    assert len(every) == len(set(every)), "a conversation was claimed by two owners"
-    assert len(every) == total
-    stored = {doc["_id"]: doc["lease_owner"] for doc in wire_db[CONVERSATIONS].find()}
-    for owner, ids in claimed.items():
-        assert all(stored[cid] == owner for cid in ids)
+    run_threads([reader(i) for i in range(3)])
+    winners = [cid for ids in applied.values() for cid in ids]
+    assert len(winners) == len(set(winners)) == 60
+    for doc in wire_db[CONVERSATIONS].find():
+        assert doc["version"] == 1 and len(doc["message_history"]) == 1
 
 
 # ------------------------------------------------------------------ compare-and-set
@@ -388,22 +411,21 @@ def test_save_transitions_is_a_compare_and_set_on_version(
     assert repo.save_transitions([]) == set()
 
 
-def test_save_transitions_releases_the_lease(repo: MongoConversationStateRepository) -> None:
-    repo.insert_many_states([conversation("user-1")])
-    [doc] = repo.claim_due(
-        "camp-1",
-        START,
-        owner="w",
-        lease_until=START + timedelta(minutes=2),
-        stage=None,
-        limit=1,
-    )
-    state = ConversationState.model_validate(doc)
+def test_a_write_drops_a_lease_of_an_older_release_and_fills_in_the_partition(
+    repo: MongoConversationStateRepository,
+) -> None:
+    doc = conversation("user-1")
+    doc.update(lease_owner="w", lease_until=START + timedelta(minutes=2))
+    del doc["partition"]
+    repo.insert_many_states([doc])
+    [read] = repo.read_due("camp-1", START, limit=1)
+    state = ConversationState.model_validate(read)
     done = state.model_copy(update={"next_action_at": START + timedelta(days=1)})
     assert repo.save_transitions([(state, done)]) == {state.id}
     stored = repo.get_conversation_state(state.id)
     assert stored is not None
     assert "lease_owner" not in stored and "lease_until" not in stored
+    assert stored["partition"] == partition_of(state.id)
     assert stored["next_action_at"] == START + timedelta(days=1)
 
 
@@ -494,19 +516,13 @@ def test_datetimes_are_stored_as_bson_dates_and_read_back_as_utc(
     wire_db: Any, repo: MongoConversationStateRepository
 ) -> None:
     repo.insert_many_states([conversation("user-1")])
-    [claimed] = repo.claim_due(
-        "camp-1", START, owner="w", lease_until=START + timedelta(minutes=2), stage=None, limit=1
-    )
-    state = ConversationState.model_validate(claimed)
+    [read] = repo.read_due("camp-1", START, limit=1)
+    state = ConversationState.model_validate(read)
     repo.save_transitions([(state, _with_reply(state, "in-1"))])
-    repo.claim_due(
-        "camp-1", START, owner="w", lease_until=START + timedelta(minutes=3), stage=None, limit=1
-    )
     date_fields = [
         "created_at",
         "last_active",
         "next_action_at",
-        "lease_until",
         "stages.entered_at",
         "message_history.timestamp",
     ]
@@ -534,7 +550,6 @@ def test_datetimes_are_stored_as_bson_dates_and_read_back_as_utc(
         doc["created_at"],
         doc["last_active"],
         doc["next_action_at"],
-        doc["lease_until"],
         doc["stages"][0]["entered_at"],
         doc["message_history"][0]["timestamp"],
     ):

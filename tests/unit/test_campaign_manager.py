@@ -20,6 +20,7 @@ from campaign_worker.domain.errors import (
     TemplateNotFoundError,
     UnknownStageError,
 )
+from campaign_worker.domain.partitions import PartitionRange, partition_of
 from campaign_worker.service.campaign_manager import CampaignManager
 from tests.conftest import START, ManagerFactory, sample_campaign
 
@@ -182,7 +183,7 @@ def test_initialize_in_batches_creates_everyone(db: Any, make_manager: ManagerFa
 
 
 def test_initialize_resumed_after_a_crash_counts_only_the_new_ones(
-    db: Any, make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch
+    db: Any, make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch, clock: ManualClock
 ) -> None:
     manager = make_manager(db, init_batch_size=2)
     manager.create_campaign(sample_campaign(5))
@@ -204,11 +205,18 @@ def test_initialize_resumed_after_a_crash_counts_only_the_new_ones(
     assert manager.get_campaign("camp-1")["status"] == "initializing"
     assert manager.initialize_campaign_conversations("camp-1") == 3
     assert db["conversation_states"].count_documents({}) == 5
+    assert manager.get_campaign("camp-1")["status"] == "running"
+    # The crashed step counts once per step, at its end: what it inserted before it died
+    # is a duplicate for the resumed step, so it is counted by neither. Its registration
+    # stays, keeping the reconcile off until it expires; then the reconcile counts them.
+    assert manager.get_campaign_metrics("camp-1")["total_recipients"] == 3
+    assert manager.reconcile_campaign_metrics("camp-1") == {}  # deferred
+    clock.advance(manager.inflight_timeout + timedelta(seconds=1))
+    manager.reconcile_campaign_metrics("camp-1")
     metrics = manager.get_campaign_metrics("camp-1")
     assert metrics["total_recipients"] == 5
     assert metrics["active_conversations"] == 5
     assert metrics["stage_metrics"]["awareness"]["entered"] == 5
-    assert manager.get_campaign("camp-1")["status"] == "running"
 
 
 @pytest.mark.filterwarnings("ignore:'batch_size' is accepted")
@@ -652,7 +660,8 @@ def test_get_stage_data_returns_the_template_stage(manager: CampaignManager) -> 
     running(manager, 1)
     data = manager._get_stage_data(conv(manager, 0), "decision")
     assert data["name"] == "decision"
-    assert data["advance_when"]["regex"] == r"\b(buy|yes|deal|start)\b"
+    assert data["advance_when"]["any"][1]["regex"] == r"\b(buy|yes|deal|start)\b"
+    assert data["on_reply"]["question"] == {"goto": "consideration", "exit": None}
     assert data["max_followups_without_reply"] == {"count": 1, "then": "fail"}
     assert len(data["messages"]) == 2
 
@@ -735,6 +744,7 @@ def test_process_sends_each_due_conversation_its_first_message(manager: Campaign
     assert state["metrics"]["messages_sent"] == 1
     assert state["next_action_at"] == START + DAY
     assert state["lease_owner"] is None or "lease_owner" not in state
+    assert state["partition"] == partition_of(cid(2))
 
 
 def test_process_replay_at_the_same_time_does_nothing(manager: CampaignManager) -> None:
@@ -788,40 +798,84 @@ def test_process_skips_a_campaign_that_is_not_running(manager: CampaignManager) 
     assert result.claimed == 0
 
 
-def test_leased_conversation_is_not_claimed_by_another_owner(
-    manager: CampaignManager, clock: ManualClock
+def test_partition_ranges_split_the_due_set_without_overlap(manager: CampaignManager) -> None:
+    running(manager, 40)
+    taken: dict[int, set[str]] = {}
+    for index in range(4):
+        result = manager.process_due_conversations(
+            "camp-1", limit=100, partition=index, partitions=4
+        )
+        assert result.claimed == result.written and not result.more
+        taken[index] = {
+            doc["_id"]
+            for doc in manager.conversation_state_repository.find_conversation_states(
+                {"metrics.messages_sent": 1}
+            )
+        } - set().union(*taken.values())
+    assert sum(len(ids) for ids in taken.values()) == 40
+    for index, ids in taken.items():
+        span = PartitionRange(index, 4)
+        assert all(span.low <= partition_of(i) < span.high for i in ids)
+    assert len(outbox(manager)) == 40
+
+
+def test_documents_without_a_partition_go_to_the_first_range_and_get_one(
+    manager: CampaignManager,
 ) -> None:
-    running(manager, 2)
-    repo = manager.conversation_state_repository
-    held = repo.claim_due(
-        "camp-1", START, owner="A", lease_until=START + timedelta(seconds=120), stage=None, limit=1
-    )
-    assert len(held) == 1
-    result = manager.process_due_conversations("camp-1", owner="B")
-    assert result.claimed == 1  # only the other one
-    assert conv(manager, 0 if held[0]["_id"] == cid(1) else 1)["metrics"]["messages_sent"] == 1
-    held_id = held[0]["_id"]
-    assert manager.get_conversation(held_id)["lease_owner"] == "A"
-
-    clock.advance(timedelta(seconds=119))
-    assert manager.process_due_conversations("camp-1", owner="B").claimed == 0
-    clock.advance(timedelta(seconds=1))
-    taken_over = manager.process_due_conversations("camp-1", owner="B")
-    assert taken_over.claimed == 1
-    assert manager.get_conversation(held_id)["metrics"]["messages_sent"] == 1
-    assert manager.get_conversation(held_id).get("lease_owner") is None
+    running(manager, 12)
+    collection = manager.conversation_state_repository._collection  # type: ignore[attr-defined]
+    collection.update_many({}, {"$unset": {"partition": ""}})  # as an older release wrote them
+    later = manager.process_due_conversations("camp-1", partition=1, partitions=2)
+    assert later.claimed == 0
+    first = manager.process_due_conversations("camp-1", partition=0, partitions=2)
+    assert first.claimed == first.written == 12
+    assert {doc["partition"] for doc in collection.find()} == {
+        partition_of(cid(i)) for i in range(12)
+    }
 
 
-def test_two_claimers_never_share_a_conversation(manager: CampaignManager) -> None:
-    running(manager, 4)
-    repo = manager.conversation_state_repository
-    lease = START + HOUR
-    a = repo.claim_due("camp-1", START, owner="A", lease_until=lease, stage=None, limit=3)
-    b = repo.claim_due("camp-1", START, owner="B", lease_until=lease, stage=None, limit=3)
-    ids_a, ids_b = {d["_id"] for d in a}, {d["_id"] for d in b}
-    assert len(ids_a) == 3
-    assert len(ids_b) == 1
-    assert not ids_a & ids_b
+@pytest.mark.parametrize(
+    ("partition", "partitions", "message"),
+    [
+        (0, None, "together"),
+        (None, 2, "together"),
+        (2, 2, "between 0 and 1"),
+        (-1, 2, "between 0 and 1"),
+        (0, 0, "between 1 and 1024"),
+        (0, 2048, "between 1 and 1024"),
+        ("0", 2, "integer"),
+        (True, 2, "integer"),
+    ],
+)
+def test_malformed_partition_arguments_are_refused_clearly(
+    manager: CampaignManager, partition: Any, partitions: Any, message: str
+) -> None:
+    running(manager, 1)
+    with pytest.raises(InvalidInputError, match=message):
+        manager.process_due_conversations("camp-1", partition=partition, partitions=partitions)
+
+
+def test_a_full_range_reports_more_and_hands_over_registered_successors(
+    manager: CampaignManager,
+) -> None:
+    running(manager, 7)
+    handed: list[Any] = []
+    result = manager.process_due_conversations("camp-1", limit=2, on_more=handed.extend)
+    assert (result.claimed, result.more) == (2, True)
+    # Below the fan-out limit a range continues as its two halves, registered already.
+    assert [d.span for d in handed] == list(PartitionRange().split())
+    inflight = stored_metrics(manager)["inflight"]
+    assert set(inflight) == {d.token for d in handed}
+
+    rest = [
+        manager.process_due_conversations(
+            "camp-1", registration=d.token, on_more=handed.extend, **d.span.as_kwargs()
+        )
+        for d in list(handed)
+    ]
+    assert sum(r.claimed for r in rest) == 5 and not any(r.more for r in rest)
+    assert stored_metrics(manager)["inflight"] == {}  # each deregistered itself
+    assert stored_metrics(manager)["message_metrics"]["total_sent"] == 7
 
 
 def test_a_crash_before_the_state_write_records_and_publishes_nothing(
@@ -840,8 +894,7 @@ def test_a_crash_before_the_state_write_records_and_publishes_nothing(
     monkeypatch.setattr(repo, "write_transitions", real_write)
     assert outbox(manager) == []  # nothing is deliverable that no conversation recorded
 
-    assert manager.process_due_conversations("camp-1", owner="B").claimed == 0  # still leased
-    clock.advance(timedelta(seconds=manager.lease_seconds))
+    # Nothing leased: the retry reads them again at once.
     result = manager.process_due_conversations("camp-1", owner="B")
     assert (result.claimed, result.written) == (3, 3)
     recorded = sorted(conv(manager, i)["message_history"][0]["message_id"] for i in range(3))
@@ -1211,7 +1264,18 @@ def test_metrics_document_after_a_scripted_scenario(
             "consideration": {"entered": 1, "completed": 1, "avg_duration_seconds": 7200.0},
             "decision": {"entered": 1, "completed": 1, "avg_duration_seconds": 3600.0},
         },
-        "message_metrics": {"total_sent": 8, "total_received": 4, "response_rate": 0.5},
+        "message_metrics": {
+            "total_sent": 8,
+            "total_received": 4,
+            "response_rate": 0.5,
+            "deferred": 0,
+        },
+        # The transitions that happened, exits included (branched funnel).
+        "funnel": {
+            "awareness": {"consideration": 1, "exit:opted_out": 1, "exit:completed": 1},
+            "consideration": {"decision": 1},
+            "decision": {"exit:completed": 1},
+        },
         "updated_at": START + DAY,
     }
 

@@ -93,6 +93,8 @@ def test_metrics_funnel(running: CampaignManager, cli_env: dict[str, str]) -> No
     assert report["stages"]["consideration"]["entered"] == 1
     assert report["outcomes"]["active"] == 3
     assert report["messages"]["response_rate"] == pytest.approx(1 / 4)  # the reply advanced it
+    assert report["transitions"] == [{"from": "awareness", "to": "consideration", "count": 1}]
+    assert re.search(r"awareness\s+│\s+consideration\s+│\s+1", table.stdout), table.stdout
 
 
 def test_metrics_of_an_unknown_campaign(cli_env: dict[str, str]) -> None:

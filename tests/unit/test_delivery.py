@@ -237,7 +237,7 @@ def test_a_suppressed_address_is_not_sent_to(db: Any, delivering: Any) -> None:
         db, delivering, Settings(), channels=[channel], limiter=SlowLimit(0), clock=delivering.clock
     )
     delivery.dispatcher.suppressions.suppress(
-        "u-1", "webhook", "u-1", "complaint", {}, datetime.now(UTC)
+        "u-1", "webhook", "u-1", "complaint", "c", datetime.now(UTC)
     )
     delivery.dispatcher.dispatch("a")
     failed = [d for d in db[OUTBOX].find() if d["status"] == "failed"]

@@ -9,6 +9,7 @@ import pytest
 
 from campaign_worker.domain.errors import InvalidStateTransitionError
 from campaign_worker.service.campaign_manager import CampaignManager
+from campaign_worker.service.initialization import CHECKPOINT_EVERY
 from tests.conftest import ManagerFactory, sample_campaign
 
 
@@ -119,7 +120,7 @@ def test_a_checkpoint_write_that_finds_the_campaign_paused_stops_the_step(
     small_batches: CampaignManager, db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manager = small_batches
-    manager.create_campaign(sample_campaign(120))
+    manager.create_campaign(sample_campaign(400))
     original = manager.campaigns.save_init_progress
 
     def pause_then_save(*args: Any, **kwargs: Any) -> bool:
@@ -128,5 +129,6 @@ def test_a_checkpoint_write_that_finds_the_campaign_paused_stops_the_step(
 
     monkeypatch.setattr(manager.campaigns, "save_init_progress", pause_then_save)
     step = manager.initialize_campaign_step("camp-1")
-    assert (step.created, step.done, step.stopped) == (50, False, True)
+    # The first checkpoint comes after CHECKPOINT_EVERY batches of 50.
+    assert (step.created, step.done, step.stopped) == (50 * CHECKPOINT_EVERY, False, True)
     assert db.campaigns.find_one({"_id": "camp-1"})["status"] == "paused"

@@ -403,7 +403,15 @@ def test_opt_out_reply_ends_the_conversation_before_any_rule() -> None:
 def test_template_opt_out_keywords_are_used() -> None:
     f = flow({"name": "a", "messages": msgs("1d")}, opt_out_keywords=["ENOUGH"])
     assert evaluate(reply(sent_once(f), "enough!", T0), f[0], f[1], T0).action == Action.OPT_OUT
-    assert evaluate(reply(sent_once(f), "stop", T0), f[0], f[1], T0).action != Action.OPT_OUT
+    # The built-in opt-out phrases apply as well (global opt-out, issue 12)...
+    assert evaluate(reply(sent_once(f), "stop", T0), f[0], f[1], T0).action == Action.OPT_OUT
+    # ...unless the template replaces them.
+    g = flow(
+        {"name": "a", "messages": msgs("1d")},
+        opt_out_keywords=["ENOUGH"],
+        intents={"opt_out": {"replace_defaults": True}},
+    )
+    assert evaluate(reply(sent_once(g), "stop", T0), g[0], g[1], T0).action != Action.OPT_OUT
 
 
 # ---------------------------------------------------------------- sending and scheduling
@@ -443,7 +451,12 @@ def test_sent_message_is_recorded_in_history_and_outbox() -> None:
     envelope = effects.outbound[0]
     assert envelope.message_id == expected_id
     assert (envelope.conversation_id, envelope.user_id, envelope.stage) == ("conv-1", "user-1", "a")
-    assert state.message_history[0].metadata == {"stage": "a", "step": 0, "channel": "default"}
+    assert state.message_history[0].metadata == {
+        "stage": "a",
+        "step": 0,
+        "channel": "default",
+        "entry": 0,
+    }
     assert state.metrics.messages_sent == 1
     assert state.stage_step == 1
     assert effects.delta.sent == 1

@@ -40,11 +40,16 @@ class Enqueued:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Doc]] = []
+        self.task_ids: list[str | None] = []
 
     def recorder(self, name: str) -> Any:
         def apply_async(args: Any = None, kwargs: Doc | None = None, **options: Any) -> None:
-            assert args is None and not options, "tasks enqueue by kwargs and route by name"
+            # A task id is given only to registered processing tasks (see ledger.py).
+            assert args is None and set(options) <= {"task_id"}, (
+                "tasks enqueue by kwargs and route by name"
+            )
             self.calls.append((name, dict(kwargs or {})))
+            self.task_ids.append(options.get("task_id"))
 
         return apply_async
 
@@ -149,6 +154,9 @@ def test_public_task_names_are_registered() -> None:
             "resume_campaign",
             "cancel_campaign",
             "get_campaign_metrics",
+            "list_suppressions",
+            "add_suppression",
+            "lift_suppression",
         )
     }
     assert all(task.name in app.tasks for task in tasks.PUBLIC_TASKS)
@@ -437,41 +445,103 @@ def test_initialization_starts_processing_and_the_poller_finds_due_work(
 
     assert run(tasks.initialize_campaign, "init", campaign_id="camp-1").get() == 3
     assert run(tasks.initialize_campaign, "init", campaign_id="camp-1").get() == 0  # replay
-    polled = run(tasks.poll_campaigns, "poll-2").get()
-
     process = ("campaign_worker.process_conversations", {"campaign_id": "camp-1"})
-    assert enqueued.calls[1:] == [process, process]
-    assert polled["process"] == ["camp-1"]
+    assert enqueued.calls[1:] == [process]
+    registered = enqueued.task_ids[1]
+    assert registered is not None and registered.startswith("range-0of1-")
+
+    # The dispatched task is registered (and has not run): the poller leaves it alone.
+    polled = run(tasks.poll_campaigns, "poll-2").get()
+    assert polled["process"] == [] and polled["in_progress"] == ["camp-1"]
+    assert enqueued.calls[1:] == [process]
     assert json.dumps(polled)  # JSON-safe, oldest_due included
     assert datetime.fromisoformat(polled["oldest_due"]) == START
 
+    # Lost (never ran within the lease time): the poller dispatches the work again.
+    clock.advance(timedelta(seconds=worker.manager.lease_seconds + 1))
+    polled = run(tasks.poll_campaigns, "poll-3").get()
+    assert polled["process"] == ["camp-1"] and polled["partitions"] == {"camp-1": 1}
+    assert enqueued.calls[1:] == [process, process]
 
-def test_initializing_a_paused_campaign_is_skipped_not_dead_lettered(
+
+def test_the_poller_fans_out_over_partition_ranges_by_due_count(
+    worker: Container, enqueued: Enqueued, settings: Settings
+) -> None:
+    worker.manager.process_batch_size = 2
+    worker.manager.process_fanout = 4
+    running_campaign(worker, n=5)
+    polled = run(tasks.poll_campaigns, "poll").get()
+    # 5 due at 2 a batch: 3 ranges, each its own registered task.
+    assert polled["partitions"] == {"camp-1": 3}
+    calls = [kwargs for name, kwargs in enqueued.calls if name.endswith("process_conversations")]
+    assert calls == [{"campaign_id": "camp-1", "partition": i, "partitions": 3} for i in range(3)]
+    tokens = enqueued.task_ids[-3:]
+    inflight = (worker.db["campaign_metrics"].find_one({"_id": "camp-1"}) or {})["inflight"]
+    assert set(inflight) == set(tokens)
+
+    # Each runs under its token (no registration of its own) and deregisters; one with
+    # more due than a batch hands over to a successor, until every range is drained.
+    done = 0
+    claimed = 0
+    while done < len(enqueued.calls):
+        name, kwargs = enqueued.calls[done]
+        token = enqueued.task_ids[done]
+        done += 1
+        if name.endswith("process_conversations"):
+            claimed += run(tasks.process_conversations, token, **kwargs).get()["claimed"]
+    assert claimed == 5
+    metrics = worker.db["campaign_metrics"].find_one({"_id": "camp-1"}) or {}
+    assert metrics["inflight"] == {}
+    assert metrics["message_metrics"]["total_sent"] == 5
+
+
+def test_a_batch_with_more_due_hands_over_to_its_two_halves(
     worker: Container, enqueued: Enqueued
 ) -> None:
-    worker.manager.create_campaign(sample_campaign(3))
-    run(tasks.poll_campaigns, "poll-1")
-    run(tasks.pause_campaign, "pause", campaign_id="camp-1").get()
+    running_campaign(worker, n=7)
 
-    assert run(tasks.initialize_campaign, "init", campaign_id="camp-1").get() == 0
-    assert dead_letters(worker) == []
-    assert worker.db["conversation_states"].count_documents({}) == 0
+    first = run(tasks.process_conversations, "p1", campaign_id="camp-1", limit=2).get()
+    assert first["claimed"] == 2 and first["sent"] == 2 and first["more"]
+    # 5 left, at least two more batches: the range continues as its two halves.
+    halves = [
+        {"campaign_id": "camp-1", "limit": 2, "partition": i, "partitions": 2} for i in range(2)
+    ]
+    assert enqueued.calls == [("campaign_worker.process_conversations", h) for h in halves]
+    assert all(t is not None and t.startswith("range-") for t in enqueued.task_ids)
+
+    rest = run(tasks.process_conversations, "p2", campaign_id="camp-1", limit=10).get()
+    assert rest["claimed"] == 5 and not rest["more"]
+    assert len(enqueued.calls) == 2  # nothing more due: the chain ends
 
 
-def test_a_full_batch_fans_out_the_next_one_before_working(
+def test_a_batch_with_less_than_two_batches_left_continues_its_own_range(
     worker: Container, enqueued: Enqueued
 ) -> None:
     running_campaign(worker, n=5)
-
-    first = run(tasks.process_conversations, "p1", campaign_id="camp-1", limit=2).get()
-    assert first["claimed"] == 2 and first["sent"] == 2
+    run(tasks.process_conversations, "p1", campaign_id="camp-1", limit=2).get()
     assert enqueued.calls == [
         ("campaign_worker.process_conversations", {"campaign_id": "camp-1", "limit": 2})
     ]
 
-    rest = run(tasks.process_conversations, "p2", campaign_id="camp-1", limit=10).get()
-    assert rest["claimed"] == 3
-    assert len(enqueued.calls) == 1  # a partial batch ends the chain
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"partition": 1},
+        {"partitions": 2},
+        {"partition": 2, "partitions": 2},
+        {"partition": -1, "partitions": 2},
+    ],
+)
+def test_malformed_partition_arguments_are_dead_lettered_not_retried(
+    worker: Container, enqueued: Enqueued, arguments: Doc
+) -> None:
+    running_campaign(worker, n=1)
+    result = run(tasks.process_conversations, "bad", campaign_id="camp-1", **arguments)
+    assert result.failed()
+    [letter] = dead_letters(worker)
+    assert letter["reason"] == "invalid_input"
+    assert "partition" in letter["error"]
 
 
 def test_processing_twice_sends_each_message_once(worker: Container, enqueued: Enqueued) -> None:

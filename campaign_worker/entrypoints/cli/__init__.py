@@ -24,6 +24,7 @@ from campaign_worker.entrypoints.cli import (
     metrics,
     ops,
     simulate,
+    suppressions,
     templates,
 )
 from campaign_worker.entrypoints.cli.common import error, exit_code_for, help_if_bare
@@ -44,6 +45,7 @@ app.command()(metrics.metrics)
 app.command()(simulate.simulate)
 app.add_typer(templates.app, name="templates")
 app.add_typer(dead_letters.app, name="dead-letters")
+app.add_typer(suppressions.app, name="suppressions")
 app.command()(ops.health)
 app.command()(ops.demo)
 

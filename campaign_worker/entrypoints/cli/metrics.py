@@ -39,6 +39,12 @@ def funnel(metrics: dict[str, Any]) -> dict[str, Any]:
         "stages": stages,
         "messages": dict(metrics["message_metrics"]),
         "outcomes": {name: metrics.get(f"{name}_conversations", 0) for name in OUTCOMES},
+        # The branched funnel: every transition that happened (exits as "exit:<outcome>").
+        "transitions": [
+            {"from": source, "to": target, "count": count}
+            for source, targets in (metrics.get("funnel") or {}).items()
+            for target, count in sorted(targets.items(), key=lambda item: -item[1])
+        ],
         "updated_at": metrics["updated_at"],
     }
 
@@ -65,8 +71,14 @@ def render(report: dict[str, Any]) -> Group:
         )
     messages = report["messages"]
     outcomes = ", ".join(f"{name} {count}" for name, count in report["outcomes"].items())
+    moves = Table(title="transitions")
+    for column in ("from", "to", "conversations"):
+        moves.add_column(column, justify="right" if column == "conversations" else "left")
+    for move in report.get("transitions", []):
+        moves.add_row(move["from"], move["to"], str(move["count"]))
     return Group(
         table,
+        *([moves] if report.get("transitions") else []),
         Text(
             f"messages sent {messages['total_sent']}, received {messages['total_received']}, "
             f"response rate {messages['response_rate']:.2f}"

@@ -1,0 +1,82 @@
+"""Journey decisions beside the linear drip, pure: opt-out by intent, a reply's branch,
+the out-of-office pause and the stage's ``on_timeout``. ``progression.evaluate`` calls
+these in that order before the stage's own rules."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from campaign_worker.domain.branches import Route, reply_route, timeout_route
+from campaign_worker.domain.documents import ConversationState, Direction, to_utc
+from campaign_worker.domain.effects import Action, Decision
+from campaign_worker.domain.intents import OPT_OUT, OUT_OF_OFFICE
+from campaign_worker.domain.rules import inbound_in_stage, intent_of, replies_in_entry
+from campaign_worker.domain.templates import Stage, Template
+
+_EXIT_ACTIONS = {"completed": Action.COMPLETE, "failed": Action.FAIL, "opted_out": Action.OPT_OUT}
+
+
+def route_decision(route: Route, reason: str) -> Decision:
+    """Advance to the route's stage, or end the conversation with its outcome."""
+    if route.stage is not None:
+        return Decision(Action.ADVANCE, reason, next_stage=route.stage)
+    action = _EXIT_ACTIONS[route.outcome or "completed"]
+    suffix = "; last stage done" if action == Action.COMPLETE else ""
+    return Decision(action, f"{reason}{suffix}")
+
+
+def opt_out(state: ConversationState, template: Template) -> Decision | None:
+    """Any inbound message whose intent is ``opt_out`` ends the conversation (the intent
+    was decided when the message was recorded; older messages are classified here)."""
+    classifier = template.classifier
+    for message in state.message_history:
+        if message.direction == Direction.INBOUND and intent_of(message, classifier) == OPT_OUT:
+            return Decision(Action.OPT_OUT, f"opt-out in {message.message_id}")
+    return None
+
+
+def reply_branch(state: ConversationState, stage: Stage) -> Decision | None:
+    """The first reply of this stage entry whose intent the stage routes (``on_reply``)."""
+    if not stage.on_reply:
+        return None
+    for message in replies_in_entry(state, stage.name):
+        intent = message.metadata.get("intent")
+        route = reply_route(stage, intent) if isinstance(intent, str) else None
+        if route is not None:
+            return route_decision(route, f"reply {message.message_id} is {intent}")
+    return None
+
+
+def paused_until(state: ConversationState, now: datetime) -> datetime | None:
+    """While the latest inbound message is an out-of-office reply whose resume time is
+    still ahead, follow-ups wait until then."""
+    for message in reversed(state.message_history):
+        if message.direction != Direction.INBOUND:
+            continue
+        if message.metadata.get("intent") != OUT_OF_OFFICE:
+            return None  # a real reply after the auto-reply ends the pause
+        resume = message.metadata.get("resume_at")
+        if isinstance(resume, datetime) and to_utc(resume) > now:
+            return to_utc(resume)
+        return None
+    return None
+
+
+def timed_out(
+    state: ConversationState, stage: Stage, entered_at: datetime, now: datetime
+) -> tuple[Decision | None, datetime | None]:
+    """``on_timeout``: nothing moved the conversation on within ``after`` of entering the
+    stage (a reply it does not route does not stop the clock, else such a reply would leave
+    the conversation waiting forever). Returns the decision once due, else its moment."""
+    route = timeout_route(stage)
+    if route is None or stage.on_timeout is None:
+        return None, None
+    deadline = entered_at + stage.on_timeout.after
+    if now < deadline:
+        return None, deadline
+    replied = bool(inbound_in_stage(state, stage.name))
+    why = "no reply" if not replied else "no reply the stage routes"
+    return route_decision(route, f"{why} within {stage.on_timeout.after}"), None
+
+
+__all__ = ["opt_out", "paused_until", "reply_branch", "route_decision", "timed_out"]
