@@ -65,7 +65,9 @@ def wait_for_deliveries(
         f"reported {counts.get('reported_delivered', 0)} delivered, "
         f"{counts.get('reported_bounced', 0)} bounced\n"
         f"Metrics document, delivery per channel and status: {metrics.get('delivery', {})}\n"
-        f"Suppressed addresses: {db.suppressions.count_documents({})}; conversations "
+        "Suppressed addresses (bounces, complaints): "
+        f"{db.suppressions.count_documents({'source': {'$in': ['bounce', 'complaint']}})}; "
+        "conversations "
         "ended by a bounce: "
         f"{db.conversation_states.count_documents({'status_reason': {'$regex': '^hard bounce'}})}\n"
     )

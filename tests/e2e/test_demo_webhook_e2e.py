@@ -36,7 +36,9 @@ def test_demo_delivers_by_webhook_with_statuses_back() -> None:
     # Every recorded message was accepted, except those to an address that bounced before.
     assert accepted + webhook.get("failed", 0) == sent
     ended = re.search(
-        r"Suppressed addresses: (\d+); conversations ended by a bounce: (\d+)", output
+        r"Suppressed addresses \(bounces, complaints\): (\d+); conversations ended by a "
+        r"bounce: (\d+)",
+        output,
     )
     assert ended is not None and ended.group(1) == ended.group(2)
     assert (int(ended.group(1)) > 0) == (bounced > 0)
