@@ -41,4 +41,4 @@ HEALTHCHECK --interval=30s --timeout=20s --start-period=30s --retries=3 \
     CMD ["campaign-worker", "health"]
 
 CMD ["celery", "-A", "campaign_worker.entrypoints.celery_app", "worker", \
-     "-Q", "celery,polling,initialization,processing,inbound", "--loglevel=INFO"]
+     "-Q", "celery,polling,initialization,processing,inbound,delivery", "--loglevel=INFO"]

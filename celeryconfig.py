@@ -76,7 +76,14 @@ campaign_max_retries = _settings.celery_max_retries
 task_default_queue = _settings.celery_default_queue
 task_queues = [
     Queue(name, Exchange(name), routing_key=name)
-    for name in (task_default_queue, "polling", "initialization", "processing", "inbound")
+    for name in (
+        task_default_queue,
+        "polling",
+        "initialization",
+        "processing",
+        "inbound",
+        "delivery",
+    )
 ]
 task_routes = {
     "campaign_worker.poll_campaigns": {"queue": "polling"},
@@ -85,6 +92,8 @@ task_routes = {
     "campaign_worker.process_conversations": {"queue": "processing"},
     "campaign_worker.record_inbound_message": {"queue": "inbound"},
     "campaign_worker.mark_conversation_complete": {"queue": "inbound"},
+    "campaign_worker.dispatch_deliveries": {"queue": "delivery"},
+    "campaign_worker.record_delivery_status": {"queue": "inbound"},
 }
 
 # --------------------------------------------------------------------- worker

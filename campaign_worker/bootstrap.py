@@ -19,6 +19,7 @@ from campaign_worker.adapters.mongo_metrics import MongoCampaignMetricsRepositor
 from campaign_worker.adapters.mongo_outbox import MongoOutboxRepository
 from campaign_worker.adapters.mongo_send_budget import MongoSendBudgetRepository
 from campaign_worker.adapters.mongo_suppressions import MongoSuppressionRepository
+from campaign_worker.delivery_wiring import ensure_delivery_indexes
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.ports import Clock, MetricsRecorder
 from campaign_worker.service.send_guard import SendGuard
@@ -107,4 +108,5 @@ def bootstrap(
     manager = build_manager(provider.database, settings, clock=clock, recorder=recorder)
     if create_indexes:
         ensure_indexes(manager)
+        ensure_delivery_indexes(provider.database)
     return Container(settings=settings, mongo=provider, manager=manager)

@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from campaign_worker.domain.errors import ConfigurationError
@@ -55,6 +55,35 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = Field(default=10.0, gt=0)
     reconcile_interval_seconds: float = Field(default=300.0, gt=0)
 
+    # Delivery (docs/architecture.md "Delivery"). Secrets are SecretStr: never printed.
+    delivery_default_channel: str = Field(default="outbox", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    delivery_interval_seconds: float = Field(default=5.0, gt=0)
+    delivery_batch_size: int = Field(default=50, ge=1, le=1000)
+    delivery_lease_seconds: int = Field(default=60, ge=5, le=3600)
+    delivery_max_attempts: int = Field(default=8, ge=1, le=100)
+    delivery_backoff_base_seconds: float = Field(default=2.0, gt=0)
+    delivery_backoff_max_seconds: float = Field(default=600.0, gt=0)
+    # "webhook=20/second;smtp=100/minute" (the limits library's notation), per channel,
+    # shared by every worker through RATE_LIMIT_REDIS_URL (default: a Redis broker's URL).
+    delivery_rate_limits: str = ""
+    rate_limit_redis_url: str | None = None
+    rate_limit_key_prefix: str = Field(
+        default="campaign_worker", pattern=r"^[A-Za-z0-9_:.-]{1,64}$"
+    )
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_connect_timeout_seconds: float = Field(default=3.0, gt=0)
+    webhook_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_from: str = "campaigns@localhost"
+    smtp_subject: str = "A message for you"
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    smtp_address_attribute: str = "email"
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console", "auto"] = "auto"
     log_redact_bodies: bool = True
@@ -98,6 +127,56 @@ class Settings(BaseSettings):
                 f"{self.celery_visibility_timeout}"
             )
         return self
+
+    @field_validator("delivery_rate_limits")
+    @classmethod
+    def _rate_limits_parse(cls, value: str) -> str:
+        parse_rate_limits(value)
+        return value
+
+    @property
+    def rate_limits(self) -> dict[str, str]:
+        return parse_rate_limits(self.delivery_rate_limits)
+
+    @property
+    def limiter_redis_url(self) -> str | None:
+        """Where the shared rate limits live: RATE_LIMIT_REDIS_URL, else a Redis broker."""
+        if self.rate_limit_redis_url:
+            return self.rate_limit_redis_url
+        broker = self.celery_broker_url
+        return broker if broker.startswith(("redis://", "rediss://")) else None
+
+    @model_validator(mode="after")
+    def _delivery_consistent(self) -> Settings:
+        if self.webhook_url and self.webhook_secret is None:
+            raise ValueError("WEBHOOK_URL needs WEBHOOK_SECRET (the signing key)")
+        # A send must end before its lease does, or another dispatcher may send it too.
+        sends = [0.0]
+        if self.webhook_url:
+            sends.append(self.webhook_connect_timeout_seconds + self.webhook_read_timeout_seconds)
+        if self.smtp_host:
+            sends.append(self.smtp_timeout_seconds * 2)  # connect, then each reply
+        if max(sends) * 2 >= self.delivery_lease_seconds:
+            raise ValueError(
+                "DELIVERY_LEASE_SECONDS must exceed twice the longest send (webhook connect + "
+                f"read timeouts, twice SMTP_TIMEOUT_SECONDS): {max(sends):g} s"
+            )
+        return self
+
+
+def parse_rate_limits(text: str) -> dict[str, str]:
+    """``"webhook=20/second;smtp=100/minute"`` -> {channel: limit}; ValueError if malformed."""
+    from limits import parse  # the notation the limiter uses, checked at start-up
+
+    found: dict[str, str] = {}
+    for part in filter(None, (piece.strip() for piece in text.split(";"))):
+        channel, _, limit = part.partition("=")
+        channel, limit = channel.strip(), limit.strip()
+        if not channel or not limit:
+            raise ValueError("expected channel=limit pairs such as webhook=20/second;smtp=5/second")
+        parse(limit)  # ValueError on a bad limit
+        found[channel] = limit
+    return found
 
 
 def describe_settings_error(exc: ValidationError) -> str:

@@ -56,6 +56,20 @@ MESSAGES_RECEIVED = Counter(
     ["channel"],
     namespace=NAMESPACE,
 )
+DELIVERY_STATUSES = Counter(
+    "delivery_statuses",
+    "Messages per delivery status (sent, delivered, bounced, failed, complained) and "
+    "channel, each message counted once per status.",
+    ["channel", "status"],
+    namespace=NAMESPACE,
+)
+DELIVERY_ATTEMPTS = Counter(
+    "delivery_attempts",
+    "Dispatcher outcomes per channel: sent, retry, failed, deferred (rate limit), lost "
+    "(lease taken over).",
+    ["channel", "outcome"],
+    namespace=NAMESPACE,
+)
 MESSAGES_DEFERRED = Counter(
     "messages_deferred",
     "Sends held back by the cross-campaign frequency cap (deferred, not dropped).",
@@ -151,6 +165,14 @@ class PrometheusRecorder:
 
     def poller_lag(self, seconds: float) -> None:
         POLLER_LAG.set(seconds)
+
+
+def delivery_counted(channel: str, status: str) -> None:
+    DELIVERY_STATUSES.labels(channel, status).inc()
+
+
+def delivery_attempts(channel: str, outcome: str, count: int) -> None:
+    DELIVERY_ATTEMPTS.labels(channel, outcome).inc(count)
 
 
 class MongoCommandTimer(monitoring.CommandListener):

@@ -24,9 +24,10 @@ from typing import Any, TextIO
 from campaign_worker.adapters.clock import OffsetClock
 from campaign_worker.demo import audience as demo
 from campaign_worker.demo.embedded import EmbeddedService, start_mongo, start_redis
+from campaign_worker.demo.webhook_demo import start_receiver, wait_for_deliveries
 
 APP = "campaign_worker.entrypoints.celery_app"
-QUEUES = "celery,polling,initialization,processing,inbound"
+QUEUES = "celery,polling,initialization,processing,inbound,delivery"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class DemoOptions:
     timeout: float = 300.0
     concurrency: int = 2
     in_process: bool = False
+    webhook: bool = False  # deliver through the webhook channel to a local receiver
 
 
 def _say(out: TextIO, text: str) -> None:
@@ -185,10 +187,14 @@ def _run_on_worker(
     epoch = datetime.now(UTC)
     clock = OffsetClock(speed=args.speed, epoch=epoch)
     env = _worker_env(args, mongo_uri, db_name, broker, epoch)
-    processes = _start_worker_and_beat(args, workdir, env)
     # A plain client that knows only task names, like any other service.
     client = Celery(broker=broker)
-    client.conf.task_routes = {"campaign_worker.record_inbound_message": {"queue": "inbound"}}
+    client.conf.task_routes = {
+        "campaign_worker.record_inbound_message": {"queue": "inbound"},
+        "campaign_worker.record_delivery_status": {"queue": "inbound"},
+    }
+    receiver = start_receiver(out, client, env) if args.webhook else None
+    processes = _start_worker_and_beat(args, workdir, env)
     mongo: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, tzinfo=UTC)
     try:
         _say(
@@ -207,11 +213,15 @@ def _run_on_worker(
         )
         db = mongo[db_name]
         status = _drive(out, client, db, clock, campaign_id, epoch, args.timeout, processes)
+        if receiver is not None:
+            wait_for_deliveries(out, db, campaign_id, receiver)
     finally:
         client.close()
         mongo.close()
         for process in reversed(processes):
             _stop(process)
+        if receiver is not None:
+            receiver.stop()
     return _report(out, workdir, mongo_uri, db_name, clock, campaign_id, status)
 
 

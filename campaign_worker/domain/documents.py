@@ -390,6 +390,10 @@ class CampaignMetrics(_Doc):
     message_metrics: MessageMetrics = Field(default_factory=MessageMetrics)
     # Transitions that happened: from stage -> to stage (or "exit:<outcome>") -> count.
     funnel: dict[str, dict[str, int]] = Field(default_factory=dict)
+    # Messages per channel and delivery status ({"webhook": {"sent": 3, "delivered": 2}}),
+    # and the recent "<message_id>:<status>" keys already counted (kept out of reads).
+    delivery: dict[str, dict[str, int]] = Field(default_factory=dict)
+    delivery_counted: list[str] = Field(default_factory=list)
     updated_at: UtcDatetime
     # Bumped by every write; lets the reconcile detect concurrent increments.
     revision: int = Field(default=0, ge=0)

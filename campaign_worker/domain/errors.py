@@ -73,3 +73,20 @@ class TransientError(CampaignWorkerError):
 
 class ConfigurationError(CampaignWorkerError):
     """The worker cannot serve as configured (settings, templates, indexes); do not start."""
+
+
+class DeliveryError(CampaignWorkerError):
+    """A channel could not hand a message to its provider."""
+
+
+class TransientDeliveryError(DeliveryError):
+    """Worth another attempt later (timeout, 5xx, 429); ``retry_after`` in seconds if the
+    provider said when."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Can never succeed as sent (a 4xx, no address): the message fails, no retry."""

@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from campaign_worker.domain import branches
+from campaign_worker.domain.delivery import inherit_channels
 from campaign_worker.domain.intents import BUILT_IN, OTHER, Language, ReplyClassifier
 from campaign_worker.domain.intents import compile_classifier as _compile_classifier
 
@@ -52,6 +53,8 @@ Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
 StageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 IntentName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 ExitOutcome = Literal["completed", "failed", "opted_out"]
+# webhook, smtp, outbox, default (DELIVERY_DEFAULT_CHANNEL), or a name for an external deliverer.
+ChannelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
 class _Model(BaseModel):
@@ -61,7 +64,7 @@ class _Model(BaseModel):
 class OutboundMessage(_Model):
     text: str = Field(min_length=1)
     wait: Duration = timedelta(days=1)
-    channel: str = "default"
+    channel: ChannelName = "default"
 
     @field_validator("text")
     @classmethod
@@ -194,6 +197,7 @@ class IntentSpec(_Model):
 
 class Stage(_Model):
     name: StageName
+    channel: ChannelName | None = None  # for its messages that name none
     messages: list[OutboundMessage] = Field(default_factory=list)
     advance_when: Rule | None = None
     max_time_in_stage: MaxTimeInStage | None = None
@@ -219,6 +223,7 @@ class Stage(_Model):
 
 class CampaignTypeTemplate(_Model):
     stages: list[Stage] = Field(min_length=1)
+    channel: ChannelName | None = None  # for its stages that name none
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> CampaignTypeTemplate:
@@ -274,7 +279,13 @@ class Template(_Model):
     languages: list[Language] = Field(default_factory=_english, min_length=1)
     intents: dict[IntentName, IntentSpec] = Field(default_factory=dict)
     out_of_office: OutOfOffice = Field(default_factory=OutOfOffice)
+    channel: ChannelName | None = None  # for its campaign types that name none
     campaign_types: dict[str, CampaignTypeTemplate] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_channels(cls, data: Any) -> Any:
+        return inherit_channels(data)
 
     @model_validator(mode="after")
     def _known_intents(self) -> Template:

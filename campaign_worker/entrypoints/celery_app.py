@@ -63,6 +63,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 TASKS_MODULE = "campaign_worker.entrypoints.tasks"
+DELIVERY_TASKS_MODULE = "campaign_worker.entrypoints.delivery_tasks"
 
 install_redis_close_guard()  # a Redis restart must not end the worker: see the module
 
@@ -78,7 +79,7 @@ def _settings_or_exit() -> Settings:
 
 
 _settings_or_exit()
-app = Celery("campaign_worker", include=[TASKS_MODULE])
+app = Celery("campaign_worker", include=[TASKS_MODULE, DELIVERY_TASKS_MODULE])
 app.config_from_object(os.environ.get("CELERY_CONFIG_MODULE") or "celeryconfig")
 # Every task message is checked before Celery sees it: kept as a dead letter, never dropped.
 app.conf.worker_consumer = "campaign_worker.entrypoints.consumer:GuardedConsumer"
@@ -99,6 +100,15 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": "campaign_worker.reconcile_metrics",
             "schedule": reconcile,
             "options": {"queue": "polling", "expires": max(reconcile, 1.0)},
+        },
+        # The dispatcher's backstop: a full batch enqueues the next one itself.
+        "dispatch-deliveries": {
+            "task": "campaign_worker.dispatch_deliveries",
+            "schedule": settings.delivery_interval_seconds,
+            "options": {
+                "queue": "delivery",
+                "expires": max(settings.delivery_interval_seconds, 1.0),
+            },
         },
     }
 
@@ -198,8 +208,10 @@ def _init_process(**_: Any) -> None:
 
 def _build_indexes(built: Container) -> None:
     from campaign_worker.bootstrap import ensure_indexes
+    from campaign_worker.delivery_wiring import ensure_delivery_indexes
 
     ensure_indexes(built.manager)
+    ensure_delivery_indexes(built.db)
     built.dead_letters.initialize()
 
 

@@ -75,7 +75,9 @@ def get_campaign_metrics(svc: Services, campaign_id: str) -> Doc:
         order = []
     names = order + [name for name in metrics.stage_metrics if name not in order]
     empty = {"entered": 0, "completed": 0, "avg_duration_seconds": 0.0}
-    doc = metrics.model_dump(mode="python", exclude={"revision", "inflight"})
+    doc = metrics.model_dump(mode="python", exclude={"revision", "inflight", "delivery_counted"})
+    if not doc["delivery"]:
+        del doc["delivery"]  # the seed's shape until a channel reported something
     doc["stage_metrics"] = {
         name: metrics.stage_metrics[name].model_dump(exclude={"total_duration_seconds"})
         if name in metrics.stage_metrics

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 APP = "campaign_worker.entrypoints.celery_app"
 COUNTING_APP = "tests.e2e.counting_app"
-QUEUES = ("celery", "polling", "initialization", "processing", "inbound")
+QUEUES = ("celery", "polling", "initialization", "processing", "inbound", "delivery")
 
 REDIS_URL = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("E2E_REDIS_DB", "11"))  # dedicated, flushed before and after

@@ -278,7 +278,14 @@ def test_prometheus_scrapes_exact_totals_and_logs_are_redacted_json(
         row["metric"]["queue"]: float(row["value"][1])
         for row in prom.vector("campaign_worker_queue_depth")
     }
-    assert set(depths) == {"celery", "polling", "initialization", "processing", "inbound"}
+    assert set(depths) == {
+        "celery",
+        "polling",
+        "initialization",
+        "processing",
+        "inbound",
+        "delivery",
+    }
     assert depths["inbound"] == depths["initialization"] == 0
 
     # The alert rules load and evaluate on the live series; none stays pending or firing

@@ -53,6 +53,14 @@ def demo(
             "--in-process", help="drive CampaignManager directly (no Celery), with a manual clock"
         ),
     ] = False,
+    webhook: Annotated[
+        bool,
+        typer.Option(
+            "--webhook",
+            help="deliver through the webhook channel to a local receiver that verifies "
+            "signatures and reports delivery statuses back",
+        ),
+    ] = False,
 ) -> None:
     """Run a sample campaign end to end and print its funnel.
 
@@ -60,5 +68,5 @@ def demo(
     """
     from campaign_worker.demo.cli import DemoOptions, run_demo
 
-    options = DemoOptions(recipients, speed, timeout, concurrency, in_process)
+    options = DemoOptions(recipients, speed, timeout, concurrency, in_process, webhook)
     raise typer.Exit(run_demo(options))

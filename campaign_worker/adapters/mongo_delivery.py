@@ -1,0 +1,191 @@
+"""Delivery's MongoDB operations: outbox rows through dispatch (claims and leased moves,
+each a conditional update), delivery events, the latest status on the history entry, and
+the per-channel status counts of the campaign metrics document."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.collection import Collection
+from pymongo.database import Database
+
+from campaign_worker.adapters.mongo import (
+    CAMPAIGNS,
+    CONVERSATIONS,
+    METRICS,
+    OUTBOX,
+    translate_errors,
+)
+from campaign_worker.domain.delivery import RowStatus
+
+Doc = dict[str, Any]
+# Status keys a metrics document remembers as counted; a retry of a status this recent
+# (any retry: they follow within minutes) is not counted twice.
+COUNTED_KEYS_KEPT = 2000
+
+
+def _claimable(channels: Sequence[str], now: datetime) -> Doc:
+    """Due pending rows of these channels, or sending rows whose lease expired."""
+    return {
+        "channel": {"$in": list(channels)},
+        "$or": [
+            {"status": RowStatus.PENDING.value, "next_attempt_at": None},
+            {"status": RowStatus.PENDING.value, "next_attempt_at": {"$lte": now}},
+            {"status": RowStatus.SENDING.value, "lease_until": {"$lt": now}},
+        ],
+    }
+
+
+def _older_than(latest: Doc, path: str) -> list[Doc]:
+    """What ``latest`` replaces at ``path``: nothing yet, a lower rank, or the same rank
+    at an earlier or equal time."""
+    rank, at = latest["rank"], latest["at"]
+    return [
+        {path: None},
+        {f"{path}.rank": {"$lt": rank}},
+        {f"{path}.rank": rank, f"{path}.at": {"$lte": at}},
+    ]
+
+
+class MongoDeliveryRows:
+    """Outbox rows as the dispatcher moves them (every move conditional on the lease)."""
+
+    def __init__(self, db: Database[Doc]) -> None:
+        self._outbox: Collection[Doc] = db[OUTBOX]
+        self._conversations: Collection[Doc] = db[CONVERSATIONS]
+        self._campaigns: Collection[Doc] = db[CAMPAIGNS]
+
+    @translate_errors
+    def initialize(self) -> None:
+        self._outbox.create_index(
+            [("channel", ASCENDING), ("status", ASCENDING), ("next_attempt_at", ASCENDING)],
+            name="dispatch",
+        )
+        self._outbox.create_index(
+            [("status", ASCENDING), ("lease_until", ASCENDING)],
+            name="dispatch_lease",
+            partialFilterExpression={"status": RowStatus.SENDING.value},
+        )
+        self._outbox.create_index([("lease_owner", ASCENDING)], name="lease_owner", sparse=True)
+
+    @translate_errors
+    def claim(
+        self, channels: Sequence[str], now: datetime, limit: int, owner: str, until: datetime
+    ) -> list[Doc]:
+        """Lease up to ``limit`` claimable rows to ``owner``; returns the rows it won."""
+        query = _claimable(channels, now)
+        ids = [doc["_id"] for doc in self._outbox.find(query, {"_id": 1}, limit=limit)]
+        if not ids:
+            return []
+        # The filter is repeated: a concurrent dispatcher's claim in between wins those rows.
+        self._outbox.update_many(
+            {"_id": {"$in": ids}, **query},
+            {
+                "$set": {
+                    "status": RowStatus.SENDING.value,
+                    "lease_owner": owner,
+                    "lease_until": until,
+                }
+            },
+        )
+        return list(
+            self._outbox.find({"lease_owner": owner, "status": RowStatus.SENDING.value}).sort(
+                "created_at", ASCENDING
+            )
+        )
+
+    @translate_errors
+    def start_attempt(self, message_id: str, owner: str, until: datetime, fields: Doc) -> bool:
+        """Extend the lease and count an attempt, if the row is still this owner's."""
+        result = self._outbox.update_one(
+            {"_id": message_id, "status": RowStatus.SENDING.value, "lease_owner": owner},
+            {"$set": {"lease_until": until, **fields}, "$inc": {"attempts": 1}},
+        )
+        return result.matched_count == 1
+
+    @translate_errors
+    def finish(self, message_id: str, owner: str, status: RowStatus, fields: Doc) -> bool:
+        """Move a leased row to ``status`` (sent, failed, or pending for a retry)."""
+        result = self._outbox.update_one(
+            {"_id": message_id, "status": RowStatus.SENDING.value, "lease_owner": owner},
+            {
+                "$set": {"status": status.value, **fields},
+                "$unset": {"lease_owner": "", "lease_until": ""},
+            },
+        )
+        return result.matched_count == 1
+
+    @translate_errors
+    def attributes_of(self, conversation_ids: Sequence[str]) -> dict[str, Doc]:
+        """Recipient attributes by conversation (for addresses such as an email)."""
+        found = self._conversations.find(
+            {"_id": {"$in": list(conversation_ids)}}, {"context.attributes": 1}
+        )
+        return {doc["_id"]: dict(doc.get("context", {}).get("attributes") or {}) for doc in found}
+
+    @translate_errors
+    def campaign_statuses(self, campaign_ids: Sequence[str]) -> dict[str, str]:
+        found = self._campaigns.find({"_id": {"$in": list(campaign_ids)}}, {"status": 1})
+        return {doc["_id"]: str(doc.get("status")) for doc in found}
+
+
+class MongoDeliveryStatuses:
+    """Delivery events per message, its latest status, and the counts per channel."""
+
+    def __init__(self, db: Database[Doc]) -> None:
+        self._outbox: Collection[Doc] = db[OUTBOX]
+        self._conversations: Collection[Doc] = db[CONVERSATIONS]
+        self._metrics: Collection[Doc] = db[METRICS]
+
+    @translate_errors
+    def row(self, message_id: str) -> Doc | None:
+        return self._outbox.find_one({"_id": message_id}, {"content": 0})
+
+    @translate_errors
+    def add_event(self, message_id: str, status: str, event: Doc) -> bool:
+        """Record ``status`` for the message once; False if it was recorded before."""
+        result = self._outbox.update_one(
+            {"_id": message_id, "events.status": {"$ne": status}},
+            {"$push": {"events": {"status": status, **event}}},
+        )
+        return result.modified_count == 1
+
+    @translate_errors
+    def set_latest(
+        self,
+        message_id: str,
+        conversation_id: str,
+        latest: Doc,
+    ) -> None:
+        """The latest status ({status, rank, at, detail}: higher rank, then later time
+        wins), on the row and on the history entry."""
+        self._outbox.update_one(
+            {"_id": message_id, "$or": _older_than(latest, "delivery")},
+            {"$set": {"delivery": latest}},
+        )
+        # The entry's metadata only: conversation writes append to the history and never
+        # rewrite an entry, so this commutes with their compare-and-set.
+        entry = {"message_id": message_id, "$or": _older_than(latest, "metadata.delivery")}
+        self._conversations.update_one(
+            {"_id": conversation_id, "message_history": {"$elemMatch": entry}},
+            {"$set": {"message_history.$.metadata.delivery": latest}},
+        )
+
+    @translate_errors
+    def count(self, campaign_id: str, channel: str, status: str, key: str) -> bool:
+        """Count one message in ``delivery.<channel>.<status>`` of the campaign's metrics,
+        once per ``key`` (the key and the increment are one atomic update)."""
+        result = self._metrics.update_one(
+            {"_id": campaign_id, "delivery_counted": {"$ne": key}},
+            {
+                "$inc": {f"delivery.{channel}.{status}": 1},
+                "$push": {"delivery_counted": {"$each": [key], "$slice": -COUNTED_KEYS_KEPT}},
+            },
+        )
+        return result.modified_count == 1
+
+
+__all__ = ["COUNTED_KEYS_KEPT", "MongoDeliveryRows", "MongoDeliveryStatuses"]

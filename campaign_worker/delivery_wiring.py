@@ -1,0 +1,122 @@
+"""Delivery's part of the composition root: channels, limiter, dispatcher and status
+recorder from settings, over one process's database and CampaignManager."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo.database import Database
+
+from campaign_worker.adapters.channel_smtp import SmtpChannel
+from campaign_worker.adapters.channel_webhook import WebhookChannel
+from campaign_worker.adapters.clock import SystemClock
+from campaign_worker.adapters.mongo_delivery import MongoDeliveryRows, MongoDeliveryStatuses
+from campaign_worker.adapters.mongo_delivery_suppressions import MongoDeliverySuppressions
+from campaign_worker.adapters.rate_limit import NoRateLimit, RedisRateLimiter
+from campaign_worker.service.campaign_manager import CampaignManager
+from campaign_worker.service.delivery import Dispatcher, DispatchPolicy
+from campaign_worker.service.delivery_ports import Channel, RateLimiter
+from campaign_worker.service.delivery_status import StatusRecorder
+from campaign_worker.service.ports import Clock
+from campaign_worker.settings import Settings
+
+
+@dataclass
+class Delivery:
+    dispatcher: Dispatcher
+    statuses: StatusRecorder
+
+    def close(self) -> None:
+        for channel in self.dispatcher.channels.values():
+            close = getattr(channel, "close", None)
+            if close is not None:
+                close()
+
+
+def build_channels(settings: Settings) -> list[Channel]:
+    """The channels this worker sends itself: those whose settings are given."""
+    channels: list[Channel] = []
+    if settings.webhook_url and settings.webhook_secret is not None:
+        channels.append(
+            WebhookChannel(
+                settings.webhook_url,
+                settings.webhook_secret.get_secret_value().encode(),
+                connect_timeout=settings.webhook_connect_timeout_seconds,
+                read_timeout=settings.webhook_read_timeout_seconds,
+            )
+        )
+    if settings.smtp_host:
+        channels.append(
+            SmtpChannel(
+                settings.smtp_host,
+                settings.smtp_port,
+                sender=settings.smtp_from,
+                subject=settings.smtp_subject,
+                timeout=settings.smtp_timeout_seconds,
+                address_attribute=settings.smtp_address_attribute,
+                username=settings.smtp_username,
+                password=settings.smtp_password.get_secret_value()
+                if settings.smtp_password
+                else None,
+                starttls=settings.smtp_starttls,
+            )
+        )
+    return channels
+
+
+def build_limiter(settings: Settings) -> RateLimiter:
+    url = settings.limiter_redis_url
+    if not settings.rate_limits or url is None:
+        return NoRateLimit()
+    return RedisRateLimiter(url, settings.rate_limits, settings.rate_limit_key_prefix)
+
+
+def build_delivery(
+    db: Database[dict[str, Any]],
+    manager: CampaignManager,
+    settings: Settings,
+    *,
+    channels: list[Channel] | None = None,
+    limiter: RateLimiter | None = None,
+    clock: Clock | None = None,
+) -> Delivery:
+    """``clock`` times leases, retries and rate-limit slots: real time by default, even
+    when the campaign's clock runs faster (the demo), since providers live in real time."""
+    suppressions = MongoDeliverySuppressions(db)
+    statuses = StatusRecorder(
+        manager, MongoDeliveryStatuses(db), suppressions, settings.delivery_default_channel
+    )
+    policy = DispatchPolicy(
+        batch_size=settings.delivery_batch_size,
+        lease_seconds=settings.delivery_lease_seconds,
+        max_attempts=settings.delivery_max_attempts,
+        backoff_base=settings.delivery_backoff_base_seconds,
+        backoff_cap=settings.delivery_backoff_max_seconds,
+        default_channel=settings.delivery_default_channel,
+        batch_seconds=settings.celery_task_soft_time_limit / 2,
+    )
+    dispatcher = Dispatcher(
+        MongoDeliveryRows(db),
+        {c.name: c for c in (build_channels(settings) if channels is None else channels)},
+        limiter or build_limiter(settings),
+        suppressions,
+        statuses,
+        clock or SystemClock(),
+        policy,
+    )
+    return Delivery(dispatcher, statuses)
+
+
+def ensure_delivery_indexes(db: Database[dict[str, Any]]) -> None:
+    MongoDeliveryRows(db).initialize()
+    MongoDeliverySuppressions(db).initialize()
+
+
+__all__ = [
+    "Delivery",
+    "build_channels",
+    "build_delivery",
+    "build_limiter",
+    "ensure_delivery_indexes",
+]
