@@ -34,7 +34,7 @@ from campaign_worker.domain.progression import (
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 from campaign_worker.service.context import Doc, Services
 from campaign_worker.service.ledger import Dispatch, MetricsLedger, dispatch_token
-from campaign_worker.service.writes import Current
+from campaign_worker.service.writes import Current, Evaluated, write_changes
 
 log = structlog.get_logger(__name__)
 WHOLE = PartitionRange()
@@ -176,7 +176,7 @@ def _process(
     batch = _evaluate(claimed, _settle if settling else run, template, type_template, svc)
     if not settling:
         _guard(svc, batch, template, type_template)
-    write_evaluated(svc, batch, campaign.campaign_type, ledger, result)
+    write_evaluated(svc, batch, ledger, result)
     log.info(
         "batch_processed",
         campaign_id=campaign_id,
@@ -271,37 +271,20 @@ def _guard(
 
 
 def write_evaluated(
-    svc: Services,
-    batch: EvaluatedBatch,
-    campaign_type: str,
-    ledger: MetricsLedger,
-    result: BatchResult,
+    svc: Services, batch: EvaluatedBatch, ledger: MetricsLedger, result: BatchResult
 ) -> None:
-    """Write evaluated changes in one bulk compare-and-set, publish what landed, add its
-    counts to ``ledger`` (applied when the caller closes it), fail the broken alone."""
+    """Write evaluated changes in one bulk compare-and-set, published and accounted as
+    ``write_changes`` does (counts to ``ledger``, applied when the caller closes it); fail
+    the broken alone."""
     result.invalid = sum(reason.startswith("invalid document") for reason in batch.broken.values())
-    counts = any(not effects.delta.is_empty() for effects in batch.effects.values())
-    if counts:
-        ledger.before_write()
-    written = svc.conversation_state_repository.write_transitions(batch.changes, svc.clock.now())
-    if counts:
-        ledger.after_write()
+    changes = [Evaluated(old, new, batch.effects[old.id]) for old, new in batch.changes]
+    written = write_changes(svc, changes, lambda _: ledger, svc.clock.now())
     batch.broken.update(written.failed)
     applied = written.applied
     result.written = len(applied)
     result.conflicts = len(batch.changes) - len(applied) - len(written.failed)
-    landed = [batch.effects[cid] for cid in applied]
-    for effects in landed:
-        ledger.add(effects.delta)
-    svc.publisher.after_writes(
-        [(old, new, applied[old.id]) for old, new in batch.changes if old.id in applied]
-    )
-    svc.send_guard.record_opt_outs(
-        [(old, new) for old, new in batch.changes if old.id in applied], svc.clock.now()
-    )
-    svc.record_counters(campaign_type, landed)
     result.failures = fail_alone(svc, batch.broken, ledger)
-    result.count(landed)
+    result.count([batch.effects[cid] for cid in applied])
 
 
 def fail_alone(svc: Services, broken: dict[str, str], ledger: MetricsLedger) -> int:
