@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:
 
 import pymongo  # noqa: E402
 
+from bench.init_rss import fill  # noqa: E402
 from bench.round_trips import START, server_uri  # noqa: E402
 from campaign_worker.adapters.clock import ManualClock  # noqa: E402
 from campaign_worker.adapters.logs import configure_logging  # noqa: E402
@@ -36,18 +37,7 @@ from campaign_worker.settings import Settings  # noqa: E402
 def measure(db: Any, size: int, batch: int) -> tuple[float, float]:
     """(peak MiB, seconds) of initializing ``size`` referenced recipients."""
     collection = f"recipients_{size}"
-    for begin in range(0, size, 5000):
-        db[collection].insert_many(
-            [
-                {
-                    "_id": f"r{i:08d}",
-                    "user_id": f"user-{i:08d}",
-                    "attributes": {"first_name": "Ann", "plan": "pro"},
-                    "timezone": "UTC",
-                }
-                for i in range(begin, min(begin + 5000, size))
-            ]
-        )
+    fill(db, collection, size)
     manager = build_manager(
         db, Settings(mongodb_db=db.name, init_batch_size=batch), clock=ManualClock(START)
     )
