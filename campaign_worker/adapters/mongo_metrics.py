@@ -46,6 +46,10 @@ def metrics_inc(delta: MetricsDelta) -> dict[str, float]:
         inc[f"stage_metrics.{stage}.completed"] = count
     for stage, seconds in delta.stage_duration.items():
         inc[f"stage_metrics.{stage}.total_duration_seconds"] = seconds
+    for (stage, variant, counter), count in delta.variants.items():
+        inc[f"variants.{stage}.{variant}.{counter}"] = count
+    for counter, count in delta.holdout.items():
+        inc[f"holdout.{counter}"] = count
     return {key: value for key, value in inc.items() if value}
 
 

@@ -48,6 +48,8 @@ class MongoOutboxRepository:
                 "step": e.step,
                 "status": "pending",
                 "created_at": e.created_at,
+                # The A/B variant it carries, for the delivering service and reports.
+                **({"metadata": {"variant": e.variant}} if e.variant is not None else {}),
             }
             for e in envelopes
         ]

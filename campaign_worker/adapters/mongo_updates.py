@@ -76,7 +76,12 @@ def state_update(
     push: Doc = {"last_write": {"$each": [token], "$slice": -WRITE_TOKENS_KEPT}}
     if appended:
         push["message_history"] = {"$each": appended}
-    outbound = [m["message_id"] for m in appended if m["direction"] == "outbound"]
+    # A holdout's withheld messages are recorded only: nothing to publish.
+    outbound = [
+        m["message_id"]
+        for m in appended
+        if m["direction"] == "outbound" and m["metadata"].get("withheld") is not True
+    ]
     if outbound:
         push["unpublished"] = {"$each": outbound}
         changes["publish_token"] = token

@@ -186,6 +186,9 @@ class ConversationState(_Doc):
     unpublished: list[str] = Field(default_factory=list)
     publish_token: str | None = None
     publish_due_at: UtcDatetime | None = None
+    # In the campaign's holdout (domain/splits.py): sent nothing, counted apart. Decided
+    # once, when the conversation is created.
+    holdout: bool = False
 
     @field_validator("last_write", mode="before")
     @classmethod
@@ -395,6 +398,10 @@ class CampaignMetrics(_Doc):
     delivery: dict[str, dict[str, int]] = Field(default_factory=dict)
     delivery_counted: list[str] = Field(default_factory=list)
     updated_at: UtcDatetime
+    # A/B splits: stage -> variant -> {sent, conversations, replies, advanced, intents}.
+    variants: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    # The holdout's conversations by outcome, and its replies.
+    holdout: dict[str, int] = Field(default_factory=dict)
     # Bumped by every write; lets the reconcile detect concurrent increments.
     revision: int = Field(default=0, ge=0)
     # Writers that may have written conversations but not yet their $inc (token -> since).

@@ -62,6 +62,10 @@ class MetricsDelta:
     funnel: Counter[tuple[str, str]] = field(default_factory=Counter)
     # Sends held back by a frequency cap (deferred, not dropped).
     deferred: int = 0
+    # A/B splits: (stage, variant, counter) -> count, counter e.g. "sent", "intents.buy".
+    variants: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    # The holdout's own counts ("conversations", "active", "completed", "replies", ...).
+    holdout: Counter[str] = field(default_factory=Counter)
 
     def add(self, other: MetricsDelta) -> None:
         self.total_recipients += other.total_recipients
@@ -79,6 +83,8 @@ class MetricsDelta:
             self.stage_duration[stage] += seconds
         self.funnel.update(other.funnel)
         self.deferred += other.deferred
+        self.variants.update(other.variants)
+        self.holdout.update(other.holdout)
 
     def is_empty(self) -> bool:
         return not (
@@ -96,6 +102,8 @@ class MetricsDelta:
             or any(self.stage_duration.values())
             or +self.funnel
             or self.deferred
+            or any(self.variants.values())
+            or any(self.holdout.values())
         )
 
 
@@ -112,6 +120,7 @@ class OutboundEnvelope:
     stage: str
     step: int
     created_at: datetime
+    variant: str | None = None  # the A/B split variant it carries, if any
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from campaign_worker.domain import journeys
+from campaign_worker.domain import journeys, splits
 from campaign_worker.domain.branches import Route, next_route
 from campaign_worker.domain.documents import (
     FINISHED_STATUSES,
@@ -292,10 +292,14 @@ def apply(
 
 
 def _stage_done(state: ConversationState, now: datetime, delta: MetricsDelta) -> None:
-    """The current stage completed now: counted, with its duration."""
+    """The current stage completed now: counted, with its duration (and for the variant
+    this visit was sent, as advanced)."""
     entered_at = state.current_stage_entry().entered_at
     delta.stage_completed[state.current_stage] += 1
     delta.stage_duration[state.current_stage] += max(0.0, (now - entered_at).total_seconds())
+    variant = splits.entry_variant(state, state.current_stage, entry_index(state))
+    if variant is not None:
+        delta.variants[(state.current_stage, variant, "advanced")] += 1
 
 
 def _send(
@@ -306,26 +310,53 @@ def _send(
     now: datetime,
     effects: Effects,
 ) -> ConversationState:
-    """Record the stage's message ``decision.step`` and its outbox envelope."""
+    """Record the stage's message ``decision.step`` and its outbox envelope (for a holdout
+    conversation: recorded as withheld, for the timing rules, and never published)."""
     stage = type_template.stage(state.current_stage)
     assert stage is not None and decision.step is not None
     spec = stage.messages[decision.step]
-    content = render(spec.text, state.context.attributes, template.attribute_defaults)
+    entry = entry_index(state)
+    metadata: dict[str, Any] = {
+        "stage": stage.name,
+        "step": decision.step,
+        "channel": spec.channel,
+        "entry": entry,
+    }
+    message_id = message_id_for(state.id, stage.name, decision.step, visit_of(state))
+    if state.holdout:
+        metadata["withheld"] = True
+        message = Message(
+            message_id=message_id,
+            direction=Direction.OUTBOUND,
+            content="",
+            timestamp=now,
+            metadata=metadata,
+        )
+        return _recorded(state, message, decision, now, sent=0)
+    text = spec.text
+    if spec.variants is not None:
+        variant = splits.choose_variant(state.campaign_id, state.user_id, stage.name, spec.variants)
+        splits.count_sent(state, stage.name, entry, variant.id, effects.delta)
+        metadata["variant"] = variant.id
+        text = variant.text
+    assert text is not None  # a validated message has text or variants
+    content = render(text, state.context.attributes, template.attribute_defaults)
     message = Message(
-        message_id=message_id_for(state.id, stage.name, decision.step, visit_of(state)),
+        message_id=message_id,
         direction=Direction.OUTBOUND,
         content=content,
         timestamp=now,
-        metadata={
-            "stage": stage.name,
-            "step": decision.step,
-            "channel": spec.channel,
-            "entry": entry_index(state),
-        },
+        metadata=metadata,
     )
     effects.outbound.append(envelope_of(state, message))
     effects.delta.sent += 1
-    metrics = state.metrics.model_copy(update={"messages_sent": state.metrics.messages_sent + 1})
+    return _recorded(state, message, decision, now, sent=1)
+
+
+def _recorded(
+    state: ConversationState, message: Message, decision: Decision, now: datetime, *, sent: int
+) -> ConversationState:
+    metrics = state.metrics.model_copy(update={"messages_sent": state.metrics.messages_sent + sent})
     return state.model_copy(
         update={
             "message_history": [*state.message_history, message],
@@ -356,6 +387,9 @@ def _end(
     effects.delta.active -= 1
     field_name = _OUTCOME_FIELD[status]
     setattr(effects.delta, field_name, getattr(effects.delta, field_name) + 1)
+    if state.holdout:
+        effects.delta.holdout[field_name] += 1
+        effects.delta.holdout["active"] -= 1
     effects.delta.funnel[(state.current_stage, f"exit:{status.value}")] += 1
     effects.transitions.append(StageTransition(state.current_stage, None, outcome=status.value))
     return finish(state, status, decision.reason, now, stage_completed=stage_completed)
@@ -395,7 +429,9 @@ def envelopes_for(state: ConversationState, message_ids: list[str]) -> list[Outb
     return [
         envelope_of(state, message)
         for message in state.message_history
-        if message.direction == Direction.OUTBOUND and message.message_id in wanted
+        if message.direction == Direction.OUTBOUND
+        and message.message_id in wanted
+        and not splits.is_withheld(message)
     ]
 
 
@@ -410,6 +446,7 @@ def envelope_of(state: ConversationState, message: Message) -> OutboundEnvelope:
         stage=str(message.metadata.get("stage", "")),
         step=int(message.metadata.get("step", 0)),
         created_at=message.timestamp,
+        variant=splits.variant_of(message),
     )
 
 

@@ -55,35 +55,77 @@ IntentName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 ExitOutcome = Literal["completed", "failed", "opted_out"]
 # webhook, smtp, outbox, default (DELIVERY_DEFAULT_CHANNEL), or a name for an external deliverer.
 ChannelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# A/B split variant ids: a metrics field name (no dots, no "$").
+VariantId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class OutboundMessage(_Model):
+def _check_placeholders(value: str) -> str:
+    try:
+        fields = [
+            (name, conversion)
+            for _, name, _, conversion in string.Formatter().parse(value)
+            if name is not None
+        ]
+    except ValueError as exc:
+        raise ValueError(f"bad placeholder syntax: {exc}") from exc
+    for name, conversion in fields:
+        # "{}" and "{0}" are positional: rendering them would raise at send time.
+        if not name.isidentifier():
+            raise ValueError(f"placeholder {{{name}}} must be a plain attribute name")
+        if conversion not in (None, "r", "s", "a"):
+            raise ValueError(f"placeholder {{{name}!{conversion}}}: unknown conversion")
+    return value
+
+
+class MessageVariant(_Model):
+    """One variant of a message in an A/B split: its id (recorded on the message and
+    counted in the metrics), its weight among the message's variants, its text."""
+
+    id: VariantId
+    weight: int = Field(default=1, ge=1, le=1_000_000)
     text: str = Field(min_length=1)
+
+    @field_validator("text")
+    @classmethod
+    def _valid_placeholders(cls, value: str) -> str:
+        return _check_placeholders(value)
+
+
+class OutboundMessage(_Model):
+    # ``text``, or ``variants`` (a split: each recipient gets one, by weight).
+    text: str | None = Field(default=None, min_length=1)
+    variants: list[MessageVariant] | None = Field(default=None, min_length=1)
     wait: Duration = timedelta(days=1)
     channel: ChannelName = "default"
 
     @field_validator("text")
     @classmethod
-    def _valid_placeholders(cls, value: str) -> str:
-        try:
-            fields = [
-                (name, conversion)
-                for _, name, _, conversion in string.Formatter().parse(value)
-                if name is not None
-            ]
-        except ValueError as exc:
-            raise ValueError(f"bad placeholder syntax: {exc}") from exc
-        for name, conversion in fields:
-            # "{}" and "{0}" are positional: rendering them would raise at send time.
-            if not name.isidentifier():
-                raise ValueError(f"placeholder {{{name}}} must be a plain attribute name")
-            if conversion not in (None, "r", "s", "a"):
-                raise ValueError(f"placeholder {{{name}!{conversion}}}: unknown conversion")
+    def _valid_placeholders(cls, value: str | None) -> str | None:
+        return None if value is None else _check_placeholders(value)
+
+    @field_validator("variants")
+    @classmethod
+    def _unique_ids(cls, value: list[MessageVariant] | None) -> list[MessageVariant] | None:
+        ids = [variant.id for variant in value or []]
+        duplicated = sorted({variant for variant in ids if ids.count(variant) > 1})
+        if duplicated:
+            raise ValueError(f"duplicate variant ids: {duplicated}")
         return value
+
+    @model_validator(mode="after")
+    def _text_or_variants(self) -> OutboundMessage:
+        if (self.text is None) == (self.variants is None):
+            raise ValueError("a message needs exactly one of text, variants")
+        return self
+
+    @property
+    def split(self) -> tuple[tuple[str, int], ...]:
+        """The message's variant ids and weights (empty without variants)."""
+        return tuple((variant.id, variant.weight) for variant in self.variants or [])
 
     @field_validator("wait")
     @classmethod
@@ -220,10 +262,31 @@ class Stage(_Model):
             )
         return self
 
+    @model_validator(mode="after")
+    def _one_split(self) -> Stage:
+        # A recipient gets one variant per stage visit (domain/splits.py): every message
+        # with variants must offer the same ones, so "the stage's variant" is one thing.
+        splits = [(i, m.split) for i, m in enumerate(self.messages) if m.variants is not None]
+        for index, split in splits[1:]:
+            first, expected = splits[0]
+            if split != expected:
+                raise ValueError(
+                    f"messages.{index}.variants: ids and weights {list(split)} differ from "
+                    f"messages.{first}.variants {list(expected)} (a stage is one split)"
+                )
+        return self
+
+    @property
+    def split(self) -> tuple[tuple[str, int], ...]:
+        """The stage's variant ids and weights (empty when none of its messages splits)."""
+        return next((m.split for m in self.messages if m.variants is not None), ())
+
 
 class CampaignTypeTemplate(_Model):
     stages: list[Stage] = Field(min_length=1)
     channel: ChannelName | None = None  # for its stages that name none
+    # Share of the audience held out: sent nothing, its outcome counted apart (splits.py).
+    holdout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> CampaignTypeTemplate:

@@ -27,6 +27,7 @@ from campaign_worker.domain.documents import (
 from campaign_worker.domain.errors import CampaignNotFoundError, InvalidStateTransitionError
 from campaign_worker.domain.partitions import partition_of
 from campaign_worker.domain.progression import finish, first_action_at
+from campaign_worker.domain.splits import in_holdout
 from campaign_worker.service.campaigns import transition_campaign
 from campaign_worker.service.context import Doc, Services
 from campaign_worker.service.ledger import MetricsLedger
@@ -166,7 +167,7 @@ def _insert_batch(
     suppressed = svc.send_guard.suppressed_people(
         [(r.user_id, r.user_id, r.attributes) for r in recipients]
     )
-    docs, finished = [], []
+    docs, held_out, finished = [], [], []
     for recipient in recipients:
         state = new_conversation(campaign, recipient, stages, now)
         if recipient.user_id in suppressed:
@@ -177,11 +178,20 @@ def _insert_batch(
                     state, ConversationStatus.OPTED_OUT, reason, now, stage_completed=False
                 ).to_mongo()
             )
+        elif in_holdout(campaign.id, recipient.user_id, type_template.holdout):
+            held_out.append(state.model_copy(update={"holdout": True}).to_mongo())
         else:
             docs.append(state.to_mongo())
     ledger.before_write()
     inserted = svc.conversation_state_repository.insert_many_states(docs)
-    svc.metrics.batch_size("initialize", len(docs) + len(finished))
+    svc.metrics.batch_size("initialize", len(docs) + len(held_out) + len(finished))
+    if held_out:
+        # Inserted apart so that the holdout's count is exact on a resumed step too
+        # (duplicates are skipped, and only the number inserted is known).
+        holding = svc.conversation_state_repository.insert_many_states(held_out)
+        ledger.delta.holdout["conversations"] += holding
+        ledger.delta.holdout["active"] += holding
+        inserted += holding
     if inserted:
         ledger.delta.total_recipients += inserted
         ledger.delta.active += inserted

@@ -17,6 +17,7 @@ import structlog
 
 from campaign_worker.domain.documents import ConversationState, Direction
 from campaign_worker.domain.progression import OutboundEnvelope, envelopes_for
+from campaign_worker.domain.splits import is_withheld
 from campaign_worker.service.ports import ConversationStateRepository, OutboxRepository
 
 log = structlog.get_logger(__name__)
@@ -27,7 +28,7 @@ def recorded_by(old: ConversationState, new: ConversationState) -> list[str]:
     return [
         message.message_id
         for message in new.message_history[len(old.message_history) :]
-        if message.direction == Direction.OUTBOUND
+        if message.direction == Direction.OUTBOUND and not is_withheld(message)
     ]
 
 

@@ -18,6 +18,7 @@ from datetime import datetime
 
 import structlog
 
+from campaign_worker.domain import splits
 from campaign_worker.domain.documents import (
     FINISHED_STATUSES,
     CampaignStatus,
@@ -110,6 +111,7 @@ class Reply:
         as the send guard ruled, if it was asked)."""
         template, type_template = c.templates
         updated = self.recorded_in(state, now, template)
+        reply = updated.message_history[-1]
         effects = Effects()
         if state.status in FINISHED_STATUSES or c.campaign.status in _WOUND_DOWN:
             pass
@@ -123,6 +125,7 @@ class Reply:
             # Paused campaign: keep the reply due so it is evaluated on resume.
             updated = updated.model_copy(update={"next_action_at": now})
         effects.delta.received += 1
+        splits.count_reply(state, reply, effects.delta)
         return updated, effects
 
     def recorded_in(
@@ -134,16 +137,21 @@ class Reply:
                 f"conversation {state.id!r} holds {MAX_HISTORY_MESSAGES} messages, "
                 "the most one conversation keeps"
             )
+        entry = entry_index(state)
+        # The A/B variant of the stage visit's messages: the one this reply answers.
+        variant = splits.entry_variant(state, state.current_stage, entry)
         message = Message(
             message_id=self.message_id,
             direction=Direction.INBOUND,
             content=self.content,
             timestamp=self.timestamp or now,
             metadata={
-                **self.metadata,
+                # "variant" is ours (it names a metrics field): a client's is not kept.
+                **{key: value for key, value in self.metadata.items() if key != "variant"},
                 "stage": state.current_stage,
                 "received_at": now,
-                "entry": entry_index(state),
+                "entry": entry,
+                **({"variant": variant} if variant is not None else {}),
                 # Classified once, here; evaluation reads the intent, never the text again.
                 **reply_facts(
                     self.content, self.timestamp or now, state.context.timezone, template
