@@ -13,7 +13,8 @@ no content) and never reaches the outbox.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 
 from campaign_worker.domain.documents import ConversationState, Direction, Message
 from campaign_worker.domain.effects import MetricsDelta
@@ -103,13 +104,55 @@ def count_reply(state: ConversationState, message: Message, delta: MetricsDelta)
         delta.holdout["replies"] += 1
 
 
+HOLDOUT_COUNTERS = ("conversations", "active", "completed", "failed", "opted_out", "cancelled")
+VARIANT_COUNTERS = ("conversations", "sent", "replies", "advanced")
+
+
+def recount(states: Iterable[ConversationState]) -> dict[str, int]:
+    """The split and holdout counters recomputed from conversations' histories, as
+    metrics-document field paths (``variants.<stage>.<variant>.<counter>``,
+    ``holdout.<counter>``); what the increments add up to when nothing was lost."""
+    counts: Counter[str] = Counter()
+    for state in states:
+        visits: set[tuple[str, int | None, str]] = set()
+        for message in state.message_history:
+            variant, stage = variant_of(message), message.metadata.get("stage")
+            if variant is None or not isinstance(stage, str):
+                continue
+            path = f"variants.{stage}.{variant}"
+            if message.direction == Direction.OUTBOUND:
+                counts[f"{path}.sent"] += 1
+                visits.add((stage, message.metadata.get("entry"), variant))
+            else:
+                counts[f"{path}.replies"] += 1
+                intent = message.metadata.get("intent")
+                if isinstance(intent, str):
+                    counts[f"{path}.intents.{intent}"] += 1
+        for stage, _, variant in visits:
+            counts[f"variants.{stage}.{variant}.conversations"] += 1
+        for index, entry in enumerate(state.stages):
+            variant = entry_variant(state, entry.name, index) if entry.completed else None
+            if variant is not None:
+                counts[f"variants.{entry.name}.{variant}.advanced"] += 1
+        if state.holdout:
+            counts["holdout.conversations"] += 1
+            counts[f"holdout.{state.status.value}"] += 1
+            counts["holdout.replies"] += sum(
+                m.direction == Direction.INBOUND for m in state.message_history
+            )
+    return dict(+counts)
+
+
 __all__ = [
+    "HOLDOUT_COUNTERS",
+    "VARIANT_COUNTERS",
     "choose_variant",
     "count_reply",
     "count_sent",
     "entry_variant",
     "in_holdout",
     "is_withheld",
+    "recount",
     "variant_index",
     "variant_of",
 ]

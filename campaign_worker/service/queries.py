@@ -12,6 +12,8 @@ from campaign_worker.domain.documents import (
     parse_document,
 )
 from campaign_worker.domain.errors import InvalidInputError, UnknownStageError
+from campaign_worker.domain.splits import HOLDOUT_COUNTERS, VARIANT_COUNTERS
+from campaign_worker.domain.templates import CampaignTypeTemplate
 from campaign_worker.service.context import Doc, Services
 
 log = structlog.get_logger(__name__)
@@ -70,14 +72,16 @@ def get_campaign_metrics(svc: Services, campaign_id: str) -> Doc:
         log.warning("metrics_document_negative", campaign_id=campaign_id, fields=negative)
     metrics = parse_document(CampaignMetrics, raw, what=f"metrics of {campaign_id}")
     try:
-        order = svc.type_template(campaign)[1].stage_names
+        type_template: CampaignTypeTemplate | None = svc.type_template(campaign)[1]
     except InvalidInputError:
-        order = []
+        type_template = None
+    order = type_template.stage_names if type_template is not None else []
     names = order + [name for name in metrics.stage_metrics if name not in order]
     empty = {"entered": 0, "completed": 0, "avg_duration_seconds": 0.0}
     doc = metrics.model_dump(mode="python", exclude={"revision", "inflight", "delivery_counted"})
     if not doc["delivery"]:
         del doc["delivery"]  # the seed's shape until a channel reported something
+    _splits(doc, type_template)
     doc["stage_metrics"] = {
         name: metrics.stage_metrics[name].model_dump(exclude={"total_duration_seconds"})
         if name in metrics.stage_metrics
@@ -85,6 +89,33 @@ def get_campaign_metrics(svc: Services, campaign_id: str) -> Doc:
         for name in names
     }
     return doc
+
+
+def _splits(doc: Doc, type_template: CampaignTypeTemplate | None) -> None:
+    """``variants`` with every counter of the template's splits (zeros where nothing
+    happened yet), ``holdout`` likewise; both left out when the campaign has neither."""
+    variants: dict[str, dict[str, Doc]] = {}
+    for stage in type_template.stages if type_template is not None else []:
+        for variant, _ in stage.split:
+            variants.setdefault(stage.name, {})[variant] = {}
+    for stage_name, stored in doc["variants"].items():
+        for variant, counters in stored.items():
+            variants.setdefault(stage_name, {})[variant] = counters
+    for stage_variants in variants.values():
+        for variant, counters in stage_variants.items():
+            filled = {name: int(counters.get(name, 0)) for name in VARIANT_COUNTERS}
+            stage_variants[variant] = {**filled, "intents": dict(counters.get("intents") or {})}
+    doc["variants"] = variants
+    if not variants:
+        del doc["variants"]
+    held = type_template is not None and type_template.holdout > 0
+    if held or doc["holdout"]:
+        doc["holdout"] = {
+            **{name: 0 for name in (*HOLDOUT_COUNTERS, "replies")},
+            **doc["holdout"],
+        }
+    else:
+        del doc["holdout"]
 
 
 def _clamp_negative(doc: Doc, prefix: str = "") -> list[str]:
