@@ -404,11 +404,81 @@ class MongoConversationStateRepository:
                             }
                         },
                     ],
+                    **_SPLIT_FACETS,
                 }
             },
         ]
         result = list(self._collection.aggregate(pipeline))
         return result[0] if result else {"status": [], "messages": [], "stages": []}
+
+
+# A/B split messages (``metadata.variant``) and holdout conversations, for the reconcile
+# (the same rules as domain/splits.recount). Conversations without a variant message are
+# dropped before their history is unwound.
+_VARIANT = "$message_history.metadata.variant"
+_WITH_VARIANTS: Doc = {"$match": {"message_history.metadata.variant": {"$type": "string"}}}
+_VISIT_COMPLETED: Doc = {
+    "$let": {
+        "vars": {"visit": {"$arrayElemAt": ["$stages", "$_id.entry"]}},
+        "in": "$$visit.completed",
+    }
+}
+_SPLIT_FACETS: Doc = {
+    "holdout": [
+        {"$match": {"holdout": True}},
+        {
+            "$group": {
+                "_id": "$status",
+                "n": {"$sum": 1},
+                "replies": {"$sum": "$metrics.messages_received"},
+            }
+        },
+    ],
+    # Sent and replies per stage, variant, direction and intent.
+    "variant_messages": [
+        _WITH_VARIANTS,
+        {"$unwind": "$message_history"},
+        _WITH_VARIANTS,
+        {
+            "$group": {
+                "_id": {
+                    "stage": "$message_history.metadata.stage",
+                    "variant": _VARIANT,
+                    "direction": "$message_history.direction",
+                    "intent": "$message_history.metadata.intent",
+                },
+                "n": {"$sum": 1},
+            }
+        },
+    ],
+    # Stage visits a variant was sent in, and how many of them completed (advanced).
+    "variant_visits": [
+        _WITH_VARIANTS,
+        {"$unwind": "$message_history"},
+        _WITH_VARIANTS,
+        {"$match": {"message_history.direction": "outbound"}},
+        {
+            "$group": {
+                "_id": {
+                    "conversation": "$_id",
+                    "stage": "$message_history.metadata.stage",
+                    "entry": "$message_history.metadata.entry",
+                    "variant": _VARIANT,
+                },
+                "stages": {"$first": "$stages"},
+            }
+        },
+        {
+            "$group": {
+                "_id": {"stage": "$_id.stage", "variant": "$_id.variant"},
+                "visits": {"$sum": 1},
+                # stages[entry].completed ($let, not "$stages.completed": secantusdb
+                # does not traverse arrays in expressions).
+                "advanced": {"$sum": {"$cond": [_VISIT_COMPLETED, 1, 0]}},
+            }
+        },
+    ],
+}
 
 
 __all__ = ["MongoConversationStateRepository"]

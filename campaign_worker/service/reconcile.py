@@ -5,6 +5,7 @@ metrics")."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import structlog
 
@@ -97,7 +98,39 @@ def expected_counts(aggregate: Doc) -> dict[str, float]:
         counts[f"stage_metrics.{stage}.entered"] = row["entered"]
         counts[f"stage_metrics.{stage}.completed"] = row["completed"]
         counts[f"stage_metrics.{stage}.total_duration_seconds"] = row["total_ms"] / 1000.0
+    counts.update(_split_counts(aggregate))
     return {key: value for key, value in counts.items() if value}
+
+
+def _split_counts(aggregate: Doc) -> dict[str, float]:
+    """The A/B split and holdout counters (``variants.*``, ``holdout.*``)."""
+    counts: dict[str, float] = {}
+    for row in aggregate.get("holdout", []):
+        counts["holdout.conversations"] = counts.get("holdout.conversations", 0) + row["n"]
+        counts["holdout.replies"] = counts.get("holdout.replies", 0) + row["replies"]
+        counts[f"holdout.{row['_id']}"] = row["n"]
+    for row in aggregate.get("variant_messages", []):
+        key = row["_id"]
+        path = f"variants.{key['stage']}.{key['variant']}"
+        if key["direction"] == "outbound":
+            counts[f"{path}.sent"] = counts.get(f"{path}.sent", 0) + row["n"]
+            continue
+        counts[f"{path}.replies"] = counts.get(f"{path}.replies", 0) + row["n"]
+        if isinstance(key.get("intent"), str):
+            counts[f"{path}.intents.{key['intent']}"] = row["n"]
+    for row in aggregate.get("variant_visits", []):
+        path = f"variants.{row['_id']['stage']}.{row['_id']['variant']}"
+        counts[f"{path}.conversations"] = row["visits"]
+        counts[f"{path}.advanced"] = row["advanced"]
+    return counts
+
+
+def _flatten(prefix: str, value: Any, into: dict[str, float]) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}", inner, into)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        into[prefix] = value
 
 
 def stored_counts(doc: Doc) -> dict[str, float]:
@@ -115,6 +148,8 @@ def stored_counts(doc: Doc) -> dict[str, float]:
     for stage, values in doc.get("stage_metrics", {}).items():
         for name in ("entered", "completed", "total_duration_seconds"):
             counts[f"stage_metrics.{stage}.{name}"] = values.get(name, 0)
+    _flatten("variants", doc.get("variants") or {}, counts)
+    _flatten("holdout", doc.get("holdout") or {}, counts)
     return {key: value for key, value in counts.items() if value}
 
 

@@ -402,3 +402,23 @@ def test_a_reply_cannot_claim_a_variant(
     assert set(metrics["variants"]["pitch"]) == {"short", "long"}
     assert metrics["holdout"]["replies"] == 1
     assert stored_split_counts(metrics) == recount(conversations(mock_db, "ab-2"))
+
+
+def test_the_reconcile_recounts_variants_and_the_holdout(
+    split_manager: Any, mock_db: Any, clock: ManualClock
+) -> None:
+    drive_split_campaign(split_manager, clock, 60)
+    assert split_manager.reconcile_campaign_metrics("ab-1") == {}
+    # A writer that died between its conversation write and its increment: lost counts.
+    mock_db["campaign_metrics"].update_one(
+        {"_id": "ab-1"},
+        {
+            "$inc": {"variants.pitch.short.sent": -2, "holdout.failed": -1},
+            "$unset": {"variants.pitch.long.intents": ""},
+        },
+    )
+    drift = split_manager.reconcile_campaign_metrics("ab-1")
+    assert drift["variants.pitch.short.sent"] == 2 and drift["holdout.failed"] == 1
+    assert any(key.startswith("variants.pitch.long.intents.") for key in drift)
+    metrics = split_manager.get_campaign_metrics("ab-1")
+    assert stored_split_counts(metrics) == recount(conversations(mock_db, "ab-1"))
