@@ -422,3 +422,44 @@ def test_the_reconcile_recounts_variants_and_the_holdout(
     assert any(key.startswith("variants.pitch.long.intents.") for key in drift)
     metrics = split_manager.get_campaign_metrics("ab-1")
     assert stored_split_counts(metrics) == recount(conversations(mock_db, "ab-1"))
+
+
+def test_the_metrics_command_shows_variants_and_the_holdout(
+    split_manager: Any, mock_db: Any, clock: ManualClock
+) -> None:
+    from rich.console import Console
+
+    from campaign_worker.entrypoints.cli.conversations import messages_table, with_statuses
+    from campaign_worker.entrypoints.cli.metrics import funnel, render
+
+    drive_split_campaign(split_manager, clock, 40)
+    metrics = split_manager.get_campaign_metrics("ab-1")
+    report = funnel(metrics)
+    rows = {row["variant"]: row for row in report["variants"]}
+    short = metrics["variants"]["pitch"]["short"]
+    assert rows["short"]["stage"] == "pitch"
+    assert rows["short"]["replies"] == short["replies"]
+    assert rows["short"]["reply_rate"] == pytest.approx(short["replies"] / short["conversations"])
+    held = metrics["holdout"]
+    others = report["holdout"]["others"]
+    assert others["conversations"] == 40 - held["conversations"]
+    assert others["completed"] == metrics["completed_conversations"] - held["completed"]
+
+    out = Console(record=True, width=200)
+    out.print(render(report))
+    text = out.export_text()
+    assert "variants" in text and "short" in text and "long" in text
+    assert f"holdout: {held['conversations']} conversations, completed {held['completed']}" in text
+    assert f"everyone else: completed {others['completed']} of {others['conversations']}" in text
+
+    # One conversation of each group, as `conversations show` lists its messages.
+    states = conversations(mock_db, "ab-1")
+    for state in (next(s for s in states if s.holdout), next(s for s in states if not s.holdout)):
+        doc = with_statuses(split_manager.get_conversation(state.id))
+        out = Console(record=True, width=200)
+        out.print(messages_table(doc))
+        shown = out.export_text()
+        if state.holdout:
+            assert "withheld" in shown and "(short)" not in shown and "(long)" not in shown
+        else:
+            assert "pitch (short)" in shown or "pitch (long)" in shown

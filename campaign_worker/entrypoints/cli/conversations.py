@@ -25,9 +25,12 @@ app = command_group("Read one conversation.")
 
 
 def message_status(message: dict[str, Any], unpublished: list[str]) -> str:
-    """received (inbound), pending (written, not yet handed to the channel) or sent."""
+    """received (inbound), withheld (a holdout's: never sent), pending (written, not yet
+    handed to the channel) or sent."""
     if message["direction"] == "inbound":
         return "received"
+    if (message.get("metadata") or {}).get("withheld") is True:
+        return "withheld"
     return "pending" if message["message_id"] in unpublished else "sent"
 
 
@@ -78,6 +81,7 @@ def show(
     out.print(
         f"conversation {doc['_id']}: campaign {doc['campaign_id']}, user {doc['user_id']}, "
         f"status {doc['status']}, stage {doc['current_stage']}"
+        + (", in the holdout (sent nothing)" if doc.get("holdout") else "")
     )
     out.print(_timeline(doc))
     out.print(messages_table(doc))
@@ -97,6 +101,12 @@ def _timeline(doc: dict[str, Any]) -> Table:
     return table
 
 
+def _stage(metadata: dict[str, Any]) -> str:
+    """The message's stage, and its A/B variant in parentheses."""
+    stage = str(metadata.get("stage", ""))
+    return f"{stage} ({metadata['variant']})" if metadata.get("variant") else stage
+
+
 def messages_table(doc: dict[str, Any]) -> Table:
     table = Table(title="messages")
     for column in ("time", "direction", "stage", "status", "content"):
@@ -105,7 +115,7 @@ def messages_table(doc: dict[str, Any]) -> Table:
         table.add_row(
             when(message["timestamp"]),
             message["direction"],
-            str(message.get("metadata", {}).get("stage", "")),
+            _stage(message.get("metadata") or {}),
             message["status"],
             message["content"],
         )

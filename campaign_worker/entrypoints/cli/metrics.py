@@ -45,8 +45,47 @@ def funnel(metrics: dict[str, Any]) -> dict[str, Any]:
             for source, targets in (metrics.get("funnel") or {}).items()
             for target, count in sorted(targets.items(), key=lambda item: -item[1])
         ],
+        **_splits(metrics),
         "updated_at": metrics["updated_at"],
     }
+
+
+def _rate(part: float, whole: float) -> float:
+    return part / whole if whole else 0.0
+
+
+def _splits(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Per variant of each split stage, and the holdout beside everyone else (only what
+    the campaign has)."""
+    report: dict[str, Any] = {}
+    if metrics.get("variants"):
+        report["variants"] = [
+            {
+                "stage": stage,
+                "variant": variant,
+                **{name: values[name] for name in ("conversations", "sent", "replies")},
+                "reply_rate": _rate(values["replies"], values["conversations"]),
+                "advanced": values["advanced"],
+                "advance_rate": _rate(values["advanced"], values["conversations"]),
+                "intents": values["intents"],
+            }
+            for stage, variants in metrics["variants"].items()
+            for variant, values in variants.items()
+        ]
+    held = metrics.get("holdout")
+    if held is not None:
+        rest = metrics["total_recipients"] - held["conversations"]
+        rest_completed = metrics.get("completed_conversations", 0) - held["completed"]
+        report["holdout"] = {
+            **held,
+            "completion_rate": _rate(held["completed"], held["conversations"]),
+            "others": {
+                "conversations": rest,
+                "completed": rest_completed,
+                "completion_rate": _rate(rest_completed, rest),
+            },
+        }
+    return report
 
 
 def _hours(seconds: float) -> str:
@@ -79,6 +118,7 @@ def render(report: dict[str, Any]) -> Group:
     return Group(
         table,
         *([moves] if report.get("transitions") else []),
+        *_split_lines(report),
         Text(
             f"messages sent {messages['total_sent']}, received {messages['total_received']}, "
             f"response rate {messages['response_rate']:.2f}"
@@ -86,6 +126,44 @@ def render(report: dict[str, Any]) -> Group:
         Text(f"outcomes: {outcomes}"),
         Text(f"updated {report['updated_at']:%Y-%m-%d %H:%M:%S}"),
     )
+
+
+def _split_lines(report: dict[str, Any]) -> list[Table | Text]:
+    """The A/B variants table and the holdout line, when the campaign has them."""
+    lines: list[Table | Text] = []
+    if report.get("variants"):
+        table = Table(title="variants")
+        columns = ("stage", "variant", "conversations", "sent", "replies", "reply rate")
+        for column in (*columns, "advanced", "advance rate", "intents"):
+            left = column in ("stage", "variant", "intents")
+            table.add_column(column, justify="left" if left else "right")
+        for row in report["variants"]:
+            intents = sorted(row["intents"].items(), key=lambda item: (-item[1], item[0]))
+            table.add_row(
+                row["stage"],
+                row["variant"],
+                str(row["conversations"]),
+                str(row["sent"]),
+                str(row["replies"]),
+                f"{row['reply_rate']:.0%}" if row["conversations"] else "-",
+                str(row["advanced"]),
+                f"{row['advance_rate']:.0%}" if row["conversations"] else "-",
+                ", ".join(f"{name} {count}" for name, count in intents[:4]),
+            )
+        lines.append(table)
+    held = report.get("holdout")
+    if held is not None:
+        others = held["others"]
+        lines.append(
+            Text(
+                f"holdout: {held['conversations']} conversations, completed "
+                f"{held['completed']} ({held['completion_rate']:.0%}), failed {held['failed']}, "
+                f"opted_out {held['opted_out']}, active {held['active']}, replies "
+                f"{held['replies']}; everyone else: completed {others['completed']} of "
+                f"{others['conversations']} ({others['completion_rate']:.0%})"
+            )
+        )
+    return lines
 
 
 def _show(report: dict[str, Any], as_json: bool) -> None:
@@ -112,7 +190,8 @@ def metrics(
 
     Per stage: entered, completed, conversion (completed / entered) and average duration;
     messages sent and received; conversations completed, failed, opted out, cancelled and
-    active. Exit 1 if the campaign is unknown.
+    active. With A/B splits: per variant conversations, sent, replies, advanced, intents;
+    with a holdout: its outcomes beside everyone else's. Exit 1 if the campaign is unknown.
     """
     report = _report(campaign)
     if watch is None:
