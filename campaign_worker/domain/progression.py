@@ -335,7 +335,7 @@ def _send(
         return _recorded(state, message, decision, now, sent=0)
     text = spec.text
     if spec.variants is not None:
-        variant = splits.choose_variant(state.campaign_id, state.user_id, stage.name, spec.variants)
+        variant = splits.variant_for(state, stage.name, entry, spec.variants)
         splits.count_sent(state, stage.name, entry, variant.id, effects.delta)
         metadata["variant"] = variant.id
         text = variant.text

@@ -49,6 +49,19 @@ def choose_variant(
     return variants[variant_index(campaign_id, user_id, stage, [v.weight for v in variants])]
 
 
+def variant_for(
+    state: ConversationState, stage: str, entry: int, variants: Sequence[MessageVariant]
+) -> MessageVariant:
+    """The variant of the next message in visit ``entry`` of ``stage``: the one this visit
+    was sent already if the message offers it (a template edited under a running
+    campaign does not switch a recipient mid-visit), else the recipient's pick."""
+    current = entry_variant(state, stage, entry)
+    for variant in variants:
+        if variant.id == current:
+            return variant
+    return choose_variant(state.campaign_id, state.user_id, stage, variants)
+
+
 def in_holdout(campaign_id: str, user_id: str, share: float) -> bool:
     """Whether the recipient is in the campaign's holdout (about ``share`` of them)."""
     if share <= 0:
@@ -153,6 +166,7 @@ __all__ = [
     "in_holdout",
     "is_withheld",
     "recount",
+    "variant_for",
     "variant_index",
     "variant_of",
 ]

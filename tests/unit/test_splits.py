@@ -463,3 +463,40 @@ def test_the_metrics_command_shows_variants_and_the_holdout(
             assert "withheld" in shown and "(short)" not in shown and "(long)" not in shown
         else:
             assert "pitch (short)" in shown or "pitch (long)" in shown
+
+
+def test_a_recipient_keeps_the_variant_of_their_stage_visit_when_weights_change(
+    split_manager: Any, mock_db: Any, clock: ManualClock, tmp_path: Path
+) -> None:
+    split_manager.create_campaign(
+        {
+            "_id": "ab-3",
+            "name": "A/B",
+            "campaign_type": "sales",
+            "template_id": "ab",
+            "recipients": [{"user_id": user(i)} for i in range(30)],
+        }
+    )
+    split_manager.initialize_campaign_conversations("ab-3")
+    split_manager.process_due_conversations("ab-3")
+    # The operator turns the split round (1:3) while the campaign runs.
+    edited = SPLIT_TEMPLATE.replace("weight: 3", "weight: 1").replace(
+        "{id: long, weight: 1", "{id: long, weight: 3"
+    )
+    (tmp_path / "ab.yaml").write_text(edited, encoding="utf-8")
+    split_manager.config_manager.reload()
+    assert split_manager.config_manager.get_template("ab").campaign_types["sales"].stages[
+        0
+    ].split == (("short", 1), ("long", 3))
+    clock.advance(timedelta(days=1, hours=1))
+    split_manager.process_due_conversations("ab-3")
+    moved = 0
+    for state in conversations(mock_db, "ab-3"):
+        if state.holdout:
+            continue
+        sent = [m.metadata["variant"] for m in state.message_history if m.metadata.get("variant")]
+        assert len(sent) == 2 and sent[0] == sent[1], state.user_id
+        moved += sent[0] != ("short", "long")[variant_index("ab-3", state.user_id, "pitch", [1, 3])]
+    assert moved > 0  # the new weights would have switched some of them
+    metrics = split_manager.get_campaign_metrics("ab-3")
+    assert stored_split_counts(metrics) == recount(conversations(mock_db, "ab-3"))
