@@ -28,6 +28,8 @@ def test_the_readme_example_is_a_valid_template() -> None:
     sales = template.campaign_types["sales"]
     assert template.template_id == "acme"
     assert sales.stage_names == ["awareness", "consideration", "decision", "reminder"]
+    assert sales.holdout == 0.1
+    assert sales.stages[0].split == (("short", 3), ("long", 1))
     assert template.classifier.classify("How much would it be?") == "pricing"
     assert template.classifier.classify("deal") == "buy"
     assert template.classifier.classify("no thanks") == "not_interested"
