@@ -82,6 +82,9 @@ def is_withheld(message: Message) -> bool:
 def entry_variant(state: ConversationState, stage: str, entry: int) -> str | None:
     """The variant sent in stage visit ``entry`` (its latest variant message), if any."""
     for message in reversed(state.message_history):
+        tagged = message.metadata.get("entry")
+        if isinstance(tagged, int) and tagged < entry:
+            break  # entries only grow along the history: the visit's messages are behind us
         if (
             message.direction == Direction.OUTBOUND
             and message.metadata.get("stage") == stage
