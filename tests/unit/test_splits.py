@@ -500,3 +500,66 @@ def test_a_recipient_keeps_the_variant_of_their_stage_visit_when_weights_change(
     assert moved > 0  # the new weights would have switched some of them
     metrics = split_manager.get_campaign_metrics("ab-3")
     assert stored_split_counts(metrics) == recount(conversations(mock_db, "ab-3"))
+
+
+LOOP_TEMPLATE = """
+template_id: loop
+campaign_types:
+  sales:
+    stages:
+      - name: pitch
+        messages:
+          - variants: [{id: a, text: "Offer A"}, {id: b, text: "Offer B"}]
+            wait: 1d
+        on_reply: {question: faq, positive: {exit: completed}}
+        max_time_in_stage: {after: 5d, then: fail}
+      - name: faq
+        messages: [{text: "Here is how it works", wait: 1d}]
+        advance_when: {reply_received: true}
+        next: pitch
+        max_time_in_stage: {after: 5d, then: fail}
+"""
+
+
+def test_a_stage_visited_twice_counts_two_visits_of_its_variant(
+    tmp_path: Path, mock_db: Any, make_manager: ManagerFactory, clock: ManualClock
+) -> None:
+    (tmp_path / "loop.yaml").write_text(LOOP_TEMPLATE, encoding="utf-8")
+    manager = make_manager(mock_db, campaign_templates_dir=tmp_path)
+    manager.create_campaign(
+        {
+            "_id": "loop-1",
+            "name": "Loop",
+            "campaign_type": "sales",
+            "template_id": "loop",
+            "recipients": [{"user_id": "u-1"}],
+        }
+    )
+    manager.initialize_campaign_conversations("loop-1")
+    manager.process_due_conversations("loop-1")
+    clock.advance(timedelta(hours=1))
+    assert (
+        manager.record_inbound_message("loop-1", "u-1", "in-1", "How does it work?")[
+            "current_stage"
+        ]
+        == "faq"
+    )
+    clock.advance(timedelta(hours=1))
+    back = manager.record_inbound_message("loop-1", "u-1", "in-2", "I see")
+    assert back["current_stage"] == "pitch"  # visit 2: the pitch goes out again
+    clock.advance(timedelta(hours=1))
+    assert manager.record_inbound_message("loop-1", "u-1", "in-3", "yes")["status"] == "completed"
+
+    variant = ("a", "b")[variant_index("loop-1", "u-1", "pitch", [1, 1])]
+    metrics = manager.get_campaign_metrics("loop-1")
+    assert metrics["variants"]["pitch"][variant] == {
+        "conversations": 2,  # stage visits
+        "sent": 2,
+        "replies": 2,
+        "advanced": 2,  # to faq, then completed
+        "intents": {"question": 1, "positive": 1},
+    }
+    other = "b" if variant == "a" else "a"
+    assert metrics["variants"]["pitch"][other]["sent"] == 0
+    assert "holdout" not in metrics
+    assert stored_split_counts(metrics) == recount(conversations(mock_db, "loop-1"))
