@@ -196,6 +196,9 @@ def migrate(
         return entered.model_copy(update={"context": context}), effects
     if move.kind == "move":
         moved = _rename_entry(moved, move.to_stage)
+        # The entry counts as entered under its new name now (stage metrics = recount).
+        effects.delta.stage_entered[move.to_stage] += 1
+        effects.delta.stage_entered[move.from_stage] -= 1
         context = moved.context.model_copy(update={"available_stages": to.stage_names})
         moved = moved.model_copy(update={"context": context})
     return moved, effects

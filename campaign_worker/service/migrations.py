@@ -103,6 +103,8 @@ def migrate_campaign(
         dry_run,
         stage_map.as_doc(),
     )
+    if not dry_run:
+        _refuse_if_another(campaign, target.version.version)
     result.report = _scan(svc, campaign_id, target, stage_map, size)
     if dry_run:
         return result
@@ -190,13 +192,19 @@ def _begin(svc: Services, campaign: StoredCampaign, target: _Target, stage_map: 
         "counts": {},
     }
     stored = svc.campaigns.begin_migration(campaign.id, record, svc.clock.now())
-    current = stored.migrating or {}
-    if current.get("to_version") != target.version.version:
+    _refuse_if_another(stored, target.version.version)
+    return stored.migrating or record
+
+
+def _refuse_if_another(campaign: StoredCampaign, to_version: int) -> None:
+    """One migration at a time: one half applied to another version must finish first
+    (each conversation on it would otherwise be pulled two ways)."""
+    current = campaign.migrating
+    if current is not None and current.get("to_version") != to_version:
         raise InvalidStateTransitionError(
             f"campaign {campaign.id!r} is being migrated to version "
             f"{current.get('to_version')}: apply that migration again to finish it first"
         )
-    return current
 
 
 def _apply(
