@@ -74,6 +74,19 @@ class Target:
         return f"{self.stage}:enter" if self.enter else str(self.stage)
 
 
+def map_items(items: list[str]) -> dict[str, str]:
+    """``old=new`` strings (the CLI's ``--map``) as a mapping."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        old, sep, new = item.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise InvalidInputError(f"stage map entry {item!r}: expected OLD=NEW")
+        if old.strip() in pairs:
+            raise InvalidInputError(f"stage map: {old.strip()!r} is mapped twice")
+        pairs[old.strip()] = new.strip()
+    return pairs
+
+
 @dataclass(frozen=True)
 class StageMap:
     """Old stage -> target, and the target of removed stages the map does not name."""
@@ -90,19 +103,6 @@ class StageMap:
             {old: Target.parse(new) for old, new in pairs.items()},
             Target.parse(default) if default else None,
         )
-
-    @classmethod
-    def from_items(cls, items: list[str], default: str | None = None) -> StageMap:
-        """From ``old=new`` strings (the CLI's ``--map``)."""
-        pairs: dict[str, str] = {}
-        for item in items:
-            old, sep, new = item.partition("=")
-            if not sep or not old.strip() or not new.strip():
-                raise InvalidInputError(f"stage map entry {item!r}: expected OLD=NEW")
-            if old.strip() in pairs:
-                raise InvalidInputError(f"stage map: {old.strip()!r} is mapped twice")
-            pairs[old.strip()] = new.strip()
-        return cls.parse(pairs, default)
 
     def as_doc(self) -> dict[str, Any]:
         return {
@@ -266,4 +266,4 @@ class Report:
         }
 
 
-__all__ = ["Move", "Report", "StageMap", "Target", "migrate", "plan"]
+__all__ = ["Move", "Report", "StageMap", "Target", "map_items", "migrate", "plan"]
