@@ -110,7 +110,10 @@ class Services:
             return self.templates_at(of.template_id, of.campaign_type, of.template_version)
         version = of.context.template_version
         if version is None and self.versions is not None:
-            version = self.campaign(of.campaign_id).template_version
+            # Written before versions (or by the seed's create_conversation_state): its
+            # campaign's pin, if it has one (one read: such documents are rare).
+            campaign = self.campaigns.get(of.campaign_id)
+            version = None if campaign is None else campaign.template_version
         return self.templates_at(of.context.template_id, of.campaign_type, version)
 
     def templates_at(self, template_id: str, campaign_type: str, version: int | None) -> Pair:

@@ -221,6 +221,21 @@ def test_live_edit_without_migration_keeps_the_pinned_version(live: Live) -> Non
     assert live.db[CAMPAIGNS].find_one({"_id": "camp-2"})["template_version"] == 2
 
 
+def test_a_conversation_without_its_own_version_follows_its_campaign(live: Live) -> None:
+    started(live)
+    live.write(V2)
+    worker = live.worker()
+    u2 = conversation_id_for("camp-1", "u2")
+    # As written before versions existed (or by the seed's create_conversation_state).
+    live.db[CONVERSATIONS].update_one({"_id": u2}, {"$unset": {"context.template_version": ""}})
+    _, _, pinned = worker.evaluate_stage_progression(u2)
+    assert pinned["action"] == "wait"  # v1, the campaign's pin: pitch is a stage
+    # A campaign from before versions has no pin: the files apply (pitch is gone there).
+    live.db[CAMPAIGNS].update_one({"_id": "camp-1"}, {"$unset": {"template_version": ""}})
+    _, _, unpinned = worker.evaluate_stage_progression(u2)
+    assert unpinned["action"] == "fail" and "no longer in template" in unpinned["reason"]
+
+
 def test_dry_run_reports_moves_and_ends_and_writes_nothing(live: Live) -> None:
     started(live)
     live.write(V2)
