@@ -166,6 +166,18 @@ def test_versions_are_stored_once_per_content_and_pinned(live: Live) -> None:
     assert {d["context"]["template_version"] for d in live.db[CONVERSATIONS].find()} == {1}
 
 
+def test_a_campaign_may_pin_a_stored_version(live: Live) -> None:
+    live.worker()
+    live.write(V2)
+    worker = live.worker()
+    worker.create_campaign({**campaign(2), "template_version": 1})
+    worker.initialize_campaign_conversations("camp-1")
+    worker.process_due_conversations("camp-1")
+    assert texts(state(live.db, "u1")) == ["Hi A1, intro one v1"]
+    with pytest.raises(InvalidInputError, match="no version 9"):
+        worker.create_campaign({**campaign(2), "_id": "camp-9", "template_version": 9})
+
+
 @pytest.mark.wire
 def test_concurrent_registrations_make_one_version(
     wire_db: Any, tmp_path: Path, clock: ManualClock
