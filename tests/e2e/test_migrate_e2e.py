@@ -40,6 +40,9 @@ def test_migrate_task_previews_applies_and_reverses_on_a_worker(
     node = processes.worker("e2e-migrate")
     processes.beat()
     wait_for_workers(client, [node])
+    # The worker stored its template files' contents as versions as it started.
+    stored = {d["_id"].split("@")[0]: d["version"] for d in mongo["template_versions"].find()}
+    assert stored == {"default": 1, "e2e": 1}
     payload = {**campaign_payload(N, "edit"), "campaign_type": "slow"}
     client.send_task(CREATE, kwargs={"campaign": payload}).get(timeout=60)
     states = mongo["conversation_states"]
