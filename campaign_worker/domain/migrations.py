@@ -263,6 +263,8 @@ class Report:
             "unresolved": dict(sorted(self.unresolved.items())),
             "already": self.already,
             "migrated": self.total,
+            # Writes that lost to a concurrent writer and were planned again.
+            "conflicts": self.conflicts,
         }
 
 
