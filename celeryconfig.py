@@ -89,6 +89,8 @@ task_routes = {
     "campaign_worker.poll_campaigns": {"queue": "polling"},
     "campaign_worker.reconcile_metrics": {"queue": "polling"},
     "campaign_worker.initialize_campaign": {"queue": "initialization"},
+    # Like an initialization: a rare operator job that walks a whole campaign.
+    "campaign_worker.migrate_campaign": {"queue": "initialization"},
     "campaign_worker.process_conversations": {"queue": "processing"},
     "campaign_worker.record_inbound_message": {"queue": "inbound"},
     "campaign_worker.mark_conversation_complete": {"queue": "inbound"},

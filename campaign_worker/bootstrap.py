@@ -19,6 +19,7 @@ from campaign_worker.adapters.mongo_metrics import MongoCampaignMetricsRepositor
 from campaign_worker.adapters.mongo_outbox import MongoOutboxRepository
 from campaign_worker.adapters.mongo_send_budget import MongoSendBudgetRepository
 from campaign_worker.adapters.mongo_suppressions import MongoSuppressionRepository
+from campaign_worker.adapters.mongo_template_versions import MongoTemplateVersionRepository
 from campaign_worker.delivery_wiring import ensure_delivery_indexes
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.ports import Clock, MetricsRecorder
@@ -77,6 +78,7 @@ def build_manager(
             caps=settings.caps,
             address_attributes=settings.address_attributes,
         ),
+        template_versions=MongoTemplateVersionRepository(db),
     )
 
 
@@ -86,6 +88,8 @@ def ensure_indexes(manager: CampaignManager) -> None:
     manager.campaigns.initialize()
     manager.campaign_metrics.initialize()
     manager.outbox.initialize()
+    if manager.versions is not None:
+        manager.versions.repository.initialize()
     guard = manager.send_guard
     if guard.suppressions is not None:
         guard.suppressions.initialize()

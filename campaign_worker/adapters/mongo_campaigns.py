@@ -207,5 +207,58 @@ class MongoCampaignRepository:
         )
         return result.matched_count == 1
 
+    # ------------------------------------------------------------ migrations
+
+    @translate_errors
+    def begin_migration(self, campaign_id: str, record: Doc, now: datetime) -> StoredCampaign:
+        """Set ``migrating`` to ``record`` unless a migration is being applied already;
+        returns the campaign either way (its ``migrating`` says whose it is)."""
+        self._collection.update_one(
+            {"_id": campaign_id, "migrating": None},
+            {"$set": {"migrating": record, "updated_at": now}},
+        )
+        found = self.get(campaign_id)
+        if found is None:
+            raise InvalidDocumentError(f"campaign {campaign_id!r} disappeared")
+        return found
+
+    @translate_errors
+    def count_migration(
+        self, campaign_id: str, migration_id: str, counts: dict[str, dict[str, int]]
+    ) -> bool:
+        """Add one batch's counts to the migration being applied (``$inc``, so resumed
+        or concurrent appliers add up); bumps its revision."""
+        inc: Doc = {"migrating.revision": 1}
+        for group, values in counts.items():
+            for key, count in values.items():
+                if count:
+                    inc[f"migrating.counts.{group}.{key}"] = count
+        result = self._collection.update_one(
+            {"_id": campaign_id, "migrating.id": migration_id}, {"$inc": inc}
+        )
+        return result.matched_count == 1
+
+    @translate_errors
+    def finish_migration(
+        self,
+        campaign_id: str,
+        migration_id: str,
+        revision: int,
+        pin: Doc,
+        record: Doc,
+        now: datetime,
+    ) -> bool:
+        """Record the finished migration (``record``) and move the campaign's pin, if
+        the migration is still at ``revision`` (nothing counted since it was read)."""
+        result = self._collection.update_one(
+            {"_id": campaign_id, "migrating.id": migration_id, "migrating.revision": revision},
+            {
+                "$set": {**pin, "updated_at": now},
+                "$push": {"migrations": record},
+                "$unset": {"migrating": ""},
+            },
+        )
+        return result.matched_count == 1
+
 
 __all__ = ["MongoCampaignRepository"]

@@ -344,6 +344,15 @@ class MongoConversationStateRepository:
         return self._collection.count_documents({"campaign_id": campaign_id})
 
     @translate_errors
+    def page_active(self, campaign_id: str, after: str | None, limit: int) -> list[Doc]:
+        """A campaign's active conversations by id, those after ``after`` (a migration
+        walks them page by page; the ``campaign_id`` index and ``_id`` bound it)."""
+        query: Doc = {"campaign_id": campaign_id, "status": "active"}
+        if after is not None:
+            query["_id"] = {"$gt": after}
+        return list(self._collection.find(query).sort("_id", ASCENDING).limit(limit))
+
+    @translate_errors
     def count_active(self, campaign_id: str) -> int:
         return self._collection.count_documents({"campaign_id": campaign_id, "status": "active"})
 

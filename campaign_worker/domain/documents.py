@@ -20,8 +20,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -61,6 +63,16 @@ def _bounded_attributes(value: dict[str, Any]) -> dict[str, Any]:
 
 class _Doc(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+
+def _without_empty(data: Any, names: tuple[str, ...]) -> Any:
+    """Fields added after the seed are left out of stored documents while empty, so a
+    document that never used them keeps the seed's shape."""
+    if isinstance(data, dict):
+        for name in names:
+            if name in data and not data[name]:
+                del data[name]
+    return data
 
 
 class ConversationStatus(StrEnum):
@@ -126,6 +138,17 @@ class StageEntry(_Doc):
     entered_at: UtcDatetime
     exited_at: UtcDatetime | None = None
     completed: bool = False
+    # Names this entry had before a migration renamed its stage (oldest first): its
+    # messages and replies recorded under those names still count in it.
+    formerly: list[NonEmptyStr] = Field(default_factory=list)
+
+    @property
+    def names(self) -> set[str]:
+        return {self.name, *self.formerly}
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _without_empty(handler(self), ("formerly",))
 
 
 class Message(_Doc):
@@ -142,6 +165,13 @@ class ConversationContext(_Doc):
     # Recipient attributes fill message placeholders such as {first_name}.
     attributes: dict[str, Any] = Field(default_factory=dict)
     timezone: TimezoneName = "UTC"
+    # The template version this conversation runs on; None: its campaign's pin (documents
+    # from before versions, and while nothing migrated it).
+    template_version: int | None = Field(default=None, ge=1)
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _without_empty(handler(self), ("template_version",))
 
 
 class ConversationMetrics(_Doc):
@@ -282,6 +312,19 @@ class Campaign(_Doc):
     # A client's idempotency key and a fingerprint of its request (create_campaign).
     idempotency_key: str | None = Field(default=None, max_length=512)
     request_fingerprint: str | None = None
+    # The template version the campaign runs on (pinned at create; a migration moves it)
+    # and that version's content hash. A request may name a stored version to pin.
+    template_version: int | None = Field(default=None, ge=1)
+    template_hash: str | None = None
+    # Applied migrations, oldest first, and the one being applied (domain/migrations.py).
+    migrations: list[dict[str, Any]] = Field(default_factory=list)
+    migrating: dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _without_empty(
+            handler(self), ("template_version", "template_hash", "migrations", "migrating")
+        )
 
     @field_validator("recipients")
     @classmethod
@@ -335,6 +378,10 @@ class StoredCampaign(BaseModel):
     lease_until: UtcDatetime | None = None
     idempotency_key: str | None = None
     request_fingerprint: str | None = None
+    template_version: int | None = None
+    template_hash: str | None = None
+    migrations: list[dict[str, Any]] = Field(default_factory=list)
+    migrating: dict[str, Any] | None = None
 
     def to_mongo(self) -> dict[str, Any]:
         unread = {"recipients"} if self.recipients is None else set()

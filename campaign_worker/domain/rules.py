@@ -39,16 +39,26 @@ def entry_index(state: ConversationState) -> int:
 
 
 def visit_of(state: ConversationState) -> int:
-    """How many times the current stage was entered before this entry."""
+    """How many times the current stage was entered before this entry. An entry a
+    migration renamed counts under its former names too, so no (stage, visit) pair, and
+    no message id, is ever used by two entries."""
     index = entry_index(state)
-    return sum(entry.name == state.current_stage for entry in state.stages[:index])
+    return sum(state.current_stage in entry.names for entry in state.stages[:index])
 
 
-def _in_entry(message: Message, stage: str, entry: int) -> bool:
-    if message.metadata.get("stage") != stage:
+def _in_entry(message: Message, names: set[str], entry: int) -> bool:
+    if message.metadata.get("stage") not in names:
         return False
     tagged = message.metadata.get("entry")
     return tagged is None or tagged == entry  # untagged: written before branches existed
+
+
+def _entry_names(state: ConversationState, stage: str, entry: int) -> set[str]:
+    """``stage`` and, when it is the current entry's stage, the names a migration gave
+    that entry before (its messages were recorded under them)."""
+    if 0 <= entry < len(state.stages) and state.stages[entry].name == stage:
+        return state.stages[entry].names
+    return {stage}
 
 
 def intent_of(message: Message, classifier: ReplyClassifier | None = None) -> str | None:
@@ -63,10 +73,11 @@ def intent_of(message: Message, classifier: ReplyClassifier | None = None) -> st
 def replies_in_entry(state: ConversationState, stage: str) -> list[Message]:
     """Inbound messages of the current entry of ``stage``, auto-replies included."""
     entry = entry_index(state)
+    names = _entry_names(state, stage, entry)
     return [
         message
         for message in state.message_history
-        if message.direction == Direction.INBOUND and _in_entry(message, stage, entry)
+        if message.direction == Direction.INBOUND and _in_entry(message, names, entry)
     ]
 
 
@@ -82,8 +93,9 @@ def inbound_in_stage(state: ConversationState, stage: str) -> list[Message]:
 
 def last_outbound_in_stage(state: ConversationState, stage: str) -> Message | None:
     entry = entry_index(state)
+    names = _entry_names(state, stage, entry)
     for message in reversed(state.message_history):
-        if message.direction == Direction.OUTBOUND and _in_entry(message, stage, entry):
+        if message.direction == Direction.OUTBOUND and _in_entry(message, names, entry):
             return message
     return None
 

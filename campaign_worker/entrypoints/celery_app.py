@@ -173,6 +173,10 @@ def _ensure_indexes_at_start(**_: Any) -> None:
     try:
         check_configuration()
         built = _build_container(create_indexes=True)
+        # A changed template file becomes a new stored version as the worker starts
+        # (running campaigns stay on the version they pinned).
+        registered = built.manager.register_templates()
+        log.info("templates_registered", versions=registered)
     except ConfigurationError as exc:
         _refuse_to_start(exc)
     except (TransientError, ConnectionFailure) as exc:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import structlog
 from pydantic import BeforeValidator, Field, ValidationError, validate_call
@@ -314,6 +314,23 @@ def lift_suppression(
     )
 
 
+@public_task("campaign_worker.migrate_campaign")
+def migrate_campaign(
+    campaign_id: Id,
+    to_version: PositiveInt | Literal["current"],
+    stage_map: dict[Id, Id] | None = None,
+    default: Id | None = None,
+    dry_run: bool = True,
+) -> dict[str, Any]:
+    """Move a campaign's in-flight conversations to another template version (see
+    README, "Editing a live campaign"). A dry run (the default) only counts. Applying
+    again after a failure finishes the job; nothing is done twice."""
+    result = container().manager.migrate_campaign(
+        campaign_id, to_version, stage_map or {}, default, dry_run=dry_run
+    )
+    return result.as_dict()
+
+
 PUBLIC_TASKS = (
     create_campaign,
     poll_campaigns,
@@ -329,4 +346,5 @@ PUBLIC_TASKS = (
     list_suppressions,
     add_suppression,
     lift_suppression,
+    migrate_campaign,
 )

@@ -20,6 +20,7 @@ from campaign_worker.domain.documents import (
     parse_document,
 )
 from campaign_worker.domain.errors import InvalidInputError, UnknownStageError
+from campaign_worker.domain.migrations import StageMap
 from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.domain.progression import Action, evaluate, evaluate_rule, should_advance
 from campaign_worker.domain.templates import Stage, Template
@@ -27,6 +28,7 @@ from campaign_worker.service import (
     campaigns,
     conversations,
     initialization,
+    migrations,
     polling,
     processing,
     queries,
@@ -38,6 +40,7 @@ from campaign_worker.service.campaigns import campaign_id_for_key
 from campaign_worker.service.context import Doc, Services
 from campaign_worker.service.initialization import InitResult
 from campaign_worker.service.ledger import Dispatch
+from campaign_worker.service.migrations import MigrationResult
 from campaign_worker.service.polling import PollResult
 from campaign_worker.service.processing import BatchResult
 
@@ -70,6 +73,46 @@ class CampaignManager(Services):
         the cancel task start."""
         cancelled = campaigns.transition_campaign(self, campaign_id, CampaignStatus.CANCELLED)
         return cancelled.to_mongo()
+
+    # ------------------------------------------------------------------ template versions
+
+    def migrate_campaign(
+        self,
+        campaign_id: str,
+        to_version: int | str,
+        stage_map: dict[str, str] | None = None,
+        default: str | None = None,
+        *,
+        dry_run: bool = True,
+        batch_size: int | None = None,
+    ) -> MigrationResult:
+        """Move a campaign's in-flight conversations to template version ``to_version``
+        (or ``"current"``, the file as loaded now). ``stage_map``: old stage -> ``new``,
+        ``new:enter`` or ``exit:<outcome>``; ``default``: the target of removed stages it
+        does not name. A dry run (the default) only counts (see ``service.migrations``)."""
+        parsed = StageMap.parse(stage_map or {}, default)
+        return migrations.migrate_campaign(
+            self, campaign_id, to_version, parsed, dry_run=dry_run, batch_size=batch_size
+        )
+
+    def template_versions(self, template_id: str) -> list[Doc]:
+        """The stored versions of a template, oldest first (without their content)."""
+        if self.versions is None:
+            raise InvalidInputError("template versions are not configured in this process")
+        return [
+            version.model_dump(by_alias=True, exclude={"content"})
+            for version in self.versions.list(template_id)
+        ]
+
+    def register_templates(self) -> list[Doc]:
+        """Store the loaded template files' contents as versions (new ones numbered)."""
+        if self.versions is None:
+            return []
+        registered = []
+        for template_id in self.config_manager.template_ids():
+            version = self.versions.current(template_id)
+            registered.append({"template_id": template_id, "version": version.version})
+        return registered
 
     # ------------------------------------------------------------------ initialization
 
@@ -288,6 +331,7 @@ __all__ = [
     "BatchResult",
     "CampaignManager",
     "InitResult",
+    "MigrationResult",
     "PollResult",
     "campaign_id_for_key",
     "evaluate_rule",

@@ -24,8 +24,22 @@ log = structlog.get_logger(__name__)
 def validate_campaign(svc: Services, data: Doc) -> Campaign:
     """The campaign as ``data`` describes it, checked against its template; raises if not."""
     campaign = parse_document(Campaign, data, what="campaign")
-    svc.config_manager.get_campaign_type(campaign.template_id, campaign.campaign_type)
+    svc.templates_at(campaign.template_id, campaign.campaign_type, campaign.template_version)
     return campaign
+
+
+def pin_version(svc: Services, campaign: Campaign) -> Campaign:
+    """The campaign with the template version it runs on: the one it names, else the
+    template file's current content (registered as a version if new)."""
+    if svc.versions is None:
+        return campaign
+    if campaign.template_version is not None:
+        stored, _ = svc.versions.get(campaign.template_id, campaign.template_version)
+    else:
+        stored = svc.versions.current(campaign.template_id)
+    return campaign.model_copy(
+        update={"template_version": stored.version, "template_hash": stored.content_hash}
+    )
 
 
 def create_campaign(svc: Services, data: Doc | Campaign, idempotency_key: str | None = None) -> str:
@@ -45,7 +59,7 @@ def create_campaign(svc: Services, data: Doc | Campaign, idempotency_key: str | 
     if not svc.campaigns.has_recipients(campaign):
         raise InvalidInputError("recipients: the audience is empty (no document matches the query)")
     now = svc.clock.now()
-    campaign = campaign.model_copy(
+    campaign = pin_version(svc, campaign).model_copy(
         update={"created_at": now, "updated_at": now, "request_fingerprint": fingerprint}
     )
     created = svc.campaigns.insert(campaign)
@@ -62,6 +76,7 @@ def create_campaign(svc: Services, data: Doc | Campaign, idempotency_key: str | 
         campaign_id=campaign.id,
         created=created,
         campaign_type=campaign.campaign_type,
+        template_version=campaign.template_version,
     )
     return campaign.id
 

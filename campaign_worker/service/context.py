@@ -14,7 +14,6 @@ from typing import Any
 from campaign_worker.domain.documents import ConversationState, StoredCampaign, parse_document
 from campaign_worker.domain.errors import CampaignNotFoundError, ConversationNotFoundError
 from campaign_worker.domain.progression import Effects
-from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 from campaign_worker.service.ledger import MetricsLedger
 from campaign_worker.service.outbound import Publisher
 from campaign_worker.service.ports import (
@@ -26,8 +25,15 @@ from campaign_worker.service.ports import (
     NullRecorder,
     OutboxRepository,
     TemplateSource,
+    TemplateVersionRepository,
 )
 from campaign_worker.service.send_guard import SendGuard
+from campaign_worker.service.template_versions import (
+    CampaignTemplates,
+    Pair,
+    TemplateVersions,
+    type_of,
+)
 
 Doc = dict[str, Any]
 
@@ -51,6 +57,7 @@ class Services:
         lease_seconds: int = 120,
         inflight_timeout_seconds: int = 900,
         send_guard: SendGuard | None = None,
+        template_versions: TemplateVersionRepository | None = None,
     ) -> None:
         self.conversation_state_repository = conversation_state_repository
         self.config_manager = config_manager
@@ -73,6 +80,12 @@ class Services:
         self.publisher = Publisher(conversation_state_repository, outbox_repository)
         # Suppression list and frequency caps, asked before every send (none: no checks).
         self.send_guard = send_guard or SendGuard()
+        # Stored template versions (none: every flow reads the template files, unpinned).
+        self.versions = (
+            None
+            if template_versions is None
+            else TemplateVersions(template_versions, config_manager, clock)
+        )
 
     def campaign(self, campaign_id: str) -> StoredCampaign:
         found = self.campaigns.get(campaign_id)
@@ -90,13 +103,35 @@ class Services:
             raise ConversationNotFoundError(conversation_id)
         return parse_document(ConversationState, doc, what=f"conversation {conversation_id}")
 
-    def type_template(
-        self, of: StoredCampaign | ConversationState
-    ) -> tuple[Template, CampaignTypeTemplate]:
-        """The template and campaign type of a campaign or a conversation."""
-        template_id = of.template_id if isinstance(of, StoredCampaign) else of.context.template_id
-        template = self.config_manager.get_template(template_id)
-        return template, self.config_manager.get_campaign_type(template_id, of.campaign_type)
+    def type_template(self, of: StoredCampaign | ConversationState) -> Pair:
+        """The template and campaign type a campaign or a conversation runs on: its
+        version (a conversation without one: its campaign's), else the file."""
+        if isinstance(of, StoredCampaign):
+            return self.templates_at(of.template_id, of.campaign_type, of.template_version)
+        version = of.context.template_version
+        if version is None and self.versions is not None:
+            # Written before versions (or by the seed's create_conversation_state): its
+            # campaign's pin, if it has one (one read: such documents are rare).
+            campaign = self.campaigns.get(of.campaign_id)
+            version = None if campaign is None else campaign.template_version
+        return self.templates_at(of.context.template_id, of.campaign_type, version)
+
+    def templates_at(self, template_id: str, campaign_type: str, version: int | None) -> Pair:
+        if version is None or self.versions is None:
+            template = self.config_manager.get_template(template_id)
+            return template, self.config_manager.get_campaign_type(template_id, campaign_type)
+        template = self.versions.template(template_id, version)
+        return template, type_of(template, campaign_type, f"{template_id}@{version}")
+
+    def campaign_templates(self, campaign: StoredCampaign) -> CampaignTemplates:
+        """A campaign's pinned templates, and any other version its conversations have."""
+        return CampaignTemplates(
+            self.type_template(campaign),
+            campaign.template_version,
+            lambda version: self.templates_at(
+                campaign.template_id, campaign.campaign_type, version
+            ),
+        )
 
     def ledger(self, campaign_id: str, registration: str | None = None) -> MetricsLedger:
         return MetricsLedger(self.campaign_metrics, campaign_id, self.clock, registration)

@@ -292,6 +292,7 @@ def new_conversation(
             available_stages=stages,
             attributes=recipient.attributes,
             timezone=recipient.timezone,
+            template_version=campaign.template_version,
         ),
         created_at=now,
         last_active=now,

@@ -34,6 +34,7 @@ from campaign_worker.domain.progression import (
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 from campaign_worker.service.context import Doc, Services
 from campaign_worker.service.ledger import Dispatch, MetricsLedger, dispatch_token
+from campaign_worker.service.template_versions import CampaignTemplates
 from campaign_worker.service.writes import Current, Evaluated, write_changes
 
 log = structlog.get_logger(__name__)
@@ -149,7 +150,8 @@ def _process(
     if status not in (CampaignStatus.RUNNING, CampaignStatus.CANCELLED):
         result.skipped_reason = f"campaign is {status.value}"
         return
-    template, type_template = svc.type_template(campaign)
+    templates = svc.campaign_templates(campaign)
+    _, type_template = templates.pinned
     if stage is not None and stage not in type_template.stage_names:
         raise UnknownStageError(stage, type_template.stage_names)
     batch_limit = svc.process_batch_size if limit is None else limit
@@ -173,9 +175,9 @@ def _process(
     svc.metrics.batch_size("process", len(claimed))
     if not claimed:
         return
-    batch = _evaluate(claimed, _settle if settling else run, template, type_template, svc)
+    batch = _evaluate(claimed, _settle if settling else run, templates, svc)
     if not settling:
-        _guard(svc, batch, template, type_template)
+        _guard(svc, batch, templates)
     write_evaluated(svc, batch, ledger, result)
     log.info(
         "batch_processed",
@@ -217,13 +219,10 @@ def _continue(
 
 
 def _evaluate(
-    claimed: list[Doc],
-    step: Step,
-    template: Template,
-    type_template: CampaignTypeTemplate,
-    svc: Services,
+    claimed: list[Doc], step: Step, templates: CampaignTemplates, svc: Services
 ) -> EvaluatedBatch:
-    """Each claimed conversation's next state; what cannot be evaluated fails alone."""
+    """Each claimed conversation's next state, on its template version; what cannot be
+    evaluated fails alone."""
     batch = EvaluatedBatch()
     now = svc.clock.now()
     for doc in claimed:
@@ -231,6 +230,11 @@ def _evaluate(
             state = ConversationState.model_validate(doc)
         except ValidationError as exc:
             batch.broken[str(doc["_id"])] = f"invalid document: {validation_summary(exc)}"
+            continue
+        try:
+            template, type_template = templates(state.context.template_version)
+        except InvalidInputError as exc:  # its version is gone from the store
+            batch.broken[state.id] = f"template version: {str(exc)[:300]}"
             continue
         try:
             new_state, effects = step(state, template, type_template, now)
@@ -246,9 +250,7 @@ def _evaluate(
     return batch
 
 
-def _guard(
-    svc: Services, batch: EvaluatedBatch, template: Template, type_template: CampaignTypeTemplate
-) -> None:
+def _guard(svc: Services, batch: EvaluatedBatch, templates: CampaignTemplates) -> None:
     """Ask the send guard about the batch's sends (one suppression query, the frequency
     cap's slots); re-run the steps it refuses: opt out, or wait for a held channel."""
     now = svc.clock.now()
@@ -259,6 +261,7 @@ def _guard(
         verdict = verdicts.get(old.id)
         if verdict is None:
             continue
+        template, type_template = templates(old.context.template_version)
         ruled = Current(old, template, type_template, now, verdict.suppressed, verdict.holds)
         new, effects = ruled.progress(old)
         effects.delta.deferred += len(verdict.holds)

@@ -271,6 +271,9 @@ def test_a_template_edit_that_removes_sent_messages_never_raises(
     edited = build_manager(
         any_db, settings, clock=clock, config_manager=_edited_templates(tmp_path)
     )
+    # Campaigns stay on the version they pinned: the edit reaches them by a migration.
+    moved = edited.migrate_campaign("camp-1", "current", dry_run=False)
+    assert moved.finished and moved.report.total == 4
     clock.advance(timedelta(days=3))
     result = edited.process_due_conversations("camp-1")
     assert (result.claimed, result.written, result.failures) == (4, 4, 0)

@@ -27,6 +27,7 @@ from campaign_worker.domain.errors import (
     InvalidStateTransitionError,
     TransientError,
 )
+from campaign_worker.domain.templates import Template
 from campaign_worker.entrypoints import tasks
 from campaign_worker.entrypoints.celery_app import app, set_container
 from campaign_worker.settings import Settings
@@ -128,6 +129,7 @@ def test_config_is_json_only_late_ack_and_limits_below_visibility_timeout() -> N
         ("campaign_worker.poll_campaigns", "polling"),
         ("campaign_worker.reconcile_metrics", "polling"),
         ("campaign_worker.initialize_campaign", "initialization"),
+        ("campaign_worker.migrate_campaign", "initialization"),
         ("campaign_worker.process_conversations", "processing"),
         ("campaign_worker.record_inbound_message", "inbound"),
         ("campaign_worker.mark_conversation_complete", "inbound"),
@@ -157,6 +159,7 @@ def test_public_task_names_are_registered() -> None:
             "list_suppressions",
             "add_suppression",
             "lift_suppression",
+            "migrate_campaign",
         )
     }
     assert all(task.name in app.tasks for task in tasks.PUBLIC_TASKS)
@@ -654,3 +657,54 @@ def test_initialization_hands_over_to_a_new_task_at_its_batch_budget(
     assert run(tasks.initialize_campaign, "i3", campaign_id="camp-1").get() == 1
     assert enqueued.calls == [again, again, process]
     assert (worker.db["campaigns"].find_one({"_id": "camp-1"}) or {})["status"] == "running"
+
+
+# --------------------------------------------------------------------- migrations
+
+
+def _edited_default(worker: Container) -> int:
+    """Register an edit of the packaged template (a changed text) as a new version;
+    returns its number."""
+    versions = worker.manager.versions
+    assert versions is not None
+    content = versions.current("default").content
+    content["campaign_types"]["sales"]["stages"][0]["messages"][1]["text"] = "Edited, {first_name}"
+    return versions.repository.register(Template.model_validate(content), START).version
+
+
+def _pinned(worker: Container, campaign_id: str) -> Any:
+    return worker.manager.get_campaign(campaign_id)["template_version"]
+
+
+def test_migrate_campaign_task_dry_runs_by_default_then_applies(worker: Container) -> None:
+    campaign_id = running_campaign(worker)
+    version = _edited_default(worker)
+    assert version == 2
+
+    dry = run(tasks.migrate_campaign, campaign_id=campaign_id, to_version=version).get()
+    assert dry["dry_run"] is True and dry["moved"] == {"awareness -> awareness": 4}
+    assert _pinned(worker, campaign_id) == 1
+
+    applied = run(
+        tasks.migrate_campaign,
+        campaign_id=campaign_id,
+        to_version=version,
+        stage_map={"decision": "exit:failed"},
+        dry_run=False,
+    ).get()
+    assert applied["finished"] is True and applied["migrated"] == 4
+    assert _pinned(worker, campaign_id) == 2
+    again = run(tasks.migrate_campaign, campaign_id=campaign_id, to_version=2, dry_run=False)
+    assert again.get()["migrated"] == 0 and again.get()["already"] == 4
+
+
+def test_migrate_campaign_task_refuses_bad_input_without_retry(worker: Container) -> None:
+    campaign_id = running_campaign(worker)
+    for kwargs in (
+        {"to_version": 9},  # no such version
+        {"to_version": "latest"},  # neither a number nor "current"
+        {"to_version": 1, "stage_map": {"awareness": "nowhere"}},
+    ):
+        result = run(tasks.migrate_campaign, campaign_id=campaign_id, **kwargs)
+        assert isinstance(result.result, InvalidInputError), kwargs
+    assert len(dead_letters(worker)) == 3

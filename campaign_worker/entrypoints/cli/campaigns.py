@@ -1,4 +1,5 @@
-"""``campaign-worker campaigns list|show|pause|resume|cancel`` through CampaignManager."""
+"""``campaign-worker campaigns list|show|pause|resume|cancel|migrate`` through
+CampaignManager."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from rich.table import Table
 
 from campaign_worker.entrypoints.cli.campaign_create import create
 from campaign_worker.entrypoints.cli.common import (
+    EXIT_USAGE,
     JSON_HELP,
     command_group,
     console,
+    fail,
     manager,
     print_json,
     service_errors,
@@ -97,3 +100,72 @@ def resume(campaign_id: CampaignId, as_json: AsJson = False) -> None:
 def cancel(campaign_id: CampaignId, as_json: AsJson = False) -> None:
     """Cancel: nothing more is sent; the poller settles its active conversations."""
     _steer(campaign_id, "cancel", as_json)
+
+
+@app.command()
+def migrate(
+    campaign_id: CampaignId,
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to", help="the template version to move to: a number, or 'current' (the file now)"
+        ),
+    ],
+    stage_map: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map",
+            help="OLD=NEW (keeps its place), OLD=NEW:enter (from its start) or OLD=exit:OUTCOME;"
+            " repeat for each stage",
+        ),
+    ] = None,
+    default: Annotated[
+        str | None,
+        typer.Option(help="where conversations in removed stages the map does not name go"),
+    ] = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="write the migration (without it: a dry run)")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="only report what would happen (the default)")
+    ] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Move a campaign's in-flight conversations to another template version. Without
+    --apply it reports how many move from which stage to which and which would end, and
+    why. Exit 2 if a stage is left unresolved (map it, or give --default)."""
+    from campaign_worker.domain.migrations import map_items
+
+    if apply and dry_run:
+        raise fail("--apply and --dry-run exclude each other", EXIT_USAGE)
+    with service_errors():
+        pairs = map_items(stage_map or [])
+        result = (
+            manager().migrate_campaign(campaign_id, to, pairs, default, dry_run=not apply).as_dict()
+        )
+    if as_json:
+        print_json(result)
+        return
+    out = console()
+    verb = "would move" if result["dry_run"] else "moved"
+    out.print(
+        f"campaign {campaign_id}: template version {result['from_version']} → "
+        f"{result['to_version']} ({'dry run' if result['dry_run'] else 'applied'})"
+    )
+    table = Table(title="conversations")
+    for column in ("from", "to", "count"):
+        table.add_column(column)
+    for key, count in result["moved"].items():
+        old, new = key.split(" -> ", 1)
+        table.add_row(old, new, str(count))
+    for key, count in result["ended"].items():
+        old, new = key.split(" -> ", 1)
+        table.add_row(old, new, str(count))
+    for key, count in result["unresolved"].items():
+        table.add_row(key.split(":", 1)[0], f"unresolved ({key.split(': ', 1)[1]})", str(count))
+    out.print(table)
+    out.print(f"{verb}: {result['migrated']}, already there: {result['already']}")
+    if result["unresolved"]:
+        raise fail("unresolved stages: map them with --map or give --default", EXIT_USAGE)
+    if not result["dry_run"] and not result["finished"]:
+        raise fail("not finished: run the same command again to finish it")
