@@ -19,6 +19,7 @@ from campaign_worker.adapters.mongo_metrics import MongoCampaignMetricsRepositor
 from campaign_worker.adapters.mongo_outbox import MongoOutboxRepository
 from campaign_worker.adapters.mongo_send_budget import MongoSendBudgetRepository
 from campaign_worker.adapters.mongo_suppressions import MongoSuppressionRepository
+from campaign_worker.adapters.mongo_task_claims import MongoTaskClaims
 from campaign_worker.delivery_wiring import ensure_delivery_indexes
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.ports import Clock, MetricsRecorder
@@ -41,6 +42,10 @@ class Container:
     @property
     def dead_letters(self) -> MongoDeadLetterRepository:
         return MongoDeadLetterRepository(self.db)
+
+    @property
+    def task_claims(self) -> MongoTaskClaims:
+        return MongoTaskClaims(self.db)
 
     def close(self) -> None:
         self.mongo.close()

@@ -78,10 +78,14 @@ class CampaignManager(Services):
         return self.initialize_campaign_step(campaign_id).created
 
     def initialize_campaign_step(
-        self, campaign_id: str, max_batches: int | None = None
+        self,
+        campaign_id: str,
+        max_batches: int | None = None,
+        out_of_time: Callable[[], bool] | None = None,
     ) -> InitResult:
-        """Initialize up to ``max_batches`` batches from the saved checkpoint."""
-        return initialization.initialize_campaign_step(self, campaign_id, max_batches)
+        """Initialize up to ``max_batches`` batches from the saved checkpoint, stopping at
+        a checkpoint once ``out_of_time()`` says so (a task's time budget)."""
+        return initialization.initialize_campaign_step(self, campaign_id, max_batches, out_of_time)
 
     # ------------------------------------------------------------------ queries
 
