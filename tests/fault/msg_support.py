@@ -186,9 +186,23 @@ class Audience:
                     )
                     for s in ("active", "completed", "failed", "opted_out")
                 }
+                stuck = [
+                    {
+                        "user": d["user_id"],
+                        "stage": d.get("current_stage"),
+                        "next": d.get("next_action_at"),
+                        "lease": d.get("lease_until"),
+                        "unpublished": len(d.get("unpublished") or []),
+                        "history": [m["direction"][0] for m in d["message_history"]][-8:],
+                        "n": len(d["message_history"]),
+                    }
+                    for d in self.db["conversation_states"]
+                    .find({"campaign_id": self.campaign_id, "status": "active"})
+                    .limit(3)
+                ]
                 raise AssertionError(
                     f"campaign {self.campaign_id} not completed after {timeout}s "
-                    f"(status {self.status()!r}, conversations {counts})"
+                    f"(status {self.status()!r}, conversations {counts}, e.g. {stuck})"
                 )
             time.sleep(0.5)
 
