@@ -10,11 +10,11 @@ copies, all due at once. Each copy of a message that carries an ETA claims its t
   dead letter) or releases it when the run ended in a retry (same task id, due later);
 - ``skip``: the task is done: the copy is acknowledged without running;
 - ``defer``: another runner holds the claim: the copy is published again (same task id)
-  to be due when that lease ends, then acknowledged. Not acknowledged as a duplicate on
-  the spot: a Redis copy shares its delivery tag with the running one, so its ack would
-  also drop the running copy's unacked entry, and a crash of that runner would lose it.
-  The deferred copy then finds the task done, or the lease expired (its runner died) and
-  runs it.
+  to be due when that lease ends (at most ``DEFER_MAX_SECONDS`` on), then acknowledged.
+  Not acknowledged as a duplicate on the spot: a Redis copy shares its delivery tag with
+  the running one, so its ack would also drop the running copy's unacked entry, and a
+  crash of that runner would lose the task. The deferred copy then finds the task done,
+  or the lease expired (its runner died) and runs it.
 
 Messages without an ETA are not claimed (a redelivery after a crash must run, and every
 task is idempotent anyway): the claim costs two round trips only where copies are certain.
@@ -43,6 +43,8 @@ LEASE_MARGIN_SECONDS = 30
 #: Done marks are kept at least this long, and two visibility timeouts if that is longer:
 #: copies restored by Redis come within one visibility timeout of the run.
 KEEP_DONE = timedelta(days=1)
+#: A copy put off while another runs looks again after at most this long.
+DEFER_MAX_SECONDS = 10.0
 
 Action = Literal["run", "skip", "defer"]
 
@@ -88,7 +90,8 @@ def decide(c: Container, task_name: str, task_id: str | None, delayed: bool) -> 
         log.info("task_copy_skipped", task_name=task_name, task_id=task_id, reason="done")
         return Decision("skip")
     until = claim.lease_until or now + lease
-    seconds = max(1.0, (until - now).total_seconds() + 1.0)
+    # Look again when the lease ends, or sooner: the run usually ends long before it.
+    seconds = min(max(1.0, (until - now).total_seconds() + 1.0), DEFER_MAX_SECONDS)
     log.info("task_copy_deferred", task_name=task_name, task_id=task_id, seconds=round(seconds))
     return Decision("defer", defer_seconds=seconds)
 

@@ -217,6 +217,39 @@ def doubled(directory: Path) -> dict[str, int]:
     return total
 
 
+def inbound_recorded(db: Any, campaign_id: str) -> int:
+    """Inbound messages recorded in the campaign's conversations."""
+    pipeline = [
+        {"$match": {"campaign_id": campaign_id}},
+        {
+            "$project": {
+                "n": {
+                    "$size": {
+                        "$filter": {
+                            "input": "$message_history",
+                            "cond": {"$eq": ["$$this.direction", "inbound"]},
+                        }
+                    }
+                }
+            }
+        },
+        {"$group": {"_id": None, "n": {"$sum": "$n"}}},
+    ]
+    rows = list(db["conversation_states"].aggregate(pipeline))
+    return int(rows[0]["n"]) if rows else 0
+
+
+def wait_recorded(db: Any, campaign_id: str, expected: int, timeout: float) -> None:
+    """Until ``expected`` inbound messages are recorded, then a moment for the last
+    batch's metrics write (the check compares the metrics document with a recount)."""
+    deadline = time.monotonic() + timeout
+    while (got := inbound_recorded(db, campaign_id)) < expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{got} of {expected} replies recorded after {timeout}s")
+        time.sleep(0.5)
+    time.sleep(2)
+
+
 def dead_letters(db: Any) -> list[dict[str, Any]]:
     return list(db["dead_letters"].find({}, {"task_name": 1, "reason": 1, "error": 1}))
 
@@ -231,7 +264,9 @@ __all__ = [
     "dead_letters",
     "doubled",
     "fault_env",
+    "inbound_recorded",
     "payload",
     "record",
     "reply_for",
+    "wait_recorded",
 ]

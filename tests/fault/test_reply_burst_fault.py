@@ -25,6 +25,7 @@ from tests.fault.msg_support import (
     fault_env,
     payload,
     record,
+    wait_recorded,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -57,6 +58,7 @@ def burst(client: Celery) -> tuple[int, int]:
         user = HOT_USER if n < HOT_REPLIES else others[n % len(others)]
         replies.append((f"task-burst-{n}", user, f"burst-{n}"))
     sent = 0
+    messages: list[tuple[str, dict[str, Any]]] = []
     for n, (task_id, user, message_id) in enumerate(replies):
         kwargs = {
             "campaign_id": CAMPAIGN,
@@ -69,7 +71,12 @@ def burst(client: Celery) -> tuple[int, int]:
             copies.append(task_id if sent % 2 == 0 else f"{task_id}-resent")
             sent += 1
         for copy in copies:
-            client.send_task(INBOUND, kwargs=kwargs, queue="inbound", task_id=copy)
+            messages.append((copy, kwargs))
+    with client.producer_or_acquire() as producer:  # one connection for all
+        for task_id, kwargs in messages:
+            client.send_task(
+                INBOUND, kwargs=kwargs, queue="inbound", task_id=task_id, producer=producer
+            )
     return distinct, sent
 
 
@@ -94,6 +101,7 @@ def test_reply_burst_with_duplicates_and_a_hot_conversation(
         distinct, duplicates = burst(client)
         published = time.monotonic() - burst_started
         audience.run_until_completed(150)
+        wait_recorded(mongo, CAMPAIGN, distinct + audience.replies, 120)
         hot = mongo["conversation_states"].find_one(
             {"campaign_id": CAMPAIGN, "user_id": HOT_USER}, {"message_history.direction": 1}
         )

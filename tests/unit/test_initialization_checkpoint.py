@@ -9,7 +9,7 @@ import pytest
 
 from campaign_worker.domain.errors import InvalidStateTransitionError
 from campaign_worker.service.campaign_manager import CampaignManager
-from campaign_worker.service.initialization import CHECKPOINT_EVERY
+from campaign_worker.service.initialization import CHECKPOINT_EVERY, InitResult
 from tests.conftest import ManagerFactory, sample_campaign
 
 
@@ -147,7 +147,7 @@ def test_a_step_out_of_time_stops_at_a_checkpoint_after_its_batch(
         calls.append(_count(db))
         return True  # out of time after every batch
 
-    steps = []
+    steps: list[InitResult] = []
     while not (steps and steps[-1].done):
         steps.append(manager.initialize_campaign_step("camp-1", out_of_time=out_of_time))
         assert len(steps) < 10, "no progress"
