@@ -89,6 +89,7 @@ class BatchedTask(CampaignTask):
                 self._settle(item, next(values)) if d.action == "run" else self._copy(item, d)
                 for item, d in zip(items, decisions, strict=True)
             ]
+            outcomes = _with_copies(items, decisions, outcomes)
             self._settle_claims(decisions, outcomes)
             states = [o.state if o.settled else "UNSETTLED" for o in outcomes]
             log.info("batch_settled", **{s.lower(): states.count(s) for s in set(states)})
@@ -102,7 +103,19 @@ class BatchedTask(CampaignTask):
         if not any(item.delayed for item in items):
             return [claims.RUN] * len(items)
         c = container()
-        return [claims.decide(c, self.name, item.id, item.delayed) for item in items]
+        decisions: list[claims.Decision] = []
+        ours: set[str] = set()
+        for item in items:
+            if item.delayed and item.id in ours:
+                # A copy in the same batch as the one that runs: settled with it
+                # (``_with_copies``), after the run, so nothing is acknowledged early.
+                decisions.append(SAME_BATCH)
+                continue
+            decision = claims.decide(c, self.name, item.id, item.delayed)
+            if decision.held is not None:
+                ours.add(item.id)
+            decisions.append(decision)
+        return decisions
 
     def _copy(self, item: BatchItem, decision: claims.Decision) -> ItemOutcome:
         """A copy that does not run: done elsewhere (acknowledged), or put off until the
@@ -214,6 +227,27 @@ class BatchedTask(CampaignTask):
     @staticmethod
     def _text(item: BatchItem, error: Exception) -> str:
         return scrub(f"{type(error).__name__}({str(error)!r})", secrets_of(item.args, item.kwargs))
+
+
+#: The decision for a copy of a delayed message whose task id this batch runs.
+SAME_BATCH = claims.Decision("skip", defer_seconds=-1.0)
+
+
+def _with_copies(
+    items: Sequence[BatchItem], decisions: list[claims.Decision], outcomes: list[ItemOutcome]
+) -> list[ItemOutcome]:
+    """A same-batch copy shares its delivery tag (on Redis) with the copy that ran: if that
+    one goes back to the broker unsettled, so does the copy, else its ack would drop the
+    message's unacked entry before the requeue reads it."""
+    ran = {
+        item.id: outcome
+        for item, d, outcome in zip(items, decisions, outcomes, strict=True)
+        if d.held is not None
+    }
+    return [
+        ItemOutcome(False) if d is SAME_BATCH and not ran[item.id].settled else outcome
+        for item, d, outcome in zip(items, decisions, outcomes, strict=True)
+    ]
 
 
 __all__ = ["BatchHandler", "BatchedTask", "batch_handler"]

@@ -36,7 +36,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import structlog
 from celery import Celery, Task, current_task, signals
-from celery.exceptions import Ignore, Reject, Retry
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from pydantic import ValidationError, validate_call
 from pydantic_core import to_jsonable_python
@@ -241,6 +241,9 @@ RETRYABLE: tuple[type[BaseException], ...] = (
     BrokerOperationalError,
     ConnectionError,
     TimeoutError,
+    # Out of time (a slow database, a short CELERY_TASK_SOFT_TIME_LIMIT): every task is
+    # idempotent or resumes from its checkpoint, so it is retried, not dead-lettered at once.
+    SoftTimeLimitExceeded,
 )
 
 

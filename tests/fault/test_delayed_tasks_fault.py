@@ -8,7 +8,9 @@ short time limit, on a private Redis with a visibility timeout of 6 s and time l
   are acknowledged without running;
 - 600 recipients initialized 5 at a time: no step may outlive the time limit, so each
   stops at a checkpoint inside its time budget (half the soft limit) and the next step
-  resumes there: several steps, no time-limit kill, no dead letter, nothing twice.
+  resumes there: several steps, no time-limit kill, no dead letter, nothing twice;
+- any other task that runs out of its 3 s (a processing batch on a loaded machine) is
+  retried with backoff, not dead-lettered.
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ def test_eta_past_the_visibility_timeout_runs_once_and_init_checkpoints_under_a_
         runs_per_delayed_task=sorted(Counter(c["runs"] for c in claims.values()).items()),
         copies_skipped=logs.count('"task_copy_skipped"'),
         copies_deferred=logs.count('"task_copy_deferred"'),
+        # Under this load a processing batch may run out of its 3 s: retried, not lost.
+        soft_limit_retries=len(re.findall(r"Retry in .*SoftTimeLimitExceeded", logs)),
         init_batches=campaign["init_progress"] if campaign else None,
     )
     assert_clean(report)
@@ -126,5 +130,7 @@ def test_eta_past_the_visibility_timeout_runs_once_and_init_checkpoints_under_a_
     assert logs.count('"task_copy_skipped"') + logs.count('"task_copy_deferred"') > 0
     # The initialization took several steps, none killed or failed by its time limit.
     assert sum(steps.values()) >= 3, steps
-    assert "TimeLimitExceeded" not in logs and "SoftTimeLimitExceeded" not in logs
+    lines = logs.splitlines()
+    assert not [x for x in lines if INITIALIZE in x and "TimeLimitExceeded" in x]
+    assert "Hard time limit" not in logs
     assert letters == []
