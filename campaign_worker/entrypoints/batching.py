@@ -306,7 +306,7 @@ def _item(req: Any) -> BatchItem:
         retries=int(req.request_dict.get("retries") or 0),
         reply_to=req.reply_to,
         correlation_id=req.correlation_id,
-        delayed=bool(req.eta),
+        delayed=bool(getattr(req, "eta", None)),
     )
 
 
