@@ -109,6 +109,7 @@ class BatchedTask(CampaignTask):
             if item.delayed and item.id in ours:
                 # A copy in the same batch as the one that runs: settled with it
                 # (``_with_copies``), after the run, so nothing is acknowledged early.
+                log.info("task_copy_skipped", task_id=item.id, reason="same batch")
                 decisions.append(SAME_BATCH)
                 continue
             decision = claims.decide(c, self.name, item.id, item.delayed)

@@ -6,7 +6,7 @@ short time limit, on a private Redis with a visibility timeout of 6 s and time l
   worker holds it for its ETA, so several copies arrive, all due at once; each task runs
   ONCE (its task-id claim in ``task_claims``: ``entrypoints/claims.py``), the other copies
   are acknowledged without running;
-- 600 recipients initialized 5 at a time: no step may outlive the time limit, so each
+- 600 recipients initialized 2 at a time (300 batches): no step may outlive the time limit, so each
   stops at a checkpoint inside its time budget (half the soft limit) and the next step
   resumes there: several steps, no time-limit kill, no dead letter, nothing twice;
 - any other task that runs out of its 3 s (a processing batch on a loaded machine) is
@@ -67,7 +67,7 @@ def test_eta_past_the_visibility_timeout_runs_once_and_init_checkpoints_under_a_
         CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
         CELERY_TASK_SOFT_TIME_LIMIT="3",
         CELERY_TASK_TIME_LIMIT="5",
-        INIT_BATCH_SIZE="5",
+        INIT_BATCH_SIZE="2",
         INIT_BATCHES_PER_TASK="10000",  # only the time budget ends a step
         INBOUND_BATCH_SIZE="20",
     )
@@ -129,7 +129,8 @@ def test_eta_past_the_visibility_timeout_runs_once_and_init_checkpoints_under_a_
     assert all(claims[t]["done_at"] is not None for t in delayed)
     assert logs.count('"task_copy_skipped"') + logs.count('"task_copy_deferred"') > 0
     # The initialization took several steps, none killed or failed by its time limit.
-    assert sum(steps.values()) >= 3, steps
+    # (One step would do it all but for the time budget: INIT_BATCHES_PER_TASK is huge.)
+    assert sum(steps.values()) >= 2, steps
     lines = logs.splitlines()
     assert not [x for x in lines if INITIALIZE in x and "TimeLimitExceeded" in x]
     assert "Hard time limit" not in logs
