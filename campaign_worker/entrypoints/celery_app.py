@@ -368,7 +368,7 @@ class CampaignTask(Task):  # type: ignore[type-arg]
         request = self.request
         decision = claims.RUN
         if request is not None and request.eta and not request.called_directly:
-            decision = claims.decide(container(), self.name, current_task_id(), True)
+            decision = claims.decide(container(), self.name, request.id, True)
         if decision.action == "skip":
             return None
         if decision.action == "defer":
@@ -412,7 +412,7 @@ class CampaignTask(Task):  # type: ignore[type-arg]
             self.apply_async(  # type: ignore[call-arg]  # retries: passed to send_task
                 args,
                 kwargs,
-                task_id=current_task_id(),
+                task_id=self.request.id,
                 countdown=seconds,
                 retries=self.request.retries,
             )

@@ -173,6 +173,35 @@ def test_a_copy_of_a_delayed_message_running_elsewhere_is_put_off(
     assert inbound_ids(worker) == []  # not run here
 
 
+def test_a_single_task_copy_with_an_eta_claims_its_task_id(
+    worker: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``CampaignTask.__call__``, the path of every task not run in batches."""
+    from datetime import UTC, datetime, timedelta
+
+    worker.task_claims.initialize()
+    published: list[Doc] = []
+    monkeypatch.setattr(TASK, "apply_async", lambda *a, **kw: published.append(kw))
+    kwargs = {"campaign_id": "camp-1", "user_id": "user-00000", "content": "hi"}
+
+    def copy(task_id: str, message_id: str) -> Any:
+        TASK.push_request(id=task_id, eta="2026-01-01T00:00:00+00:00", called_directly=False)
+        try:
+            return TASK(**kwargs, message_id=message_id)
+        finally:
+            TASK.pop_request()
+
+    assert copy("eta-1", "m-eta")["duplicate"] is False
+    assert copy("eta-1", "m-eta") is None  # done: not run again
+    now = datetime.now(UTC)
+    worker.task_claims.claim("eta-2", "elsewhere", now, now + timedelta(seconds=60))
+    assert copy("eta-2", "m-other") is None  # running elsewhere: put off
+    assert [(p["task_id"], p["retries"]) for p in published] == [("eta-2", 0)]
+    assert inbound_ids(worker) == ["m-eta"]
+    claim = worker.task_claims.get("eta-1")
+    assert claim is not None and claim["runs"] == 1 and claim["done_at"] is not None
+
+
 # ---------------------------------------------------------------- the consumer's buffer
 
 
