@@ -8,35 +8,41 @@ from typing import Any
 
 from campaign_worker.adapters.mongo_task_claims import MongoTaskClaims
 
-# Real time: the TTL index (expires_at) would drop claims dated in the past.
-NOW = datetime.now(UTC).replace(microsecond=0)
 LEASE = timedelta(seconds=60)
 
 
+def _now() -> datetime:
+    """Real time, taken per test: the TTL index (expires_at) drops claims dated in the past."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
 def test_first_copy_claims_and_a_copy_of_a_running_task_waits_for_its_lease(any_db: Any) -> None:
+    now = _now()
     claims = MongoTaskClaims(any_db)
     claims.initialize()
-    assert claims.claim("t-1", "a", NOW, NOW + LEASE).state == "claimed"
-    second = claims.claim("t-1", "b", NOW + timedelta(seconds=5), NOW + LEASE)
+    assert claims.claim("t-1", "a", now, now + LEASE).state == "claimed"
+    second = claims.claim("t-1", "b", now + timedelta(seconds=5), now + LEASE)
     assert second.state == "running"
-    assert second.lease_until == NOW + LEASE
+    assert second.lease_until == now + LEASE
     assert claims.get("t-1")["runs"] == 1  # type: ignore[index]
 
 
 def test_copy_of_a_done_task_is_skipped_even_after_the_lease(any_db: Any) -> None:
+    now = _now()
     claims = MongoTaskClaims(any_db)
-    claims.claim("t-2", "a", NOW, NOW + LEASE)
-    assert claims.finish("t-2", "a", NOW + timedelta(seconds=1), NOW + timedelta(days=1))
-    later = NOW + 2 * LEASE
+    claims.claim("t-2", "a", now, now + LEASE)
+    assert claims.finish("t-2", "a", now + timedelta(seconds=1), now + timedelta(days=1))
+    later = now + 2 * LEASE
     assert claims.claim("t-2", "b", later, later + LEASE).state == "done"
     doc = claims.get("t-2")
     assert doc is not None and doc["lease_until"] is None and doc["runs"] == 1
 
 
 def test_a_copy_whose_runner_died_runs_and_only_the_new_owner_settles(any_db: Any) -> None:
+    now = _now()
     claims = MongoTaskClaims(any_db)
-    claims.claim("t-3", "dead", NOW, NOW + LEASE)
-    later = NOW + LEASE + timedelta(seconds=1)
+    claims.claim("t-3", "dead", now, now + LEASE)
+    later = now + LEASE + timedelta(seconds=1)
     assert claims.claim("t-3", "b", later, later + LEASE).state == "claimed"
     assert not claims.finish("t-3", "dead", later, later + LEASE)  # lost its claim
     assert claims.finish("t-3", "b", later, later + LEASE)
@@ -44,8 +50,9 @@ def test_a_copy_whose_runner_died_runs_and_only_the_new_owner_settles(any_db: An
 
 
 def test_a_released_claim_lets_the_retry_run(any_db: Any) -> None:
+    now = _now()
     claims = MongoTaskClaims(any_db)
-    claims.claim("t-4", "a", NOW, NOW + LEASE)
+    claims.claim("t-4", "a", now, now + LEASE)
     assert not claims.release("t-4", "other")
     assert claims.release("t-4", "a")
-    assert claims.claim("t-4", "b", NOW, NOW + LEASE).state == "claimed"
+    assert claims.claim("t-4", "b", now, now + LEASE).state == "claimed"
