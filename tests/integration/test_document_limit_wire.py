@@ -11,6 +11,12 @@ and BSON can be several times larger: 4 KiB of JSON metadata as an array of zero
 19 KiB in the document, and 500 such replies (with full content) outgrow 16 MiB, after
 which no write to that conversation succeeds. Sizes now count the larger of the two.
 
+Not capped (a known gap): the text of an outbound message, which is the template's text
+after rendering. Templates are the operator's own validated files and attributes hold at
+most 8 KiB, but a text that renders to tens of KiB (or repeats a large attribute), in a
+flow that loops through its stages for hundreds of messages, could still outgrow 16 MiB;
+cutting the rendered text at 16 KiB (as replies are) would close it.
+
 Wire-level rather than a process scenario: the history is filled through the reply path
 in large batches (one write per batch), which a worker would need thousands of task
 messages for.
