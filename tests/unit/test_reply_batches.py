@@ -99,6 +99,25 @@ def test_a_transient_failure_retries_each_message_with_backoff(
     assert letters(worker)["t-2"]["reason"] == "retries_exhausted"
 
 
+def test_a_batch_out_of_its_soft_time_limit_is_retried_not_dead_lettered(
+    worker: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    def slow(batch: Any) -> Any:
+        raise SoftTimeLimitExceeded()
+
+    published: list[Doc] = []
+    monkeypatch.setattr(worker.manager, "record_inbound_messages", slow)
+    monkeypatch.setattr(TASK, "apply_async", lambda *a, **kw: published.append(kw))
+
+    outcomes = TASK.run_batch([item("t-slow")])
+
+    assert [(o.settled, o.state) for o in outcomes] == [(True, "RETRY")]
+    assert [p["task_id"] for p in published] == ["t-slow"]
+    assert letters(worker) == {}
+
+
 def test_a_message_that_cannot_be_stored_or_retried_is_left_unsettled(
     worker: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
