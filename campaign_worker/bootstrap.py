@@ -15,11 +15,13 @@ from campaign_worker.adapters.mongo import MongoClientProvider
 from campaign_worker.adapters.mongo_campaigns import MongoCampaignRepository
 from campaign_worker.adapters.mongo_conversations import MongoConversationStateRepository
 from campaign_worker.adapters.mongo_dead_letters import MongoDeadLetterRepository
+from campaign_worker.adapters.mongo_invariants import MongoInvariantReads
 from campaign_worker.adapters.mongo_metrics import MongoCampaignMetricsRepository
 from campaign_worker.adapters.mongo_outbox import MongoOutboxRepository
 from campaign_worker.adapters.mongo_send_budget import MongoSendBudgetRepository
 from campaign_worker.adapters.mongo_suppressions import MongoSuppressionRepository
 from campaign_worker.adapters.mongo_template_versions import MongoTemplateVersionRepository
+from campaign_worker.adapters.mongo_task_claims import MongoTaskClaims
 from campaign_worker.delivery_wiring import ensure_delivery_indexes
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.ports import Clock, MetricsRecorder
@@ -42,6 +44,10 @@ class Container:
     @property
     def dead_letters(self) -> MongoDeadLetterRepository:
         return MongoDeadLetterRepository(self.db)
+
+    @property
+    def task_claims(self) -> MongoTaskClaims:
+        return MongoTaskClaims(self.db)
 
     def close(self) -> None:
         self.mongo.close()
@@ -79,6 +85,7 @@ def build_manager(
             address_attributes=settings.address_attributes,
         ),
         template_versions=MongoTemplateVersionRepository(db),
+        invariant_reads=MongoInvariantReads(db),
     )
 
 

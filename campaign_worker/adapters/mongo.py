@@ -44,6 +44,7 @@ CAMPAIGNS = "campaigns"
 METRICS = "campaign_metrics"
 OUTBOX = "outbox"
 DEAD_LETTERS = "dead_letters"
+TASK_CLAIMS = "task_claims"
 
 
 def translate_errors(func: Callable[P, R]) -> Callable[P, R]:
@@ -138,6 +139,7 @@ __all__ = [
     "DEAD_LETTERS",
     "METRICS",
     "OUTBOX",
+    "TASK_CLAIMS",
     "MongoClientProvider",
     "PyMongoError",
     "ignore_duplicates",

@@ -3,12 +3,16 @@
 A conversation holds at most ``MAX_HISTORY_MESSAGES`` messages, each with content of at
 most ``MAX_CONTENT_BYTES`` and metadata of at most ``MAX_METADATA_BYTES``, plus recipient
 attributes of at most ``MAX_ATTRIBUTES_BYTES``: about 11 MiB in the worst case, whatever
-how long the conversation runs. Sizes are of the JSON encoding (UTF-8), close to BSON's.
+how long the conversation runs. A size is the larger of the JSON (UTF-8) and the BSON
+encodings: JSON alone let 4 KiB of metadata take 19 KiB in the document (an array of
+zeros), and 500 such replies outgrow 16 MiB (tests/integration/test_document_limit_wire.py).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from campaign_worker.domain.errors import LimitExceededError
@@ -23,12 +27,40 @@ _MAX_DEPTH = 20
 
 
 def encoded_size(value: Any) -> int:
-    return len(json.dumps(value, default=str, ensure_ascii=False).encode())
+    """The larger of ``value``'s JSON (UTF-8) and BSON sizes: JSON is what a caller sees,
+    BSON what the document holds, and BSON can be several times larger (an array of
+    small integers or of empty objects: each element also stores its index as a key)."""
+    return max(len(json.dumps(value, default=str, ensure_ascii=False).encode()), bson_size(value))
+
+
+def bson_size(value: Any) -> int:
+    """Bytes ``value`` takes as a BSON value (a dict: the whole embedded document).
+    Computed, not encoded: the domain stays free of the driver."""
+    if isinstance(value, dict):
+        return _document_size((str(k), v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return _document_size((str(i), v) for i, v in enumerate(value))
+    if isinstance(value, bool):
+        return 1
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return 4 if -(2**31) <= value < 2**31 else 8
+    if isinstance(value, float | datetime):
+        return 8
+    text = value if isinstance(value, str) else str(value)
+    return 4 + len(text.encode()) + 1  # int32 length, bytes, NUL
+
+
+def _document_size(items: Iterable[tuple[str, Any]]) -> int:
+    # int32 length, then per element: type byte, key as a C string, value; then NUL.
+    return 4 + sum(1 + len(key.encode()) + 1 + bson_size(v) for key, v in items) + 1
 
 
 def check_size(value: Any, limit: int, what: str) -> None:
-    """Raise LimitExceededError when ``value`` encodes larger than ``limit`` bytes, or
-    holds what MongoDB cannot store (an integer beyond 64 bits, a ``$`` or dotted key)."""
+    """Raise LimitExceededError when ``value`` encodes larger than ``limit`` bytes (JSON or
+    BSON, whichever is larger), or holds what MongoDB cannot store (an integer beyond 64
+    bits, a ``$`` or dotted key)."""
     _check_storable(value, what, 0)
     size = encoded_size(value)
     if size > limit:
@@ -66,6 +98,7 @@ __all__ = [
     "MAX_CONTENT_BYTES",
     "MAX_HISTORY_MESSAGES",
     "MAX_METADATA_BYTES",
+    "bson_size",
     "check_size",
     "encoded_size",
     "truncate_utf8",

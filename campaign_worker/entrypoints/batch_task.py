@@ -24,9 +24,15 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from campaign_worker.adapters.logs import scrub, secrets_of
 from campaign_worker.domain.errors import InvalidInputError
+from campaign_worker.entrypoints import claims
 from campaign_worker.entrypoints import observability as hooks
 from campaign_worker.entrypoints.batching import BatchItem, ItemOutcome
-from campaign_worker.entrypoints.celery_app import RETRYABLE, CampaignTask, dead_letter
+from campaign_worker.entrypoints.celery_app import (
+    RETRYABLE,
+    CampaignTask,
+    container,
+    dead_letter,
+)
 from campaign_worker.entrypoints.requests import argument_reprs, parameter_names
 from campaign_worker.settings import get_settings
 
@@ -73,17 +79,71 @@ class BatchedTask(CampaignTask):
         started = time.perf_counter()
         outcomes: list[ItemOutcome] = []
         try:
+            decisions = self._claim(items)
+            runnable = [i for i, d in zip(items, decisions, strict=True) if d.action == "run"]
             try:
-                values = _HANDLERS[self.name](items)
+                values = iter(_HANDLERS[self.name](runnable) if runnable else [])
             except Exception as exc:  # the whole batch failed (say, MongoDB unreachable)
-                values = [exc] * len(items)
-            outcomes = [self._settle(i, value) for i, value in zip(items, values, strict=True)]
+                values = iter([exc] * len(runnable))
+            outcomes = [
+                self._settle(item, next(values)) if d.action == "run" else self._copy(item, d)
+                for item, d in zip(items, decisions, strict=True)
+            ]
+            outcomes = _with_copies(items, decisions, outcomes)
+            self._settle_claims(decisions, outcomes)
             states = [o.state if o.settled else "UNSETTLED" for o in outcomes]
             log.info("batch_settled", **{s.lower(): states.count(s) for s in set(states)})
             return outcomes
         finally:
             hooks.batch_ran(self.name, len(items), time.perf_counter() - started)
             signals.task_postrun.send(**run, retval=None, state="SUCCESS" if outcomes else None)
+
+    def _claim(self, items: Sequence[BatchItem]) -> list[claims.Decision]:
+        """Copies of messages with an ETA claim their task id (``claims.py``)."""
+        if not any(item.delayed for item in items):
+            return [claims.RUN] * len(items)
+        c = container()
+        decisions: list[claims.Decision] = []
+        ours: set[str] = set()
+        for item in items:
+            if item.delayed and item.id in ours:
+                # A copy in the same batch as the one that runs: settled with it
+                # (``_with_copies``), after the run, so nothing is acknowledged early.
+                log.info("task_copy_skipped", task_id=item.id, reason="same batch")
+                decisions.append(SAME_BATCH)
+                continue
+            decision = claims.decide(c, self.name, item.id, item.delayed)
+            if decision.held is not None:
+                ours.add(item.id)
+            decisions.append(decision)
+        return decisions
+
+    def _copy(self, item: BatchItem, decision: claims.Decision) -> ItemOutcome:
+        """A copy that does not run: done elsewhere (acknowledged), or put off until the
+        runner's lease ends (published again under its task id, then acknowledged)."""
+        if decision.action == "skip":
+            return ItemOutcome(True, "SUCCESS")
+        try:
+            self.apply_async(
+                tuple(item.args),
+                item.kwargs,
+                task_id=item.id,
+                countdown=decision.defer_seconds,
+                retries=item.retries,  # type: ignore[call-arg]  # passed to send_task
+            )
+        except Exception as exc:
+            log.error("deferred_copy_not_published", task_id=item.id, error=str(exc))
+            return ItemOutcome(False)
+        return ItemOutcome(True, "RETRY", error="deferred: another copy is running")
+
+    @staticmethod
+    def _settle_claims(decisions: list[claims.Decision], outcomes: list[ItemOutcome]) -> None:
+        held = [(d.held, o) for d, o in zip(decisions, outcomes, strict=True) if d.held]
+        if not held:
+            return
+        c = container()
+        for claim, outcome in held:
+            claims.settle(c, claim, final=outcome.settled and outcome.state != "RETRY")
 
     def _settle(self, item: BatchItem, value: Any) -> ItemOutcome:
         if not isinstance(value, Exception):
@@ -168,6 +228,27 @@ class BatchedTask(CampaignTask):
     @staticmethod
     def _text(item: BatchItem, error: Exception) -> str:
         return scrub(f"{type(error).__name__}({str(error)!r})", secrets_of(item.args, item.kwargs))
+
+
+#: The decision for a copy of a delayed message whose task id this batch runs.
+SAME_BATCH = claims.Decision("skip", defer_seconds=-1.0)
+
+
+def _with_copies(
+    items: Sequence[BatchItem], decisions: list[claims.Decision], outcomes: list[ItemOutcome]
+) -> list[ItemOutcome]:
+    """A same-batch copy shares its delivery tag (on Redis) with the copy that ran: if that
+    one goes back to the broker unsettled, so does the copy, else its ack would drop the
+    message's unacked entry before the requeue reads it."""
+    ran = {
+        item.id: outcome
+        for item, d, outcome in zip(items, decisions, outcomes, strict=True)
+        if d.held is not None
+    }
+    return [
+        ItemOutcome(False) if d is SAME_BATCH and not ran[item.id].settled else outcome
+        for item, d, outcome in zip(items, decisions, outcomes, strict=True)
+    ]
 
 
 __all__ = ["BatchHandler", "BatchedTask", "batch_handler"]

@@ -64,6 +64,7 @@ class BatchItem:
     retries: int = 0
     reply_to: str | None = None  # where an RPC result backend sends the result
     correlation_id: str | None = None
+    delayed: bool = False  # sent with an ETA: claims its task id before running
 
 
 @dataclass(frozen=True)
@@ -305,6 +306,7 @@ def _item(req: Any) -> BatchItem:
         retries=int(req.request_dict.get("retries") or 0),
         reply_to=req.reply_to,
         correlation_id=req.correlation_id,
+        delayed=bool(getattr(req, "eta", None)),
     )
 
 

@@ -36,7 +36,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import structlog
 from celery import Celery, Task, current_task, signals
-from celery.exceptions import Ignore, Reject, Retry
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from pydantic import ValidationError, validate_call
 from pydantic_core import to_jsonable_python
@@ -52,6 +52,7 @@ from campaign_worker.domain.errors import (
     InvalidInputError,
     TransientError,
 )
+from campaign_worker.entrypoints import claims
 from campaign_worker.entrypoints import observability as hooks
 from campaign_worker.entrypoints.envelope import Rejection
 from campaign_worker.entrypoints.preflight import EXIT_CONFIG, check_configuration
@@ -134,6 +135,7 @@ def _build_container(*, create_indexes: bool) -> Container:
     )
     if create_indexes:
         built.dead_letters.initialize()
+        built.task_claims.initialize()
     return built
 
 
@@ -217,6 +219,7 @@ def _build_indexes(built: Container) -> None:
     ensure_indexes(built.manager)
     ensure_delivery_indexes(built.db)
     built.dead_letters.initialize()
+    built.task_claims.initialize()
 
 
 @signals.worker_process_shutdown.connect
@@ -242,6 +245,9 @@ RETRYABLE: tuple[type[BaseException], ...] = (
     BrokerOperationalError,
     ConnectionError,
     TimeoutError,
+    # Out of time (a slow database, a short CELERY_TASK_SOFT_TIME_LIMIT): every task is
+    # idempotent or resumes from its checkpoint, so it is retried, not dead-lettered at once.
+    SoftTimeLimitExceeded,
 )
 
 
@@ -359,11 +365,27 @@ class CampaignTask(Task):  # type: ignore[type-arg]
         """Run the task; a final failure (retries ran out, or an unexpected error) is
         dead-lettered before its message is acknowledged. If even that cannot be stored,
         the message is rejected back to the broker (``Reject(requeue=True)``) instead of
-        acknowledged and lost: it runs again once the store is back."""
+        acknowledged and lost: it runs again once the store is back.
+
+        A copy of a message with an ETA runs only if it claims its task id
+        (``claims.py``): a copy of a task done or running elsewhere does not run."""
+        request = self.request
+        decision = claims.RUN
+        if request is not None and request.eta and not request.called_directly:
+            decision = claims.decide(container(), self.name, request.id, True)
+        if decision.action == "skip":
+            return None
+        if decision.action == "defer":
+            self._defer(args, kwargs, decision.defer_seconds)
+            return None
+        final = True
         try:
             return super().__call__(*args, **kwargs)
-        except (Retry, Reject, Ignore, InvalidInputError):
-            raise  # a retry on its way; or already dead-lettered by ``run``
+        except (Retry, Reject, Ignore):
+            final = False  # runs again under the same task id
+            raise
+        except InvalidInputError:
+            raise  # already dead-lettered by ``run``
         except Exception as exc:
             if not self.dead_letter_failures:
                 raise
@@ -380,8 +402,27 @@ class CampaignTask(Task):  # type: ignore[type-arg]
                     error=str(store_error),
                 )
                 time.sleep(STORE_RETRY_PAUSE_SECONDS)  # no hot loop while the store is down
+                final = False
                 raise Reject(reason=f"dead letter not stored: {store_error}", requeue=True) from exc
             raise
+        finally:
+            if decision.held is not None:
+                claims.settle(container(), decision.held, final=final)
+
+    def _defer(self, args: Any, kwargs: Any, seconds: float) -> None:
+        """Publish this copy again (same task id) to be due in ``seconds``; then it is
+        acknowledged. If it cannot be published it goes back to the broker."""
+        try:
+            self.apply_async(  # type: ignore[call-arg]  # retries: passed to send_task
+                args,
+                kwargs,
+                task_id=self.request.id,
+                countdown=seconds,
+                retries=self.request.retries,
+            )
+        except Exception as exc:
+            time.sleep(STORE_RETRY_PAUSE_SECONDS)
+            raise Reject(reason=f"deferred copy not published: {exc}", requeue=True) from exc
 
 
 def public_task(

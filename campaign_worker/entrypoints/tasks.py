@@ -13,6 +13,7 @@ return JSON. Waits never become Celery countdowns: they live in MongoDB as
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -139,9 +140,14 @@ def reconcile_metrics(campaign_id: str | None = None) -> dict[str, Any]:
 def initialize_campaign(campaign_id: Id) -> int:
     """Create the campaign's conversations; returns how many were new."""
     c = container()
+    # Half the soft time limit: the batch under way and the checkpoint fit in the rest,
+    # so a slow database or a short limit costs more steps, never lost progress.
+    stop_at = time.monotonic() + c.settings.celery_task_soft_time_limit / 2
     try:
         step = c.manager.initialize_campaign_step(
-            campaign_id, max_batches=c.settings.init_batches_per_task
+            campaign_id,
+            max_batches=c.settings.init_batches_per_task,
+            out_of_time=lambda: time.monotonic() >= stop_at,
         )
     except InvalidStateTransitionError as exc:
         # Paused or cancelled since it was claimed: not a bad request; resume re-schedules.

@@ -29,6 +29,7 @@ from campaign_worker.service import (
     conversations,
     initialization,
     migrations,
+    invariants,
     polling,
     processing,
     queries,
@@ -39,6 +40,7 @@ from campaign_worker.service import (
 from campaign_worker.service.campaigns import campaign_id_for_key
 from campaign_worker.service.context import Doc, Services
 from campaign_worker.service.initialization import InitResult
+from campaign_worker.service.invariants import InvariantReport
 from campaign_worker.service.ledger import Dispatch
 from campaign_worker.service.migrations import MigrationResult
 from campaign_worker.service.polling import PollResult
@@ -121,10 +123,14 @@ class CampaignManager(Services):
         return self.initialize_campaign_step(campaign_id).created
 
     def initialize_campaign_step(
-        self, campaign_id: str, max_batches: int | None = None
+        self,
+        campaign_id: str,
+        max_batches: int | None = None,
+        out_of_time: Callable[[], bool] | None = None,
     ) -> InitResult:
-        """Initialize up to ``max_batches`` batches from the saved checkpoint."""
-        return initialization.initialize_campaign_step(self, campaign_id, max_batches)
+        """Initialize up to ``max_batches`` batches from the saved checkpoint, stopping at
+        a checkpoint once ``out_of_time()`` says so (a task's time budget)."""
+        return initialization.initialize_campaign_step(self, campaign_id, max_batches, out_of_time)
 
     # ------------------------------------------------------------------ queries
 
@@ -282,6 +288,16 @@ class CampaignManager(Services):
         """Recompute the metrics document from the conversations; correct any drift."""
         return reconcile.reconcile_campaign_metrics(self, campaign_id)
 
+    # ------------------------------------------------------------------ invariants
+
+    def check_invariants(self, campaign_id: str, *, quiet: bool = True) -> InvariantReport:
+        """Check what must hold whatever crashed or ran twice: one conversation per
+        recipient, metrics equal to a recount, consistent timelines, every recorded
+        message once in its history and in the outbox, no reply recorded twice; with
+        ``quiet``, also no lease past its expiry and a campaign over when it should be.
+        See ``service/invariants.py``."""
+        return invariants.check_invariants(self, campaign_id, quiet=quiet)
+
     # ------------------------------------------------------------------ polling
 
     # ------------------------------------------------------------------ suppressions
@@ -332,6 +348,7 @@ __all__ = [
     "CampaignManager",
     "InitResult",
     "MigrationResult",
+    "InvariantReport",
     "PollResult",
     "campaign_id_for_key",
     "evaluate_rule",

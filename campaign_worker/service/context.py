@@ -21,6 +21,7 @@ from campaign_worker.service.ports import (
     CampaignRepository,
     Clock,
     ConversationStateRepository,
+    InvariantReads,
     MetricsRecorder,
     NullRecorder,
     OutboxRepository,
@@ -58,6 +59,7 @@ class Services:
         inflight_timeout_seconds: int = 900,
         send_guard: SendGuard | None = None,
         template_versions: TemplateVersionRepository | None = None,
+        invariant_reads: InvariantReads | None = None,
     ) -> None:
         self.conversation_state_repository = conversation_state_repository
         self.config_manager = config_manager
@@ -86,6 +88,8 @@ class Services:
             if template_versions is None
             else TemplateVersions(template_versions, config_manager, clock)
         )
+        # The invariant checker's streamed reads (none: check_invariants is unavailable).
+        self.invariant_reads = invariant_reads
 
     def campaign(self, campaign_id: str) -> StoredCampaign:
         found = self.campaigns.get(campaign_id)

@@ -9,6 +9,7 @@ metrics are incremented once per step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -82,9 +83,15 @@ class _Progress:
 
 
 def initialize_campaign_step(
-    svc: Services, campaign_id: str, max_batches: int | None = None
+    svc: Services,
+    campaign_id: str,
+    max_batches: int | None = None,
+    out_of_time: Callable[[], bool] | None = None,
 ) -> InitResult:
-    """Initialize up to ``max_batches`` batches from the saved checkpoint."""
+    """Initialize up to ``max_batches`` batches from the saved checkpoint; stop early, at a
+    checkpoint after the current batch, once ``out_of_time()`` is true (the caller's time
+    budget: a step that runs into its task's time limit would be killed before saving its
+    progress, and its successor would start over from the same checkpoint)."""
     campaign = svc.campaigns.get(campaign_id, with_recipients=True)
     if campaign is None:
         raise CampaignNotFoundError(campaign_id)
@@ -101,7 +108,7 @@ def initialize_campaign_step(
     # checkpoint: what it inserted is counted once, whatever the number of batches.
     ledger = svc.ledger(campaign_id)
     try:
-        _run_batches(svc, campaign, status, progress, ledger, max_batches, result)
+        _run_batches(svc, campaign, status, progress, ledger, (max_batches, out_of_time), result)
     finally:
         ledger.close()
     return result
@@ -113,10 +120,11 @@ def _run_batches(
     status: CampaignStatus,
     progress: _Progress,
     ledger: MetricsLedger,
-    max_batches: int | None,
+    limits: tuple[int | None, Callable[[], bool] | None],
     result: InitResult,
 ) -> None:
     """Insert batches, checkpointing every ``CHECKPOINT_EVERY`` of them and at the end."""
+    max_batches, out_of_time = limits
     campaign_id = campaign.id
     recipients = svc.campaigns.iter_recipients(
         campaign, svc.init_batch_size, progress.position, read_ahead=CHECKPOINT_EVERY
@@ -126,7 +134,9 @@ def _run_batches(
         result.created += _insert_batch(svc, campaign, batch, progress, ledger)
         progress.position = position
         unsaved += 1
-        last = max_batches is not None and batches >= max_batches
+        last = (max_batches is not None and batches >= max_batches) or bool(
+            out_of_time is not None and out_of_time()
+        )
         if unsaved < CHECKPOINT_EVERY and not last:
             continue
         unsaved = 0

@@ -1,8 +1,10 @@
 """What the README tells clients about ETA/countdown: a task delayed past the Redis
 visibility timeout is delivered again (Redis hands an unacked message out anew after
-``CELERY_VISIBILITY_TIMEOUT``, including one a worker holds back for its ETA), so it runs
-more than once; every task is idempotent, so the effect is applied once. (Replies run in
-batches, so the two copies, both due at the countdown, may run in one batch.)
+``CELERY_VISIBILITY_TIMEOUT``, including one a worker holds back for its ETA), and yet it
+runs once: each copy of a message with an ETA claims its task id before running
+(``entrypoints/claims.py``, collection ``task_claims``); the copies that find the task
+running or done do not run it. (Replies run in batches, so copies due at once may share a
+batch: only the first runs.)
 
 A real worker with the real app and the real ``record_inbound_message`` task, on a private
 Redis (the shared one keeps its timeout), with a visibility timeout of 4 s and a reply sent
@@ -49,7 +51,7 @@ def task_runs(counters: Path) -> Counter[str]:
     return total
 
 
-def test_countdown_past_the_visibility_timeout_runs_twice_and_applies_once(
+def test_countdown_past_the_visibility_timeout_is_delivered_again_and_runs_once(
     private_redis: PrivateRedis, wire_uri: str, e2e_db_name: str, tmp_path: Path
 ) -> None:
     mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
@@ -108,9 +110,13 @@ def test_countdown_past_the_visibility_timeout_runs_twice_and_applies_once(
             ]
             return not busy and inspector.hlen("unacked") == 0 and inspector.llen("inbound") == 0
 
-        wait_until(settled, COUNTDOWN + 30, "the delayed reply to run twice and settle")
+        wait_until(settled, COUNTDOWN + 30, "the delayed reply's copies to settle")
 
-        assert deliveries() >= 2  # delivered again after the visibility timeout, and run
+        assert deliveries() >= 2  # delivered again after the visibility timeout ...
+        claim = db["task_claims"].find_one({"_id": sent.id})
+        assert claim is not None and claim["runs"] == 1 and claim["done_at"] is not None
+        log = procs.log("visibility")
+        assert log.count('"task_copy_skipped"') + log.count('"task_copy_deferred"') >= 1
         state = db["conversation_states"].find_one({"campaign_id": CAMPAIGN})
         assert state is not None
         inbound = [m for m in state["message_history"] if m["message_id"] == "sms-late-1"]

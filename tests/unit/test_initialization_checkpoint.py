@@ -9,7 +9,7 @@ import pytest
 
 from campaign_worker.domain.errors import InvalidStateTransitionError
 from campaign_worker.service.campaign_manager import CampaignManager
-from campaign_worker.service.initialization import CHECKPOINT_EVERY
+from campaign_worker.service.initialization import CHECKPOINT_EVERY, InitResult
 from tests.conftest import ManagerFactory, sample_campaign
 
 
@@ -132,3 +132,26 @@ def test_a_checkpoint_write_that_finds_the_campaign_paused_stops_the_step(
     # The first checkpoint comes after CHECKPOINT_EVERY batches of 50.
     assert (step.created, step.done, step.stopped) == (50 * CHECKPOINT_EVERY, False, True)
     assert db.campaigns.find_one({"_id": "camp-1"})["status"] == "paused"
+
+
+def test_a_step_out_of_time_stops_at_a_checkpoint_after_its_batch(
+    small_batches: CampaignManager, db: Any
+) -> None:
+    """A task's time budget (short time limit, slow database): the step saves its
+    progress after the batch under way, and each next step moves on from there."""
+    manager = small_batches
+    manager.create_campaign(sample_campaign(120))
+    calls: list[int] = []
+
+    def out_of_time() -> bool:
+        calls.append(_count(db))
+        return True  # out of time after every batch
+
+    steps: list[InitResult] = []
+    while not (steps and steps[-1].done):
+        steps.append(manager.initialize_campaign_step("camp-1", out_of_time=out_of_time))
+        assert len(steps) < 10, "no progress"
+    assert [s.created for s in steps] == [50, 50, 20, 0]
+    assert calls == [50, 100, 120]
+    assert _count(db) == 120
+    assert manager.get_campaign_metrics("camp-1")["total_recipients"] == 120

@@ -99,6 +99,25 @@ def test_a_transient_failure_retries_each_message_with_backoff(
     assert letters(worker)["t-2"]["reason"] == "retries_exhausted"
 
 
+def test_a_batch_out_of_its_soft_time_limit_is_retried_not_dead_lettered(
+    worker: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    def slow(batch: Any) -> Any:
+        raise SoftTimeLimitExceeded()
+
+    published: list[Doc] = []
+    monkeypatch.setattr(worker.manager, "record_inbound_messages", slow)
+    monkeypatch.setattr(TASK, "apply_async", lambda *a, **kw: published.append(kw))
+
+    outcomes = TASK.run_batch([item("t-slow")])
+
+    assert [(o.settled, o.state) for o in outcomes] == [(True, "RETRY")]
+    assert [p["task_id"] for p in published] == ["t-slow"]
+    assert letters(worker) == {}
+
+
 def test_a_message_that_cannot_be_stored_or_retried_is_left_unsettled(
     worker: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -115,6 +134,91 @@ def test_a_message_that_cannot_be_stored_or_retried_is_left_unsettled(
     monkeypatch.setattr(worker.manager, "record_inbound_messages", store_down)
     monkeypatch.setattr(TASK, "apply_async", broker_down)
     assert [o.settled for o in TASK.run_batch([item("t-3")])] == [False]
+
+
+def delayed(task_id: str, message_id: str) -> BatchItem:
+    """A copy of a message sent with an ETA (a countdown)."""
+    reply = {"campaign_id": "camp-1", "user_id": "user-00000", "message_id": message_id}
+    return BatchItem(task_id, [], {**reply, "content": "hi"}, delayed=True)
+
+
+def inbound_ids(worker: Container) -> list[str]:
+    doc = worker.db["conversation_states"].find_one({"user_id": "user-00000"})
+    assert doc is not None
+    return [m["message_id"] for m in doc["message_history"] if m["direction"] == "inbound"]
+
+
+def test_copies_of_a_delayed_message_run_once(
+    worker: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two copies in one batch (Redis redelivered it while it waited for its ETA): one
+    runs, the other is settled with it; a later copy of the done task does not run."""
+    worker.task_claims.initialize()
+    batches: list[int] = []
+    record = worker.manager.record_inbound_messages
+
+    def counting(replies: Any) -> Any:
+        batches.append(len(replies))
+        return record(replies)
+
+    monkeypatch.setattr(worker.manager, "record_inbound_messages", counting)
+    first = TASK.run_batch([delayed("late-1", "m-late"), delayed("late-1", "m-late")])
+    assert [(o.settled, o.state) for o in first] == [(True, "SUCCESS")] * 2
+    assert batches == [1]
+    claim = worker.task_claims.get("late-1")
+    assert claim is not None and claim["runs"] == 1 and claim["done_at"] is not None
+
+    again = TASK.run_batch([delayed("late-1", "m-late"), item("plain")])
+    assert [(o.settled, o.state) for o in again] == [(True, "SUCCESS")] * 2
+    assert batches == [1, 1]  # only the message without an ETA ran
+    assert inbound_ids(worker) == ["m-late", "plain"]
+
+
+def test_a_copy_of_a_delayed_message_running_elsewhere_is_put_off(
+    worker: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    worker.task_claims.claim("late-2", "other-worker", now, now + timedelta(seconds=60))
+    published: list[Doc] = []
+    monkeypatch.setattr(TASK, "apply_async", lambda *a, **kw: published.append(kw))
+
+    outcomes = TASK.run_batch([delayed("late-2", "m-2")])
+
+    assert [(o.settled, o.state) for o in outcomes] == [(True, "RETRY")]
+    assert [(p["task_id"], p["retries"]) for p in published] == [("late-2", 0)]
+    assert 1 <= published[0]["countdown"] <= 10
+    assert inbound_ids(worker) == []  # not run here
+
+
+def test_a_single_task_copy_with_an_eta_claims_its_task_id(
+    worker: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``CampaignTask.__call__``, the path of every task not run in batches."""
+    from datetime import UTC, datetime, timedelta
+
+    worker.task_claims.initialize()
+    published: list[Doc] = []
+    monkeypatch.setattr(TASK, "apply_async", lambda *a, **kw: published.append(kw))
+    kwargs = {"campaign_id": "camp-1", "user_id": "user-00000", "content": "hi"}
+
+    def copy(task_id: str, message_id: str) -> Any:
+        TASK.push_request(id=task_id, eta="2026-01-01T00:00:00+00:00", called_directly=False)
+        try:
+            return TASK(**kwargs, message_id=message_id)
+        finally:
+            TASK.pop_request()
+
+    assert copy("eta-1", "m-eta")["duplicate"] is False
+    assert copy("eta-1", "m-eta") is None  # done: not run again
+    now = datetime.now(UTC)
+    worker.task_claims.claim("eta-2", "elsewhere", now, now + timedelta(seconds=60))
+    assert copy("eta-2", "m-other") is None  # running elsewhere: put off
+    assert [(p["task_id"], p["retries"]) for p in published] == [("eta-2", 0)]
+    assert inbound_ids(worker) == ["m-eta"]
+    claim = worker.task_claims.get("eta-1")
+    assert claim is not None and claim["runs"] == 1 and claim["done_at"] is not None
 
 
 # ---------------------------------------------------------------- the consumer's buffer
