@@ -15,6 +15,7 @@ from campaign_worker.adapters.mongo import MongoClientProvider
 from campaign_worker.adapters.mongo_campaigns import MongoCampaignRepository
 from campaign_worker.adapters.mongo_conversations import MongoConversationStateRepository
 from campaign_worker.adapters.mongo_dead_letters import MongoDeadLetterRepository
+from campaign_worker.adapters.mongo_invariants import MongoInvariantReads
 from campaign_worker.adapters.mongo_metrics import MongoCampaignMetricsRepository
 from campaign_worker.adapters.mongo_outbox import MongoOutboxRepository
 from campaign_worker.adapters.mongo_send_budget import MongoSendBudgetRepository
@@ -78,6 +79,7 @@ def build_manager(
             caps=settings.caps,
             address_attributes=settings.address_attributes,
         ),
+        invariant_reads=MongoInvariantReads(db),
     )
 
 

@@ -27,6 +27,7 @@ from campaign_worker.service import (
     campaigns,
     conversations,
     initialization,
+    invariants,
     polling,
     processing,
     queries,
@@ -37,6 +38,7 @@ from campaign_worker.service import (
 from campaign_worker.service.campaigns import campaign_id_for_key
 from campaign_worker.service.context import Doc, Services
 from campaign_worker.service.initialization import InitResult
+from campaign_worker.service.invariants import InvariantReport
 from campaign_worker.service.ledger import Dispatch
 from campaign_worker.service.polling import PollResult
 from campaign_worker.service.processing import BatchResult
@@ -239,6 +241,16 @@ class CampaignManager(Services):
         """Recompute the metrics document from the conversations; correct any drift."""
         return reconcile.reconcile_campaign_metrics(self, campaign_id)
 
+    # ------------------------------------------------------------------ invariants
+
+    def check_invariants(self, campaign_id: str, *, quiet: bool = True) -> InvariantReport:
+        """Check what must hold whatever crashed or ran twice: one conversation per
+        recipient, metrics equal to a recount, consistent timelines, every recorded
+        message once in its history and in the outbox, no reply recorded twice; with
+        ``quiet``, also no lease past its expiry and a campaign over when it should be.
+        See ``service/invariants.py``."""
+        return invariants.check_invariants(self, campaign_id, quiet=quiet)
+
     # ------------------------------------------------------------------ polling
 
     # ------------------------------------------------------------------ suppressions
@@ -288,6 +300,7 @@ __all__ = [
     "BatchResult",
     "CampaignManager",
     "InitResult",
+    "InvariantReport",
     "PollResult",
     "campaign_id_for_key",
     "evaluate_rule",

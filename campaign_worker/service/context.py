@@ -22,6 +22,7 @@ from campaign_worker.service.ports import (
     CampaignRepository,
     Clock,
     ConversationStateRepository,
+    InvariantReads,
     MetricsRecorder,
     NullRecorder,
     OutboxRepository,
@@ -51,6 +52,7 @@ class Services:
         lease_seconds: int = 120,
         inflight_timeout_seconds: int = 900,
         send_guard: SendGuard | None = None,
+        invariant_reads: InvariantReads | None = None,
     ) -> None:
         self.conversation_state_repository = conversation_state_repository
         self.config_manager = config_manager
@@ -73,6 +75,8 @@ class Services:
         self.publisher = Publisher(conversation_state_repository, outbox_repository)
         # Suppression list and frequency caps, asked before every send (none: no checks).
         self.send_guard = send_guard or SendGuard()
+        # The invariant checker's streamed reads (none: check_invariants is unavailable).
+        self.invariant_reads = invariant_reads
 
     def campaign(self, campaign_id: str) -> StoredCampaign:
         found = self.campaigns.get(campaign_id)

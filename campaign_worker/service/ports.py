@@ -155,6 +155,31 @@ class OutboxRepository(Protocol):
     def enqueue_many(self, envelopes: Sequence[OutboundEnvelope]) -> int: ...
 
 
+class InvariantReads(Protocol):
+    """The invariant checker's reads: streamed in batches with projections, so a campaign
+    of millions of conversations is checked in one pass in bounded memory."""
+
+    def conversations(self, campaign_id: str, batch_size: int) -> Iterator[list[dict[str, Any]]]:
+        """The campaign's conversations, projected to what the checks read."""
+        ...
+
+    def conversations_by_id(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The same projection for these conversation ids (a re-read)."""
+        ...
+
+    def conversations_of_users(
+        self, campaign_id: str, user_ids: Sequence[str]
+    ) -> list[tuple[str, str]]:
+        """(conversation id, user id) of every conversation of these users."""
+        ...
+
+    def outbox_rows(self, conversation_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Outbox rows of these conversations (no content)."""
+        ...
+
+    def count_outbox(self, campaign_id: str) -> int: ...
+
+
 class SuppressionRepository(Protocol):
     """The suppression list (``domain.suppressions``), shared with the delivering service."""
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import structlog
 
-from campaign_worker.domain.documents import CampaignStatus, to_utc
+from campaign_worker.domain.documents import CampaignStatus, StoredCampaign, to_utc
 from campaign_worker.service.context import Doc, Services
 
 log = structlog.get_logger(__name__)
@@ -57,15 +57,12 @@ def reconcile_campaign_metrics(svc: Services, campaign_id: str) -> dict[str, flo
     if len(stale) < len(inflight):
         log.info("metrics_reconcile_deferred", campaign_id=campaign_id, reason="writers")
         return {}
-    expected = expected_counts(svc.conversation_state_repository.aggregate_campaign(campaign_id))
-    invalid = int((campaign.init_progress or {}).get("invalid", 0))
-    if invalid:
-        expected["invalid_recipients"] = invalid
+    expected = recount(svc, campaign)
     after = svc.campaign_metrics.get(campaign_id) or {}
     if before.get("revision") != after.get("revision"):
         log.info("metrics_reconcile_deferred", campaign_id=campaign_id, reason="concurrent updates")
         return {}
-    drift = _difference(expected, stored_counts(after))
+    drift = difference(expected, stored_counts(after))
     if drift or stale:
         revision = int(after.get("revision") or 0)
         if not svc.campaign_metrics.correct(campaign_id, drift, revision, now, stale):
@@ -75,7 +72,18 @@ def reconcile_campaign_metrics(svc: Services, campaign_id: str) -> dict[str, flo
     return drift
 
 
-def _difference(expected: dict[str, float], stored: dict[str, float]) -> dict[str, float]:
+def recount(svc: Services, campaign: StoredCampaign) -> dict[str, float]:
+    """The metrics document's counters recomputed from the campaign's conversations (one
+    aggregation) and its initialization checkpoint (invalid rows), as field paths."""
+    expected = expected_counts(svc.conversation_state_repository.aggregate_campaign(campaign.id))
+    invalid = int((campaign.init_progress or {}).get("invalid", 0))
+    if invalid:
+        expected["invalid_recipients"] = invalid
+    return expected
+
+
+def difference(expected: dict[str, float], stored: dict[str, float]) -> dict[str, float]:
+    """Expected minus stored per field path, where they differ (beyond float noise)."""
     return {
         key: expected.get(key, 0) - stored.get(key, 0)
         for key in set(expected) | set(stored)
@@ -120,7 +128,9 @@ def stored_counts(doc: Doc) -> dict[str, float]:
 
 __all__ = [
     "campaigns_to_reconcile",
+    "difference",
     "expected_counts",
     "reconcile_campaign_metrics",
+    "recount",
     "stored_counts",
 ]

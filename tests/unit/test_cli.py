@@ -29,7 +29,7 @@ def test_the_bare_command_prints_help_and_exits_0() -> None:
     result = run_cli()
     assert result.returncode == 0, result.stderr
     assert "Usage: campaign-worker" in result.stdout
-    for command in ("campaigns", "conversations", "metrics", "simulate", "templates",
+    for command in ("campaigns", "conversations", "metrics", "check", "simulate", "templates",
                     "dead-letters", "health", "demo"):  # fmt: skip
         assert command in result.stdout
 

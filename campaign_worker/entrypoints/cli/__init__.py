@@ -19,6 +19,7 @@ import typer
 from campaign_worker.domain.errors import CampaignWorkerError
 from campaign_worker.entrypoints.cli import (
     campaigns,
+    check,
     conversations,
     dead_letters,
     metrics,
@@ -42,6 +43,7 @@ app = typer.Typer(
 app.add_typer(campaigns.app, name="campaigns")
 app.add_typer(conversations.app, name="conversations")
 app.command()(metrics.metrics)
+app.command()(check.check)
 app.command()(simulate.simulate)
 app.add_typer(templates.app, name="templates")
 app.add_typer(dead_letters.app, name="dead-letters")

@@ -1,0 +1,229 @@
+"""The invariant checker's pure parts: its report types, the names of the invariants, and
+the checks of one (projected) conversation document: its stage timeline, its history and
+its counters. The service flow (``service/invariants.py``) streams the documents and joins
+them with the outbox, the audience and the metrics document.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from campaign_worker.domain.documents import to_utc
+
+# Stable names (scripts and the fault suite match on them).
+ONE_CONVERSATION_PER_RECIPIENT = "one_conversation_per_recipient"
+INVALID_RECIPIENTS_COUNTED = "invalid_recipients_counted"
+CAMPAIGN_TOTAL_RECIPIENTS = "campaign_total_recipients"
+METRICS_MATCH_RECOUNT = "metrics_match_recount"
+STAGE_TIMELINE = "stage_timeline"
+CONVERSATION_COUNTERS = "conversation_counters"
+OUTBOUND_RECORDED_ONCE = "outbound_recorded_once"
+OUTBOUND_IN_OUTBOX = "outbound_in_outbox"
+OUTBOX_ROWS_RECORDED = "outbox_rows_recorded"
+DELIVERY_RECORDED_ONCE = "delivery_recorded_once"
+INBOUND_RECORDED_ONCE = "inbound_recorded_once"
+NO_STALE_LEASES = "no_stale_leases"
+CAMPAIGN_OVER_WHEN_DONE = "campaign_over_when_done"
+NO_OVERDUE_WORK = "no_overdue_work"
+
+# Figures every report carries (ints), whatever else it adds.
+FIGURES = (
+    "recipients",
+    "conversations",
+    "conversations_lost",
+    "conversations_duplicated",
+    "messages_recorded",
+    "messages_lost",
+    "messages_sent_twice",
+    "replies_recorded",
+    "replies_recorded_twice",
+    "metrics_drift",
+    "stale_leases",
+)
+SAMPLE_SIZE = 5
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One invariant that does not hold: its stable name, a sentence with counts, and up
+    to ``SAMPLE_SIZE`` offending ids."""
+
+    invariant: str
+    detail: str
+    sample: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"invariant": self.invariant, "detail": self.detail, "sample": list(self.sample)}
+
+
+@dataclass(frozen=True)
+class InvariantReport:
+    """What ``CampaignManager.check_invariants`` found for one campaign."""
+
+    campaign_id: str
+    violations: tuple[Violation, ...]
+    figures: Mapping[str, int]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "campaign_id": self.campaign_id,
+            "ok": self.ok,
+            "figures": dict(self.figures),
+            "violations": [violation.as_dict() for violation in self.violations],
+        }
+
+
+@dataclass
+class Findings:
+    """Counts and sample ids per invariant, gathered while documents stream by."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    samples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, invariant: str, item: str, count: int = 1) -> None:
+        self.counts[invariant] += count
+        sample = self.samples.setdefault(invariant, [])
+        if len(sample) < SAMPLE_SIZE and item not in sample:
+            sample.append(item)
+
+    def sample(self, invariant: str) -> tuple[str, ...]:
+        return tuple(self.samples.get(invariant, ()))
+
+
+@dataclass(frozen=True)
+class HistoryFacts:
+    """What one conversation's history holds, by message id."""
+
+    outbound: tuple[str, ...]  # distinct outbound ids, in history order
+    inbound: int  # distinct inbound ids
+    outbound_entries: int
+    inbound_entries: int
+    outbound_repeated: int  # entries beyond the first of an outbound id
+    inbound_repeated: int  # entries beyond the first of an inbound id
+    # Outbound entries beyond the first for one (stage, step, stage entry) under
+    # different ids: the same message recorded twice.
+    step_repeated: int
+    steps: frozenset[tuple[str, int]]  # (stage, step) of the recorded outbound messages
+
+
+def history_facts(doc: Mapping[str, Any]) -> HistoryFacts:
+    """The history facts of a conversation document (``message_history`` entries with at
+    least ``message_id``, ``direction`` and ``metadata.stage/step/entry``)."""
+    outbound: Counter[str] = Counter()
+    inbound: Counter[str] = Counter()
+    step_ids: dict[tuple[str, int, int], set[str]] = {}
+    steps: set[tuple[str, int]] = set()
+    for entry in doc.get("message_history") or ():
+        message_id = str(entry.get("message_id"))
+        if entry.get("direction") == "inbound":
+            inbound[message_id] += 1
+            continue
+        outbound[message_id] += 1
+        metadata = entry.get("metadata") or {}
+        stage, step, visit = metadata.get("stage"), metadata.get("step"), metadata.get("entry")
+        if isinstance(stage, str) and isinstance(step, int):
+            steps.add((stage, step))
+            if isinstance(visit, int):
+                step_ids.setdefault((stage, step, visit), set()).add(message_id)
+    return HistoryFacts(
+        outbound=tuple(outbound),
+        inbound=len(inbound),
+        outbound_entries=sum(outbound.values()),
+        inbound_entries=sum(inbound.values()),
+        outbound_repeated=sum(n - 1 for n in outbound.values()),
+        inbound_repeated=sum(n - 1 for n in inbound.values()),
+        step_repeated=sum(len(ids) - 1 for ids in step_ids.values()),
+        steps=frozenset(steps),
+    )
+
+
+def counter_fault(doc: Mapping[str, Any], facts: HistoryFacts) -> str | None:
+    """Why the conversation's own counters disagree with its history (None: they agree)."""
+    metrics = doc.get("metrics") or {}
+    sent, received = metrics.get("messages_sent", 0), metrics.get("messages_received", 0)
+    if sent != facts.outbound_entries:
+        return f"messages_sent {sent} but {facts.outbound_entries} outbound entries"
+    if received != facts.inbound_entries:
+        return f"messages_received {received} but {facts.inbound_entries} inbound entries"
+    return None
+
+
+def timeline_fault(doc: Mapping[str, Any]) -> str | None:
+    """Why the stage timeline is inconsistent (None: it is consistent).
+
+    An active conversation has exactly one open stage entry, the last, named
+    ``current_stage``; a finished one has none. Every entry exits no earlier than it was
+    entered, and the next one is entered no earlier than the previous exit.
+    """
+    stages = doc.get("stages") or []
+    if not stages:
+        return "no stage entries"
+    open_entries = [i for i, entry in enumerate(stages) if entry.get("exited_at") is None]
+    if doc.get("status") == "active":
+        if len(open_entries) != 1:
+            return f"{len(open_entries)} open stage entries in an active conversation"
+        if open_entries[0] != len(stages) - 1:
+            return "the open stage entry is not the last"
+        if stages[-1].get("name") != doc.get("current_stage"):
+            return f"open stage {stages[-1].get('name')!r} is not {doc.get('current_stage')!r}"
+    elif open_entries:
+        return f"{len(open_entries)} open stage entries in a {doc.get('status')} conversation"
+    previous: datetime | None = None
+    for index, entry in enumerate(stages):
+        entered, exited = _date(entry.get("entered_at")), _date(entry.get("exited_at"))
+        if entered is None:
+            return f"stage entry {index} has no entered_at"
+        if previous is not None and entered < previous:
+            return f"stage entry {index} entered before the previous one ended"
+        if exited is not None and exited < entered:
+            return f"stage entry {index} exited before it was entered"
+        if entry.get("completed") and exited is None:
+            return f"stage entry {index} is completed but open"
+        previous = exited or entered
+    return None
+
+
+def expired(value: Any, now: datetime) -> bool:
+    """Whether a stored lease time is in the past."""
+    moment = _date(value)
+    return moment is not None and moment < now
+
+
+def _date(value: Any) -> datetime | None:
+    return to_utc(value) if isinstance(value, datetime) else None
+
+
+__all__ = [
+    "CAMPAIGN_OVER_WHEN_DONE",
+    "CAMPAIGN_TOTAL_RECIPIENTS",
+    "CONVERSATION_COUNTERS",
+    "DELIVERY_RECORDED_ONCE",
+    "FIGURES",
+    "INBOUND_RECORDED_ONCE",
+    "INVALID_RECIPIENTS_COUNTED",
+    "METRICS_MATCH_RECOUNT",
+    "NO_OVERDUE_WORK",
+    "NO_STALE_LEASES",
+    "ONE_CONVERSATION_PER_RECIPIENT",
+    "OUTBOUND_IN_OUTBOX",
+    "OUTBOUND_RECORDED_ONCE",
+    "OUTBOX_ROWS_RECORDED",
+    "SAMPLE_SIZE",
+    "STAGE_TIMELINE",
+    "Findings",
+    "HistoryFacts",
+    "InvariantReport",
+    "Violation",
+    "counter_fault",
+    "expired",
+    "history_facts",
+    "timeline_fault",
+]
