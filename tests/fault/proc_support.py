@@ -335,14 +335,17 @@ class Scenario:
         Then the checker must pass on the quiet system; figures recorded."""
         manager = self.manager()
         _settle(self.db, campaign_id)
+        checked = time.monotonic()
         before = manager.check_invariants(campaign_id, quiet=False)
         waited = time.monotonic()
+        self.notes["check_seconds"] = round(waited - checked, 1)
         deadline = waited + INFLIGHT_TIMEOUT + 30
         while True:
             manager.reconcile_campaign_metrics(campaign_id)
             report = manager.check_invariants(campaign_id, quiet=True)
             if report.ok or time.monotonic() > deadline:
                 break
+            print(f"[{self.name}] waiting for: {[v.invariant for v in report.violations]}")
             time.sleep(1.0)
         figures = {
             "scenario": self.name,

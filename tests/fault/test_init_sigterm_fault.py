@@ -29,7 +29,7 @@ from tests.fault.proc_support import Audience, Scenario, scenario
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-N = 2000
+N = 1500
 BATCH = 20
 CAMPAIGN = "fault-init-sigterm"
 TEMPLATES = Path(__file__).with_name("templates")
@@ -100,6 +100,7 @@ def test_sigterm_during_large_initialization_resumes_from_checkpoint(
         INIT_BATCH_SIZE=str(BATCH),
         INIT_BATCHES_PER_TASK="25",
         PROCESS_BATCH_SIZE="100",
+        LEASE_SECONDS="5",  # a dead initializer's campaign is claimed again after 25 s
         CAMPAIGN_TEMPLATES_DIR=str(TEMPLATES),
     ) as s:
         s.supervisor.worker("worker", concurrency=2)

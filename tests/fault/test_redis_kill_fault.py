@@ -22,7 +22,7 @@ from tests.fault.proc_support import Audience, Scenario, at_progress, scenario
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-N = 150
+N = 120
 CAMPAIGN = "fault-redis-kill"
 SECRET = "fault-secret-0123456789abcdef"
 
