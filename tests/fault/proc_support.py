@@ -264,6 +264,7 @@ class Scenario:
         )
         self.db = self.mongo[self.db_name]
         self.started = time.monotonic()
+        self.audience: Audience | None = None
 
     def close(self) -> None:
         self.procs.stop_all()
@@ -294,6 +295,7 @@ class Scenario:
     def run(
         self, audience: Audience, faults: list[Fault], timeout: float, interval: float = 0.25
     ) -> float:
+        self.audience = audience
         """Until the campaign is completed: feed replies, inject ``faults``, restart what
         died. Returns the run time in seconds (from creation)."""
         armed = list(faults)
@@ -366,7 +368,14 @@ class Scenario:
             "run_seconds": round(run_seconds, 1),
             **self.notes,
         }
+        if self.audience is not None:
+            # Every distinct reply the audience sent (it resends until recorded) was
+            # recorded: none lost, whatever the faults did to it on the way.
+            figures["replies_sent"] = self.audience.replies
+            figures["replies_resent"] = self.audience.resent
         record_figures(figures)
+        if self.audience is not None:
+            assert figures["replies_recorded"] == self.audience.replies, figures
         assert report.ok, [(v.invariant, v.detail, v.sample) for v in report.violations]
         for key in (
             "conversations_lost",

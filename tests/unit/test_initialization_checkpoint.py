@@ -132,3 +132,16 @@ def test_a_checkpoint_write_that_finds_the_campaign_paused_stops_the_step(
     # The first checkpoint comes after CHECKPOINT_EVERY batches of 50.
     assert (step.created, step.done, step.stopped) == (50 * CHECKPOINT_EVERY, False, True)
     assert db.campaigns.find_one({"_id": "camp-1"})["status"] == "paused"
+
+
+def test_each_step_logs_where_it_starts(small_batches: CampaignManager) -> None:
+    """Operators (and the fault suite) see a resumed initialization: every step logs the
+    checkpoint it starts from, None only for a fresh start."""
+    from structlog.testing import capture_logs
+
+    small_batches.create_campaign(sample_campaign(120))
+    with capture_logs() as logs:
+        small_batches.initialize_campaign_step("camp-1", max_batches=1)
+        small_batches.initialize_campaign_step("camp-1", max_batches=1)
+    starts = [e["position"] for e in logs if e["event"] == "campaign_initialization_step"]
+    assert starts == [None, {"offset": 50}]
