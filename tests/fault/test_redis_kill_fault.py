@@ -54,8 +54,8 @@ def test_redis_killed_and_restarted_empty_mid_run(
             tmp_path,
             wire_uri,
             e2e_db_name,
-            INIT_BATCH_SIZE="20",
-            INIT_BATCHES_PER_TASK="5",
+            INIT_BATCH_SIZE="5",  # a slow initialization, so a kill lands in it
+            INIT_BATCHES_PER_TASK="2",
             DELIVERY_DEFAULT_CHANNEL="webhook",
             WEBHOOK_URL=receiver.url,
             WEBHOOK_SECRET=SECRET,
