@@ -23,9 +23,9 @@ N = 200
 CAMPAIGN = "fault-worker-kill"
 
 
-def kill_mid_batch(target: str) -> Callable[[Scenario], bool]:
+def kill_mid_batch(target: str, node: str) -> Callable[[Scenario], bool]:
     def action(s: Scenario) -> bool:
-        pids = wait_busy(s, s.notes["node"], (PROCESS,))
+        pids = wait_busy(s, node, (PROCESS,))
         if not pids:
             return False
         victim = pids[0] if target == "child" else s.supervisor.pid("worker")
@@ -40,14 +40,14 @@ def test_sigkill_of_worker_main_and_pool_processes_mid_batch(
     wire_uri: str, e2e_db_name: str, tmp_path: Path
 ) -> None:
     with scenario("worker_kill", tmp_path, wire_uri, e2e_db_name) as s:
-        s.notes["node"] = s.supervisor.worker("worker", concurrency=2)
+        node = s.supervisor.worker("worker", concurrency=2)
         s.supervisor.beat("beat")
         s.create(N, CAMPAIGN)
         expected_sends = N * 7 // 4
         targets = ["child", "main", "child", "main", "child"]
         thresholds = [expected_sends * k // 10 for k in (1, 2, 4, 5, 7)]
         faults = [
-            next(at_progress(CAMPAIGN, [threshold], kill_mid_batch(target)))
+            next(at_progress(CAMPAIGN, [threshold], kill_mid_batch(target, node)))
             for threshold, target in zip(thresholds, targets, strict=True)
         ]
         run_seconds = s.run(Audience(s.client, s.db, CAMPAIGN), faults, timeout=180)
