@@ -78,6 +78,7 @@ def build_manager(
         process_batch_size=settings.process_batch_size,
         process_fanout=settings.process_fanout,
         lease_seconds=settings.lease_seconds,
+        inflight_timeout_seconds=settings.metrics_inflight_timeout_seconds,
         send_guard=SendGuard(
             MongoSuppressionRepository(db),
             MongoSendBudgetRepository(db),

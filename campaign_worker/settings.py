@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     celery_max_tasks_per_child: int = Field(default=10_000, ge=1)
     poll_interval_seconds: float = Field(default=10.0, gt=0)
     reconcile_interval_seconds: float = Field(default=300.0, gt=0)
+    # A metrics registration older than this belongs to a dead writer (kill -9 between its
+    # conversation writes and its increment): the reconcile then corrects what it wrote.
+    # Must exceed the task time limit plus the longest queue wait of a dispatched task.
+    metrics_inflight_timeout_seconds: int = Field(default=900, ge=1)
 
     # Delivery (docs/architecture.md "Delivery"). Secrets are SecretStr: never printed.
     delivery_default_channel: str = Field(default="outbox", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
@@ -125,6 +129,12 @@ class Settings(BaseSettings):
                 "need CELERY_TASK_SOFT_TIME_LIMIT < CELERY_TASK_TIME_LIMIT < "
                 f"CELERY_VISIBILITY_TIMEOUT, got {soft} / {hard} / "
                 f"{self.celery_visibility_timeout}"
+            )
+        if self.metrics_inflight_timeout_seconds <= hard:
+            # A live writer would be taken for dead, and its increment counted twice.
+            raise ValueError(
+                "need METRICS_INFLIGHT_TIMEOUT_SECONDS > CELERY_TASK_TIME_LIMIT, got "
+                f"{self.metrics_inflight_timeout_seconds} / {hard}"
             )
         return self
 

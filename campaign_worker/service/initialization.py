@@ -103,6 +103,9 @@ def initialize_campaign_step(
     if status == CampaignStatus.SCHEDULED:
         transition_campaign(svc, campaign_id, CampaignStatus.INITIALIZING)
     progress = _Progress.of(campaign)
+    # Where this step starts: None for a fresh start, else the saved checkpoint (a step
+    # that continues, or one resumed after a worker stopped or died).
+    log.info("campaign_initialization_step", campaign_id=campaign_id, position=progress.position)
     result = InitResult(campaign_id=campaign_id)
     # One registration and one metrics increment per step (task), after its last
     # checkpoint: what it inserted is counted once, whatever the number of batches.

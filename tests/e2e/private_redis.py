@@ -34,11 +34,13 @@ class PrivateRedis:
     """A redis-server of the test's own, on a free 127.0.0.1 port, with its data in ``dir``.
 
     Persistence as in docker-compose.yml: the append-only file, fsynced every second, and
-    no RDB snapshots (so whatever survives a restart survived through the AOF).
+    no RDB snapshots (so whatever survives a restart survived through the AOF). With
+    ``persistent=False`` neither: a restart starts empty, every queue lost (fault tests).
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = True) -> None:
         self.dir = directory
+        self.persistent = persistent
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -58,10 +60,11 @@ class PrivateRedis:
                 str(self.port),
                 "--dir",
                 str(self.dir),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
+                *(
+                    ("--appendonly", "yes", "--appendfsync", "everysec")
+                    if self.persistent
+                    else ("--appendonly", "no")
+                ),
                 "--save",
                 "",
             ],
@@ -90,6 +93,12 @@ class PrivateRedis:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no goodbye (without persistence every queue is gone)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
     def restart(self) -> None:
         self.stop()

@@ -155,3 +155,16 @@ def test_a_step_out_of_time_stops_at_a_checkpoint_after_its_batch(
     assert calls == [50, 100, 120]
     assert _count(db) == 120
     assert manager.get_campaign_metrics("camp-1")["total_recipients"] == 120
+
+
+def test_each_step_logs_where_it_starts(small_batches: CampaignManager) -> None:
+    """Operators (and the fault suite) see a resumed initialization: every step logs the
+    checkpoint it starts from, None only for a fresh start."""
+    from structlog.testing import capture_logs
+
+    small_batches.create_campaign(sample_campaign(120))
+    with capture_logs() as logs:
+        small_batches.initialize_campaign_step("camp-1", max_batches=1)
+        small_batches.initialize_campaign_step("camp-1", max_batches=1)
+    starts = [e["position"] for e in logs if e["event"] == "campaign_initialization_step"]
+    assert starts == [None, {"offset": 50}]
