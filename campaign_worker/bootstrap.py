@@ -20,8 +20,8 @@ from campaign_worker.adapters.mongo_metrics import MongoCampaignMetricsRepositor
 from campaign_worker.adapters.mongo_outbox import MongoOutboxRepository
 from campaign_worker.adapters.mongo_send_budget import MongoSendBudgetRepository
 from campaign_worker.adapters.mongo_suppressions import MongoSuppressionRepository
-from campaign_worker.adapters.mongo_template_versions import MongoTemplateVersionRepository
 from campaign_worker.adapters.mongo_task_claims import MongoTaskClaims
+from campaign_worker.adapters.mongo_template_versions import MongoTemplateVersionRepository
 from campaign_worker.delivery_wiring import ensure_delivery_indexes
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.ports import Clock, MetricsRecorder
