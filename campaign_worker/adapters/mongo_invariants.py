@@ -27,6 +27,7 @@ CONVERSATION_FIELDS: Doc = {
     "message_history.metadata.stage": 1,
     "message_history.metadata.step": 1,
     "message_history.metadata.entry": 1,
+    "message_history.metadata.withheld": 1,
     "metrics": 1,
     "unpublished": 1,
     "next_action_at": 1,

@@ -126,8 +126,10 @@ def history_facts(doc: Mapping[str, Any]) -> HistoryFacts:
         if entry.get("direction") == "inbound":
             inbound[message_id] += 1
             continue
-        outbound[message_id] += 1
         metadata = entry.get("metadata") or {}
+        if metadata.get("withheld") is True:
+            continue  # a holdout's message: recorded for its timing rules, never sent
+        outbound[message_id] += 1
         stage, step, visit = metadata.get("stage"), metadata.get("step"), metadata.get("entry")
         if isinstance(stage, str) and isinstance(step, int):
             steps.add((stage, step))
