@@ -50,15 +50,28 @@ class Broker:
     backend: str
 
 
+_held: list[Any] = []  # this process's open lock file while any fixture instance holds it
+
+
 @pytest.fixture(scope="session")
 def e2e_lock() -> Iterator[None]:
-    """One e2e session at a time on this machine: they share the broker."""
-    with open(LOCK_FILE, "a+") as handle:
+    """One e2e session at a time on this machine: they share the broker.
+
+    Re-entrant within the process: tests/fault re-exports this fixture, which makes pytest
+    see a second session fixture of the same name; two flocks on two open files of one
+    process would wait for each other forever."""
+    first = not _held
+    if first:
+        handle = open(LOCK_FILE, "a+")  # noqa: SIM115 - held across the session
         fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
+        _held.append(handle)
+    try:
+        yield
+    finally:
+        if first:
+            handle = _held.pop()
             fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
 
 
 def _flush_redis(url: str) -> None:
