@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from kombu import Connection
 from kombu.message import Message
 
 from campaign_worker.adapters.config_manager import parse_template
 from campaign_worker.bootstrap import Container
+from campaign_worker.demo.webhook_receiver import verify_campaign_webhook
+from campaign_worker.domain.delivery import signature
 from campaign_worker.domain.errors import CampaignWorkerError, InvalidTemplateError, TemplateError
 from campaign_worker.domain.progression import render
 from campaign_worker.domain.templates import placeholder_problem
@@ -313,3 +315,35 @@ def test_any_campaign_file_is_read_or_refused_with_exit_2(
         assert exc.exit_code == 2
         return
     assume(isinstance(data, dict))
+
+
+# ------------------------------------------------------------------ webhook signatures
+
+
+@settings(max_examples=200, deadline=None)
+@example(b"k", b"j", b"", 0, "\u00b2", "")  # a superscript two: isdigit() but not int()
+@given(
+    secret=st.binary(min_size=1, max_size=32),
+    other=st.binary(min_size=1, max_size=32),
+    body=st.binary(max_size=200),
+    skew=st.integers(min_value=-10_000, max_value=10_000),
+    stamp=st.text(max_size=12),
+    signature_text=st.text(max_size=80),
+)
+def test_webhook_verification_accepts_only_fresh_requests_signed_with_the_key(
+    secret: bytes, other: bytes, body: bytes, skew: int, stamp: str, signature_text: str
+) -> None:
+    now = 1_800_000_000
+    timestamp = str(now + skew)
+    signed = {
+        "X-Campaign-Timestamp": timestamp,
+        "X-Campaign-Signature": signature(secret, timestamp, body),
+    }
+    fresh = abs(skew) <= 300
+    assert verify_campaign_webhook(secret, signed, body, now=now) is fresh
+    if other != secret:
+        assert not verify_campaign_webhook(other, signed, body, now=now)  # wrong key
+    assert not verify_campaign_webhook(secret, signed, body + b"x", now=now)  # tampered
+    # Whatever a sender puts in the headers: a refusal, never an exception.
+    garbage = {"X-Campaign-Timestamp": stamp, "X-Campaign-Signature": signature_text}
+    verify_campaign_webhook(secret, garbage, body, now=now)
