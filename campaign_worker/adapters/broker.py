@@ -31,8 +31,12 @@ from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import base as kombu_virtual
 
 _GUARD_FLAG = "_campaign_worker_guarded"
+# Set in place of headers that are not a mapping (their repr, cut): the message is then
+# built, and the intake check (entrypoints/envelope.py) dead-letters it.
+INVALID_HEADERS = "x-campaign-worker-invalid-headers"
 
 
 def install_redis_close_guard() -> None:
@@ -54,4 +58,27 @@ def install_redis_close_guard() -> None:
     channel_cls.close = close
 
 
-__all__ = ["install_redis_close_guard"]
+def install_payload_guard() -> None:
+    """Patch kombu's virtual-transport ``Message`` (Redis) once per process (idempotent):
+    a raw message whose ``headers`` are not a mapping (a JSON list or string, which any
+    client can publish to Redis) made ``Message.__init__`` raise inside the consumer's
+    event loop, and Celery ended the worker ("Unrecoverable error"). Such headers are
+    replaced by ``{INVALID_HEADERS: repr}`` so the message reaches the intake check and
+    becomes a dead letter (``tests/e2e/test_bad_input_e2e.py``)."""
+    message_cls: Any = kombu_virtual.Message
+    original: Callable[..., None] = message_cls.__init__
+    if getattr(original, _GUARD_FLAG, False):
+        return
+
+    def __init__(self: Any, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+        if isinstance(payload, dict):
+            headers = payload.get("headers")
+            if headers is not None and not isinstance(headers, dict):
+                payload = {**payload, "headers": {INVALID_HEADERS: repr(headers)[:1000]}}
+        original(self, payload, channel, **kwargs)
+
+    setattr(__init__, _GUARD_FLAG, True)
+    message_cls.__init__ = __init__
+
+
+__all__ = ["INVALID_HEADERS", "install_payload_guard", "install_redis_close_guard"]

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 from kombu.serialization import dumps
 
+from campaign_worker.adapters.broker import INVALID_HEADERS
+
 UNKNOWN_TASK = "unknown_task"
 MALFORMED_ENVELOPE = "malformed_envelope"
 UNDECODABLE_BODY = "undecodable_body"
@@ -67,7 +69,7 @@ class Rejection:
 def check(message: Message, registered: Collection[str]) -> Rejection | None:
     """``None`` if Celery can take ``message`` (normalised in place), else why not."""
     headers = message.headers
-    if not isinstance(headers, dict):
+    if not isinstance(headers, dict) or INVALID_HEADERS in headers:
         return _reject(message, MALFORMED_ENVELOPE, "headers are not a mapping")
     try:
         payload = message.decode()

@@ -5,6 +5,7 @@ with every invariant holding."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections import Counter
@@ -25,7 +26,7 @@ from tests.e2e.scenario import CREATE, Driver, campaign_payload
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 N = 40
-FLOOD = 300
+FLOOD = 300  # and 3 more below
 PAUSE = "campaign_worker.pause_campaign"
 INBOUND = "campaign_worker.record_inbound_message"
 HUGE = 5 * 1024 * 1024  # beyond the 4 MiB a dead letter keeps of a raw body
@@ -120,6 +121,13 @@ def test_a_flood_of_malformed_messages_leaves_only_dead_letters(
         expected[task_id] = reason
         if index % 25 == 0:
             driver.step()  # the valid campaign goes on meanwhile
+    # Headers that are not a mapping (a Redis client can publish any JSON): they ended
+    # the worker ("Unrecoverable error") before adapters/broker.install_payload_guard.
+    for odd in (["a", "list"], "a string"):
+        body = [[], {"campaign_id": uuid.uuid4().hex}, {}]
+        publish_raw(broker, body, odd, queue="celery")
+        digest = hashlib.sha256(json.dumps(body).encode()).hexdigest()
+        expected[f"sha256:{digest}"] = "malformed_envelope"
     huge_id = f"huge-{uuid.uuid4().hex[:8]}"
     publish_raw(broker, json.dumps([["x" * HUGE], {}, {}]), headers("no.such.task", huge_id))
     expected[huge_id] = "unknown_task"

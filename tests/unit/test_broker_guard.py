@@ -88,3 +88,48 @@ def test_the_celery_app_installs_the_guard() -> None:
     import campaign_worker.entrypoints.celery_app  # noqa: F401 - installs on import
 
     assert getattr(kombu_redis.Channel.close, "_campaign_worker_guarded", False)
+
+
+# ------------------------------------------------------------------ payload guard
+
+
+def virtual_message(headers: Any) -> Any:
+    """A message as kombu's virtual transports (Redis) build it from a raw payload."""
+    from kombu import Connection
+    from kombu.transport.virtual import base as kombu_virtual
+
+    from campaign_worker.entrypoints import celery_app  # installs the guards on import
+
+    assert celery_app.app is not None
+    channel: Any = Connection("memory://").default_channel
+    payload = {
+        "body": '[[], {"campaign_id": "c"}, {}]',
+        "content-type": "application/json",
+        "content-encoding": "utf-8",
+        "headers": headers,
+        "properties": {"delivery_tag": "t-1", "delivery_info": {"routing_key": "celery"}},
+    }
+    return kombu_virtual.Message(payload, channel=channel)
+
+
+@pytest.mark.parametrize("headers", [["a", "list"], "a string", 7])
+def test_headers_that_are_not_a_mapping_build_a_message_that_is_dead_lettered(
+    headers: Any,
+) -> None:
+    from campaign_worker.adapters.broker import INVALID_HEADERS
+    from campaign_worker.entrypoints import envelope
+
+    message = virtual_message(headers)  # raised AttributeError in the consumer loop before
+    assert message.headers == {INVALID_HEADERS: repr(headers)}
+    rejection = envelope.check(message, {"campaign_worker.pause_campaign"})
+    assert rejection is not None
+    assert (rejection.reason, rejection.error) == (
+        "malformed_envelope",
+        "headers are not a mapping",
+    )
+    assert rejection.dead_letter_id.startswith("sha256:")
+
+
+def test_mapping_headers_pass_the_payload_guard_untouched() -> None:
+    headers = {"task": "campaign_worker.pause_campaign", "id": "t-1", "lang": "py"}
+    assert virtual_message(headers).headers == headers
