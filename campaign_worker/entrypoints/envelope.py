@@ -69,8 +69,12 @@ class Rejection:
 def check(message: Message, registered: Collection[str]) -> Rejection | None:
     """``None`` if Celery can take ``message`` (normalised in place), else why not."""
     headers = message.headers
-    if not isinstance(headers, dict) or INVALID_HEADERS in headers:
+    if not isinstance(headers, dict):
         return _reject(message, MALFORMED_ENVELOPE, "headers are not a mapping")
+    if INVALID_HEADERS in headers:  # a raw item kombu could not take (adapters/broker.py)
+        invalid = headers[INVALID_HEADERS]
+        error = invalid.get("error") if isinstance(invalid, dict) else None
+        return _reject(message, MALFORMED_ENVELOPE, str(error or "not a task message"))
     try:
         payload = message.decode()
     except Exception as exc:  # kombu's DecodeError, ContentDisallowed, or worse

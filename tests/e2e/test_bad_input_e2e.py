@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -26,7 +27,7 @@ from tests.e2e.scenario import CREATE, Driver, campaign_payload
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 N = 40
-FLOOD = 300  # and 3 more below
+FLOOD = 300  # and 6 more below
 PAUSE = "campaign_worker.pause_campaign"
 INBOUND = "campaign_worker.record_inbound_message"
 HUGE = 5 * 1024 * 1024  # beyond the 4 MiB a dead letter keeps of a raw body
@@ -128,6 +129,17 @@ def test_a_flood_of_malformed_messages_leaves_only_dead_letters(
         publish_raw(broker, body, odd, queue="celery")
         digest = hashlib.sha256(json.dumps(body).encode()).hexdigest()
         expected[f"sha256:{digest}"] = "malformed_envelope"
+    # Items that are no kombu payload at all, pushed straight into the queue's list: not
+    # JSON, JSON that is not an object, an object without properties (they ended it too).
+    raw_items = [
+        f"not json {uuid.uuid4().hex}",
+        json.dumps(["a", "list", uuid.uuid4().hex]),
+        json.dumps({"body": uuid.uuid4().hex}),
+    ]
+    with redis.Redis.from_url(broker.url) as queue_client:
+        for item in raw_items:
+            queue_client.lpush("celery", item.encode())
+            expected[f"sha256:{hashlib.sha256(item.encode()).hexdigest()}"] = "malformed_envelope"
     huge_id = f"huge-{uuid.uuid4().hex[:8]}"
     publish_raw(broker, json.dumps([["x" * HUGE], {}, {}]), headers("no.such.task", huge_id))
     expected[huge_id] = "unknown_task"
