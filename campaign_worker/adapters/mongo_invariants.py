@@ -29,6 +29,7 @@ CONVERSATION_FIELDS: Doc = {
     "message_history.metadata.entry": 1,
     "metrics": 1,
     "unpublished": 1,
+    "publish_due_at": 1,
     "next_action_at": 1,
     "lease_owner": 1,
     "lease_until": 1,
