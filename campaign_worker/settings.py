@@ -148,6 +148,19 @@ class Settings(BaseSettings):
     def rate_limits(self) -> dict[str, str]:
         return parse_rate_limits(self.delivery_rate_limits)
 
+    def credentials(self) -> list[str | None]:
+        """Every value that holds a credential: the URIs (their passwords) and the secrets,
+        for the log pipeline to scrub (``adapters.logs.register_credentials``)."""
+        return [
+            self.mongodb_uri,
+            self.celery_broker_url,
+            self.celery_result_backend,
+            self.rate_limit_redis_url,
+            self.webhook_url,
+            self.webhook_secret.get_secret_value() if self.webhook_secret else None,
+            self.smtp_password.get_secret_value() if self.smtp_password else None,
+        ]
+
     @property
     def limiter_redis_url(self) -> str | None:
         """Where the shared rate limits live: RATE_LIMIT_REDIS_URL, else a Redis broker."""

@@ -25,14 +25,21 @@ task acks them or the visibility timeout returns them), and the second close is 
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
+import uuid
 from collections.abc import Callable
 from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import base as kombu_virtual
 
 _GUARD_FLAG = "_campaign_worker_guarded"
+# Set in place of headers that are not a mapping (their repr, cut): the message is then
+# built, and the intake check (entrypoints/envelope.py) dead-letters it.
+INVALID_HEADERS = "x-campaign-worker-invalid-headers"
 
 
 def install_redis_close_guard() -> None:
@@ -54,4 +61,64 @@ def install_redis_close_guard() -> None:
     channel_cls.close = close
 
 
-__all__ = ["install_redis_close_guard"]
+def install_payload_guard() -> None:
+    """Patch kombu's Redis transport once per process (idempotent) so that no raw item in
+    a queue can end the worker. Celery ended it ("Unrecoverable error") when the consumer
+    loop met a message whose ``headers`` are not a mapping (``Message.__init__`` calls
+    ``headers.get``), an item that is not JSON (``loads`` in ``_brpop_read``), or JSON that
+    is not a kombu payload (a list; no ``properties``): any client can push such items to
+    Redis. Each becomes a message whose headers hold ``INVALID_HEADERS`` (the reason and
+    the original headers), so the intake check dead-letters it with its raw body
+    (``tests/e2e/test_bad_input_e2e.py``)."""
+    message_cls: Any = kombu_virtual.Message
+    original_init: Callable[..., None] = message_cls.__init__
+    if getattr(original_init, _GUARD_FLAG, False):
+        return
+    redis_module: Any = kombu_redis  # kombu's stubs do not list the names it imports
+    original_loads: Callable[[Any], Any] = redis_module.loads
+
+    def loads(text: Any) -> Any:
+        try:
+            return original_loads(text)
+        except ValueError:  # JSONDecodeError: not a kombu payload at all
+            return _stand_in(text, "the raw item is not JSON")
+
+    def __init__(self: Any, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+        original_init(self, _checked(payload), channel, **kwargs)
+
+    setattr(__init__, _GUARD_FLAG, True)
+    message_cls.__init__ = __init__
+    redis_module.loads = loads
+
+
+def _checked(payload: Any) -> Any:
+    """``payload`` if kombu can build a message of it, else a stand-in that it can."""
+    if not isinstance(payload, dict):
+        return _stand_in(json.dumps(payload, default=repr), "the raw item is not a JSON object")
+    properties = payload.get("properties")
+    if not isinstance(properties, dict) or "delivery_tag" not in properties:
+        return _stand_in(json.dumps(payload, default=repr), "the raw item has no properties")
+    headers = payload.get("headers")
+    if headers is not None and not isinstance(headers, dict):
+        invalid = {"error": "headers are not a mapping", "headers": repr(headers)[:1000]}
+        return {**payload, "headers": {INVALID_HEADERS: invalid}}
+    return payload
+
+
+def _stand_in(raw: Any, error: str) -> dict[str, Any]:
+    """A kombu payload carrying ``raw`` as its body (base64) and the reason in headers."""
+    data = raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "surrogateescape")
+    return {
+        "body": base64.b64encode(data).decode("ascii"),
+        "content-type": "application/x-invalid",
+        "content-encoding": "binary",
+        "headers": {INVALID_HEADERS: {"error": error}},
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_tag": uuid.uuid4().hex,
+            "delivery_info": {"exchange": "", "routing_key": ""},
+        },
+    }
+
+
+__all__ = ["INVALID_HEADERS", "install_payload_guard", "install_redis_close_guard"]

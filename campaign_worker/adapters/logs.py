@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
@@ -153,6 +154,52 @@ class BodyScrubber:
         return value
 
 
+# Credentials of this process's configuration (``register_credentials``): scrubbed from
+# every rendered line at every level, exception texts and tracebacks included.
+_credentials: tuple[str, ...] = ()
+
+
+def register_credentials(*values: str | None) -> None:
+    """Remember credentials to scrub from every log line: passwords found in URIs (broker,
+    result backend, MongoDB) and secrets given as they are (webhook secret, SMTP
+    password). Values under 4 characters are skipped (too common to scrub from text)."""
+    found = []
+    for value in values:
+        if not value:
+            continue
+        match = _URI_CREDENTIALS.search(value) if "://" in value else None
+        if match is not None:
+            password = match.group(0)[len(match.group("scheme") + match.group("user")) + 1 : -1]
+            found.append(unquote(password))
+            found.append(password)
+        elif "://" not in value:
+            found.append(value)
+    global _credentials
+    _credentials = tuple(sorted({v for v in found if len(v) >= 4}, key=len, reverse=True))
+
+
+def scrub_credentials(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    """Last step before rendering: no registered credential survives in any value."""
+    if not _credentials:
+        return event_dict
+    for key, value in list(event_dict.items()):
+        event_dict[key] = _without_credentials(value, 0)
+    return event_dict
+
+
+def _without_credentials(value: Any, depth: int) -> Any:
+    if isinstance(value, str):
+        for secret in _credentials:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict) and depth < 6:
+        return {k: _without_credentials(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple) and depth < 6:
+        return [_without_credentials(v, depth + 1) for v in value]
+    return value
+
+
 def redact_uri(value: str) -> str:
     """``redis://user:pw@host`` -> ``redis://user:[redacted]@host`` (``redis://:pw@host``,
     a password without a user, too)."""
@@ -273,6 +320,7 @@ def configure_logging(
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
             BodyScrubber(redact_bodies),
+            scrub_credentials,
             renderer,
         ],
     )

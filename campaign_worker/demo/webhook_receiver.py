@@ -27,8 +27,8 @@ def verify_campaign_webhook(
     """True if ``body`` was signed with ``secret`` less than ``tolerance`` seconds ago.
     ``headers``: the request's headers, looked up case-insensitively as web frameworks do."""
     timestamp = headers.get("X-Campaign-Timestamp") or ""
-    if not timestamp.isdigit():
-        return False
+    if not (timestamp.isascii() and timestamp.isdigit()):
+        return False  # "²" is a digit to isdigit() but not to int()
     if abs((time.time() if now is None else now) - int(timestamp)) > tolerance:
         return False  # too old (or from the future): a replayed request
     signed = timestamp.encode() + b"." + body

@@ -7,6 +7,7 @@ the resulting state with one conditional update. The decisions and effects are i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +33,7 @@ from campaign_worker.domain.effects import (
     OutboundEnvelope,
     StageTransition,
 )
+from campaign_worker.domain.errors import InvalidTemplateError
 from campaign_worker.domain.journeys import route_decision
 from campaign_worker.domain.limits import MAX_HISTORY_MESSAGES
 from campaign_worker.domain.rules import (
@@ -46,7 +48,12 @@ from campaign_worker.domain.rules import (
     visit_of,
     wait_after,
 )
-from campaign_worker.domain.templates import CampaignTypeTemplate, Stage, Template
+from campaign_worker.domain.templates import (
+    CampaignTypeTemplate,
+    Stage,
+    Template,
+    placeholder_problem,
+)
 
 # ---------------------------------------------------------------- evaluation
 
@@ -198,10 +205,21 @@ class _Blank(dict[str, Any]):
 
 
 def render(text: str, attributes: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
-    """Fill ``{placeholders}`` from recipient attributes; unknown ones render empty."""
+    """Fill ``{placeholders}`` from recipient attributes; unknown ones render empty. A
+    text with anything but plain placeholders (``templates.placeholder_problem``) is
+    refused (``InvalidTemplateError``), whoever built it."""
     values = _Blank({**(defaults or {}), **attributes})
-    # str.format_map: the same fields as string.Formatter, in C (a few us per message).
-    return text.format_map(values)
+    # str.format_map: the same fields as string.Formatter, in C (a few us per message);
+    # the text is checked once per distinct text.
+    return _checked_text(text).format_map(values)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_text(text: str) -> str:
+    problem = placeholder_problem(text)
+    if problem is not None:
+        raise InvalidTemplateError(f"message text refused: {problem}")
+    return text
 
 
 def _close_stage(state: ConversationState, now: datetime, *, completed: bool) -> list[StageEntry]:

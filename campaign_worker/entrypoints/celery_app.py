@@ -42,7 +42,7 @@ from pydantic import ValidationError, validate_call
 from pydantic_core import to_jsonable_python
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError
 
-from campaign_worker.adapters.broker import install_redis_close_guard
+from campaign_worker.adapters.broker import install_payload_guard, install_redis_close_guard
 from campaign_worker.adapters.logs import scrub, secrets_of
 from campaign_worker.bootstrap import Container, bootstrap
 from campaign_worker.domain.documents import describe_validation_error
@@ -67,6 +67,7 @@ TASKS_MODULE = "campaign_worker.entrypoints.tasks"
 DELIVERY_TASKS_MODULE = "campaign_worker.entrypoints.delivery_tasks"
 
 install_redis_close_guard()  # a Redis restart must not end the worker: see the module
+install_payload_guard()  # nor a raw message whose headers are not a mapping
 
 
 def _settings_or_exit() -> Settings:

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 from kombu.serialization import dumps
 
+from campaign_worker.adapters.broker import INVALID_HEADERS
+
 UNKNOWN_TASK = "unknown_task"
 MALFORMED_ENVELOPE = "malformed_envelope"
 UNDECODABLE_BODY = "undecodable_body"
@@ -69,6 +71,10 @@ def check(message: Message, registered: Collection[str]) -> Rejection | None:
     headers = message.headers
     if not isinstance(headers, dict):
         return _reject(message, MALFORMED_ENVELOPE, "headers are not a mapping")
+    if INVALID_HEADERS in headers:  # a raw item kombu could not take (adapters/broker.py)
+        invalid = headers[INVALID_HEADERS]
+        error = invalid.get("error") if isinstance(invalid, dict) else None
+        return _reject(message, MALFORMED_ENVELOPE, str(error or "not a task message"))
     try:
         payload = message.decode()
     except Exception as exc:  # kombu's DecodeError, ContentDisallowed, or worse

@@ -189,10 +189,11 @@ def mark_process_dead(pid: int) -> None:
 
 
 def _setup_logging(**_: Any) -> None:
-    from campaign_worker.adapters.logs import configure_logging
+    from campaign_worker.adapters.logs import configure_logging, register_credentials
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format, settings.log_redact_bodies)
+    register_credentials(*settings.credentials())
 
 
 def _json_console(instance: Any = None, **_: Any) -> None:

@@ -52,6 +52,16 @@ from campaign_worker.service.ports import InvariantReads
 from campaign_worker.service.reconcile import difference, recount, stored_counts
 
 CONVERSATION_BATCH = 500
+# Figures beside the fixed ones (``domain.invariants.FIGURES``), always present too.
+EXTRA_FIGURES = (
+    "active",
+    "invalid_recipients",
+    "conversations_unexpected",
+    "messages_failed",
+    "messages_unpublished",
+    "outbox_unrecorded",
+    "overdue",
+)
 RECIPIENT_BATCH = 1000
 # Outbox row statuses that account for a recorded message: deliverable, delivered, or
 # failed by delivery (reported, counted in ``messages_failed``; the engine lost nothing).
@@ -100,7 +110,7 @@ class _Audit:
         self.campaign = campaign
         self.now = now
         self.quiet = quiet
-        self.figures: Counter[str] = Counter({name: 0 for name in FIGURES})
+        self.figures: Counter[str] = Counter({name: 0 for name in (*FIGURES, *EXTRA_FIGURES)})
         self.found = Findings()
         self.notes: dict[str, list[str]] = {}  # invariant -> sentences
         self.reasons: dict[str, str] = {}  # invariant -> the first offender and why
@@ -148,7 +158,17 @@ class _Audit:
             self._conversation_quiet(cid, doc)
         batch.recorded[cid] = set(facts.outbound)
         batch.steps[cid] = facts.steps
-        batch.unpublished[cid] = {str(m) for m in doc.get("unpublished") or ()}
+        if self._publishing(doc):
+            batch.unpublished[cid] = {str(m) for m in doc.get("unpublished") or ()}
+
+    def _publishing(self, doc: Doc) -> bool:
+        """Whether the messages a write left in ``unpublished`` are still in flight: while
+        the system runs, always; once quiet, until the poller's sweep is due to publish
+        them (``publish_grace`` after the write, twice that for the sweep to come round)."""
+        if not self.quiet:
+            return True
+        due = doc.get("publish_due_at")
+        return isinstance(due, datetime) and to_utc(due) >= self.now - 2 * self.svc.publish_grace
 
     def _conversation_quiet(self, cid: str, doc: Doc) -> None:
         if doc.get("lease_owner") is not None and expired(doc.get("lease_until"), self.now):
@@ -182,7 +202,7 @@ class _Audit:
                 self._stale(f"outbox:{mid}")
         for cid, ids in batch.recorded.items():
             for mid in sorted(ids - delivered):
-                if not self.quiet and mid in batch.unpublished[cid]:
+                if mid in batch.unpublished.get(cid, ()):
                     self.figures["messages_unpublished"] += 1  # publication in flight
                     continue
                 self.figures["messages_lost"] += 1

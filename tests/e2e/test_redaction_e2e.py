@@ -101,3 +101,73 @@ def test_bodies_appear_in_no_log_dead_letter_listing_or_flower_page(
 
     assert not leaked(processes.log("e2e-redact"))
     assert not leaked(processes.log("flower"))
+
+
+BROKER_PASSWORD = "brokerpw-credential-4c1d"
+WEBHOOK_SECRET = "whsecret-credential-88ab"
+SMTP_PASSWORD = "smtppw-credential-02fe"
+CREDENTIALS = (BROKER_PASSWORD, WEBHOOK_SECRET, SMTP_PASSWORD)
+
+
+def with_password(url: str, password: str) -> str:
+    """``redis://host/db`` as ``redis://default:password@host/db`` (the default user of a
+    Redis without requirepass accepts any password: ACL ``nopass``)."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://default:{password}@{rest}"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium is not installed")
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_credentials_appear_in_no_log_or_flower_page(
+    broker: Broker, processes: Processes, client: Celery, mongo: Any, tmp_path: Path
+) -> None:
+    """The broker URL's password, the webhook secret and the SMTP password, given to the
+    worker and Flower in their environment only: in no log line (worker, beat, Flower, the
+    CLI) and on no Flower page, the worker's configuration tab included. (The MongoDB URI's
+    password is covered by tests/unit/test_credentials.py: the stand-in server has no
+    authentication to give it one here.)"""
+    processes.env.update(
+        {
+            "CELERY_BROKER_URL": with_password(broker.url, BROKER_PASSWORD),
+            "CELERY_RESULT_BACKEND": with_password(broker.backend, BROKER_PASSWORD),
+            "WEBHOOK_URL": "http://127.0.0.1:9/hook",
+            "WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": "9",
+            "SMTP_USERNAME": "mailer",
+            "SMTP_PASSWORD": SMTP_PASSWORD,
+            "LOG_LEVEL": "DEBUG",
+        }
+    )
+    node, base = worker_and_flower(processes, client, "e2e-credentials")
+    processes.beat()
+    failing = client.send_task("campaign_worker.get_campaign_metrics", kwargs={"campaign_id": "x"})
+    with pytest.raises(Exception, match="campaign not found"):
+        failing.get(timeout=30)
+    client.send_task("campaign_worker.poll_campaigns", queue="polling").get(timeout=30)
+    health = subprocess.run(
+        [CLI, "health", "--worker", node],
+        env=processes.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    wait_until(lambda: failing.id in api_tasks(base), 60, "Flower to list the task")
+
+    profile = tmp_path / "chromium"
+    pages = [
+        render(f"{base}{path}", profile)
+        for path in ("/", "/tasks", f"/task/{failing.id}", "/broker", f"/worker/{node}")
+    ]
+    pages.append(fetch(f"{base}/api/workers"))
+    assert node in pages[-1]
+    texts = {
+        "pages": "\n".join(pages),
+        "worker log": processes.log("e2e-credentials"),
+        "beat log": processes.log("beat"),
+        "flower log": processes.log("flower"),
+        "health": health.stdout + health.stderr,
+    }
+    for where, text in texts.items():
+        for secret in CREDENTIALS:
+            assert secret not in text, f"{secret} in the {where}"

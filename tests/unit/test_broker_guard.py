@@ -88,3 +88,77 @@ def test_the_celery_app_installs_the_guard() -> None:
     import campaign_worker.entrypoints.celery_app  # noqa: F401 - installs on import
 
     assert getattr(kombu_redis.Channel.close, "_campaign_worker_guarded", False)
+
+
+# ------------------------------------------------------------------ payload guard
+
+
+def virtual_message(headers: Any) -> Any:
+    """A message as kombu's virtual transports (Redis) build it from a raw payload."""
+    from kombu import Connection
+    from kombu.transport.virtual import base as kombu_virtual
+
+    from campaign_worker.entrypoints import celery_app  # installs the guards on import
+
+    assert celery_app.app is not None
+    channel: Any = Connection("memory://").default_channel
+    payload = {
+        "body": '[[], {"campaign_id": "c"}, {}]',
+        "content-type": "application/json",
+        "content-encoding": "utf-8",
+        "headers": headers,
+        "properties": {"delivery_tag": "t-1", "delivery_info": {"routing_key": "celery"}},
+    }
+    return kombu_virtual.Message(payload, channel=channel)
+
+
+@pytest.mark.parametrize("headers", [["a", "list"], "a string", 7])
+def test_headers_that_are_not_a_mapping_build_a_message_that_is_dead_lettered(
+    headers: Any,
+) -> None:
+    from campaign_worker.adapters.broker import INVALID_HEADERS
+    from campaign_worker.entrypoints import envelope
+
+    message = virtual_message(headers)  # raised AttributeError in the consumer loop before
+    invalid = {"error": "headers are not a mapping", "headers": repr(headers)}
+    assert message.headers == {INVALID_HEADERS: invalid}
+    rejection = envelope.check(message, {"campaign_worker.pause_campaign"})
+    assert rejection is not None
+    assert (rejection.reason, rejection.error) == (
+        "malformed_envelope",
+        "headers are not a mapping",
+    )
+    assert rejection.dead_letter_id.startswith("sha256:")
+
+
+def test_mapping_headers_pass_the_payload_guard_untouched() -> None:
+    headers = {"task": "campaign_worker.pause_campaign", "id": "t-1", "lang": "py"}
+    assert virtual_message(headers).headers == headers
+
+
+@pytest.mark.parametrize(
+    ("item", "error"),
+    [
+        (b"not json at all \xff", "the raw item is not JSON"),
+        (b'["a", "list"]', "the raw item is not a JSON object"),
+        (b'{"body": "x"}', "the raw item has no properties"),
+    ],
+)
+def test_a_raw_item_that_is_no_kombu_payload_becomes_a_dead_letter(item: bytes, error: str) -> None:
+    from kombu import Connection
+    from kombu.transport import redis as kombu_redis
+    from kombu.transport.virtual import base as kombu_virtual
+    from kombu.utils.encoding import bytes_to_str
+
+    from campaign_worker.entrypoints import celery_app, envelope
+
+    assert celery_app.app is not None  # the guards are installed
+    channel: Any = Connection("memory://").default_channel
+    redis_module: Any = kombu_redis
+    payload = redis_module.loads(bytes_to_str(item))  # what _brpop_read does with an item
+    message: Any = kombu_virtual.Message(payload, channel=channel)
+    rejection = envelope.check(message, {"campaign_worker.pause_campaign"})
+    assert rejection is not None
+    assert (rejection.reason, rejection.error) == ("malformed_envelope", error)
+    assert rejection.envelope["body_bytes"] > 0
+    assert message.delivery_tag

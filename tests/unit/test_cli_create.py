@@ -113,3 +113,27 @@ def test_inline_recipients_from_json(files: Path, cli_env: dict[str, str]) -> No
     result = run_cli("campaigns", "create", str(files / "campaign.json"), env=cli_env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "created campaign c-json"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("latin1.csv", "user_id,first_name\nu-1,José\n".encode("latin-1"), "not UTF-8 text"),
+        ("quote.csv", b'"', "the header is not valid CSV"),
+    ],
+)
+def test_an_unreadable_audience_file_is_a_clear_error(
+    files: Path, cli_env: dict[str, str], name: str, content: bytes, message: str
+) -> None:
+    (files / name).write_bytes(content)
+    result = create(files, cli_env, "--recipients", str(files / name))
+    assert result.returncode in (1, 2), result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_campaign_file_that_is_not_utf8_is_refused(files: Path, cli_env: dict[str, str]) -> None:
+    (files / "campaign.yaml").write_bytes(b"name: \xff\xfe\n")
+    result = create(files, cli_env)
+    assert result.returncode == 2
+    assert "not UTF-8 text" in result.stderr and "Traceback" not in result.stderr

@@ -199,13 +199,37 @@ class TestPromqlHelpers:
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     """`docker-compose config`: validated, interpolated and normalised by the real client."""
-    binary = require_tool("docker-compose", "docker-compose")
+    require_tool("docker-compose", "docker-compose")
     # A clean environment, so host variables (e.g. REDIS_HOST_PORT) cannot change the result.
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(ROOT)}
-    result = run([binary, "-f", str(COMPOSE_FILE), "config"], cwd=ROOT, env=env)
+    # The two secrets it takes from the environment are given (see test_secrets_...).
+    result = compose_config(SECRETS)
     assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
     config: dict[str, Any] = yaml.safe_load(result.stdout)
     return config
+
+
+SECRETS = {"FLOWER_BASIC_AUTH": "ops:flower-test-secret", "GRAFANA_ADMIN_PASSWORD": "graf-secret"}
+
+
+def compose_config(extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    binary = require_tool("docker-compose", "docker-compose")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(ROOT), **extra}
+    return run([binary, "-f", str(COMPOSE_FILE), "config"], cwd=ROOT, env=env)
+
+
+def published(service: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(host ip, published port, target port) of each port: docker-compose 1.29 prints
+    "ip:published:target/tcp" strings when an ip is given, else mappings."""
+    ports = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            ip = str(port.get("host_ip", "0.0.0.0"))
+            ports.append((ip, int(port["published"]), int(port["target"])))
+            continue
+        parts = str(port).split("/")[0].split(":")
+        ip = parts[0] if len(parts) == 3 else "0.0.0.0"
+        ports.append((ip, int(parts[-2]), int(parts[-1])))
+    return ports
 
 
 def load_celeryconfig(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
@@ -382,10 +406,44 @@ def test_flower_dashboard_on_port_5555(compose: dict[str, Any]) -> None:
     flower = compose["services"]["flower"]
     command = command_of(flower)
     assert "flower" in command and "--port=5555" in command
-    assert {"published": 5555, "target": 5555} in [
-        {"published": int(p["published"]), "target": int(p["target"])} for p in flower["ports"]
-    ]
+    assert ("127.0.0.1", 5555, 5555) in published(flower)
     assert "5555/healthcheck" in healthcheck_text(flower)
+
+
+def test_every_published_port_is_on_localhost_only(compose: dict[str, Any]) -> None:
+    ports = {name: published(service) for name, service in compose["services"].items()}
+    assert {"flower", "prometheus", "grafana"} <= {name for name, p in ports.items() if p}
+    for name, mapped in ports.items():
+        for ip, _, _ in mapped:
+            assert ip == "127.0.0.1", f"{name} publishes a port on {ip}"
+
+
+def test_flower_asks_for_credentials_from_the_environment(compose: dict[str, Any]) -> None:
+    flower = compose["services"]["flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == SECRETS["FLOWER_BASIC_AUTH"]
+    assert not any("basic" in arg for arg in command_of(flower))  # not on a command line
+
+
+def test_grafana_admin_password_from_the_environment(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == SECRETS["GRAFANA_ADMIN_PASSWORD"]
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_secrets_have_no_default_in_the_file(missing: str) -> None:
+    given = {name: value for name, value in SECRETS.items() if name != missing}
+    result = compose_config(given)
+    assert result.returncode != 0
+    assert missing in result.stderr
+    text = COMPOSE_FILE.read_text()
+    assert re.search(rf"\$\{{{missing}:\?", text), f"{missing} must be required (:?)"
+    assert "admin}" not in text and "-admin" not in text
+
+
+def test_prometheus_has_no_lifecycle_api(compose: dict[str, Any]) -> None:
+    command = command_of(compose["services"]["prometheus"])
+    assert not any("enable-lifecycle" in arg for arg in command)
+    assert not any("enable-admin-api" in arg for arg in command)
 
 
 def test_prometheus_and_grafana_mount_the_deploy_files(compose: dict[str, Any]) -> None:

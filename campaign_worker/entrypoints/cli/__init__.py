@@ -8,6 +8,7 @@ thin: parse, call the service, map its errors to exit codes (see ``common``):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -82,12 +83,16 @@ def root(
 
 def configure_cli_logging() -> None:
     """Logs to stderr (stdout is the commands' output), WARNING unless ``LOG_LEVEL``."""
-    from campaign_worker.adapters.logs import configure_logging
+    from campaign_worker.adapters.logs import configure_logging, register_credentials
+    from campaign_worker.settings import get_settings
 
     level = os.environ.get("LOG_LEVEL", "WARNING").upper()
     if level not in LOG_LEVELS:
         level = "WARNING"
     configure_logging(level, os.environ.get("LOG_FORMAT", "auto"), stream=sys.stderr)
+    # Invalid settings are reported by the command that needs them, not here.
+    with contextlib.suppress(CampaignWorkerError):
+        register_credentials(*get_settings().credentials())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,10 @@ from campaign_worker.service.recipient_import import ImportResult, import_recipi
 
 def load_campaign(path: Path) -> dict[str, Any]:
     """The campaign request in ``path`` (YAML, or JSON for ``.json``); exit 2 if unreadable."""
-    text = path.read_text("utf-8")
+    try:
+        text = path.read_text("utf-8")
+    except UnicodeDecodeError as exc:
+        raise fail(f"{path}: not UTF-8 text: {exc}", EXIT_USAGE) from None
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -65,13 +68,17 @@ def _import(path: Path, collection: str, import_id: str, batch_size: int) -> Imp
         task = progress.add_task(path.name, total=path.stat().st_size, rows=0)
         store.initialize()
         rows = read_rows(path, handle, lambda size: progress.advance(task, size))
-        return import_recipients(
-            rows,
-            store,
-            import_id,
-            batch_size,
-            on_batch=lambda done: progress.update(task, rows=done.imported + done.skipped),
-        )
+        try:
+            return import_recipients(
+                rows,
+                store,
+                import_id,
+                batch_size,
+                on_batch=lambda done: progress.update(task, rows=done.imported + done.skipped),
+            )
+        except UnicodeDecodeError as exc:
+            # Rows before it may be imported: the same --idempotency-key re-imports none twice.
+            raise fail(f"{path}: not UTF-8 text: {exc}", EXIT_USAGE) from None
 
 
 def _report_skipped(result: ImportResult) -> None:

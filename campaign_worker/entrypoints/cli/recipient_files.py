@@ -24,7 +24,12 @@ def counted(handle: TextIO, on_bytes: Callable[[int], None]) -> Iterator[str]:
 
 def read_csv(lines: Iterator[str]) -> Iterator[Row]:
     reader = csv.DictReader(lines, strict=True)
-    if reader.fieldnames is None or "user_id" not in reader.fieldnames:
+    try:
+        fieldnames = reader.fieldnames
+    except csv.Error as exc:
+        yield 1, f"the header is not valid CSV: {exc}"
+        return
+    if fieldnames is None or "user_id" not in fieldnames:
         yield 1, "the header has no user_id column"
         return
     while True:
