@@ -35,7 +35,7 @@ from campaign_worker.domain.effects import (
 )
 from campaign_worker.domain.errors import InvalidTemplateError
 from campaign_worker.domain.journeys import route_decision
-from campaign_worker.domain.limits import MAX_HISTORY_MESSAGES
+from campaign_worker.domain.limits import MAX_CONTENT_BYTES, MAX_HISTORY_MESSAGES, truncate_utf8
 from campaign_worker.domain.rules import (
     entry_index,
     evaluate_rule,
@@ -359,6 +359,11 @@ def _send(
         text = variant.text
     assert text is not None  # a validated message has text or variants
     content = render(text, state.context.attributes, template.attribute_defaults)
+    # 4 bytes per character at most: a short text needs no encoding to know it fits.
+    if len(content) * 4 > MAX_CONTENT_BYTES:
+        content, size = truncate_utf8(content, MAX_CONTENT_BYTES)
+        if size > MAX_CONTENT_BYTES:
+            metadata.update(truncated=True, original_bytes=size)
     message = Message(
         message_id=message_id,
         direction=Direction.OUTBOUND,

@@ -187,6 +187,32 @@ def test_an_over_long_reply_is_kept_cut_and_marked(
     assert manager.get_conversation(CID)["metrics"]["messages_received"] == 2
 
 
+def test_an_over_long_rendered_message_is_sent_cut_and_marked(
+    any_db: Any, make_manager: ManagerFactory, tmp_path: Path
+) -> None:
+    """Outbound texts are capped like replies: a placeholder repeated over a large
+    attribute renders 24 KiB; the message is recorded and sent cut at the limit."""
+    source = Path(cm.__file__).parents[1] / "templates" / "default.yaml"
+    template = yaml.safe_load(source.read_text())
+    first = template["campaign_types"]["sales"]["stages"][0]["messages"][0]
+    first["text"] = "{bio}{bio}{bio}"
+    (tmp_path / "default.yaml").write_text(yaml.safe_dump(template))
+    manager = make_manager(any_db, campaign_templates_dir=tmp_path)
+    bio = "ü" * 4_000  # 8,000 bytes of UTF-8: within the attribute limit
+    manager.create_campaign(
+        {**sample_campaign(1), "recipients": [{"user_id": USER, "attributes": {"bio": bio}}]}
+    )
+    manager.initialize_campaign_conversations("camp-1")
+    manager.process_due_conversations("camp-1")
+    [sent] = manager.get_conversation(CID)["message_history"]
+    assert len(sent["content"].encode()) <= MAX_CONTENT_BYTES
+    assert (bio * 3).startswith(sent["content"]) and len(sent["content"]) > 8_000
+    assert sent["metadata"]["truncated"] is True
+    assert sent["metadata"]["original_bytes"] == 24_000
+    [row] = any_db[OUTBOX].find()
+    assert row["content"] == sent["content"]
+
+
 @pytest.mark.parametrize(
     "metadata, match",
     [
