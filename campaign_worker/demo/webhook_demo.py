@@ -40,12 +40,25 @@ def start_receiver(out: TextIO, client: Any, env: dict[str, str]) -> DemoReceive
 
 
 def wait_for_deliveries(
-    out: TextIO, db: Any, campaign_id: str, receiver: DemoReceiver, timeout: float = 30.0
-) -> None:
-    """Until every outbox row is sent or failed and every status came back; then a summary."""
-    deadline = time.monotonic() + timeout
+    out: TextIO,
+    db: Any,
+    campaign_id: str,
+    receiver: DemoReceiver,
+    stall: float = 30.0,
+    cap: float = 300.0,
+) -> bool:
+    """Until every outbox row is sent or failed and every status came back; then a summary.
+
+    The statuses queue up behind the campaign (hundreds at the default size, on a slow
+    stand-in), so it waits while they are still being recorded: it gives up only after
+    ``stall`` seconds without progress, or ``cap`` in all, and then says the figures are
+    partial. True if everything was settled."""
+    start = last_progress = time.monotonic()
     outbox = db.outbox
-    while time.monotonic() < deadline:
+    seen: tuple[int, int] | None = None
+    settled = False
+    waiting = unrecorded = 0
+    while True:
         waiting = outbox.count_documents(
             {"campaign_id": campaign_id, "status": {"$in": ["pending", "sending"]}}
         )
@@ -53,7 +66,14 @@ def wait_for_deliveries(
         recorded = outbox.count_documents(
             {"campaign_id": campaign_id, "delivery.status": {"$in": ["delivered", "bounced"]}}
         )
-        if waiting == 0 and recorded >= reported:
+        unrecorded = max(0, reported - recorded)
+        if waiting == 0 and unrecorded == 0:
+            settled = True
+            break
+        now = time.monotonic()
+        if (waiting, recorded) != seen:
+            seen, last_progress = (waiting, recorded), now
+        if now - last_progress >= stall or now - start >= cap:
             break
         time.sleep(0.5)
     metrics = db.campaign_metrics.find_one({"_id": campaign_id}) or {}
@@ -71,6 +91,13 @@ def wait_for_deliveries(
         "ended by a bounce: "
         f"{db.conversation_states.count_documents({'status_reason': {'$regex': '^hard bounce'}})}\n"
     )
+    if not settled:
+        out.write(
+            f"(stopped waiting after {time.monotonic() - start:.0f} s: {waiting} messages not "
+            f"sent yet, {unrecorded} reported statuses not recorded yet; the figures above "
+            "are partial)\n"
+        )
+    return settled
 
 
 __all__ = ["start_receiver", "wait_for_deliveries"]

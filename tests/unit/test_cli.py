@@ -54,6 +54,20 @@ def test_help_shows_defaults(argv: list[str], default: str) -> None:
     assert default in result.stdout
 
 
+@pytest.mark.parametrize(
+    "group", ["", "campaigns", "conversations", "templates", "dead-letters", "suppressions"]
+)
+def test_every_command_summary_is_one_line(group: str) -> None:
+    # A docstring whose first paragraph spans lines is listed with its line breaks.
+    result = run_cli(*([group] if group else []))
+    assert result.returncode == 0, result.stderr
+    panel = result.stdout.split("Commands", 1)[1].splitlines()[1:]
+    rows = panel[: next(i for i, s in enumerate(panel) if s.startswith("╰"))]
+    assert rows
+    continued = [row for row in rows if row.startswith("│  ")]
+    assert continued == [], f"wrapped summaries in {group or 'campaign-worker'}: {continued}"
+
+
 def test_an_unknown_command_or_bad_value_is_a_usage_error() -> None:
     unknown = run_cli("bogus")
     assert unknown.returncode == 2

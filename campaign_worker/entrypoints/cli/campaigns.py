@@ -131,9 +131,11 @@ def migrate(
     ] = False,
     as_json: AsJson = False,
 ) -> None:
-    """Move a campaign's in-flight conversations to another template version. Without
-    --apply it reports how many move from which stage to which and which would end, and
-    why. Exit 2 if a stage is left unresolved (map it, or give --default)."""
+    """Move a campaign's in-flight conversations to another template version.
+
+    Without --apply it reports how many move from which stage to which and which would
+    end, and why. Exit 2 if a stage is left unresolved (map it, or give --default), dry
+    run or not."""
     from campaign_worker.domain.migrations import map_items
 
     if apply and dry_run:

@@ -53,10 +53,11 @@ def check(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
-    """Check a campaign's invariants: one conversation per recipient, metrics equal to a
-    recount, consistent stage timelines, every recorded message once in its history and
-    in the outbox, no reply recorded twice, no lease past its expiry, a campaign over
-    when it should be.
+    """Check a campaign's invariants (nothing lost, sent or recorded twice, no drift).
+
+    One conversation per recipient, metrics equal to a recount, consistent stage
+    timelines, every recorded message once in its history and in the outbox, no reply
+    recorded twice, no lease past its expiry, a campaign over when it should be.
 
     Exit 0 when every invariant holds, 1 when one fails or the campaign is unknown.
     """

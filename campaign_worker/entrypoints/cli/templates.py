@@ -23,7 +23,7 @@ from campaign_worker.entrypoints.cli.common import (
     when,
 )
 
-app = command_group("Check and list campaign templates.")
+app = command_group("Check, list and compare templates; their versions stored in MongoDB.")
 
 
 def summary(template: Template) -> dict[str, Any]:
@@ -113,9 +113,11 @@ def diff(
     b: Annotated[str, typer.Argument(help=SIDE_HELP)],
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
-    """What changed from A to B: stages added and removed, and per stage kept, messages
-    changed, added or removed and settings changed. Exit 0 either way (``identical``
-    in --json tells); 2 if a side is neither a file nor a stored version."""
+    """What changed from template A to B (each a file or TEMPLATE_ID@VERSION).
+
+    Stages added and removed, and per stage kept, messages changed, added or removed and
+    settings changed. Exit 0 either way (``identical`` in --json tells); 2 if a side is
+    neither a file nor a stored version."""
     from campaign_worker.domain.template_diff import diff_templates
 
     found = diff_templates(load_side(a), load_side(b))
@@ -148,8 +150,10 @@ def versions(
     template_id: Annotated[str, typer.Argument(help="the template id")],
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
-    """The versions of a template stored in MongoDB, oldest first (a campaign pins one
-    when it is created; a worker stores its files' contents as it starts)."""
+    """The versions of a template stored in MongoDB, oldest first.
+
+    A campaign pins one when it is created; a worker stores its files' contents as it
+    starts. Before either, a template has no stored version."""
     with service_errors():
         found = manager().template_versions(template_id)
     if as_json:
