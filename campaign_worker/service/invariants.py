@@ -158,17 +158,22 @@ class _Audit:
             self._conversation_quiet(cid, doc)
         batch.recorded[cid] = set(facts.outbound)
         batch.steps[cid] = facts.steps
-        if self._publishing(doc):
-            batch.unpublished[cid] = {str(m) for m in doc.get("unpublished") or ()}
+        marked = {str(m) for m in doc.get("unpublished") or ()}
+        if marked:
+            # Still marked: the sweep publishes them, however late it comes; never lost.
+            batch.unpublished[cid] = marked
+            if self._publication_overdue(doc):
+                self.figures["overdue"] += 1
+                self.found.add(NO_OVERDUE_WORK, f"publication:{cid}")
 
-    def _publishing(self, doc: Doc) -> bool:
-        """Whether the messages a write left in ``unpublished`` are still in flight: while
-        the system runs, always; once quiet, until the poller's sweep is due to publish
-        them (``publish_grace`` after the write, twice that for the sweep to come round)."""
+    def _publication_overdue(self, doc: Doc) -> bool:
+        """Once quiet, messages a write left marked are overdue when the poller's sweep
+        should have published them (``publish_grace`` after the write, twice that for
+        the sweep to come round): a liveness fault (is a beat running?), not a loss."""
         if not self.quiet:
-            return True
+            return False
         due = doc.get("publish_due_at")
-        return isinstance(due, datetime) and to_utc(due) >= self.now - 2 * self.svc.publish_grace
+        return not isinstance(due, datetime) or to_utc(due) < self.now - 2 * self.svc.publish_grace
 
     def _conversation_quiet(self, cid: str, doc: Doc) -> None:
         if doc.get("lease_owner") is not None and expired(doc.get("lease_until"), self.now):
@@ -381,7 +386,8 @@ _COUNTED = {
     DELIVERY_RECORDED_ONCE: "delivery statuses recorded twice",
     INBOUND_RECORDED_ONCE: "replies recorded twice",
     NO_STALE_LEASES: "leases held past their expiry",
-    NO_OVERDUE_WORK: "active conversations overdue (due, and nothing processed them)",
+    NO_OVERDUE_WORK: "work overdue: active conversations due that nothing processed, or "
+    "recorded messages the sweep has not published",
 }
 SHOWN = 5
 _ORDER = (
