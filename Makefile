@@ -22,8 +22,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Parallel (pytest-xdist): most e2e and fault time is spent waiting on worker processes, so
+# more pytest processes than cores; one test at a time per process, slowest first.
+JOBS ?= 4
+
 test: lint typecheck
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n $(JOBS) --maxschedchunk 1
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit -m "not wire"

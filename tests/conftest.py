@@ -207,3 +207,20 @@ def sample_campaign(n: int = 10, campaign_id: str = "camp-1", **extra: Any) -> d
 def cli_env(wire_uri: str, wire_db: Any) -> dict[str, str]:
     """Environment for a ``campaign-worker`` subprocess on this test's own database."""
     return {"MONGODB_URI": wire_uri, "MONGODB_DB": wire_db.name}
+
+
+# Slowest first: with pytest-xdist handing out one test at a time (``make test``), the long
+# scenarios start at once on separate workers and the quick tests fill the gaps around them.
+_ORDER = ("tests/fault/", "tests/integration/test_bench_smoke", "tests/e2e/", "tests/integration/")
+
+
+def _rank(item: pytest.Item) -> int:
+    path = Path(str(item.fspath)).as_posix()
+    for rank, part in enumerate(_ORDER):
+        if f"/{part}" in path:
+            return rank
+    return len(_ORDER)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_rank)  # stable: the collection order within each rank

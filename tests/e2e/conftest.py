@@ -3,13 +3,13 @@ the machine's Redis or RabbitMQ and the wire-tier MongoDB (``wire_uri``).
 
 Every process is started in its own session (process group); teardown sends SIGTERM to
 the main process (Celery's warm shutdown), then SIGKILL to whatever is left of the group.
-E2E sessions on one machine are serialized by a file lock, since they share the broker.
+Each pytest process (an xdist worker) has brokers of its own: a private redis-server and a
+vhost on the machine's RabbitMQ, so e2e tests run in parallel (``make test``: pytest-xdist).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import socket
@@ -37,10 +37,9 @@ APP = "campaign_worker.entrypoints.celery_app"
 COUNTING_APP = "tests.e2e.counting_app"
 QUEUES = ("celery", "polling", "initialization", "processing", "inbound", "delivery")
 
-REDIS_URL = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379")
-REDIS_DB = int(os.environ.get("E2E_REDIS_DB", "11"))  # dedicated, flushed before and after
+# The machine's RabbitMQ; each pytest process (an xdist worker) gets a vhost of its own.
 AMQP_URL = os.environ.get("E2E_AMQP_URL", "amqp://guest:guest@localhost:5672//")
-LOCK_FILE = Path(os.environ.get("E2E_LOCK_FILE", "/tmp/campaign-worker-e2e.lock"))
+RABBITMQCTL = "rabbitmqctl"
 
 
 @dataclass(frozen=True)
@@ -50,28 +49,9 @@ class Broker:
     backend: str
 
 
-_held: list[Any] = []  # this process's open lock file while any fixture instance holds it
-
-
-@pytest.fixture(scope="session")
-def e2e_lock() -> Iterator[None]:
-    """One e2e session at a time on this machine: they share the broker.
-
-    Re-entrant within the process: tests/fault re-exports this fixture, which makes pytest
-    see a second session fixture of the same name; two flocks on two open files of one
-    process would wait for each other forever."""
-    first = not _held
-    if first:
-        handle = open(LOCK_FILE, "a+")  # noqa: SIM115 - held across the session
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        _held.append(handle)
-    try:
-        yield
-    finally:
-        if first:
-            handle = _held.pop()
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
+def xdist_worker() -> str:
+    """This pytest process's xdist worker id (``gw0``, ``gw1``, ...), ``main`` without xdist."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
 def _flush_redis(url: str) -> None:
@@ -79,7 +59,7 @@ def _flush_redis(url: str) -> None:
     try:
         client.flushdb()
     except redis.ConnectionError as exc:
-        raise RuntimeError(f"e2e tests need Redis at {REDIS_URL}: {exc}") from exc
+        raise RuntimeError(f"e2e tests need Redis at {url}: {exc}") from exc
     finally:
         client.close()
 
@@ -95,19 +75,61 @@ def _purge_rabbitmq(url: str) -> None:
         raise RuntimeError(f"e2e tests need RabbitMQ at {url}: {exc}") from exc
 
 
-@pytest.fixture
-def redis_broker(e2e_lock: None) -> Iterator[Broker]:
-    url = f"{REDIS_URL}/{REDIS_DB}"
-    _flush_redis(url)
-    yield Broker("redis", url, url)
-    _flush_redis(url)
+@pytest.fixture(scope="session")
+def e2e_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of this pytest process's own (no persistence), so parallel test
+    processes and other sessions on the machine never share queues, results or
+    broadcasts. ``E2E_REDIS_URL`` names an existing server instead (one database per xdist
+    worker from 11 on, flushed before and after every test)."""
+    shared = os.environ.get("E2E_REDIS_URL")
+    if shared:
+        index = int("".join(ch for ch in xdist_worker() if ch.isdigit()) or 0)
+        yield f"{shared.rstrip('/')}/{11 + index}"
+        return
+    server = PrivateRedis(tmp_path_factory.mktemp("e2e-redis"), persistent=False)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run([RABBITMQCTL, *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def e2e_amqp_url() -> Iterator[str]:
+    """A vhost of this pytest process's own on the machine's RabbitMQ (``rabbitmqctl``),
+    deleted at the end: parallel test processes never share a queue. Where ``rabbitmqctl``
+    cannot be used, the default vhost, shared (run those tests one session at a time)."""
+    vhost = f"cw-test-{uuid.uuid4().hex[:8]}-{xdist_worker()}"
+    try:
+        _rabbitmqctl("add_vhost", vhost)
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    except (OSError, subprocess.SubprocessError):
+        yield AMQP_URL
+        return
+    try:
+        server = AMQP_URL.split("://", 1)[1].split("/", 1)[0]  # user:password@host:port
+        yield f"{AMQP_URL.split('://', 1)[0]}://{server}/{vhost}"
+    finally:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            _rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture
-def rabbitmq_broker(e2e_lock: None) -> Iterator[Broker]:
-    _purge_rabbitmq(AMQP_URL)
-    yield Broker("rabbitmq", AMQP_URL, "rpc://")
-    _purge_rabbitmq(AMQP_URL)
+def redis_broker(e2e_redis_url: str) -> Iterator[Broker]:
+    _flush_redis(e2e_redis_url)
+    yield Broker("redis", e2e_redis_url, e2e_redis_url)
+    _flush_redis(e2e_redis_url)
+
+
+@pytest.fixture
+def rabbitmq_broker(e2e_amqp_url: str) -> Iterator[Broker]:
+    _purge_rabbitmq(e2e_amqp_url)
+    yield Broker("rabbitmq", e2e_amqp_url, "rpc://")
+    _purge_rabbitmq(e2e_amqp_url)
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
@@ -264,6 +286,8 @@ def e2e_env(broker: Broker, wire_uri: str, db_name: str, **extra: str) -> dict[s
             "LEASE_SECONDS": "30",
             "PYTHONPATH": str(REPO),
             "PYTHONUNBUFFERED": "1",
+            # No fixed Prometheus port: tests run in parallel (a test that scrapes sets one).
+            "METRICS_PORT": "0",
         }
     )
     env.update(extra)

@@ -36,7 +36,7 @@ BROKER_APP = "tests.e2e.broker_app"
 RECORD = "e2e.record"
 RESTARTS = 3
 QUEUED_PER_RESTART = 3
-IN_FLIGHT_SECONDS = 4.0
+IN_FLIGHT_SECONDS = 120.0  # at most: the test releases the task after the restart
 
 
 def _started(record_file: Path, key: str) -> int:
@@ -134,7 +134,10 @@ def survives_restarts(broker: BrokerUnderTest, wire_uri: str, db_name: str, tmp_
         queued: list[str] = []
         for round_ in range(RESTARTS):
             in_flight = f"in-flight-{round_}"
-            client.send_task(RECORD, args=[in_flight, IN_FLIGHT_SECONDS], queue="celery")
+            release = tmp_path / f"release-{round_}"  # the task runs until the test says so
+            client.send_task(
+                RECORD, args=[in_flight, IN_FLIGHT_SECONDS, str(release)], queue="celery"
+            )
             wait_until(partial(_started, record_file, in_flight), 20, f"{in_flight}")
             # Messages waiting in the broker across the restart: a queue this worker does
             # not consume yet (it subscribes after the last restart).
@@ -150,6 +153,7 @@ def survives_restarts(broker: BrokerUnderTest, wire_uri: str, db_name: str, tmp_
 
             # Nothing queued was lost by the restart (Redis: the AOF; RabbitMQ: durable).
             assert broker.ready("inbound") == len(queued)
+            release.touch()
             # The task in flight finishes after the restart, in the same worker process.
             finished = wait_until(
                 partial(last_time, record_file, "done", in_flight), 30, f"{in_flight} done"

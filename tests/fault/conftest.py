@@ -2,7 +2,7 @@
 processes, faults injected while a campaign runs, and every scenario ending with the
 invariant checker passing.
 
-The e2e fixtures (processes, brokers, the wire database, the machine-wide e2e lock) are
+The e2e fixtures (processes, brokers, the wire database) are
 reused as they are; scenario support lives in modules of this package.
 """
 

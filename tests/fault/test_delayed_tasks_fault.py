@@ -71,7 +71,7 @@ def received(log: str, name: str) -> Counter[str]:
 
 
 def test_eta_past_the_visibility_timeout_runs_once_and_init_checkpoints_under_a_time_limit(
-    private_redis: PrivateRedis, wire_uri: str, e2e_db_name: str, tmp_path: Path, e2e_lock: None
+    private_redis: PrivateRedis, wire_uri: str, e2e_db_name: str, tmp_path: Path
 ) -> None:
     began = time.monotonic()
     env = fault_env(
