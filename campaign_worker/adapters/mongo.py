@@ -28,10 +28,10 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
+from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.errors import TransientError
 from campaign_worker.settings import Settings
 
-Doc = dict[str, Any]
 P = ParamSpec("P")
 R = TypeVar("R")
 

@@ -13,10 +13,9 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from campaign_worker.adapters.mongo import CAMPAIGNS, translate_errors
-from campaign_worker.domain.documents import Campaign, CampaignStatus, StoredCampaign
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import Campaign, CampaignStatus, StoredCampaign
 from campaign_worker.domain.errors import InvalidDocumentError
-
-Doc = dict[str, Any]
 
 
 def _stored(doc: Doc | None) -> StoredCampaign | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from bson.errors import InvalidDocument
 from pymongo import ASCENDING, ReturnDocument, UpdateOne
@@ -20,12 +19,12 @@ from campaign_worker.adapters.mongo import (
     translate_errors,
 )
 from campaign_worker.adapters.mongo_updates import state_update
+from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.documents import ConversationState, parse_document
 from campaign_worker.domain.errors import InvalidDocumentError
 from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.service.ports import WriteOutcome
 
-Doc = dict[str, Any]
 WHOLE = PartitionRange()
 DUE_INDEX = "pending"
 

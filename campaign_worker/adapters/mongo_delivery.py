@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.collection import Collection
@@ -19,9 +18,9 @@ from campaign_worker.adapters.mongo import (
     OUTBOX,
     translate_errors,
 )
+from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.delivery import RowStatus
 
-Doc = dict[str, Any]
 # Status keys a metrics document remembers as counted; a retry of a status this recent
 # (any retry: they follow within minutes) is not counted twice.
 COUNTED_KEYS_KEPT = 2000

@@ -6,19 +6,17 @@ dispatcher checks the address and the user (an opt-out since the message was wri
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from pymongo.database import Database
 
 from campaign_worker.adapters.mongo_suppressions import MongoSuppressionRepository
+from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.suppressions import (
     Suppression,
     address_key,
     normalize_address,
     user_key,
 )
-
-Doc = dict[str, Any]
 
 
 class MongoDeliverySuppressions:

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 from pymongo.collection import Collection
 from pymongo.cursor import Cursor
 from pymongo.database import Database
 
 from campaign_worker.adapters.mongo import CONVERSATIONS, OUTBOX, translate_errors
-
-Doc = dict[str, Any]
+from campaign_worker.domain.aliases import Doc
 
 # What the checks read of a conversation: never message contents, metadata or attributes.
 CONVERSATION_FIELDS: Doc = {

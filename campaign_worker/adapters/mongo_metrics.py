@@ -13,15 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from pymongo.collection import Collection
 from pymongo.database import Database
 
 from campaign_worker.adapters.mongo import METRICS, translate_errors
+from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.progression import MetricsDelta
-
-Doc = dict[str, Any]
 
 
 def metrics_inc(delta: MetricsDelta) -> dict[str, float]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.collection import Collection
@@ -15,9 +14,8 @@ from campaign_worker.adapters.mongo import (
     ignore_duplicates,
     translate_errors,
 )
+from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.progression import OutboundEnvelope
-
-Doc = dict[str, Any]
 
 
 class MongoOutboxRepository:

@@ -12,16 +12,15 @@ the worker checks the list at initialization and before every send with one
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 
 from campaign_worker.adapters.mongo import translate_errors
+from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.suppressions import Suppression
 
-Doc = dict[str, Any]
 SUPPRESSIONS = "suppressions"
 
 

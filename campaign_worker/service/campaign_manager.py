@@ -13,12 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
-from campaign_worker.domain.documents import (
-    Campaign,
-    CampaignStatus,
-    ConversationState,
-    parse_document,
-)
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import Campaign, CampaignStatus
+from campaign_worker.domain.documents import ConversationState, parse_document
 from campaign_worker.domain.errors import InvalidInputError, UnknownStageError
 from campaign_worker.domain.migrations import StageMap
 from campaign_worker.domain.partitions import PartitionRange
@@ -38,7 +35,7 @@ from campaign_worker.service import (
     suppression_admin,
 )
 from campaign_worker.service.campaigns import campaign_id_for_key
-from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.context import Services
 from campaign_worker.service.initialization import InitResult
 from campaign_worker.service.invariants import InvariantReport
 from campaign_worker.service.ledger import Dispatch

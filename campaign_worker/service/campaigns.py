@@ -8,15 +8,16 @@ import uuid
 
 import structlog
 
-from campaign_worker.domain.documents import (
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import (
     CAMPAIGN_TRANSITIONS,
     Campaign,
     CampaignStatus,
     StoredCampaign,
-    parse_document,
 )
+from campaign_worker.domain.documents import parse_document
 from campaign_worker.domain.errors import InvalidInputError, InvalidStateTransitionError
-from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.context import Services
 
 log = structlog.get_logger(__name__)
 

@@ -9,9 +9,10 @@ unit of work.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
-from campaign_worker.domain.documents import ConversationState, StoredCampaign, parse_document
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import StoredCampaign
+from campaign_worker.domain.documents import ConversationState, parse_document
 from campaign_worker.domain.errors import CampaignNotFoundError, ConversationNotFoundError
 from campaign_worker.domain.progression import Effects
 from campaign_worker.service.ledger import MetricsLedger
@@ -35,8 +36,6 @@ from campaign_worker.service.template_versions import (
     TemplateVersions,
     type_of,
 )
-
-Doc = dict[str, Any]
 
 
 class Services:
@@ -162,4 +161,4 @@ class Services:
             self.metrics.messages_sent(channel, count)
 
 
-__all__ = ["Doc", "Services"]
+__all__ = ["Services"]

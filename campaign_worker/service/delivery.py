@@ -21,6 +21,8 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import CampaignStatus
 from campaign_worker.domain.delivery import (
     DEFAULT_CHANNEL,
     DeliveryStatus,
@@ -29,19 +31,12 @@ from campaign_worker.domain.delivery import (
     resolve_channel,
     retry_delay,
 )
-from campaign_worker.domain.documents import CampaignStatus
 from campaign_worker.domain.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
     TransientError,
 )
-from campaign_worker.service.delivery_ports import (
-    Channel,
-    DeliveryRows,
-    Doc,
-    RateLimiter,
-    Suppressions,
-)
+from campaign_worker.service.delivery_ports import Channel, DeliveryRows, RateLimiter, Suppressions
 from campaign_worker.service.delivery_status import StatusRecorded, StatusRecorder
 from campaign_worker.service.ports import Clock
 

@@ -7,9 +7,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.delivery import Outgoing, RowStatus
-
-Doc = dict[str, Any]
 
 
 class Channel(Protocol):
@@ -55,4 +54,4 @@ class Suppressions(Protocol):
     def is_suppressed(self, user_id: str, channel: str, address: str) -> bool: ...
 
 
-__all__ = ["Channel", "DeliveryRows", "DeliveryStatuses", "Doc", "RateLimiter", "Suppressions"]
+__all__ = ["Channel", "DeliveryRows", "DeliveryStatuses", "RateLimiter", "Suppressions"]

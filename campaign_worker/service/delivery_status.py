@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.delivery import (
     DeliveryStatus,
     ends_conversation,
@@ -26,7 +27,7 @@ from campaign_worker.domain.errors import InvalidInputError, NotFoundError
 from campaign_worker.domain.limits import MAX_METADATA_BYTES, check_size
 from campaign_worker.domain.progression import Effects, apply
 from campaign_worker.service.context import Services
-from campaign_worker.service.delivery_ports import DeliveryStatuses, Doc, Suppressions
+from campaign_worker.service.delivery_ports import DeliveryStatuses, Suppressions
 from campaign_worker.service.writes import Current, Outcome, write_one
 
 

@@ -15,14 +15,13 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import CampaignStatus, Recipient, StoredCampaign
 from campaign_worker.domain.documents import (
-    CampaignStatus,
     ConversationContext,
     ConversationState,
     ConversationStatus,
-    Recipient,
     StageEntry,
-    StoredCampaign,
     conversation_id_for,
 )
 from campaign_worker.domain.errors import CampaignNotFoundError, InvalidStateTransitionError
@@ -30,7 +29,7 @@ from campaign_worker.domain.partitions import partition_of
 from campaign_worker.domain.progression import finish, first_action_at
 from campaign_worker.domain.splits import in_holdout
 from campaign_worker.service.campaigns import transition_campaign
-from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.context import Services
 from campaign_worker.service.ledger import MetricsLedger
 from campaign_worker.service.processing import validation_summary
 

@@ -16,12 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from campaign_worker.domain.documents import (
-    CampaignStatus,
-    Recipient,
-    StoredCampaign,
-    to_utc,
-)
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import CampaignStatus, Recipient, StoredCampaign
+from campaign_worker.domain.documents import to_utc
 from campaign_worker.domain.errors import ConfigurationError
 from campaign_worker.domain.invariants import (
     CAMPAIGN_OVER_WHEN_DONE,
@@ -47,7 +44,7 @@ from campaign_worker.domain.invariants import (
     history_facts,
     timeline_fault,
 )
-from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.context import Services
 from campaign_worker.service.ports import InvariantReads
 from campaign_worker.service.reconcile import difference, recount, stored_counts
 

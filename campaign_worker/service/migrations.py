@@ -21,7 +21,9 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from campaign_worker.domain.documents import CampaignStatus, ConversationState, StoredCampaign
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import CampaignStatus, StoredCampaign
+from campaign_worker.domain.documents import ConversationState
 from campaign_worker.domain.errors import (
     ConcurrencyConflictError,
     InvalidInputError,
@@ -30,7 +32,7 @@ from campaign_worker.domain.errors import (
 from campaign_worker.domain.migrations import Move, Report, StageMap, migrate, plan
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 from campaign_worker.domain.versions import TemplateVersion
-from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.context import Services
 from campaign_worker.service.ledger import MetricsLedger
 from campaign_worker.service.template_versions import type_of
 from campaign_worker.service.writes import CAS_ATTEMPTS, Evaluated, write_changes

@@ -11,7 +11,8 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from campaign_worker.domain.documents import CampaignStatus, to_utc
+from campaign_worker.domain.campaign_documents import CampaignStatus
+from campaign_worker.domain.documents import to_utc
 from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.service.context import Services
 from campaign_worker.service.ledger import Dispatch, dispatch_token, is_dispatch_token

@@ -7,12 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from campaign_worker.domain.documents import (
-    Campaign,
-    CampaignStatus,
-    ConversationState,
-    StoredCampaign,
-)
+from campaign_worker.domain.campaign_documents import Campaign, CampaignStatus, StoredCampaign
+from campaign_worker.domain.documents import ConversationState
 from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.domain.progression import MetricsDelta, OutboundEnvelope
 from campaign_worker.domain.suppressions import FrequencyCap, Suppression

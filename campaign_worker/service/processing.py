@@ -15,9 +15,10 @@ from datetime import datetime
 import structlog
 from pydantic import ValidationError
 
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import CampaignStatus
 from campaign_worker.domain.documents import (
     FINISHED_STATUSES,
-    CampaignStatus,
     ConversationState,
     describe_validation_error,
 )
@@ -32,7 +33,7 @@ from campaign_worker.domain.progression import (
     run,
 )
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
-from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.context import Services
 from campaign_worker.service.ledger import Dispatch, MetricsLedger, dispatch_token
 from campaign_worker.service.template_versions import CampaignTemplates
 from campaign_worker.service.writes import Current, Evaluated, write_changes

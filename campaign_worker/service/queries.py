@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import structlog
 
-from campaign_worker.domain.documents import (
-    CampaignMetrics,
-    CampaignStatus,
-    ConversationStatus,
-    parse_document,
-)
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import CampaignStatus
+from campaign_worker.domain.documents import ConversationStatus, parse_document
 from campaign_worker.domain.errors import InvalidInputError, UnknownStageError
+from campaign_worker.domain.metrics_documents import CampaignMetrics
 from campaign_worker.domain.splits import HOLDOUT_COUNTERS, VARIANT_COUNTERS
 from campaign_worker.domain.templates import CampaignTypeTemplate
-from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.context import Services
 
 log = structlog.get_logger(__name__)
 

@@ -9,8 +9,10 @@ from typing import Any
 
 import structlog
 
-from campaign_worker.domain.documents import CampaignStatus, StoredCampaign, to_utc
-from campaign_worker.service.context import Doc, Services
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import CampaignStatus, StoredCampaign
+from campaign_worker.domain.documents import to_utc
+from campaign_worker.service.context import Services
 
 log = structlog.get_logger(__name__)
 

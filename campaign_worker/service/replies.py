@@ -19,13 +19,13 @@ from datetime import datetime
 import structlog
 
 from campaign_worker.domain import splits
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import CampaignStatus, StoredCampaign
 from campaign_worker.domain.documents import (
     FINISHED_STATUSES,
-    CampaignStatus,
     ConversationState,
     Direction,
     Message,
-    StoredCampaign,
     parse_document,
 )
 from campaign_worker.domain.errors import (
@@ -47,7 +47,7 @@ from campaign_worker.domain.progression import Effects
 from campaign_worker.domain.replies import reply_facts
 from campaign_worker.domain.rules import entry_index
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
-from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.context import Services
 from campaign_worker.service.ledger import MetricsLedger
 from campaign_worker.service.send_guard import Verdict
 from campaign_worker.service.writes import CAS_ATTEMPTS, Current, Evaluated, write_changes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.errors import InvalidInputError, NotFoundError
 from campaign_worker.domain.suppressions import (
     Suppression,
@@ -9,7 +10,7 @@ from campaign_worker.domain.suppressions import (
     normalize_address,
     user_key,
 )
-from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.context import Services
 from campaign_worker.service.ports import SuppressionRepository
 
 MAX_LIST = 1000

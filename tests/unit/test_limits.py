@@ -12,7 +12,7 @@ import pytest
 
 from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.domain import limits
-from campaign_worker.domain.documents import MAX_INLINE_RECIPIENTS
+from campaign_worker.domain.campaign_documents import MAX_INLINE_RECIPIENTS
 from campaign_worker.domain.errors import InvalidInputError, LimitExceededError
 from campaign_worker.entrypoints.envelope import BODY_LIMIT
 from campaign_worker.service.campaign_manager import CampaignManager
