@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from pymongo import MongoClient
 from pymongo.database import Database
@@ -90,19 +90,27 @@ def build_manager(
     )
 
 
+@runtime_checkable
+class Indexed(Protocol):
+    """An adapter whose collection has indexes to create (the in-memory ones have none)."""
+
+    def initialize(self) -> None: ...
+
+
 def ensure_indexes(manager: CampaignManager) -> None:
     """Create every collection's indexes (idempotent; run at process start)."""
-    manager.conversation_state_repository.initialize()
-    manager.campaigns.initialize()
-    manager.campaign_metrics.initialize()
-    manager.outbox.initialize()
-    if manager.versions is not None:
-        manager.versions.repository.initialize()
     guard = manager.send_guard
-    if guard.suppressions is not None:
-        guard.suppressions.initialize()
-    if guard.budget is not None:
-        guard.budget.initialize()
+    for repository in (
+        manager.conversation_state_repository,
+        manager.campaigns,
+        manager.campaign_metrics,
+        manager.outbox,
+        None if manager.versions is None else manager.versions.repository,
+        guard.suppressions,
+        guard.budget,
+    ):
+        if isinstance(repository, Indexed):
+            repository.initialize()
 
 
 def bootstrap(

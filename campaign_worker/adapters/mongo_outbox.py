@@ -34,33 +34,13 @@ class MongoOutboxRepository:
     @translate_errors
     def enqueue_many(self, envelopes: Sequence[OutboundEnvelope]) -> int:
         """Publish recorded messages; a message_id already there is skipped (idempotent)."""
-        docs = [
-            {
-                "_id": e.message_id,
-                "conversation_id": e.conversation_id,
-                "campaign_id": e.campaign_id,
-                "user_id": e.user_id,
-                "channel": e.channel,
-                "content": e.content,
-                "stage": e.stage,
-                "step": e.step,
-                "status": "pending",
-                "created_at": e.created_at,
-                # The A/B variant it carries, for the delivering service and reports.
-                **({"metadata": {"variant": e.variant}} if e.variant is not None else {}),
-            }
-            for e in envelopes
-        ]
+        docs = [envelope.outbox_row() for envelope in envelopes]
         if not docs:
             return 0
         try:
             return len(self._collection.insert_many(docs, ordered=False).inserted_ids)
         except BulkWriteError as exc:
             return ignore_duplicates(exc)  # published before (a replay or the sweep)
-
-    @translate_errors
-    def find(self, query: Doc, limit: int = 0) -> list[Doc]:
-        return list(self._collection.find(query, limit=limit).sort("created_at", ASCENDING))
 
 
 __all__ = ["MongoOutboxRepository"]

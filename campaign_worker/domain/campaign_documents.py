@@ -4,6 +4,8 @@ its recipients, and the campaign as the flows read it back (``StoredCampaign``).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -14,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationError,
     field_validator,
     model_serializer,
 )
@@ -23,6 +26,7 @@ from campaign_worker.domain.documents import (
     NonEmptyStr,
     TimezoneName,
     UtcDatetime,
+    describe_validation_error,
     to_utc,
     without_empty,
 )
@@ -188,8 +192,125 @@ class StoredCampaign(BaseModel):
     template_version: int | None = None
     template_hash: str | None = None
     migrations: list[dict[str, Any]] = Field(default_factory=list)
-    migrating: dict[str, Any] | None = None
+    migrating: MigrationRecord | None = None
 
     def to_mongo(self) -> dict[str, Any]:
         unread = {"recipients"} if self.recipients is None else set()
         return self.model_dump(by_alias=True, mode="python", exclude=unread)
+
+
+@dataclass(frozen=True)
+class InvalidRow:
+    """An audience row that fails validation: counted and sampled, never messaged."""
+
+    user_id: str  # as the row gives it (text, cut to 512 characters), "None" if absent
+    error: str  # which fields fail and why (no values)
+
+    @classmethod
+    def of(cls, raw: Mapping[str, object], exc: ValidationError) -> InvalidRow:
+        return cls(str(raw.get("user_id"))[:512], describe_validation_error(exc)[:500])
+
+    def as_doc(self) -> dict[str, str]:
+        return {"user_id": self.user_id, "error": self.error}
+
+
+#: One audience row as read: a recipient, or a row that fails validation.
+AudienceRow = Recipient | InvalidRow
+
+
+def audience_row(raw: Mapping[str, object]) -> AudienceRow:
+    try:
+        return Recipient.model_validate(raw)
+    except ValidationError as exc:
+        return InvalidRow.of(raw, exc)
+
+
+def inline_audience(
+    rows: Sequence[Mapping[str, object]], batch_size: int, position: AudiencePosition | None
+) -> Iterator[tuple[list[AudienceRow], AudiencePosition]]:
+    """An inline audience in batches, from ``position``'s offset on."""
+    start = 0 if position is None else position.offset
+    for begin in range(start, len(rows), batch_size):
+        end = min(begin + batch_size, len(rows))
+        yield [audience_row(row) for row in rows[begin:end]], AudiencePosition(end)
+
+
+@dataclass(frozen=True)
+class AudiencePosition:
+    """Where a walk through an audience is: an offset into an inline list, or the last
+    ``_id`` read from a recipients collection (any value a collection's ``_id`` holds)."""
+
+    offset: int = 0
+    after_id: object = None
+
+    def as_doc(self) -> dict[str, object]:
+        return {"offset": self.offset} if self.after_id is None else {"after_id": self.after_id}
+
+    @classmethod
+    def of(cls, doc: object) -> AudiencePosition | None:
+        if not isinstance(doc, Mapping) or not doc:
+            return None
+        if "after_id" in doc:
+            return cls(after_id=doc["after_id"])
+        return cls(offset=int(doc.get("offset", 0)))
+
+
+@dataclass
+class InitCheckpoint:
+    """An initialization's checkpoint (``init_progress`` on the campaign): where in the
+    audience, and the invalid rows so far (the first few kept as samples)."""
+
+    position: AudiencePosition | None = None
+    invalid: int = 0
+    samples: list[InvalidRow] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, campaign: StoredCampaign) -> InitCheckpoint:
+        saved: Mapping[str, Any] = campaign.init_progress or {}
+        samples = [
+            InvalidRow(str(sample.get("user_id")), str(sample.get("error")))
+            for sample in saved.get("invalid_samples") or []
+            if isinstance(sample, Mapping)
+        ]
+        return cls(
+            AudiencePosition.of(saved.get("position")), int(saved.get("invalid", 0)), samples
+        )
+
+    def as_doc(self) -> dict[str, object]:
+        return {
+            "position": None if self.position is None else self.position.as_doc(),
+            "invalid": self.invalid,
+            "invalid_samples": [sample.as_doc() for sample in self.samples],
+        }
+
+
+class MigrationRecord(BaseModel):
+    """A migration of the campaign's conversations to another template version: being
+    applied (``migrating``) or done (in ``migrations``, with ``finished_at``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    from_version: int | None = None
+    to_version: int
+    to_hash: str | None = None
+    map: dict[str, str] = Field(default_factory=dict)  # old stage -> its target
+    default: str | None = None  # the target of removed stages the map does not name
+    started_at: UtcDatetime | None = None
+    revision: int = 0  # bumped by every count: the finish is a compare-and-set on it
+    counts: dict[str, dict[str, int]] = Field(default_factory=dict)
+    finished_at: UtcDatetime | None = None
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return without_empty(handler(self), ("finished_at",))
+
+    def to_mongo(self) -> dict[str, Any]:
+        return self.model_dump(mode="python")
+
+    def finished(self, now: datetime) -> dict[str, Any]:
+        """The record kept in ``migrations`` once every conversation is across."""
+        return {**self.model_dump(mode="python", exclude={"revision"}), "finished_at": now}
+
+
+StoredCampaign.model_rebuild()  # it names MigrationRecord, defined after it

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
@@ -246,3 +248,37 @@ def describe_validation_error(exc: ValidationError) -> str:
             message = message.replace(value, "...")  # a validator echoed the input: a body
         parts.append(f"{location}: {message}")
     return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A stored conversation that no longer validates (say, a field edited by hand): its
+    id, its campaign and user as stored, and which fields fail and why (no values). Reads
+    return it beside the valid states, so it is failed or refused alone rather than
+    sinking the batch it was read with."""
+
+    id: str
+    error: str
+    campaign_id: str | None = None
+    user_id: str | None = None
+
+    def problem(self) -> InvalidDocumentError:
+        return InvalidDocumentError(f"invalid conversation {self.id}: {self.error}")
+
+
+#: A conversation as read from the store: valid, or not (``Unreadable``).
+StoredState = ConversationState | Unreadable
+
+
+def read_state(doc: Mapping[str, object]) -> StoredState:
+    """A stored conversation document as a ``ConversationState``, or ``Unreadable``."""
+    try:
+        return ConversationState.model_validate(doc)
+    except ValidationError as exc:
+        campaign_id, user_id = doc.get("campaign_id"), doc.get("user_id")
+        return Unreadable(
+            str(doc.get("_id")),
+            describe_validation_error(exc),
+            campaign_id if isinstance(campaign_id, str) else None,
+            user_id if isinstance(user_id, str) else None,
+        )

@@ -114,27 +114,147 @@ class HistoryFacts:
     steps: frozenset[tuple[str, int]]  # (stage, step) of the recorded outbound messages
 
 
-def history_facts(doc: Mapping[str, Any]) -> HistoryFacts:
-    """The history facts of a conversation document (``message_history`` entries with at
-    least ``message_id``, ``direction`` and ``metadata.stage/step/entry``)."""
+@dataclass(frozen=True)
+class AuditedEntry:
+    """One history entry as the checks read it (no content, no metadata but these)."""
+
+    message_id: str
+    inbound: bool
+    withheld: bool  # a holdout's message: recorded for its timing rules, never sent
+    stage: str | None
+    step: int | None
+    visit: int | None  # the stage entry it was sent in
+
+
+@dataclass(frozen=True)
+class AuditedStage:
+    """One stage entry as stored: the checks look for what a corrupt document may hold,
+    so nothing here is validated."""
+
+    name: str | None
+    entered_at: datetime | None  # None: missing, or not a date
+    exited_at: datetime | None
+    open: bool  # stored without an exit (``exited_at`` null or absent)
+    completed: bool
+
+
+@dataclass(frozen=True)
+class AuditedConversation:
+    """A conversation as the invariant checker reads it: the projection of what the
+    checks need (never message contents, metadata or attributes), unvalidated."""
+
+    id: str
+    user_id: str | None
+    status: str | None
+    current_stage: str | None
+    stages: tuple[AuditedStage, ...]
+    history: tuple[AuditedEntry, ...]
+    messages_sent: object  # as stored: compared with the history, reported as found
+    messages_received: object
+    unpublished: tuple[str, ...]
+    publish_due_at: datetime | None
+    next_action_at: datetime | None
+    lease_owner: str | None
+    lease_until: datetime | None
+
+    @classmethod
+    def of(cls, doc: Mapping[str, Any]) -> AuditedConversation:
+        """From a stored document (or its projection), whatever it holds."""
+        metrics = _mapping(doc.get("metrics"))
+        return cls(
+            id=str(doc.get("_id")),
+            user_id=_text(doc.get("user_id")),
+            status=_text(doc.get("status")),
+            current_stage=_text(doc.get("current_stage")),
+            stages=tuple(_stage(_mapping(entry)) for entry in doc.get("stages") or ()),
+            history=tuple(_entry(_mapping(entry)) for entry in doc.get("message_history") or ()),
+            messages_sent=metrics.get("messages_sent", 0),
+            messages_received=metrics.get("messages_received", 0),
+            unpublished=tuple(str(m) for m in doc.get("unpublished") or ()),
+            publish_due_at=_date(doc.get("publish_due_at")),
+            next_action_at=_date(doc.get("next_action_at")),
+            lease_owner=_text(doc.get("lease_owner")),
+            lease_until=_date(doc.get("lease_until")),
+        )
+
+
+@dataclass(frozen=True)
+class AuditedRow:
+    """An outbox row as the invariant checker reads it (no content), unvalidated."""
+
+    id: str
+    conversation_id: str
+    status: str | None
+    stage: str
+    step: object  # as stored (an int when sound)
+    event_statuses: tuple[str, ...]  # each delivery event's status, in order
+    lease_until: datetime | None
+
+    @classmethod
+    def of(cls, doc: Mapping[str, Any]) -> AuditedRow:
+        return cls(
+            id=str(doc.get("_id")),
+            conversation_id=str(doc.get("conversation_id")),
+            status=_text(doc.get("status")),
+            stage=str(doc.get("stage")),
+            step=doc.get("step"),
+            event_statuses=tuple(
+                str(_mapping(event).get("status")) for event in doc.get("events") or ()
+            ),
+            lease_until=_date(doc.get("lease_until")),
+        )
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _stage(entry: Mapping[str, Any]) -> AuditedStage:
+    return AuditedStage(
+        name=_text(entry.get("name")),
+        entered_at=_date(entry.get("entered_at")),
+        exited_at=_date(entry.get("exited_at")),
+        open=entry.get("exited_at") is None,
+        completed=bool(entry.get("completed")),
+    )
+
+
+def _entry(entry: Mapping[str, Any]) -> AuditedEntry:
+    metadata = _mapping(entry.get("metadata"))
+    stage, step, visit = metadata.get("stage"), metadata.get("step"), metadata.get("entry")
+    return AuditedEntry(
+        message_id=str(entry.get("message_id")),
+        inbound=entry.get("direction") == "inbound",
+        withheld=metadata.get("withheld") is True,
+        stage=stage if isinstance(stage, str) else None,
+        step=step if isinstance(step, int) else None,
+        visit=visit if isinstance(visit, int) else None,
+    )
+
+
+def history_facts(conversation: AuditedConversation) -> HistoryFacts:
+    """The history facts of a conversation."""
     outbound: Counter[str] = Counter()
     inbound: Counter[str] = Counter()
     step_ids: dict[tuple[str, int, int], set[str]] = {}
     steps: set[tuple[str, int]] = set()
-    for entry in doc.get("message_history") or ():
-        message_id = str(entry.get("message_id"))
-        if entry.get("direction") == "inbound":
-            inbound[message_id] += 1
+    for entry in conversation.history:
+        if entry.inbound:
+            inbound[entry.message_id] += 1
             continue
-        metadata = entry.get("metadata") or {}
-        if metadata.get("withheld") is True:
-            continue  # a holdout's message: recorded for its timing rules, never sent
-        outbound[message_id] += 1
-        stage, step, visit = metadata.get("stage"), metadata.get("step"), metadata.get("entry")
-        if isinstance(stage, str) and isinstance(step, int):
-            steps.add((stage, step))
-            if isinstance(visit, int):
-                step_ids.setdefault((stage, step, visit), set()).add(message_id)
+        if entry.withheld:
+            continue
+        outbound[entry.message_id] += 1
+        if entry.stage is not None and entry.step is not None:
+            steps.add((entry.stage, entry.step))
+            if entry.visit is not None:
+                step_ids.setdefault((entry.stage, entry.step, entry.visit), set()).add(
+                    entry.message_id
+                )
     return HistoryFacts(
         outbound=tuple(outbound),
         inbound=len(inbound),
@@ -147,10 +267,9 @@ def history_facts(doc: Mapping[str, Any]) -> HistoryFacts:
     )
 
 
-def counter_fault(doc: Mapping[str, Any], facts: HistoryFacts) -> str | None:
+def counter_fault(conversation: AuditedConversation, facts: HistoryFacts) -> str | None:
     """Why the conversation's own counters disagree with its history (None: they agree)."""
-    metrics = doc.get("metrics") or {}
-    sent, received = metrics.get("messages_sent", 0), metrics.get("messages_received", 0)
+    sent, received = conversation.messages_sent, conversation.messages_received
     if sent != facts.outbound_entries:
         return f"messages_sent {sent} but {facts.outbound_entries} outbound entries"
     if received != facts.inbound_entries:
@@ -158,48 +277,47 @@ def counter_fault(doc: Mapping[str, Any], facts: HistoryFacts) -> str | None:
     return None
 
 
-def timeline_fault(doc: Mapping[str, Any]) -> str | None:
+def timeline_fault(conversation: AuditedConversation) -> str | None:
     """Why the stage timeline is inconsistent (None: it is consistent).
 
     An active conversation has exactly one open stage entry, the last, named
     ``current_stage``; a finished one has none. Every entry exits no earlier than it was
     entered, and the next one is entered no earlier than the previous exit.
     """
-    stages = doc.get("stages") or []
+    stages = conversation.stages
     if not stages:
         return "no stage entries"
-    open_entries = [i for i, entry in enumerate(stages) if entry.get("exited_at") is None]
-    if doc.get("status") == "active":
+    open_entries = [i for i, entry in enumerate(stages) if entry.open]
+    if conversation.status == "active":
         if len(open_entries) != 1:
             return f"{len(open_entries)} open stage entries in an active conversation"
         if open_entries[0] != len(stages) - 1:
             return "the open stage entry is not the last"
-        if stages[-1].get("name") != doc.get("current_stage"):
-            return f"open stage {stages[-1].get('name')!r} is not {doc.get('current_stage')!r}"
+        if stages[-1].name != conversation.current_stage:
+            return f"open stage {stages[-1].name!r} is not {conversation.current_stage!r}"
     elif open_entries:
-        return f"{len(open_entries)} open stage entries in a {doc.get('status')} conversation"
+        return f"{len(open_entries)} open stage entries in a {conversation.status} conversation"
     previous: datetime | None = None
     for index, entry in enumerate(stages):
-        entered, exited = _date(entry.get("entered_at")), _date(entry.get("exited_at"))
+        entered, exited = entry.entered_at, entry.exited_at
         if entered is None:
             return f"stage entry {index} has no entered_at"
         if previous is not None and entered < previous:
             return f"stage entry {index} entered before the previous one ended"
         if exited is not None and exited < entered:
             return f"stage entry {index} exited before it was entered"
-        if entry.get("completed") and exited is None:
+        if entry.completed and exited is None:
             return f"stage entry {index} is completed but open"
         previous = exited or entered
     return None
 
 
-def expired(value: Any, now: datetime) -> bool:
+def expired(moment: datetime | None, now: datetime) -> bool:
     """Whether a stored lease time is in the past."""
-    moment = _date(value)
     return moment is not None and moment < now
 
 
-def _date(value: Any) -> datetime | None:
+def _date(value: object) -> datetime | None:
     return to_utc(value) if isinstance(value, datetime) else None
 
 
@@ -220,6 +338,10 @@ __all__ = [
     "OUTBOX_ROWS_RECORDED",
     "SAMPLE_SIZE",
     "STAGE_TIMELINE",
+    "AuditedConversation",
+    "AuditedEntry",
+    "AuditedRow",
+    "AuditedStage",
     "Findings",
     "HistoryFacts",
     "InvariantReport",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from campaign_worker.domain.documents import DocumentModel, NonEmptyStr, UtcDatetime
 
@@ -75,3 +75,42 @@ class CampaignMetrics(DocumentModel):
     revision: int = Field(default=0, ge=0)
     # Writers that may have written conversations but not yet their $inc (token -> since).
     inflight: dict[str, UtcDatetime] = Field(default_factory=dict)
+
+
+Number = int | float
+
+
+class StoredMetrics(BaseModel):
+    """The metrics document as stored, unchecked: a counter may have drifted below zero
+    until the reconcile corrects it (``CampaignMetrics`` is the checked view the seed's
+    method returns). ``document()`` gives back what was read, unknown fields included."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    id: str = Field(alias="_id")
+    campaign_id: str | None = None
+    total_recipients: Number = 0
+    active_conversations: Number = 0
+    completed_conversations: Number = 0
+    failed_conversations: Number = 0
+    opted_out_conversations: Number = 0
+    cancelled_conversations: Number = 0
+    invalid_recipients: Number = 0
+    stage_metrics: dict[str, dict[str, Number]] = Field(default_factory=dict)
+    message_metrics: dict[str, Number] = Field(default_factory=dict)
+    funnel: dict[str, dict[str, Number]] = Field(default_factory=dict)
+    delivery: dict[str, dict[str, Number]] = Field(default_factory=dict)
+    delivery_counted: list[str] = Field(default_factory=list)
+    variants: dict[str, dict[str, dict[str, Number | dict[str, Number]]]] = Field(
+        default_factory=dict
+    )
+    holdout: dict[str, Number] = Field(default_factory=dict)
+    updated_at: UtcDatetime | None = None
+    # Bumped by every write: a reader sees whether anything landed between two reads.
+    revision: int = 0
+    # Registered writers (token -> since), whose increments are still on their way.
+    inflight: dict[str, UtcDatetime] = Field(default_factory=dict)
+
+    def document(self) -> dict[str, Any]:
+        """The fields as stored (without ``_id``)."""
+        return self.model_dump(exclude_unset=True, exclude={"id"})

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.campaign_documents import StoredCampaign
-from campaign_worker.domain.documents import ConversationState, parse_document
+from campaign_worker.domain.documents import ConversationState, Unreadable
 from campaign_worker.domain.errors import CampaignNotFoundError, ConversationNotFoundError
 from campaign_worker.domain.progression import Effects
 from campaign_worker.service.ledger import MetricsLedger
@@ -101,10 +101,12 @@ class Services:
         return self.campaign(campaign_id).to_mongo()
 
     def load(self, conversation_id: str) -> ConversationState:
-        doc = self.conversation_state_repository.get_conversation_state(conversation_id)
-        if doc is None:
+        found = self.conversation_state_repository.get_state(conversation_id)
+        if found is None:
             raise ConversationNotFoundError(conversation_id)
-        return parse_document(ConversationState, doc, what=f"conversation {conversation_id}")
+        if isinstance(found, Unreadable):
+            raise found.problem()
+        return found
 
     def type_template(self, of: StoredCampaign | ConversationState) -> Pair:
         """The template and campaign type a campaign or a conversation runs on: its

@@ -14,16 +14,18 @@ the record of it (``migrations``) and the new pin. Migrating back reverses it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
 import structlog
-from pydantic import ValidationError
 
 from campaign_worker.domain.aliases import Doc
-from campaign_worker.domain.campaign_documents import CampaignStatus, StoredCampaign
-from campaign_worker.domain.documents import ConversationState
+from campaign_worker.domain.campaign_documents import (
+    CampaignStatus,
+    MigrationRecord,
+    StoredCampaign,
+)
+from campaign_worker.domain.documents import ConversationState, StoredState, Unreadable
 from campaign_worker.domain.errors import (
     ConcurrencyConflictError,
     InvalidInputError,
@@ -124,7 +126,7 @@ def migrate_campaign(
         result.finished = True  # nothing to move: applied already
         return result
     record = _begin(svc, campaign, target, stage_map)
-    result.migration_id = str(record["id"])
+    result.migration_id = record.id
     result.report = _apply(svc, campaign_id, target, stage_map, size, result.migration_id)
     result.finished = not result.report.unresolved and _finish(svc, campaign_id, record, target)
     log.info(
@@ -150,24 +152,24 @@ def _target(svc: Services, campaign: StoredCampaign, to: int | str) -> _Target:
     return _Target(version, template, type_of(template, campaign.campaign_type, version.label))
 
 
-def _pages(svc: Services, campaign_id: str, size: int) -> Any:
-    """The campaign's active conversations, a page at a time (broken documents skipped:
-    processing fails those on its own)."""
+def _pages(svc: Services, campaign_id: str, size: int) -> Iterator[list[ConversationState]]:
+    """The campaign's active conversations, a page at a time."""
     after: str | None = None
     while True:
-        docs = svc.conversation_state_repository.page_active(campaign_id, after, size)
-        if not docs:
+        page = svc.conversation_state_repository.page_active(campaign_id, after, size)
+        if not page:
             return
-        after = str(docs[-1]["_id"])
-        states = []
-        for doc in docs:
-            try:
-                states.append(ConversationState.model_validate(doc))
-            except ValidationError:
-                log.warning("migration_skipped_invalid", conversation_id=str(doc["_id"]))
-        yield states
-        if len(docs) < size:
+        after = page[-1].id
+        yield _readable(page)
+        if len(page) < size:
             return
+
+
+def _readable(read: list[StoredState]) -> list[ConversationState]:
+    """The states that validate (broken documents skipped: processing fails those)."""
+    for unreadable in [s for s in read if isinstance(s, Unreadable)]:
+        log.warning("migration_skipped_invalid", conversation_id=unreadable.id)
+    return [state for state in read if isinstance(state, ConversationState)]
 
 
 def _scan(
@@ -180,19 +182,19 @@ def _scan(
     return report
 
 
-def _begin(svc: Services, campaign: StoredCampaign, target: _Target, stage_map: StageMap) -> Doc:
+def _begin(
+    svc: Services, campaign: StoredCampaign, target: _Target, stage_map: StageMap
+) -> MigrationRecord:
     """The migration record being applied: a new one, or the one a crash or a
     concurrent applier left for the same target (resumed; its map is this one)."""
-    record = {
-        "id": uuid.uuid4().hex,
-        "from_version": campaign.template_version,
-        "to_version": target.version.version,
-        "to_hash": target.version.content_hash,
+    record = MigrationRecord(
+        id=uuid.uuid4().hex,
+        from_version=campaign.template_version,
+        to_version=target.version.version,
+        to_hash=target.version.content_hash,
+        started_at=svc.clock.now(),
         **stage_map.as_doc(),
-        "started_at": svc.clock.now(),
-        "revision": 0,
-        "counts": {},
-    }
+    )
     stored = svc.campaigns.begin_migration(campaign.id, record, svc.clock.now())
     _refuse_if_another(stored, target.version.version)
     return stored.migrating or record
@@ -202,10 +204,10 @@ def _refuse_if_another(campaign: StoredCampaign, to_version: int) -> None:
     """One migration at a time: one half applied to another version must finish first
     (each conversation on it would otherwise be pulled two ways)."""
     current = campaign.migrating
-    if current is not None and current.get("to_version") != to_version:
+    if current is not None and current.to_version != to_version:
         raise InvalidStateTransitionError(
             f"campaign {campaign.id!r} is being migrated to version "
-            f"{current.get('to_version')}: apply that migration again to finish it first"
+            f"{current.to_version}: apply that migration again to finish it first"
         )
 
 
@@ -272,29 +274,18 @@ def _apply_batch(
         if not lost:
             return report
         report.conflicts += len(lost)
-        docs = svc.conversation_state_repository.get_many(lost)
-        pending = [ConversationState.model_validate(doc) for doc in docs]
+        pending = _readable(svc.conversation_state_repository.get_many(lost))
     raise ConcurrencyConflictError("conversations kept changing under the migration; apply again")
 
 
-def _finish(svc: Services, campaign_id: str, begun: Doc, target: _Target) -> bool:
+def _finish(svc: Services, campaign_id: str, begun: MigrationRecord, target: _Target) -> bool:
     """Record the migration and move the pin (compare-and-set on its revision)."""
     for _ in range(CAS_ATTEMPTS):
         campaign = svc.campaign(campaign_id)
         current = campaign.migrating
-        if current is None or current.get("id") != begun.get("id"):
+        if current is None or current.id != begun.id:
             return campaign.template_version == target.version.version  # finished by another
-        now: datetime = svc.clock.now()
-        record = {key: value for key, value in current.items() if key not in ("revision",)} | {
-            "finished_at": now
-        }
-        pin = {
-            "template_version": target.version.version,
-            "template_hash": target.version.content_hash,
-        }
-        if svc.campaigns.finish_migration(
-            campaign_id, str(current["id"]), int(current.get("revision", 0)), pin, record, now
-        ):
+        if svc.campaigns.finish_migration(campaign_id, current, target.version, svc.clock.now()):
             return True
     return False
 

@@ -20,6 +20,8 @@ from campaign_worker.domain.campaign_documents import CampaignStatus
 from campaign_worker.domain.documents import (
     FINISHED_STATUSES,
     ConversationState,
+    StoredState,
+    Unreadable,
     describe_validation_error,
 )
 from campaign_worker.domain.errors import InvalidInputError, UnknownStageError
@@ -160,7 +162,7 @@ def _process(
         raise InvalidInputError("limit must be a positive integer")
     settling = result.settling = status == CampaignStatus.CANCELLED
     # One more than the batch: whether more is due, at no extra round trip.
-    docs = svc.conversation_state_repository.read_due(
+    read = svc.conversation_state_repository.read_due(
         campaign_id,
         svc.clock.now(),
         stage=stage,
@@ -168,8 +170,8 @@ def _process(
         span=span,
         settling=settling,
     )
-    result.more = len(docs) > batch_limit
-    claimed = docs[:batch_limit]
+    result.more = len(read) > batch_limit
+    claimed = read[:batch_limit]
     result.claimed = len(claimed)
     if on_claimed is not None:
         on_claimed(len(claimed), batch_limit)
@@ -220,17 +222,15 @@ def _continue(
 
 
 def _evaluate(
-    claimed: list[Doc], step: Step, templates: CampaignTemplates, svc: Services
+    claimed: list[StoredState], step: Step, templates: CampaignTemplates, svc: Services
 ) -> EvaluatedBatch:
     """Each claimed conversation's next state, on its template version; what cannot be
     evaluated fails alone."""
     batch = EvaluatedBatch()
     now = svc.clock.now()
-    for doc in claimed:
-        try:
-            state = ConversationState.model_validate(doc)
-        except ValidationError as exc:
-            batch.broken[str(doc["_id"])] = f"invalid document: {validation_summary(exc)}"
+    for state in claimed:
+        if isinstance(state, Unreadable):
+            batch.broken[state.id] = f"invalid document: {state.error[:500]}"
             continue
         try:
             template, type_template = templates(state.context.template_version)

@@ -26,13 +26,12 @@ from campaign_worker.domain.documents import (
     ConversationState,
     Direction,
     Message,
-    parse_document,
+    Unreadable,
 )
 from campaign_worker.domain.errors import (
     CampaignNotFoundError,
     ConcurrencyConflictError,
     ConversationNotFoundError,
-    InvalidDocumentError,
     InvalidInputError,
     LimitExceededError,
 )
@@ -231,15 +230,12 @@ def _conversations(
 ) -> dict[str, _Conversation]:
     """The conversations the replies address (one read), with their replies in order."""
     pairs = sorted({(replies[i].campaign_id, replies[i].user_id) for i in wanted})
-    by_pair: dict[tuple[str, str], ConversationState | InvalidInputError] = {}
-    for doc in svc.conversation_state_repository.find_by_users(pairs):
-        pair = (doc["campaign_id"], doc["user_id"])
-        try:
-            by_pair[pair] = parse_document(
-                ConversationState, doc, what=f"conversation {doc['_id']}"
-            )
-        except InvalidDocumentError as exc:
-            by_pair[pair] = InvalidInputError(str(exc))
+    by_pair: dict[tuple[str | None, str | None], ConversationState | InvalidInputError] = {}
+    for read in svc.conversation_state_repository.find_by_users(pairs):
+        if isinstance(read, Unreadable):
+            by_pair[(read.campaign_id, read.user_id)] = InvalidInputError(str(read.problem()))
+        else:
+            by_pair[(read.campaign_id, read.user_id)] = read
     found: dict[str, _Conversation] = {}
     for index in wanted:
         reply = replies[index]
@@ -379,19 +375,15 @@ def _evaluate(c: _Conversation, outcomes: list[ReplyOutcome], now: datetime) -> 
 
 def _reread(svc: Services, pending: dict[str, _Conversation], outcomes: list[ReplyOutcome]) -> None:
     """Fresh states for conversations that lost a race (one read)."""
-    docs = svc.conversation_state_repository.get_many(sorted(pending))
-    fresh = {str(doc["_id"]): doc for doc in docs}
+    read = svc.conversation_state_repository.get_many(sorted(pending))
+    fresh = {found.id: found for found in read}
     for conversation_id in list(pending):
-        conversation = pending[conversation_id]
-        doc = fresh.get(conversation_id)
-        try:
-            if doc is None:
-                raise ConversationNotFoundError(conversation_id)
-            conversation.state = parse_document(
-                ConversationState, doc, what=f"conversation {conversation_id}"
-            )
-        except InvalidInputError as exc:
-            _refuse(pending.pop(conversation_id), outcomes, exc)
+        found = fresh.get(conversation_id)
+        if isinstance(found, ConversationState):
+            pending[conversation_id].state = found
+            continue
+        error = ConversationNotFoundError(conversation_id) if found is None else found.problem()
+        _refuse(pending.pop(conversation_id), outcomes, error)
 
 
 def _refuse(c: _Conversation, outcomes: list[ReplyOutcome], error: Exception) -> None:

@@ -66,9 +66,9 @@ def outbox(manager: CampaignManager) -> list[Doc]:
 
 
 def stored_metrics(manager: CampaignManager, campaign_id: str = "camp-1") -> Doc:
-    doc = manager.campaign_metrics.get(campaign_id)
-    assert doc is not None
-    return doc
+    stored = manager.campaign_metrics.get(campaign_id)
+    assert stored is not None
+    return stored.document()
 
 
 def reply(manager: CampaignManager, user: int, content: str, message_id: str | None = None) -> Doc:
@@ -188,7 +188,7 @@ def test_initialize_resumed_after_a_crash_counts_only_the_new_ones(
     manager = make_manager(db, init_batch_size=2)
     manager.create_campaign(sample_campaign(5))
     repo = manager.conversation_state_repository
-    real_insert = repo.insert_many_states
+    real_insert = repo.insert_states
     calls = {"n": 0}
 
     def crash_on_second_batch(docs: Any) -> int:
@@ -197,10 +197,10 @@ def test_initialize_resumed_after_a_crash_counts_only_the_new_ones(
             raise RuntimeError("worker died")
         return real_insert(docs)
 
-    monkeypatch.setattr(repo, "insert_many_states", crash_on_second_batch)
+    monkeypatch.setattr(repo, "insert_states", crash_on_second_batch)
     with pytest.raises(RuntimeError):
         manager.initialize_campaign_conversations("camp-1")
-    monkeypatch.setattr(repo, "insert_many_states", real_insert)
+    monkeypatch.setattr(repo, "insert_states", real_insert)
 
     assert manager.get_campaign("camp-1")["status"] == "initializing"
     assert manager.initialize_campaign_conversations("camp-1") == 3
@@ -808,9 +808,7 @@ def test_partition_ranges_split_the_due_set_without_overlap(manager: CampaignMan
         assert result.claimed == result.written and not result.more
         taken[index] = {
             doc["_id"]
-            for doc in manager.conversation_state_repository.find_conversation_states(
-                {"metrics.messages_sent": 1}
-            )
+            for doc in db_of(manager)["conversation_states"].find({"metrics.messages_sent": 1})
         } - set().union(*taken.values())
     assert sum(len(ids) for ids in taken.values()) == 40
     for index, ids in taken.items():
@@ -936,7 +934,10 @@ def test_lost_race_counts_only_writes_that_landed(
     real_write = repo.write_transitions
 
     def concurrent_writer_first(*args: Any, **kwargs: Any) -> Any:
-        repo.update_conversation_state(cid(1), {"status_reason": "touched meanwhile"})
+        db_of(manager)["conversation_states"].update_one(
+            {"_id": cid(1)},
+            {"$set": {"status_reason": "touched meanwhile"}, "$inc": {"version": 1}},
+        )
         return real_write(*args, **kwargs)
 
     monkeypatch.setattr(repo, "write_transitions", concurrent_writer_first)

@@ -270,7 +270,7 @@ def test_stale_leases_only_when_quiet(
     report = manager.check_invariants(CAMPAIGN)
     assert report.figures["stale_leases"] == 3
     assert set(violation(report, "no_stale_leases").sample) == {
-        f"outbox:{claimed[0]['_id']}",
+        f"outbox:{claimed[0].id}",
         f"conversation:{cid('user-00003')}",
         f"registration:{dispatch.token}",
     }

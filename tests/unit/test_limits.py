@@ -13,6 +13,7 @@ import pytest
 from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.domain import limits
 from campaign_worker.domain.campaign_documents import MAX_INLINE_RECIPIENTS
+from campaign_worker.domain.documents import conversation_id_for
 from campaign_worker.domain.errors import InvalidInputError, LimitExceededError
 from campaign_worker.entrypoints.envelope import BODY_LIMIT
 from campaign_worker.service.campaign_manager import CampaignManager
@@ -66,9 +67,7 @@ def test_reply_content_is_kept_whole_up_to_the_limit_then_cut(running: CampaignM
     replies = {
         m["message_id"]: m
         for user in ("user-00000", "user-00001")
-        for m in running.get_conversation_history(
-            running.conversation_state_repository.get_by_user("camp-1", user).id  # type: ignore[union-attr]
-        )
+        for m in running.get_conversation_history(conversation_id_for("camp-1", user))
         if m["direction"] == "inbound"
     }
     assert replies["in-1"]["content"] == whole and "truncated" not in replies["in-1"]["metadata"]

@@ -67,9 +67,9 @@ def test_reconcile_defers_when_increments_land_meanwhile(
     _scenario(manager, clock)
     db.campaign_metrics.update_one({"_id": "camp-1"}, {"$inc": {"failed_conversations": 1}})
     repo = manager.conversation_state_repository
-    original = repo.aggregate_campaign
+    original = repo.recount
 
-    def aggregate_while_a_batch_lands(campaign_id: str) -> dict[str, Any]:
+    def aggregate_while_a_batch_lands(campaign_id: str) -> dict[str, float]:
         result = original(campaign_id)
         # A concurrent batch's $inc arrives between the two reads of the metrics doc.
         db.campaign_metrics.update_one(
@@ -77,9 +77,9 @@ def test_reconcile_defers_when_increments_land_meanwhile(
         )
         return result
 
-    monkeypatch.setattr(repo, "aggregate_campaign", aggregate_while_a_batch_lands)
+    monkeypatch.setattr(repo, "recount", aggregate_while_a_batch_lands)
     assert manager.reconcile_campaign_metrics("camp-1") == {}
     assert manager.get_campaign_metrics("camp-1")["failed_conversations"] == 1  # untouched
-    monkeypatch.setattr(repo, "aggregate_campaign", original)
+    monkeypatch.setattr(repo, "recount", original)
     assert manager.reconcile_campaign_metrics("camp-1") == {"failed_conversations": -1}
     assert manager.get_campaign_metrics("camp-1")["failed_conversations"] == 0
