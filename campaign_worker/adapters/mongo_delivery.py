@@ -55,7 +55,41 @@ def _older_than(latest: LatestStatus, path: str) -> list[Doc]:
     ]
 
 
-class MongoDeliveryRows:
+class RowMoves:
+    """A leased row's moves, as ``DeliveryRows`` names them, over ``finish``."""
+
+    def finish(self, message_id: str, owner: str, status: RowStatus, fields: Doc) -> bool:
+        raise NotImplementedError
+
+    def requeue(
+        self,
+        message_id: str,
+        owner: str,
+        *,
+        next_attempt_at: datetime | None = None,
+        last_error: str | None = None,
+    ) -> bool:
+        fields: Doc = {}
+        if next_attempt_at is not None:
+            fields["next_attempt_at"] = next_attempt_at
+        if last_error is not None:
+            fields["last_error"] = last_error
+        return self.finish(message_id, owner, RowStatus.PENDING, fields)
+
+    def mark_sent(
+        self, message_id: str, owner: str, sent_at: datetime, provider_id: str | None
+    ) -> bool:
+        fields = {"sent_at": sent_at, "provider_id": provider_id, "last_error": None}
+        return self.finish(message_id, owner, RowStatus.SENT, fields)
+
+    def mark_failed(
+        self, message_id: str, owner: str, failed_at: datetime, reason: str, channel: str
+    ) -> bool:
+        fields = {"failed_at": failed_at, "last_error": reason, "delivered_via": channel}
+        return self.finish(message_id, owner, RowStatus.FAILED, fields)
+
+
+class MongoDeliveryRows(RowMoves):
     """Outbox rows as the dispatcher moves them (every move conditional on the lease)."""
 
     def __init__(self, db: Database[Doc]) -> None:
@@ -113,33 +147,6 @@ class MongoDeliveryRows:
             {"$set": {"lease_until": until, **fields}, "$inc": {"attempts": 1}},
         )
         return result.matched_count == 1
-
-    def requeue(
-        self,
-        message_id: str,
-        owner: str,
-        *,
-        next_attempt_at: datetime | None = None,
-        last_error: str | None = None,
-    ) -> bool:
-        fields: Doc = {}
-        if next_attempt_at is not None:
-            fields["next_attempt_at"] = next_attempt_at
-        if last_error is not None:
-            fields["last_error"] = last_error
-        return self.finish(message_id, owner, RowStatus.PENDING, fields)
-
-    def mark_sent(
-        self, message_id: str, owner: str, sent_at: datetime, provider_id: str | None
-    ) -> bool:
-        fields = {"sent_at": sent_at, "provider_id": provider_id, "last_error": None}
-        return self.finish(message_id, owner, RowStatus.SENT, fields)
-
-    def mark_failed(
-        self, message_id: str, owner: str, failed_at: datetime, reason: str, channel: str
-    ) -> bool:
-        fields = {"failed_at": failed_at, "last_error": reason, "delivered_via": channel}
-        return self.finish(message_id, owner, RowStatus.FAILED, fields)
 
     @translate_errors
     def finish(self, message_id: str, owner: str, status: RowStatus, fields: Doc) -> bool:
@@ -225,4 +232,4 @@ class MongoDeliveryStatuses:
         return result.modified_count == 1
 
 
-__all__ = ["COUNTED_KEYS_KEPT", "MongoDeliveryRows", "MongoDeliveryStatuses"]
+__all__ = ["COUNTED_KEYS_KEPT", "MongoDeliveryRows", "MongoDeliveryStatuses", "RowMoves"]

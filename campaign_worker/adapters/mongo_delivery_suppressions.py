@@ -17,16 +17,14 @@ from campaign_worker.domain.suppressions import (
     normalize_address,
     user_key,
 )
+from campaign_worker.service.ports import SuppressionRepository
 
 
-class MongoDeliverySuppressions:
-    """The ``Suppressions`` port of delivery over the shared list."""
+class ListedSuppressions:
+    """The ``Suppressions`` port of delivery over the shared list (any repository of it)."""
 
-    def __init__(self, db: Database[Doc]) -> None:
-        self._list = MongoSuppressionRepository(db)
-
-    def initialize(self) -> None:
-        self._list.initialize()
+    def __init__(self, entries: SuppressionRepository) -> None:
+        self._list = entries
 
     def suppress(
         self,
@@ -54,4 +52,15 @@ class MongoDeliverySuppressions:
         return bool(self._list.matching([user_key(user_id), address_key(channel, address)]))
 
 
-__all__ = ["MongoDeliverySuppressions"]
+class MongoDeliverySuppressions(ListedSuppressions):
+    """Over the ``suppressions`` collection."""
+
+    def __init__(self, db: Database[Doc]) -> None:
+        self._collection = MongoSuppressionRepository(db)
+        super().__init__(self._collection)
+
+    def initialize(self) -> None:
+        self._collection.initialize()
+
+
+__all__ = ["ListedSuppressions", "MongoDeliverySuppressions"]

@@ -1,4 +1,5 @@
-"""CampaignManager over mongomock-ng: the seed's methods, idempotency, leases, metrics."""
+"""CampaignManager on the in-memory fakes of its ports and over the wire: the seed's
+methods, idempotency, leases, metrics."""
 
 from __future__ import annotations
 
@@ -22,12 +23,15 @@ from campaign_worker.domain.errors import (
 )
 from campaign_worker.domain.partitions import PartitionRange, partition_of
 from campaign_worker.service.campaign_manager import CampaignManager
+from tests import fakes
 from tests.conftest import START, ManagerFactory, sample_campaign
+
+any_db = fakes.any_db  # fixture: each test on the in-memory fakes, and over the wire
 
 
 @pytest.fixture
 def manager(manager_on_both: CampaignManager) -> CampaignManager:
-    """Every test here runs on mongomock-ng and over the wire (``db`` is the same one)."""
+    """Every test here runs on the fakes and over the wire (``db`` is the same one)."""
     return manager_on_both
 
 
@@ -821,13 +825,13 @@ def test_documents_without_a_partition_go_to_the_first_range_and_get_one(
     manager: CampaignManager,
 ) -> None:
     running(manager, 12)
-    collection = manager.conversation_state_repository._collection  # type: ignore[attr-defined]
-    collection.update_many({}, {"$unset": {"partition": ""}})  # as an older release wrote them
+    # As an older release wrote them.
+    db_of(manager)["conversation_states"].update_many({}, {"$unset": {"partition": ""}})
     later = manager.process_due_conversations("camp-1", partition=1, partitions=2)
     assert later.claimed == 0
     first = manager.process_due_conversations("camp-1", partition=0, partitions=2)
     assert first.claimed == first.written == 12
-    assert {doc["partition"] for doc in collection.find()} == {
+    assert {doc["partition"] for doc in db_of(manager)["conversation_states"].find()} == {
         partition_of(cid(i)) for i in range(12)
     }
 

@@ -17,7 +17,10 @@ from campaign_worker.domain.documents import conversation_id_for
 from campaign_worker.domain.errors import InvalidInputError, LimitExceededError
 from campaign_worker.entrypoints.envelope import BODY_LIMIT
 from campaign_worker.service.campaign_manager import CampaignManager
+from tests import fakes
 from tests.conftest import sample_campaign
+
+manager = fakes.manager  # fixture: a manager on the fakes
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 UNITS = {"KiB": 1024, "MiB": 1024 * 1024}

@@ -18,7 +18,10 @@ from campaign_worker.domain.errors import (
 )
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.replies import InboundReply
+from tests import fakes
 from tests.conftest import ManagerFactory, sample_campaign
+
+any_db = fakes.any_db  # fixture: each test on the in-memory fakes, and over the wire
 
 Doc = dict[str, Any]
 HOUR = timedelta(hours=1)
