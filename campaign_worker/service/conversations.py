@@ -122,7 +122,7 @@ def process_conversation(svc: Services, conversation_id: str) -> Doc:
         # As process_due_conversations: a paused or cancelled campaign sends nothing.
         if svc.campaign(c.state.campaign_id).status != CampaignStatus.RUNNING:
             return None
-        return c.progress(c.state)
+        return c.run(c.state)
 
     return write_one(svc, conversation_id, change).to_mongo()
 

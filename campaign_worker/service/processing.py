@@ -37,8 +37,9 @@ from campaign_worker.domain.progression import (
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 from campaign_worker.service.context import Services
 from campaign_worker.service.ledger import Dispatch, MetricsLedger, dispatch_token
+from campaign_worker.service.send_guard import Verdict
 from campaign_worker.service.template_versions import CampaignTemplates
-from campaign_worker.service.writes import Current, Evaluated, write_changes
+from campaign_worker.service.writes import Current, Evaluated, guard_sends, write_changes
 
 log = structlog.get_logger(__name__)
 WHOLE = PartitionRange()
@@ -96,8 +97,7 @@ class BatchResult:
 class EvaluatedBatch:
     """One batch's evaluated changes, before they are written."""
 
-    changes: list[tuple[ConversationState, ConversationState]] = field(default_factory=list)
-    effects: dict[str, Effects] = field(default_factory=dict)
+    changes: list[Evaluated] = field(default_factory=list)
     broken: dict[str, str] = field(default_factory=dict)  # id -> why it fails alone
 
 
@@ -246,32 +246,22 @@ def _evaluate(
             except Exception:
                 batch.broken[state.id] = f"could not be evaluated: {type(exc).__name__}"
                 continue
-        batch.changes.append((state, new_state))
-        batch.effects[state.id] = effects
+        batch.changes.append(Evaluated(state, new_state, effects))
     return batch
 
 
 def _guard(svc: Services, batch: EvaluatedBatch, templates: CampaignTemplates) -> None:
-    """Ask the send guard about the batch's sends (one suppression query, the frequency
-    cap's slots); re-run the steps it refuses: opt out, or wait for a held channel."""
+    """The batch's sends through the send guard (``writes.guard_sends``): a step it
+    refuses runs again, to opt out or to wait for a held channel."""
     now = svc.clock.now()
-    verdicts = svc.send_guard.check([(old, batch.effects[old.id]) for old, _ in batch.changes], now)
-    if not verdicts:
-        return
-    for index, (old, _) in enumerate(batch.changes):
-        verdict = verdicts.get(old.id)
-        if verdict is None:
-            continue
+
+    def rerun(change: Evaluated, verdict: Verdict) -> Evaluated:
+        old = change.old
         template, type_template = templates(old.context.template_version)
         ruled = Current(old, template, type_template, now, verdict.suppressed, verdict.holds)
-        new, effects = ruled.progress(old)
-        effects.delta.deferred += len(verdict.holds)
-        for channel in verdict.holds:
-            svc.metrics.messages_deferred(channel, 1)
-        if verdict.suppressed is not None:
-            svc.metrics.suppressed(old.campaign_type, 1)
-        batch.changes[index] = (old, new)
-        batch.effects[old.id] = effects
+        return Evaluated(old, *ruled.run(old))
+
+    batch.changes = guard_sends(svc, batch.changes, now, rerun)
 
 
 def write_evaluated(
@@ -281,14 +271,13 @@ def write_evaluated(
     ``write_changes`` does (counts to ``ledger``, applied when the caller closes it); fail
     the broken alone."""
     result.invalid = sum(reason.startswith("invalid document") for reason in batch.broken.values())
-    changes = [Evaluated(old, new, batch.effects[old.id]) for old, new in batch.changes]
-    written = write_changes(svc, changes, lambda _: ledger, svc.clock.now())
+    written = write_changes(svc, batch.changes, lambda _: ledger, svc.clock.now())
     batch.broken.update(written.failed)
     applied = written.applied
     result.written = len(applied)
     result.conflicts = len(batch.changes) - len(applied) - len(written.failed)
     result.failures = fail_alone(svc, batch.broken, ledger)
-    result.count([batch.effects[cid] for cid in applied])
+    result.count([c.effects for c in batch.changes if c.old.id in applied])
 
 
 def fail_alone(svc: Services, broken: dict[str, str], ledger: MetricsLedger) -> int:

@@ -49,7 +49,13 @@ from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 from campaign_worker.service.context import Services
 from campaign_worker.service.ledger import MetricsLedger
 from campaign_worker.service.send_guard import Verdict
-from campaign_worker.service.writes import CAS_ATTEMPTS, Current, Evaluated, write_changes
+from campaign_worker.service.writes import (
+    CAS_ATTEMPTS,
+    Current,
+    Evaluated,
+    guard_sends,
+    write_changes,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -119,7 +125,7 @@ class Reply:
             current = Current(
                 state, template, type_template, now, verdict.suppressed, verdict.holds
             )
-            updated, effects = current.progress(updated)
+            updated, effects = current.run(updated)
         else:
             # Paused campaign: keep the reply due so it is evaluated on resume.
             updated = updated.model_copy(update={"next_action_at": now})
@@ -322,28 +328,15 @@ def _guard(
     outcomes: list[ReplyOutcome],
     now: datetime,
 ) -> list[Evaluated]:
-    """Ask the send guard about the batch's sends (one query for all); re-evaluate the
-    conversations it rules on: a suppressed recipient opts out, a capped channel waits."""
-    verdicts = svc.send_guard.check([(c.old, c.effects) for c in changes], now)
-    if not verdicts:
-        return changes
-    ruled: list[Evaluated] = []
-    for change in changes:
-        verdict = verdicts.get(change.old.id)
-        if verdict is None:
-            ruled.append(change)
-            continue
+    """The batch's sends through the send guard (``writes.guard_sends``): a conversation it
+    rules on is evaluated again (a suppressed recipient opts out, a capped channel waits)."""
+
+    def rerun(change: Evaluated, verdict: Verdict) -> Evaluated | None:
         conversation = pending[change.old.id]
         conversation.verdict = verdict
-        again = _evaluate(conversation, outcomes, now)
-        if again is not None:
-            again.effects.delta.deferred += len(verdict.holds)
-            ruled.append(again)
-        for channel in verdict.holds:
-            svc.metrics.messages_deferred(channel, 1)
-        if verdict.suppressed is not None:
-            svc.metrics.suppressed(change.old.campaign_type, 1)
-    return ruled
+        return _evaluate(conversation, outcomes, now)
+
+    return guard_sends(svc, changes, now, rerun)
 
 
 def _evaluate(c: _Conversation, outcomes: list[ReplyOutcome], now: datetime) -> Evaluated | None:
