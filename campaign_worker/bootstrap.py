@@ -10,7 +10,6 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from campaign_worker.adapters.clock import OffsetClock, SystemClock
-from campaign_worker.adapters.config_manager import ConfigManager
 from campaign_worker.adapters.memory_campaigns import (
     MemoryCampaignMetricsRepository,
     MemoryCampaignRepository,
@@ -35,6 +34,7 @@ from campaign_worker.adapters.mongo_send_budget import MongoSendBudgetRepository
 from campaign_worker.adapters.mongo_suppressions import MongoSuppressionRepository
 from campaign_worker.adapters.mongo_task_claims import MongoTaskClaims
 from campaign_worker.adapters.mongo_template_versions import MongoTemplateVersionRepository
+from campaign_worker.adapters.template_files import TemplateFiles
 from campaign_worker.delivery_wiring import ensure_delivery_indexes
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.ports import (
@@ -123,13 +123,13 @@ def build_manager(
     *,
     clock: Clock | None = None,
     recorder: MetricsRecorder | None = None,
-    config_manager: ConfigManager | None = None,
+    config_manager: TemplateFiles | None = None,
 ) -> CampaignManager:
     """The manager over ``db`` (see ``repositories``), configured from ``settings``."""
     repos = repositories(db)
     return CampaignManager(
         repos.conversations,
-        config_manager or ConfigManager(settings.campaign_templates_dir),
+        config_manager or TemplateFiles(settings.campaign_templates_dir),
         recorder,
         campaign_repository=repos.campaigns,
         metrics_repository=repos.metrics,

@@ -21,8 +21,8 @@ from pymongo.errors import DuplicateKeyError
 from campaign_worker.adapters.mongo import METRICS, translate_errors
 from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.documents import parse_document
+from campaign_worker.domain.effects import MetricsDelta
 from campaign_worker.domain.metrics_documents import StoredMetrics
-from campaign_worker.domain.progression import MetricsDelta
 
 
 def metrics_inc(delta: MetricsDelta) -> dict[str, float]:

@@ -15,7 +15,7 @@ from campaign_worker.adapters.mongo import (
     translate_errors,
 )
 from campaign_worker.domain.aliases import Doc
-from campaign_worker.domain.progression import OutboundEnvelope
+from campaign_worker.domain.effects import OutboundEnvelope
 
 
 class MongoOutboxRepository:

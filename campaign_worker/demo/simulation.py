@@ -58,12 +58,12 @@ def audience(template: Template, options: SimulationOptions) -> Answer:
 
 def embedded_manager(template: Template, clock: Any) -> Any:
     """A CampaignManager on a fresh in-memory database that knows ``template``."""
-    from campaign_worker.adapters.config_manager import ConfigManager
     from campaign_worker.adapters.memory_store import MemoryDatabase
+    from campaign_worker.adapters.template_files import TemplateFiles
     from campaign_worker.bootstrap import build_manager
     from campaign_worker.settings import Settings
 
-    templates = ConfigManager(None)
+    templates = TemplateFiles(None)
     templates.add_template(template)
     db = MemoryDatabase("simulation")
     return build_manager(db, Settings(), clock=clock, config_manager=templates)

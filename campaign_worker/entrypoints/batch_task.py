@@ -105,12 +105,12 @@ class BatchedTask(CampaignTask):
             hooks.batch_ran(self.name, len(items), time.perf_counter() - started)
             signals.task_postrun.send(**run, retval=None, state="SUCCESS" if outcomes else None)
 
-    def _claim(self, items: Sequence[BatchItem]) -> list[claims.Decision]:
+    def _claim(self, items: Sequence[BatchItem]) -> list[claims.ClaimDecision]:
         """Copies of messages with an ETA claim their task id (``claims.py``)."""
         if not any(item.delayed for item in items):
             return [claims.RUN] * len(items)
         c = container()
-        decisions: list[claims.Decision] = []
+        decisions: list[claims.ClaimDecision] = []
         ours: set[str] = set()
         for item in items:
             if item.delayed and item.id in ours:
@@ -125,7 +125,7 @@ class BatchedTask(CampaignTask):
             decisions.append(decision)
         return decisions
 
-    def _copy(self, item: BatchItem, decision: claims.Decision) -> ItemOutcome:
+    def _copy(self, item: BatchItem, decision: claims.ClaimDecision) -> ItemOutcome:
         """A copy that does not run: done elsewhere (acknowledged), or put off until the
         runner's lease ends (published again under its task id, then acknowledged)."""
         if decision.action == "skip":
@@ -144,7 +144,7 @@ class BatchedTask(CampaignTask):
         return ItemOutcome(True, "RETRY", error="deferred: another copy is running")
 
     @staticmethod
-    def _settle_claims(decisions: list[claims.Decision], outcomes: list[ItemOutcome]) -> None:
+    def _settle_claims(decisions: list[claims.ClaimDecision], outcomes: list[ItemOutcome]) -> None:
         held = [(d.held, o) for d, o in zip(decisions, outcomes, strict=True) if d.held]
         if not held:
             return
@@ -252,11 +252,11 @@ class BatchedTask(CampaignTask):
 
 
 #: The decision for a copy of a delayed message whose task id this batch runs.
-SAME_BATCH = claims.Decision("skip", defer_seconds=-1.0)
+SAME_BATCH = claims.ClaimDecision("skip", defer_seconds=-1.0)
 
 
 def _with_copies(
-    items: Sequence[BatchItem], decisions: list[claims.Decision], outcomes: list[ItemOutcome]
+    items: Sequence[BatchItem], decisions: list[claims.ClaimDecision], outcomes: list[ItemOutcome]
 ) -> list[ItemOutcome]:
     """A same-batch copy shares its delivery tag (on Redis) with the copy that ran: if that
     one goes back to the broker unsettled, so does the copy, else its ack would drop the

@@ -34,7 +34,7 @@ from campaign_worker.entrypoints.task_policy import (
     jsonable,
     public_task,
 )
-from campaign_worker.service.ledger import Dispatch, is_dispatch_token
+from campaign_worker.service.dispatch_tokens import Dispatch, is_dispatch_token
 from campaign_worker.service.replies import InboundReply
 
 log = structlog.get_logger(__name__)

@@ -13,9 +13,9 @@ from datetime import timedelta
 from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.campaign_documents import StoredCampaign
 from campaign_worker.domain.documents import ConversationState, Unreadable
+from campaign_worker.domain.effects import Effects
 from campaign_worker.domain.errors import CampaignNotFoundError, ConversationNotFoundError
-from campaign_worker.domain.progression import Effects
-from campaign_worker.service.ledger import MetricsLedger
+from campaign_worker.service.metrics_ledger import MetricsLedger
 from campaign_worker.service.outbound import Publisher
 from campaign_worker.service.ports import (
     CampaignMetricsRepository,

@@ -8,11 +8,12 @@ from datetime import datetime
 from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.campaign_documents import CampaignStatus
 from campaign_worker.domain.documents import FINISHED_STATUSES, ConversationState, parse_document
+from campaign_worker.domain.effects import Action, Decision, Effects
 from campaign_worker.domain.errors import (
     InvalidInputError,
     UnknownStageError,
 )
-from campaign_worker.domain.progression import Action, Decision, Effects, apply
+from campaign_worker.domain.transitions import apply
 from campaign_worker.service.context import Services
 from campaign_worker.service.replies import InboundReply, record_one
 from campaign_worker.service.writes import Current, Outcome, write_one

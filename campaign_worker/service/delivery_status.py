@@ -26,10 +26,10 @@ from campaign_worker.domain.delivery import (
     status_rank,
 )
 from campaign_worker.domain.documents import FINISHED_STATUSES
-from campaign_worker.domain.effects import Action, Decision
+from campaign_worker.domain.effects import Action, Decision, Effects
 from campaign_worker.domain.errors import InvalidInputError, NotFoundError
 from campaign_worker.domain.limits import MAX_METADATA_BYTES, check_size
-from campaign_worker.domain.progression import Effects, apply
+from campaign_worker.domain.transitions import apply
 from campaign_worker.service.context import Services
 from campaign_worker.service.delivery_ports import DeliveryStatuses, Suppressions
 from campaign_worker.service.writes import Current, Outcome, write_one

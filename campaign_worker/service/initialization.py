@@ -33,11 +33,12 @@ from campaign_worker.domain.documents import (
 )
 from campaign_worker.domain.errors import CampaignNotFoundError, InvalidStateTransitionError
 from campaign_worker.domain.partitions import partition_of
-from campaign_worker.domain.progression import finish, first_action_at
+from campaign_worker.domain.progression import first_action_at
 from campaign_worker.domain.splits import in_holdout
+from campaign_worker.domain.transitions import finish
 from campaign_worker.service.campaigns import transition_campaign
 from campaign_worker.service.context import Services
-from campaign_worker.service.ledger import MetricsLedger
+from campaign_worker.service.metrics_ledger import MetricsLedger
 
 log = structlog.get_logger(__name__)
 

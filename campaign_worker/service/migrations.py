@@ -35,7 +35,7 @@ from campaign_worker.domain.migrations import Move, Report, StageMap, migrate, p
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 from campaign_worker.domain.versions import TemplateVersion
 from campaign_worker.service.context import Services
-from campaign_worker.service.ledger import MetricsLedger
+from campaign_worker.service.metrics_ledger import MetricsLedger
 from campaign_worker.service.template_versions import type_of
 from campaign_worker.service.writes import CAS_ATTEMPTS, Evaluated, write_changes
 
@@ -71,7 +71,7 @@ class MigrationResult:
 
 
 @dataclass(frozen=True)
-class _Target:
+class _MigrationTarget:
     version: TemplateVersion
     template: Template
     type_template: CampaignTypeTemplate
@@ -139,7 +139,7 @@ def migrate_campaign(
     return result
 
 
-def _target(svc: Services, campaign: StoredCampaign, to: int | str) -> _Target:
+def _target(svc: Services, campaign: StoredCampaign, to: int | str) -> _MigrationTarget:
     if svc.versions is None:
         raise InvalidInputError("template versions are not configured in this process")
     if to == CURRENT:
@@ -149,7 +149,9 @@ def _target(svc: Services, campaign: StoredCampaign, to: int | str) -> _Target:
     else:
         raise InvalidInputError(f"to: a version number or {CURRENT!r}, not {to!r}")
     template = svc.versions.get(campaign.template_id, version.version)[1]
-    return _Target(version, template, type_of(template, campaign.campaign_type, version.label))
+    return _MigrationTarget(
+        version, template, type_of(template, campaign.campaign_type, version.label)
+    )
 
 
 def _pages(svc: Services, campaign_id: str, size: int) -> Iterator[list[ConversationState]]:
@@ -173,7 +175,7 @@ def _readable(read: list[StoredState]) -> list[ConversationState]:
 
 
 def _scan(
-    svc: Services, campaign_id: str, target: _Target, stage_map: StageMap, size: int
+    svc: Services, campaign_id: str, target: _MigrationTarget, stage_map: StageMap, size: int
 ) -> Report:
     report = Report()
     for states in _pages(svc, campaign_id, size):
@@ -183,7 +185,7 @@ def _scan(
 
 
 def _begin(
-    svc: Services, campaign: StoredCampaign, target: _Target, stage_map: StageMap
+    svc: Services, campaign: StoredCampaign, target: _MigrationTarget, stage_map: StageMap
 ) -> MigrationRecord:
     """The migration record being applied: a new one, or the one a crash or a
     concurrent applier left for the same target (resumed; its map is this one)."""
@@ -214,7 +216,7 @@ def _refuse_if_another(campaign: StoredCampaign, to_version: int) -> None:
 def _apply(
     svc: Services,
     campaign_id: str,
-    target: _Target,
+    target: _MigrationTarget,
     stage_map: StageMap,
     size: int,
     migration_id: str,
@@ -238,7 +240,7 @@ def _apply(
 def _apply_batch(
     svc: Services,
     states: list[ConversationState],
-    target: _Target,
+    target: _MigrationTarget,
     stage_map: StageMap,
     ledger: MetricsLedger,
 ) -> Report:
@@ -278,7 +280,9 @@ def _apply_batch(
     raise ConcurrencyConflictError("conversations kept changing under the migration; apply again")
 
 
-def _finish(svc: Services, campaign_id: str, begun: MigrationRecord, target: _Target) -> bool:
+def _finish(
+    svc: Services, campaign_id: str, begun: MigrationRecord, target: _MigrationTarget
+) -> bool:
     """Record the migration and move the pin (compare-and-set on its revision)."""
     for _ in range(CAS_ATTEMPTS):
         campaign = svc.campaign(campaign_id)

@@ -16,8 +16,9 @@ from datetime import datetime
 import structlog
 
 from campaign_worker.domain.documents import ConversationState, Direction, Unreadable
-from campaign_worker.domain.progression import OutboundEnvelope, envelopes_for
+from campaign_worker.domain.effects import OutboundEnvelope
 from campaign_worker.domain.splits import is_withheld
+from campaign_worker.domain.transitions import envelopes_for
 from campaign_worker.service.ports import ConversationStateRepository, OutboxRepository
 
 log = structlog.get_logger(__name__)

@@ -15,7 +15,7 @@ from campaign_worker.domain.campaign_documents import CampaignStatus
 from campaign_worker.domain.documents import to_utc
 from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.service.context import Services
-from campaign_worker.service.ledger import Dispatch, dispatch_token, is_dispatch_token
+from campaign_worker.service.dispatch_tokens import Dispatch, dispatch_token, is_dispatch_token
 
 log = structlog.get_logger(__name__)
 

@@ -17,10 +17,10 @@ from campaign_worker.domain.campaign_documents import (
     StoredCampaign,
 )
 from campaign_worker.domain.documents import ConversationState, StoredState
+from campaign_worker.domain.effects import MetricsDelta, OutboundEnvelope
 from campaign_worker.domain.invariants import AuditedConversation, AuditedRow
 from campaign_worker.domain.metrics_documents import StoredMetrics
 from campaign_worker.domain.partitions import PartitionRange
-from campaign_worker.domain.progression import MetricsDelta, OutboundEnvelope
 from campaign_worker.domain.suppressions import FrequencyCap, Suppression
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 from campaign_worker.domain.versions import TemplateVersion
@@ -40,7 +40,7 @@ class Clock(Protocol):
 
 
 class TemplateSource(Protocol):
-    """Where templates come from (ConfigManager reads files)."""
+    """Where templates come from (TemplateFiles, the seed's ConfigManager, reads files)."""
 
     def get_template(self, template_id: str) -> Template: ...
     def template_ids(self) -> list[str]: ...

@@ -24,19 +24,15 @@ from campaign_worker.domain.documents import (
     Unreadable,
     describe_validation_error,
 )
+from campaign_worker.domain.effects import Action, Decision, Effects, MetricsDelta
 from campaign_worker.domain.errors import InvalidInputError, UnknownStageError
 from campaign_worker.domain.partitions import PartitionRange
-from campaign_worker.domain.progression import (
-    Action,
-    Decision,
-    Effects,
-    MetricsDelta,
-    apply,
-    run,
-)
+from campaign_worker.domain.progression import run
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
+from campaign_worker.domain.transitions import apply
 from campaign_worker.service.context import Services
-from campaign_worker.service.ledger import Dispatch, MetricsLedger, dispatch_token
+from campaign_worker.service.dispatch_tokens import Dispatch, dispatch_token
+from campaign_worker.service.metrics_ledger import MetricsLedger
 from campaign_worker.service.send_guard import Verdict
 from campaign_worker.service.template_versions import CampaignTemplates
 from campaign_worker.service.writes import Current, Evaluated, guard_sends, write_changes

@@ -28,6 +28,7 @@ from campaign_worker.domain.documents import (
     Message,
     Unreadable,
 )
+from campaign_worker.domain.effects import Effects
 from campaign_worker.domain.errors import (
     CampaignNotFoundError,
     ConcurrencyConflictError,
@@ -42,12 +43,11 @@ from campaign_worker.domain.limits import (
     check_size,
     truncate_utf8,
 )
-from campaign_worker.domain.progression import Effects
 from campaign_worker.domain.replies import reply_facts
 from campaign_worker.domain.rules import entry_index
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 from campaign_worker.service.context import Services
-from campaign_worker.service.ledger import MetricsLedger
+from campaign_worker.service.metrics_ledger import MetricsLedger
 from campaign_worker.service.send_guard import Verdict
 from campaign_worker.service.writes import (
     CAS_ATTEMPTS,
@@ -84,7 +84,7 @@ class ReplyOutcome:
     error: Exception | None = None
 
 
-class Reply:
+class CheckedReply:
     """An inbound message about to be recorded (validated, cut to the size limit)."""
 
     def __init__(
@@ -96,7 +96,7 @@ class Reply:
         self.metadata = metadata
 
     @classmethod
-    def checked(cls, reply: InboundReply) -> Reply:
+    def checked(cls, reply: InboundReply) -> CheckedReply:
         """``InvalidInputError`` (or ``LimitExceededError``) if it can never be recorded."""
         if not reply.message_id:
             raise InvalidInputError("message_id: must not be empty")
@@ -182,17 +182,17 @@ class _Conversation:
     campaign: StoredCampaign
     state: ConversationState
     templates: tuple[Template, CampaignTypeTemplate]
-    replies: list[tuple[int, Reply]] = field(default_factory=list)
+    replies: list[tuple[int, CheckedReply]] = field(default_factory=list)
     verdict: Verdict | None = None  # the send guard's ruling on its sends, once asked
 
 
 def record_inbound_messages(svc: Services, replies: Sequence[InboundReply]) -> list[ReplyOutcome]:
     """Record ``replies`` (idempotent by message_id); one outcome per reply, in order."""
     outcomes = [ReplyOutcome() for _ in replies]
-    checked: dict[int, Reply] = {}
+    checked: dict[int, CheckedReply] = {}
     for index, reply in enumerate(replies):
         try:
-            checked[index] = Reply.checked(reply)
+            checked[index] = CheckedReply.checked(reply)
         except InvalidInputError as exc:
             outcomes[index].error = exc
     campaigns = _campaigns(svc, {replies[i].campaign_id for i in checked})
@@ -230,7 +230,7 @@ def _conversations(
     svc: Services,
     replies: Sequence[InboundReply],
     wanted: list[int],
-    checked: dict[int, Reply],
+    checked: dict[int, CheckedReply],
     campaigns: dict[str, StoredCampaign],
     outcomes: list[ReplyOutcome],
 ) -> dict[str, _Conversation]:
@@ -403,4 +403,4 @@ def record_one(svc: Services, reply: InboundReply) -> Doc:
     return outcome.result
 
 
-__all__ = ["InboundReply", "Reply", "ReplyOutcome", "record_inbound_messages", "record_one"]
+__all__ = ["CheckedReply", "InboundReply", "ReplyOutcome", "record_inbound_messages", "record_one"]

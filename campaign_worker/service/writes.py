@@ -17,11 +17,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from campaign_worker.domain.documents import ConversationState
+from campaign_worker.domain.effects import Action, Decision, Effects
 from campaign_worker.domain.errors import ConcurrencyConflictError, InvalidDocumentError
-from campaign_worker.domain.progression import Action, Decision, Effects, apply, run
+from campaign_worker.domain.progression import run
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
+from campaign_worker.domain.transitions import apply
 from campaign_worker.service.context import Services
-from campaign_worker.service.ledger import MetricsLedger
+from campaign_worker.service.metrics_ledger import MetricsLedger
 from campaign_worker.service.ports import WriteOutcome
 from campaign_worker.service.send_guard import Verdict
 

@@ -30,8 +30,8 @@ from campaign_worker.domain.documents import (
     StageEntry,
     conversation_id_for,
 )
+from campaign_worker.domain.effects import MetricsDelta
 from campaign_worker.domain.partitions import PARTITIONS, PartitionRange, partition_of
-from campaign_worker.domain.progression import MetricsDelta
 from tests.conftest import START
 from tooling.mongo_monitoring import CommandCounter
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from campaign_worker.adapters.clock import ManualClock
-from campaign_worker.adapters.config_manager import ConfigManager
+from campaign_worker.adapters.template_files import ConfigManager
 from campaign_worker.domain.documents import conversation_id_for, message_id_for
 from campaign_worker.domain.errors import (
     CampaignNotFoundError,

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from campaign_worker.adapters.clock import ManualClock
-from campaign_worker.adapters.config_manager import parse_template
+from campaign_worker.adapters.template_files import parse_template
 from campaign_worker.domain.documents import ConversationState, Direction
 from campaign_worker.domain.errors import InvalidTemplateError
 from campaign_worker.domain.splits import (

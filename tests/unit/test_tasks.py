@@ -46,7 +46,7 @@ class Enqueued:
 
     def recorder(self, name: str) -> Any:
         def apply_async(args: Any = None, kwargs: Doc | None = None, **options: Any) -> None:
-            # A task id is given only to registered processing tasks (see ledger.py).
+            # A task id is given only to registered processing tasks (see dispatch_tokens.py).
             assert args is None and set(options) <= {"task_id"}, (
                 "tasks enqueue by kwargs and route by name"
             )
