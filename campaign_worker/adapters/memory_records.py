@@ -14,8 +14,8 @@ from campaign_worker.adapters.mongo import CONVERSATIONS, OUTBOX
 from campaign_worker.adapters.mongo_send_budget import SEND_BUDGET, cap_for
 from campaign_worker.adapters.mongo_suppressions import SUPPRESSIONS
 from campaign_worker.adapters.mongo_template_versions import TEMPLATE_VERSIONS
+from campaign_worker.domain.audited import AuditedConversation, AuditedRow
 from campaign_worker.domain.effects import OutboundEnvelope
-from campaign_worker.domain.invariants import AuditedConversation, AuditedRow
 from campaign_worker.domain.suppressions import FrequencyCap, Suppression
 from campaign_worker.domain.templates import Template
 from campaign_worker.domain.versions import TemplateVersion, new_version

@@ -13,7 +13,7 @@ from pymongo.database import Database
 
 from campaign_worker.adapters.mongo import CONVERSATIONS, OUTBOX, translate_errors
 from campaign_worker.domain.aliases import Doc
-from campaign_worker.domain.invariants import AuditedConversation, AuditedRow
+from campaign_worker.domain.audited import AuditedConversation, AuditedRow
 
 # What the checks read of a conversation: never message contents, metadata or attributes.
 CONVERSATION_FIELDS: Doc = {

@@ -35,7 +35,7 @@ from campaign_worker.entrypoints.task_policy import (
     public_task,
 )
 from campaign_worker.service.dispatch_tokens import Dispatch, is_dispatch_token
-from campaign_worker.service.replies import InboundReply
+from campaign_worker.service.reply_recording import InboundReply
 
 log = structlog.get_logger(__name__)
 

@@ -44,6 +44,7 @@ from campaign_worker.service.invariants import InvariantReport
 from campaign_worker.service.migrations import MigrationResult
 from campaign_worker.service.polling import PollResult
 from campaign_worker.service.processing import BatchResult
+from campaign_worker.service.reply_recording import InboundReply, ReplyOutcome
 
 
 class CampaignManager(Services):
@@ -241,9 +242,7 @@ class CampaignManager(Services):
             self, campaign_id, user_id, message_id, content, timestamp, metadata
         )
 
-    def record_inbound_messages(
-        self, batch: Sequence[replies.InboundReply]
-    ) -> list[replies.ReplyOutcome]:
+    def record_inbound_messages(self, batch: Sequence[InboundReply]) -> list[ReplyOutcome]:
         """Record a batch of replies in a handful of round trips; one outcome (result or
         error) per reply, in order. See ``service/replies.py``."""
         return replies.record_inbound_messages(self, batch)

@@ -15,7 +15,8 @@ from campaign_worker.domain.errors import (
 )
 from campaign_worker.domain.transitions import apply
 from campaign_worker.service.context import Services
-from campaign_worker.service.replies import InboundReply, record_one
+from campaign_worker.service.replies import record_one
+from campaign_worker.service.reply_recording import InboundReply
 from campaign_worker.service.writes import Current, Outcome, write_one
 
 UPDATABLE_FIELDS = {"context", "next_action_at", "status_reason"}

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from campaign_worker.domain.audited import AuditedConversation, AuditedRow
 from campaign_worker.domain.campaign_documents import CampaignStatus, Recipient, StoredCampaign
 from campaign_worker.domain.documents import to_utc
 from campaign_worker.domain.errors import ConfigurationError
@@ -23,6 +24,7 @@ from campaign_worker.domain.invariants import (
     CAMPAIGN_OVER_WHEN_DONE,
     CAMPAIGN_TOTAL_RECIPIENTS,
     CONVERSATION_COUNTERS,
+    COUNTED_SENTENCES,
     DELIVERY_RECORDED_ONCE,
     FIGURES,
     INBOUND_RECORDED_ONCE,
@@ -34,9 +36,8 @@ from campaign_worker.domain.invariants import (
     OUTBOUND_IN_OUTBOX,
     OUTBOUND_RECORDED_ONCE,
     OUTBOX_ROWS_RECORDED,
+    REPORT_ORDER,
     STAGE_TIMELINE,
-    AuditedConversation,
-    AuditedRow,
     Findings,
     InvariantReport,
     Violation,
@@ -62,6 +63,7 @@ EXTRA_FIGURES = (
     "overdue",
 )
 RECIPIENT_BATCH = 1000
+SHOWN = 5  # metrics paths shown in a drift sentence
 # Outbox row statuses that account for a recorded message: deliverable, delivered, or
 # failed by delivery (reported, counted in ``messages_failed``; the engine lost nothing).
 DELIVERABLE = frozenset({"pending", "sending"})
@@ -347,7 +349,7 @@ class _Audit:
         f, found = self.figures, self.found
         sentences = {
             invariant: f"{found.counts[invariant]} {what}"
-            for invariant, what in _COUNTED.items()
+            for invariant, what in COUNTED_SENTENCES.items()
             if found.counts[invariant]
         }
         lost, extra = f["conversations_lost"], f["conversations_duplicated"]
@@ -356,7 +358,7 @@ class _Audit:
             f"{extra} surplus conversations of recipients" if extra else "",
         )
         violations = []
-        for invariant in _ORDER:
+        for invariant in REPORT_ORDER:
             first = self.reasons.get(invariant)
             count = sentences.get(invariant, "")
             parts = [f"{count} (first: {first})" if first else count]
@@ -365,36 +367,6 @@ class _Audit:
             if detail:
                 violations.append(Violation(invariant, detail, found.sample(invariant)))
         return InvariantReport(self.campaign.id, tuple(violations), dict(f))
-
-
-_COUNTED = {
-    STAGE_TIMELINE: "conversations have an inconsistent stage timeline",
-    CONVERSATION_COUNTERS: "conversations' counters disagree with their history",
-    OUTBOUND_RECORDED_ONCE: "outbound messages recorded twice in a history",
-    OUTBOUND_IN_OUTBOX: "recorded messages are not deliverable or delivered in the outbox",
-    OUTBOX_ROWS_RECORDED: "outbox rows are recorded in no history",
-    DELIVERY_RECORDED_ONCE: "delivery statuses recorded twice",
-    INBOUND_RECORDED_ONCE: "replies recorded twice",
-    NO_STALE_LEASES: "leases held past their expiry",
-    NO_OVERDUE_WORK: "active conversations overdue (due, and nothing processed them)",
-}
-SHOWN = 5
-_ORDER = (
-    ONE_CONVERSATION_PER_RECIPIENT,
-    INVALID_RECIPIENTS_COUNTED,
-    CAMPAIGN_TOTAL_RECIPIENTS,
-    METRICS_MATCH_RECOUNT,
-    STAGE_TIMELINE,
-    CONVERSATION_COUNTERS,
-    OUTBOUND_RECORDED_ONCE,
-    OUTBOUND_IN_OUTBOX,
-    OUTBOX_ROWS_RECORDED,
-    DELIVERY_RECORDED_ONCE,
-    INBOUND_RECORDED_ONCE,
-    NO_STALE_LEASES,
-    NO_OVERDUE_WORK,
-    CAMPAIGN_OVER_WHEN_DONE,
-)
 
 
 def _join(*parts: str) -> str:

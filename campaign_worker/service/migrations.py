@@ -110,8 +110,21 @@ def migrate_campaign(
     if not dry_run:
         _refuse_if_another(campaign, target.version.version)
     result.report = _scan(svc, campaign_id, target, stage_map, size)
-    if dry_run:
-        return result
+    if not dry_run:
+        _applied(svc, campaign, target, stage_map, size, result)
+    return result
+
+
+def _applied(
+    svc: Services,
+    campaign: StoredCampaign,
+    target: _MigrationTarget,
+    stage_map: StageMap,
+    size: int,
+    result: MigrationResult,
+) -> None:
+    """Apply the scanned migration (refused while a stage is unresolved), recorded on the
+    campaign; ``result`` says what was moved and whether it finished."""
     if result.report.unresolved:
         raise InvalidInputError(
             "cannot apply: "
@@ -124,19 +137,18 @@ def migrate_campaign(
         and campaign.template_version == target.version.version
     ):
         result.finished = True  # nothing to move: applied already
-        return result
+        return
     record = _begin(svc, campaign, target, stage_map)
     result.migration_id = record.id
-    result.report = _apply(svc, campaign_id, target, stage_map, size, result.migration_id)
-    result.finished = not result.report.unresolved and _finish(svc, campaign_id, record, target)
+    result.report = _apply(svc, campaign.id, target, stage_map, size, record.id)
+    result.finished = not result.report.unresolved and _finish(svc, campaign.id, record, target)
     log.info(
         "campaign_migrated",
-        campaign_id=campaign_id,
+        campaign_id=campaign.id,
         to_version=target.version.version,
         migrated=result.report.total,
         finished=result.finished,
     )
-    return result
 
 
 def _target(svc: Services, campaign: StoredCampaign, to: int | str) -> _MigrationTarget:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from campaign_worker.domain.audited import AuditedConversation, AuditedRow
 from campaign_worker.domain.campaign_documents import (
     AudiencePosition,
     AudienceRow,
@@ -18,7 +19,6 @@ from campaign_worker.domain.campaign_documents import (
 )
 from campaign_worker.domain.documents import ConversationState, StoredState
 from campaign_worker.domain.effects import MetricsDelta, OutboundEnvelope
-from campaign_worker.domain.invariants import AuditedConversation, AuditedRow
 from campaign_worker.domain.metrics_documents import StoredMetrics
 from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.domain.suppressions import FrequencyCap, Suppression

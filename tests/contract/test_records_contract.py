@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from campaign_worker.adapters.template_files import parse_template
-from campaign_worker.domain.invariants import AuditedConversation
+from campaign_worker.domain.audited import AuditedConversation
 from campaign_worker.domain.suppressions import FrequencyCap, Suppression
 from campaign_worker.service.ports import SendRequest
 from tests.contract.support import MINUTE, START, Store, envelope, sent, state, users
