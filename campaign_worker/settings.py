@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     campaign_templates_dir: Path | None = None
     init_batch_size: int = Field(default=2000, ge=1, le=100_000)
     init_batches_per_task: int = Field(default=50, ge=1)
+    # How long one initialization step inserts before it checkpoints and hands over to a
+    # new task (default: half the soft time limit, so the batch under way and the
+    # checkpoint fit in the rest).
+    init_step_seconds: float | None = Field(default=None, gt=0)
     process_batch_size: int = Field(default=1000, ge=1, le=10_000)
     process_fanout: int = Field(default=8, ge=1, le=1024)
     lease_seconds: int = Field(default=120, ge=5, le=86_400)
@@ -112,6 +116,13 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def init_step_budget(self) -> float:
+        """Seconds one initialization step runs before it checkpoints and hands over."""
+        if self.init_step_seconds is not None:
+            return self.init_step_seconds
+        return self.celery_task_soft_time_limit / 2
+
+    @property
     def caps(self) -> dict[str, FrequencyCap]:
         return parse_caps(self.frequency_caps)
 
@@ -129,6 +140,12 @@ class Settings(BaseSettings):
                 "need CELERY_TASK_SOFT_TIME_LIMIT < CELERY_TASK_TIME_LIMIT < "
                 f"CELERY_VISIBILITY_TIMEOUT, got {soft} / {hard} / "
                 f"{self.celery_visibility_timeout}"
+            )
+        if self.init_step_seconds is not None and self.init_step_seconds >= soft:
+            # The step would be stopped by its time limit before it saved its progress.
+            raise ValueError(
+                "need INIT_STEP_SECONDS < CELERY_TASK_SOFT_TIME_LIMIT, got "
+                f"{self.init_step_seconds} / {soft}"
             )
         if self.metrics_inflight_timeout_seconds <= hard:
             # A live writer would be taken for dead, and its increment counted twice.

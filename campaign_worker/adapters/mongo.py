@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC
 from typing import Any, ParamSpec, TypeVar, cast
 
-from pymongo import MongoClient
+from pymongo import MongoClient, WriteConcern
+from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import (
     BulkWriteError,
@@ -47,6 +48,19 @@ METRICS = "campaign_metrics"
 OUTBOX = "outbox"
 DEAD_LETTERS = "dead_letters"
 TASK_CLAIMS = "task_claims"
+
+
+# Acknowledged only once the write is in the on-disk journal (standalone) or on a majority
+# of the replica set (which implies the journal): it survives a crash or a failover. The
+# server's default (w:1 without the journal, on a standalone or where the default write
+# concern was lowered) can acknowledge a write that a crash then forgets; a write that
+# later writes build on (the outbox rows a publication mark is cleared for) must not be.
+DURABLE = WriteConcern(w="majority", j=True)
+
+
+def durable(collection: Collection[Doc]) -> Collection[Doc]:
+    """``collection`` whose writes are acknowledged only once durable (``DURABLE``)."""
+    return collection.with_options(write_concern=DURABLE)
 
 
 @contextlib.contextmanager
@@ -156,11 +170,13 @@ __all__ = [
     "CAMPAIGNS",
     "CONVERSATIONS",
     "DEAD_LETTERS",
+    "DURABLE",
     "METRICS",
     "OUTBOX",
     "TASK_CLAIMS",
     "MongoClientProvider",
     "PyMongoError",
+    "durable",
     "ignore_duplicates",
     "translate_errors",
 ]

@@ -11,6 +11,7 @@ from pymongo.errors import BulkWriteError
 
 from campaign_worker.adapters.mongo import (
     OUTBOX,
+    durable,
     ignore_duplicates,
     translate_errors,
 )
@@ -23,6 +24,10 @@ class MongoOutboxRepository:
 
     def __init__(self, db: Database[Doc]) -> None:
         self._collection: Collection[Doc] = db[OUTBOX]
+        # Publication is acknowledged only once durable: the caller then clears the
+        # conversation's mark, and a row the server forgot after a crash would be a message
+        # recorded but never delivered (tests/integration/test_faults_wire.py).
+        self._publish: Collection[Doc] = durable(self._collection)
 
     @translate_errors
     def initialize(self) -> None:
@@ -33,12 +38,14 @@ class MongoOutboxRepository:
 
     @translate_errors
     def enqueue_many(self, envelopes: Sequence[OutboundEnvelope]) -> int:
-        """Publish recorded messages; a message_id already there is skipped (idempotent)."""
+        """Publish recorded messages; a message_id already there is skipped (idempotent).
+        Returns once the rows are durable (``DURABLE``), duplicates included: a duplicate
+        was itself published by this method."""
         docs = [envelope.outbox_row() for envelope in envelopes]
         if not docs:
             return 0
         try:
-            return len(self._collection.insert_many(docs, ordered=False).inserted_ids)
+            return len(self._publish.insert_many(docs, ordered=False).inserted_ids)
         except BulkWriteError as exc:
             return ignore_duplicates(exc)  # published before (a replay or the sweep)
 

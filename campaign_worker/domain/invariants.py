@@ -58,7 +58,8 @@ COUNTED_SENTENCES = {
     DELIVERY_RECORDED_ONCE: "delivery statuses recorded twice",
     INBOUND_RECORDED_ONCE: "replies recorded twice",
     NO_STALE_LEASES: "leases held past their expiry",
-    NO_OVERDUE_WORK: "active conversations overdue (due, and nothing processed them)",
+    NO_OVERDUE_WORK: "work overdue: active conversations due that nothing processed, or "
+    "recorded messages the sweep has not published",
 }
 # The order of a report's violations.
 REPORT_ORDER = (

@@ -140,9 +140,10 @@ def reconcile_metrics(campaign_id: str | None = None) -> dict[str, Any]:
 def initialize_campaign(campaign_id: Id) -> int:
     """Create the campaign's conversations; returns how many were new."""
     c = container()
-    # Half the soft time limit: the batch under way and the checkpoint fit in the rest,
-    # so a slow database or a short limit costs more steps, never lost progress.
-    stop_at = time.monotonic() + c.settings.celery_task_soft_time_limit / 2
+    # Inside the soft time limit (INIT_STEP_SECONDS, by default half of it): the batch under
+    # way and the checkpoint fit in the rest, so a slow database or a short limit costs
+    # more steps, never lost progress.
+    stop_at = time.monotonic() + c.settings.init_step_budget
     try:
         step = c.manager.initialize_campaign_step(
             campaign_id,

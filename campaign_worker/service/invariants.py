@@ -159,17 +159,22 @@ class _Audit:
             self._conversation_quiet(conversation)
         batch.recorded[cid] = set(facts.outbound)
         batch.steps[cid] = facts.steps
-        if self._publishing(conversation):
-            batch.unpublished[cid] = set(conversation.unpublished)
+        marked = set(conversation.unpublished)
+        if marked:
+            # Still marked: the sweep publishes them, however late it comes; never lost.
+            batch.unpublished[cid] = marked
+            if self._publication_overdue(conversation):
+                self.figures["overdue"] += 1
+                self.found.add(NO_OVERDUE_WORK, f"publication:{cid}")
 
-    def _publishing(self, conversation: AuditedConversation) -> bool:
-        """Whether the messages a write left in ``unpublished`` are still in flight: while
-        the system runs, always; once quiet, until the poller's sweep is due to publish
-        them (``publish_grace`` after the write, twice that for the sweep to come round)."""
+    def _publication_overdue(self, conversation: AuditedConversation) -> bool:
+        """Once quiet, messages a write left marked are overdue when the poller's sweep
+        should have published them (``publish_grace`` after the write, twice that for
+        the sweep to come round): a liveness fault (is a beat running?), not a loss."""
         if not self.quiet:
-            return True
+            return False
         due = conversation.publish_due_at
-        return due is not None and due >= self.now - 2 * self.svc.publish_grace
+        return due is None or due < self.now - 2 * self.svc.publish_grace
 
     def _conversation_quiet(self, conversation: AuditedConversation) -> None:
         cid = conversation.id

@@ -250,6 +250,7 @@ class Scenario:
     extra_env: dict[str, str] = field(default_factory=dict)
     faults: Counter[str] = field(default_factory=Counter)
     notes: dict[str, Any] = field(default_factory=dict)
+    fault_times: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         broker = Broker("redis", self.redis.url, self.redis.url)
@@ -273,6 +274,7 @@ class Scenario:
 
     def fault(self, kind: str) -> None:
         self.faults[kind] += 1
+        self.fault_times.append(f"{time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d}")
         print(f"[{self.name}] t={time.monotonic() - self.started:5.1f}s fault {kind}")
 
     def create(self, n: int, campaign_id: str, payload: dict[str, Any] | None = None) -> None:
@@ -374,6 +376,8 @@ class Scenario:
             figures["replies_sent"] = self.audience.replies
             figures["replies_resent"] = self.audience.resent
         record_figures(figures)
+        if not report.ok:
+            self._forensics(report)
         if self.audience is not None:
             assert figures["replies_recorded"] == self.audience.replies, figures
         assert report.ok, [(v.invariant, v.detail, v.sample) for v in report.violations]
@@ -387,6 +391,31 @@ class Scenario:
             assert figures[key] == 0, (key, figures)
         assert figures["conversations_lost"] == 0 and report.figures["recipients"] == recipients
         return figures
+
+    def _forensics(self, report: Any) -> None:
+        """Print what the documents and the logs say about each message the checker
+        called lost: enough to tell a lost publication from a checker's wrong window."""
+        lost = [v for v in report.violations if v.invariant == "outbound_in_outbox"]
+        ids = [m for v in lost for m in v.sample]
+        logs = {label: self.supervisor.log(label) for label in self.supervisor.managed}
+        for mid in ids:
+            doc = self.db["conversation_states"].find_one({"message_history.message_id": mid})
+            row = self.db["outbox"].find_one({"_id": mid})
+            print(f"\n=== forensics {mid}: outbox row {row!r}")
+            if doc is None:
+                print("no conversation records it")
+                continue
+            keys = ("_id", "version", "status", "unpublished", "publish_token", "publish_due_at")
+            print({k: doc.get(k) for k in keys}, "last_write", doc.get("last_write"))
+            seen = self.audience is not None and mid in self.audience.handled
+            print("seen by the delivering service:", seen, "faults at:", self.fault_times)
+            for m in doc["message_history"]:
+                meta = m.get("metadata", {})
+                print("  ", m.get("direction"), m.get("message_id"), m.get("timestamp"), meta)
+            for label, text in logs.items():
+                for line in text.splitlines():
+                    if doc["_id"] in line or mid in line:
+                        print(f"[{label}] {line[:400]}")
 
 
 def _settle(db: Any, campaign_id: str, timeout: float = 15.0) -> None:

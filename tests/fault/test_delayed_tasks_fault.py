@@ -6,15 +6,19 @@ short time limit, on a private Redis with a visibility timeout of 6 s and time l
   worker holds it for its ETA, so several copies arrive, all due at once; each task runs
   ONCE (its task-id claim in ``task_claims``: ``entrypoints/claims.py``), the other copies
   are acknowledged without running;
-- 600 recipients initialized 2 at a time (300 batches): no step may outlive the time limit, so each
-  stops at a checkpoint inside its time budget (half the soft limit) and the next step
-  resumes there: several steps, no time-limit kill, no dead letter, nothing twice;
+- 600 recipients initialized 20 at a time (30 batches), each step with a time budget of
+  1 ms (INIT_STEP_SECONDS): a step stops at a checkpoint once its budget is spent, after at
+  least one batch, and the next step resumes there. No machine inserts 30 batches over the
+  wire in 1 ms, so several steps are certain whatever the machine's speed; each step but
+  the first resumes from a checkpoint, none is killed by its time limit, no dead letter,
+  nothing twice;
 - any other task that runs out of its 3 s (a processing batch on a loaded machine) is
   retried with backoff, not dead-lettered.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import Counter
@@ -48,6 +52,17 @@ CAMPAIGN = "fault-late"
 VISIBILITY_TIMEOUT = 6
 COUNTDOWN = 10
 INITIALIZE = "campaign_worker.initialize_campaign"
+INIT_BATCH = 20
+INIT_STEP_SECONDS = 0.001
+
+
+def step_positions(log: str) -> list[object]:
+    """Where each initialization step started (its JSON log event), in log order."""
+    positions = []
+    for line in log.splitlines():
+        if '"campaign_initialization_step"' in line:
+            positions.append(json.loads(line[line.index("{") :]).get("position"))
+    return positions
 
 
 def received(log: str, name: str) -> Counter[str]:
@@ -67,8 +82,9 @@ def test_eta_past_the_visibility_timeout_runs_once_and_init_checkpoints_under_a_
         CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
         CELERY_TASK_SOFT_TIME_LIMIT="3",
         CELERY_TASK_TIME_LIMIT="5",
-        INIT_BATCH_SIZE="2",
+        INIT_BATCH_SIZE=str(INIT_BATCH),
         INIT_BATCHES_PER_TASK="10000",  # only the time budget ends a step
+        INIT_STEP_SECONDS=str(INIT_STEP_SECONDS),
         INBOUND_BATCH_SIZE="20",
     )
     procs = Processes(tmp_path, env)
@@ -130,7 +146,13 @@ def test_eta_past_the_visibility_timeout_runs_once_and_init_checkpoints_under_a_
     assert logs.count('"task_copy_skipped"') + logs.count('"task_copy_deferred"') > 0
     # The initialization took several steps, none killed or failed by its time limit.
     # (One step would do it all but for the time budget: INIT_BATCHES_PER_TASK is huge.)
+    # The first started from nothing; every later one from the checkpoint its predecessor
+    # saved: no step started over.
     assert sum(steps.values()) >= 2, steps
+    positions = step_positions(procs.log("late-a")) + step_positions(procs.log("late-b"))
+    assert len(positions) == sum(steps.values()), (positions, steps)
+    assert positions.count(None) == 1, positions
+    assert len(set(map(str, positions))) == len(positions), positions
     lines = logs.splitlines()
     assert not [x for x in lines if INITIALIZE in x and "TimeLimitExceeded" in x]
     assert "Hard time limit" not in logs

@@ -24,13 +24,13 @@ from typing import Any
 import pytest
 
 from campaign_worker.service.initialization import CHECKPOINT_EVERY
-from tests.e2e.conftest import wait_until
 from tests.fault.proc_support import Audience, Scenario, scenario
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 N = 1500
 BATCH = 20
+SLICE = 0.005  # seconds the worker runs between two looks at its progress
 CAMPAIGN = "fault-init-sigterm"
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -69,22 +69,34 @@ def checkpoint(s: Scenario) -> int:
 
 def stop_mid_initialization(s: Scenario, hard: bool) -> dict[str, int]:
     """Once the initialization has inserted a few more checkpoints' worth (mid-step), stop
-    the worker: SIGTERM, and for ``hard`` SIGKILL of its group a moment later."""
+    the worker: SIGTERM, and for ``hard`` SIGKILL of its group a moment later.
+
+    The worker runs in slices of ``SLICE`` seconds and is frozen (SIGSTOP of its group)
+    while the test reads the progress, so the stop lands where the test saw it, not where
+    a fast machine got to meanwhile: a slice inserts a few batches at most, far from the
+    end of a step, whatever the speed of the machine or the database."""
+    proc = s.supervisor.managed["worker"].proc
 
     def count() -> int:
         return int(s.db["conversation_states"].count_documents({"campaign_id": CAMPAIGN}))
 
+    os.killpg(proc.pid, signal.SIGSTOP)
     before = count()
-    wait_until(lambda: count() >= before + 7 * BATCH, 60, "initialization to progress")
-    proc = s.supervisor.managed["worker"].proc
-    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 120
+    while count() < before + 7 * BATCH:
+        assert time.monotonic() < deadline, "the initialization made no progress"
+        os.killpg(proc.pid, signal.SIGCONT)
+        time.sleep(SLICE)
+        os.killpg(proc.pid, signal.SIGSTOP)
+    stopped = {"conversations": count(), "checkpoint": checkpoint(s), "steps": len(steps(s))}
+    proc.send_signal(signal.SIGTERM)  # delivered with the SIGCONT
+    os.killpg(proc.pid, signal.SIGCONT)
     if hard:
         time.sleep(0.3)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(60)
     s.fault("sigterm_then_sigkill_during_init" if hard else "sigterm_during_init")
-    stopped = {"conversations": count(), "checkpoint": checkpoint(s), "steps": len(steps(s))}
     s.supervisor.tick()  # the supervisor starts it again
     return stopped
 

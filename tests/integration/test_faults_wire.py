@@ -173,3 +173,59 @@ def test_server_killed_during_initialization_and_processing_leaves_no_duplicates
         assert metrics["message_metrics"]["total_sent"] == RECIPIENTS
     finally:
         client.close()
+
+
+class RestartAfter(KillAfter):
+    """Kills the server once the ``nth`` acknowledged ``command`` on ``collection``, and
+    starts it again at once over the same storage, before the client's next command: a
+    crash the client does not notice, except that the server may have forgotten writes it
+    acknowledged (w:1 without the journal, which is the stand-in's default and a standalone
+    MongoDB's)."""
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        fired = self.fired
+        super().succeeded(event)
+        if self.fired and not fired:
+            self.server.start()
+
+
+def test_a_publication_the_server_acknowledged_survives_a_crash_right_after_it(
+    server: SecantusServer, make_manager: ManagerFactory, clock: ManualClock
+) -> None:
+    """A processing batch records its messages (the compare-and-set), publishes them to the
+    outbox, then clears their marks. The database server crashes right after acknowledging
+    the publication and is back before the marks are cleared. Had the publication been
+    acknowledged before it was durable, the crash would forget the rows while the marks
+    were then cleared on the restarted server: recorded messages in no outbox, never to be
+    sent (the fault suite's database kill found this). The client uses the server's
+    default write concern; the publication asks for a durable one itself."""
+    restarter = RestartAfter(server)
+    client: pymongo.MongoClient[Doc] = pymongo.MongoClient(
+        server.uri,
+        tz_aware=True,
+        tzinfo=UTC,
+        serverSelectionTimeoutMS=5000,
+        event_listeners=[restarter],
+    )
+    try:
+        db = client["faults"]
+        manager = make_manager(db, init_batch_size=40, process_batch_size=10)
+        manager.create_campaign(sample_campaign(30))
+        manager.initialize_campaign_conversations("camp-1")
+        restarter.arm("insert", OUTBOX, 1)
+        manager.process_due_conversations("camp-1")
+        assert restarter.fired
+
+        recorded = {
+            m["message_id"]: doc["unpublished"]
+            for doc in db[CONVERSATIONS].find({"campaign_id": "camp-1"})
+            for m in doc["message_history"]
+            if m["direction"] == "outbound"
+        }
+        assert len(recorded) == 10
+        rows = {doc["_id"] for doc in db[OUTBOX].find({"campaign_id": "camp-1"})}
+        # Every recorded message is in the outbox, or still marked for the sweep.
+        assert [m for m, marked in recorded.items() if m not in rows and m not in marked] == []
+        assert rows == set(recorded)
+    finally:
+        client.close()

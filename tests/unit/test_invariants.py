@@ -171,12 +171,12 @@ def test_a_failed_delivery_is_accounted_for_not_lost(
     assert report.figures["messages_failed"] == 1
 
 
-def test_an_unpublished_message_is_in_flight_until_the_sweep_is_due(
+def test_an_unpublished_message_is_never_lost_and_overdue_once_the_sweep_is_due(
     manager: CampaignManager, clock: ManualClock, db: Any
 ) -> None:
     """A crash between a write and its publication: the message is in flight (not lost)
-    while the system runs, and once quiet until the sweep is due; after that it is lost
-    until the poller's sweep publishes it."""
+    while the system runs, and once quiet until the sweep is due; after that it is overdue
+    work (no sweep ran: a liveness fault), still not lost, until the sweep publishes it."""
     started(manager, clock)
     doc = db.conversation_states.find_one({"_id": cid("user-00000")})
     mid = doc["message_history"][0]["message_id"]
@@ -191,9 +191,10 @@ def test_an_unpublished_message_is_in_flight_until_the_sweep_is_due(
     clock.advance(2 * manager.publish_grace + timedelta(seconds=1))
     assert manager.check_invariants(CAMPAIGN, quiet=False).ok
     quiet = manager.check_invariants(CAMPAIGN)
-    assert quiet.figures["messages_lost"] == 1
-    assert violation(quiet, "outbound_in_outbox").sample == (mid,)
-    manager.poll_campaigns()  # the sweep publishes it: nothing lost
+    assert quiet.figures["messages_lost"] == 0 and quiet.figures["messages_unpublished"] == 1
+    assert [v.invariant for v in quiet.violations] == ["no_overdue_work"]
+    assert violation(quiet, "no_overdue_work").sample == (f"publication:{doc['_id']}",)
+    manager.poll_campaigns()  # the sweep publishes it
     report = manager.check_invariants(CAMPAIGN)
     assert report.ok and report.figures["messages_unpublished"] == 0
 

@@ -30,3 +30,23 @@ def test_must_exceed_the_task_time_limit() -> None:
         metrics_inflight_timeout_seconds=16,
     )
     assert ok.metrics_inflight_timeout_seconds == 16
+
+
+def test_init_step_seconds_defaults_to_half_the_soft_limit_and_stays_below_it() -> None:
+    def settings(step: float | None = None) -> Settings:
+        return Settings(
+            mongodb_db="x",
+            celery_task_soft_time_limit=10,
+            celery_task_time_limit=15,
+            celery_visibility_timeout=20,
+            metrics_inflight_timeout_seconds=16,
+            init_step_seconds=step,
+        )
+
+    assert settings().init_step_budget == 5
+    assert settings(0.25).init_step_budget == 0.25
+    # A step as long as its soft limit would be stopped before it saved its progress.
+    with pytest.raises(ValidationError, match="INIT_STEP_SECONDS"):
+        settings(10)
+    with pytest.raises(ValidationError):
+        settings(0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -673,6 +674,43 @@ def test_initialization_hands_over_to_a_new_task_at_its_batch_budget(
     assert run(tasks.initialize_campaign, "i3", campaign_id="camp-1").get() == 1
     assert enqueued.calls == [again, again, process]
     assert (worker.db["campaigns"].find_one({"_id": "camp-1"}) or {})["status"] == "running"
+
+
+class SteppedMonotonic:
+    """``time.monotonic`` that moves ``step`` seconds at every call: a step's time
+    budget runs out after a known number of batches, however fast the machine is."""
+
+    def __init__(self, step: float) -> None:
+        self.step, self.now = step, 1000.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_initialization_hands_over_to_a_new_task_at_its_time_budget(
+    worker: Container, enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker.manager, "init_batch_size", 2)
+    monkeypatch.setattr(
+        worker,
+        "settings",
+        worker.settings.model_copy(update={"init_batches_per_task": 1000, "init_step_seconds": 5}),
+    )
+    # 2 s per reading: the budget (5 s) is spent after the third batch of each step.
+    monkeypatch.setattr(tasks, "time", SimpleNamespace(monotonic=SteppedMonotonic(2.0)))
+    worker.manager.create_campaign(sample_campaign(9))
+    again = ("campaign_worker.initialize_campaign", {"campaign_id": "camp-1"})
+    process = ("campaign_worker.process_conversations", {"campaign_id": "camp-1"})
+
+    assert run(tasks.initialize_campaign, "i1", campaign_id="camp-1").get() == 6
+    assert enqueued.calls == [again]
+    assert (worker.db["campaigns"].find_one({"_id": "camp-1"}) or {})["init_progress"][
+        "position"
+    ] is not None
+    assert run(tasks.initialize_campaign, "i2", campaign_id="camp-1").get() == 3
+    assert enqueued.calls == [again, process]
+    assert worker.db["conversation_states"].count_documents({"campaign_id": "camp-1"}) == 9
 
 
 # --------------------------------------------------------------------- migrations
