@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from pymongo import MongoClient
 from pymongo.database import Database
 
 from campaign_worker.adapters.clock import OffsetClock, SystemClock
-from campaign_worker.adapters.config_manager import ConfigManager
+from campaign_worker.adapters.memory_campaigns import (
+    MemoryCampaignMetricsRepository,
+    MemoryCampaignRepository,
+)
+from campaign_worker.adapters.memory_conversations import MemoryConversationStateRepository
+from campaign_worker.adapters.memory_records import (
+    MemoryInvariantReads,
+    MemoryOutboxRepository,
+    MemorySendBudgetRepository,
+    MemorySuppressionRepository,
+    MemoryTemplateVersionRepository,
+)
+from campaign_worker.adapters.memory_store import MemoryDatabase
 from campaign_worker.adapters.mongo import MongoClientProvider
 from campaign_worker.adapters.mongo_campaigns import MongoCampaignRepository
 from campaign_worker.adapters.mongo_conversations import MongoConversationStateRepository
@@ -22,9 +34,21 @@ from campaign_worker.adapters.mongo_send_budget import MongoSendBudgetRepository
 from campaign_worker.adapters.mongo_suppressions import MongoSuppressionRepository
 from campaign_worker.adapters.mongo_task_claims import MongoTaskClaims
 from campaign_worker.adapters.mongo_template_versions import MongoTemplateVersionRepository
+from campaign_worker.adapters.template_files import TemplateFiles
 from campaign_worker.delivery_wiring import ensure_delivery_indexes
 from campaign_worker.service.campaign_manager import CampaignManager
-from campaign_worker.service.ports import Clock, MetricsRecorder
+from campaign_worker.service.ports import (
+    CampaignMetricsRepository,
+    CampaignRepository,
+    Clock,
+    ConversationStateRepository,
+    InvariantReads,
+    MetricsRecorder,
+    OutboxRepository,
+    SendBudgetRepository,
+    SuppressionRepository,
+    TemplateVersionRepository,
+)
 from campaign_worker.service.send_guard import SendGuard
 from campaign_worker.settings import Settings, get_settings
 
@@ -53,56 +77,107 @@ class Container:
         self.mongo.close()
 
 
+@dataclass(frozen=True)
+class Repositories:
+    """The store-facing adapters of one database: MongoDB's, or the in-memory ones."""
+
+    conversations: ConversationStateRepository
+    campaigns: CampaignRepository
+    metrics: CampaignMetricsRepository
+    outbox: OutboxRepository
+    suppressions: SuppressionRepository
+    send_budget: SendBudgetRepository
+    template_versions: TemplateVersionRepository
+    invariant_reads: InvariantReads
+
+
+def repositories(db: Database[dict[str, Any]] | MemoryDatabase) -> Repositories:
+    """MongoDB adapters over ``db``; over a ``MemoryDatabase``, the in-memory ones (unit
+    tests and dry runs: the same behaviour, proven by ``tests/contract``)."""
+    if isinstance(db, MemoryDatabase):
+        return Repositories(
+            MemoryConversationStateRepository(db),
+            MemoryCampaignRepository(db),
+            MemoryCampaignMetricsRepository(db),
+            MemoryOutboxRepository(db),
+            MemorySuppressionRepository(db),
+            MemorySendBudgetRepository(db),
+            MemoryTemplateVersionRepository(db),
+            MemoryInvariantReads(db),
+        )
+    return Repositories(
+        MongoConversationStateRepository(db),
+        MongoCampaignRepository(db),
+        MongoCampaignMetricsRepository(db),
+        MongoOutboxRepository(db),
+        MongoSuppressionRepository(db),
+        MongoSendBudgetRepository(db),
+        MongoTemplateVersionRepository(db),
+        MongoInvariantReads(db),
+    )
+
+
 def build_manager(
-    db: Database[dict[str, Any]],
+    db: Database[dict[str, Any]] | MemoryDatabase,
     settings: Settings,
     *,
     clock: Clock | None = None,
     recorder: MetricsRecorder | None = None,
-    config_manager: ConfigManager | None = None,
+    config_manager: TemplateFiles | None = None,
 ) -> CampaignManager:
+    """The manager over ``db`` (see ``repositories``), configured from ``settings``."""
+    repos = repositories(db)
     return CampaignManager(
-        MongoConversationStateRepository(db),
-        config_manager or ConfigManager(settings.campaign_templates_dir),
+        repos.conversations,
+        config_manager or TemplateFiles(settings.campaign_templates_dir),
         recorder,
-        campaign_repository=MongoCampaignRepository(db),
-        metrics_repository=MongoCampaignMetricsRepository(db),
-        outbox_repository=MongoOutboxRepository(db),
-        clock=clock
-        or (
-            OffsetClock(speed=settings.clock_speed, epoch=settings.clock_epoch)
-            if settings.clock_speed != 1.0
-            else SystemClock()
-        ),
+        campaign_repository=repos.campaigns,
+        metrics_repository=repos.metrics,
+        outbox_repository=repos.outbox,
+        clock=clock or _clock(settings),
         init_batch_size=settings.init_batch_size,
         process_batch_size=settings.process_batch_size,
         process_fanout=settings.process_fanout,
         lease_seconds=settings.lease_seconds,
         inflight_timeout_seconds=settings.metrics_inflight_timeout_seconds,
         send_guard=SendGuard(
-            MongoSuppressionRepository(db),
-            MongoSendBudgetRepository(db),
+            repos.suppressions,
+            repos.send_budget,
             caps=settings.caps,
             address_attributes=settings.address_attributes,
         ),
-        template_versions=MongoTemplateVersionRepository(db),
-        invariant_reads=MongoInvariantReads(db),
+        template_versions=repos.template_versions,
+        invariant_reads=repos.invariant_reads,
     )
+
+
+def _clock(settings: Settings) -> Clock:
+    if settings.clock_speed != 1.0:
+        return OffsetClock(speed=settings.clock_speed, epoch=settings.clock_epoch)
+    return SystemClock()
+
+
+@runtime_checkable
+class Indexed(Protocol):
+    """An adapter whose collection has indexes to create (the in-memory ones have none)."""
+
+    def initialize(self) -> None: ...
 
 
 def ensure_indexes(manager: CampaignManager) -> None:
     """Create every collection's indexes (idempotent; run at process start)."""
-    manager.conversation_state_repository.initialize()
-    manager.campaigns.initialize()
-    manager.campaign_metrics.initialize()
-    manager.outbox.initialize()
-    if manager.versions is not None:
-        manager.versions.repository.initialize()
     guard = manager.send_guard
-    if guard.suppressions is not None:
-        guard.suppressions.initialize()
-    if guard.budget is not None:
-        guard.budget.initialize()
+    for repository in (
+        manager.conversation_state_repository,
+        manager.campaigns,
+        manager.campaign_metrics,
+        manager.outbox,
+        None if manager.versions is None else manager.versions.repository,
+        guard.suppressions,
+        guard.budget,
+    ):
+        if isinstance(repository, Indexed):
+            repository.initialize()
 
 
 def bootstrap(

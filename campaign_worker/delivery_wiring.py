@@ -11,12 +11,24 @@ from pymongo.database import Database
 from campaign_worker.adapters.channel_smtp import SmtpChannel
 from campaign_worker.adapters.channel_webhook import WebhookChannel
 from campaign_worker.adapters.clock import SystemClock
+from campaign_worker.adapters.memory_delivery import MemoryDeliveryRows, MemoryDeliveryStatuses
+from campaign_worker.adapters.memory_records import MemorySuppressionRepository
+from campaign_worker.adapters.memory_store import MemoryDatabase
 from campaign_worker.adapters.mongo_delivery import MongoDeliveryRows, MongoDeliveryStatuses
-from campaign_worker.adapters.mongo_delivery_suppressions import MongoDeliverySuppressions
+from campaign_worker.adapters.mongo_delivery_suppressions import (
+    ListedSuppressions,
+    MongoDeliverySuppressions,
+)
 from campaign_worker.adapters.rate_limit import NoRateLimit, RedisRateLimiter
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.delivery import Dispatcher, DispatchPolicy
-from campaign_worker.service.delivery_ports import Channel, RateLimiter
+from campaign_worker.service.delivery_ports import (
+    Channel,
+    DeliveryRows,
+    DeliveryStatuses,
+    RateLimiter,
+    Suppressions,
+)
 from campaign_worker.service.delivery_status import StatusRecorder
 from campaign_worker.service.ports import Clock
 from campaign_worker.settings import Settings
@@ -72,8 +84,18 @@ def build_limiter(settings: Settings) -> RateLimiter:
     return RedisRateLimiter(url, settings.rate_limits, settings.rate_limit_key_prefix)
 
 
+def delivery_stores(
+    db: Database[dict[str, Any]] | MemoryDatabase,
+) -> tuple[DeliveryRows, DeliveryStatuses, Suppressions]:
+    """Delivery's adapters over ``db``: MongoDB's, or the in-memory ones."""
+    if isinstance(db, MemoryDatabase):
+        listed = ListedSuppressions(MemorySuppressionRepository(db))
+        return MemoryDeliveryRows(db), MemoryDeliveryStatuses(db), listed
+    return MongoDeliveryRows(db), MongoDeliveryStatuses(db), MongoDeliverySuppressions(db)
+
+
 def build_delivery(
-    db: Database[dict[str, Any]],
+    db: Database[dict[str, Any]] | MemoryDatabase,
     manager: CampaignManager,
     settings: Settings,
     *,
@@ -83,9 +105,9 @@ def build_delivery(
 ) -> Delivery:
     """``clock`` times leases, retries and rate-limit slots: real time by default, even
     when the campaign's clock runs faster (the demo), since providers live in real time."""
-    suppressions = MongoDeliverySuppressions(db)
+    rows, statuses_store, suppressions = delivery_stores(db)
     statuses = StatusRecorder(
-        manager, MongoDeliveryStatuses(db), suppressions, settings.delivery_default_channel
+        manager, statuses_store, suppressions, settings.delivery_default_channel
     )
     policy = DispatchPolicy(
         batch_size=settings.delivery_batch_size,
@@ -97,7 +119,7 @@ def build_delivery(
         batch_seconds=settings.celery_task_soft_time_limit / 2,
     )
     dispatcher = Dispatcher(
-        MongoDeliveryRows(db),
+        rows,
         {c.name: c for c in (build_channels(settings) if channels is None else channels)},
         limiter or build_limiter(settings),
         suppressions,
@@ -118,5 +140,6 @@ __all__ = [
     "build_channels",
     "build_delivery",
     "build_limiter",
+    "delivery_stores",
     "ensure_delivery_indexes",
 ]

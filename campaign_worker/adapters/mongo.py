@@ -10,12 +10,14 @@ unique index, a status filter); batch work goes through ``insert_many(ordered=Fa
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 from pymongo import MongoClient, WriteConcern
 from pymongo.collection import Collection
@@ -29,10 +31,10 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
+from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.errors import TransientError
 from campaign_worker.settings import Settings
 
-Doc = dict[str, Any]
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -61,19 +63,36 @@ def durable(collection: Collection[Doc]) -> Collection[Doc]:
     return collection.with_options(write_concern=DURABLE)
 
 
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except (ConnectionFailure, ExecutionTimeout, WTimeoutError) as exc:
+        raise TransientError(f"MongoDB unavailable: {exc}") from exc
+    except OperationFailure as exc:
+        if exc.code in _TRANSIENT_CODES or exc.has_error_label("RetryableWriteError"):
+            raise TransientError(f"MongoDB transient failure: {exc}") from exc
+        raise
+
+
 def translate_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Map PyMongo's connectivity errors to TransientError (the retryable kind)."""
+    """Map PyMongo's connectivity errors to TransientError (the retryable kind): the one
+    place they are translated, so nothing above the adapters knows PyMongo's errors. A
+    generator's errors are translated as it is iterated (a cursor reads as it goes)."""
+    if inspect.isgeneratorfunction(func):
+        generator: Callable[..., Iterator[object]] = func
+
+        @functools.wraps(func)
+        def iterate(*args: Any, **kwargs: Any) -> Iterator[object]:
+            with _translated():
+                yield from generator(*args, **kwargs)
+
+        return cast(Callable[P, R], iterate)
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
+        with _translated():
             return func(*args, **kwargs)
-        except (ConnectionFailure, ExecutionTimeout, WTimeoutError) as exc:
-            raise TransientError(f"MongoDB unavailable: {exc}") from exc
-        except OperationFailure as exc:
-            if exc.code in _TRANSIENT_CODES or exc.has_error_label("RetryableWriteError"):
-                raise TransientError(f"MongoDB transient failure: {exc}") from exc
-            raise
 
     return wrapper
 

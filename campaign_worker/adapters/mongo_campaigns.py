@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.collection import Collection
@@ -13,10 +12,20 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from campaign_worker.adapters.mongo import CAMPAIGNS, translate_errors
-from campaign_worker.domain.documents import Campaign, CampaignStatus, StoredCampaign
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import (
+    AudiencePosition,
+    AudienceRow,
+    Campaign,
+    CampaignStatus,
+    InitCheckpoint,
+    MigrationRecord,
+    StoredCampaign,
+    audience_row,
+    inline_audience,
+)
 from campaign_worker.domain.errors import InvalidDocumentError
-
-Doc = dict[str, Any]
+from campaign_worker.domain.versions import TemplateVersion
 
 
 def _stored(doc: Doc | None) -> StoredCampaign | None:
@@ -55,11 +64,38 @@ class MongoCampaignRepository:
         allowed_from: Iterable[CampaignStatus],
         to: CampaignStatus,
         now: datetime,
-        extra: Doc | None = None,
     ) -> StoredCampaign | None:
-        """Conditional status change (and ``extra`` fields set with it); None if the
-        campaign is not in ``allowed_from``."""
-        update: Doc = {"$set": {"status": to.value, "updated_at": now, **(extra or {})}}
+        """Conditional status change; None if the campaign is not in ``allowed_from``."""
+        return self._move(campaign_id, allowed_from, to, now, {})
+
+    @translate_errors
+    def finish_initialization(
+        self,
+        campaign_id: str,
+        allowed_from: Iterable[CampaignStatus],
+        now: datetime,
+        total_recipients: int,
+        checkpoint: InitCheckpoint,
+    ) -> StoredCampaign | None:
+        """Running, with the total and the final checkpoint set in the same update."""
+        done = {
+            "total_recipients": total_recipients,
+            "initialized_at": now,
+            "init_progress": {**checkpoint.as_doc(), "done": True},
+            "invalid_recipients": checkpoint.invalid,
+            "invalid_samples": [sample.as_doc() for sample in checkpoint.samples],
+        }
+        return self._move(campaign_id, allowed_from, CampaignStatus.RUNNING, now, done)
+
+    def _move(
+        self,
+        campaign_id: str,
+        allowed_from: Iterable[CampaignStatus],
+        to: CampaignStatus,
+        now: datetime,
+        extra: Doc,
+    ) -> StoredCampaign | None:
+        update: Doc = {"$set": {"status": to.value, "updated_at": now, **extra}}
         if to not in (CampaignStatus.INITIALIZING,):
             update["$unset"] = {"lease_owner": "", "lease_until": ""}
         return _stored(
@@ -145,9 +181,9 @@ class MongoCampaignRepository:
         self,
         campaign: StoredCampaign,
         batch_size: int,
-        position: Doc | None = None,
+        position: AudiencePosition | None = None,
         read_ahead: int = 1,
-    ) -> Iterator[tuple[list[Doc], Doc]]:
+    ) -> Iterator[tuple[list[AudienceRow], AudiencePosition]]:
         """Yield (batch, position after it), starting after ``position``. A referenced
         collection is read ``read_ahead`` batches per round trip (still a bounded
         amount in memory).
@@ -157,34 +193,30 @@ class MongoCampaignRepository:
         initialization never re-reads what it already inserted.
         """
         recipients = campaign.recipients
-        position = position or {}
         if isinstance(recipients, list):
-            start = int(position.get("offset", 0))
-            for begin in range(start, len(recipients), batch_size):
-                end = min(begin + batch_size, len(recipients))
-                yield recipients[begin:end], {"offset": end}
+            yield from inline_audience(recipients, batch_size, position)
             return
         if not isinstance(recipients, dict):
             raise InvalidDocumentError(f"campaign {campaign.id!r} has no recipients")
         query: Doc = recipients.get("query") or {}
-        if "after_id" in position:
-            query = {"$and": [query, {"_id": {"$gt": position["after_id"]}}]}
+        if position is not None and position.after_id is not None:
+            query = {"$and": [query, {"_id": {"$gt": position.after_id}}]}
         cursor = (
             self._db[recipients["collection"]]
             .find(query, {"user_id": 1, "attributes": 1, "timezone": 1})
             .sort("_id", ASCENDING)
             .batch_size(batch_size * read_ahead)
         )
-        batch: list[Doc] = []
-        last_id: Any = None
+        batch: list[AudienceRow] = []
+        last_id: object = None
         for doc in cursor:
             last_id = doc.pop("_id")
-            batch.append(doc)
+            batch.append(audience_row(doc))
             if len(batch) >= batch_size:
-                yield batch, {"after_id": last_id}
+                yield batch, AudiencePosition(after_id=last_id)
                 batch = []
         if batch:
-            yield batch, {"after_id": last_id}
+            yield batch, AudiencePosition(after_id=last_id)
 
     @translate_errors
     def has_recipients(self, campaign: Campaign) -> bool:
@@ -197,25 +229,33 @@ class MongoCampaignRepository:
 
     @translate_errors
     def save_init_progress(
-        self, campaign_id: str, progress: Doc, lease_until: datetime, now: datetime
+        self, campaign_id: str, checkpoint: InitCheckpoint, lease_until: datetime, now: datetime
     ) -> bool:
         """Checkpoint an initialization and extend its lease; False once the campaign
         left ``initializing`` (paused or cancelled meanwhile)."""
         result = self._collection.update_one(
             {"_id": campaign_id, "status": CampaignStatus.INITIALIZING.value},
-            {"$set": {"init_progress": progress, "lease_until": lease_until, "updated_at": now}},
+            {
+                "$set": {
+                    "init_progress": checkpoint.as_doc(),
+                    "lease_until": lease_until,
+                    "updated_at": now,
+                }
+            },
         )
         return result.matched_count == 1
 
     # ------------------------------------------------------------ migrations
 
     @translate_errors
-    def begin_migration(self, campaign_id: str, record: Doc, now: datetime) -> StoredCampaign:
+    def begin_migration(
+        self, campaign_id: str, record: MigrationRecord, now: datetime
+    ) -> StoredCampaign:
         """Set ``migrating`` to ``record`` unless a migration is being applied already;
         returns the campaign either way (its ``migrating`` says whose it is)."""
         self._collection.update_one(
             {"_id": campaign_id, "migrating": None},
-            {"$set": {"migrating": record, "updated_at": now}},
+            {"$set": {"migrating": record.to_mongo(), "updated_at": now}},
         )
         found = self.get(campaign_id)
         if found is None:
@@ -240,21 +280,16 @@ class MongoCampaignRepository:
 
     @translate_errors
     def finish_migration(
-        self,
-        campaign_id: str,
-        migration_id: str,
-        revision: int,
-        pin: Doc,
-        record: Doc,
-        now: datetime,
+        self, campaign_id: str, record: MigrationRecord, version: TemplateVersion, now: datetime
     ) -> bool:
-        """Record the finished migration (``record``) and move the campaign's pin, if
-        the migration is still at ``revision`` (nothing counted since it was read)."""
+        """Record the finished migration and pin ``version``, if the migration is still
+        at the revision ``record`` was read at (nothing counted since)."""
+        pin = {"template_version": version.version, "template_hash": version.content_hash}
         result = self._collection.update_one(
-            {"_id": campaign_id, "migrating.id": migration_id, "migrating.revision": revision},
+            {"_id": campaign_id, "migrating.id": record.id, "migrating.revision": record.revision},
             {
                 "$set": {**pin, "updated_at": now},
-                "$push": {"migrations": record},
+                "$push": {"migrations": record.finished(now)},
                 "$unset": {"migrating": ""},
             },
         )

@@ -1,12 +1,16 @@
 """The conversation state repository (collection ``conversation_states``): the seed's
-methods, the processing read, the batched compare-and-set writes and the publication marks."""
+methods, the processing read, the batched compare-and-set writes and the publication marks.
+
+Reads that the flows make return ``StoredState``: a ``ConversationState``, or
+``Unreadable`` for a document that no longer validates, so the flow can fail or refuse it
+alone. The seed's methods (``create/get/update/delete/find_conversation_states``) keep
+their ``Dict`` signatures for the seed's callers; the service port does not list them."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from bson.errors import InvalidDocument
 from pymongo import ASCENDING, ReturnDocument, UpdateOne
@@ -19,13 +23,19 @@ from campaign_worker.adapters.mongo import (
     ignore_duplicates,
     translate_errors,
 )
+from campaign_worker.adapters.mongo_recount import recount_conversations
 from campaign_worker.adapters.mongo_updates import state_update
-from campaign_worker.domain.documents import ConversationState, parse_document
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.documents import (
+    ConversationState,
+    StoredState,
+    parse_document,
+    read_state,
+)
 from campaign_worker.domain.errors import InvalidDocumentError
 from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.service.ports import WriteOutcome
 
-Doc = dict[str, Any]
 WHOLE = PartitionRange()
 DUE_INDEX = "pending"
 
@@ -83,6 +93,10 @@ class MongoConversationStateRepository:
         # Serves the publication sweep; the field is null except in a crash window.
         c.create_index([("publish_due_at", ASCENDING)], name="unpublished")
 
+    # ------------------------------------------------------------ the seed's methods
+    # Not in the service port (the flows use the typed methods below); kept for the seed's
+    # callers, with its Dict signatures.
+
     @translate_errors
     def create_conversation_state(self, data: Doc) -> Doc:
         """Insert one conversation; raises DuplicateKeyError if (campaign, user) exists."""
@@ -92,44 +106,6 @@ class MongoConversationStateRepository:
     @translate_errors
     def get_conversation_state(self, id: str) -> Doc | None:
         return self._collection.find_one({"_id": id})
-
-    @translate_errors
-    def get_by_user(self, campaign_id: str, user_id: str) -> ConversationState | None:
-        """The conversation of one recipient; ``InvalidDocumentError`` if it does not
-        validate."""
-        doc = self._collection.find_one({"campaign_id": campaign_id, "user_id": user_id})
-        if doc is None:
-            return None
-        return parse_document(ConversationState, doc, what=f"conversation {doc['_id']}")
-
-    @translate_errors
-    def find_by_users(self, pairs: Sequence[tuple[str, str]]) -> list[Doc]:
-        """The conversations of these (campaign id, user id) pairs, in one ``find``
-        (one ``$in`` per campaign, served by the unique (campaign, user) index)."""
-        users: dict[str, set[str]] = {}
-        for campaign_id, user_id in pairs:
-            users.setdefault(campaign_id, set()).add(user_id)
-        if not users:
-            return []
-        clauses = [
-            {"campaign_id": campaign_id, "user_id": {"$in": sorted(ids)}}
-            for campaign_id, ids in users.items()
-        ]
-        query = clauses[0] if len(clauses) == 1 else {"$or": clauses}
-        wanted = {(c, u) for c, u in pairs}
-        # At most one conversation per pair (unique index): with limit and batch_size, every
-        # match comes in the first reply and the cursor is closed (no getMore).
-        found = self._collection.find(query, limit=len(wanted), batch_size=len(wanted))
-        return [doc for doc in found if (doc.get("campaign_id"), doc.get("user_id")) in wanted]
-
-    @translate_errors
-    def get_many(self, ids: Sequence[str]) -> list[Doc]:
-        """The conversations with these ids (those that exist), in one ``find``."""
-        if not ids:
-            return []
-        unique = list(dict.fromkeys(ids))
-        query = {"_id": {"$in": unique}}
-        return list(self._collection.find(query, limit=len(unique), batch_size=len(unique)))
 
     @translate_errors
     def update_conversation_state(self, id: str, updates: Doc) -> Doc | None:
@@ -164,29 +140,83 @@ class MongoConversationStateRepository:
             cursor = cursor.sort(sort)
         return list(cursor)
 
+    # ------------------------------------------------------------ the flows' reads and writes
+
     @translate_errors
-    def insert_many_states(self, docs: Sequence[Doc]) -> int:
+    def get_state(self, conversation_id: str) -> StoredState | None:
+        """One conversation, read for a command on it; None if there is none."""
+        doc = self._collection.find_one({"_id": conversation_id})
+        return None if doc is None else read_state(doc)
+
+    @translate_errors
+    def get_by_user(self, campaign_id: str, user_id: str) -> ConversationState | None:
+        """The conversation of one recipient; ``InvalidDocumentError`` if it does not
+        validate."""
+        doc = self._collection.find_one({"campaign_id": campaign_id, "user_id": user_id})
+        if doc is None:
+            return None
+        return parse_document(ConversationState, doc, what=f"conversation {doc['_id']}")
+
+    @translate_errors
+    def find_by_users(self, pairs: Sequence[tuple[str, str]]) -> list[StoredState]:
+        """The conversations of these (campaign id, user id) pairs, in one ``find``
+        (one ``$in`` per campaign, served by the unique (campaign, user) index)."""
+        users: dict[str, set[str]] = {}
+        for campaign_id, user_id in pairs:
+            users.setdefault(campaign_id, set()).add(user_id)
+        if not users:
+            return []
+        clauses = [
+            {"campaign_id": campaign_id, "user_id": {"$in": sorted(ids)}}
+            for campaign_id, ids in users.items()
+        ]
+        query = clauses[0] if len(clauses) == 1 else {"$or": clauses}
+        wanted = {(c, u) for c, u in pairs}
+        # At most one conversation per pair (unique index): with limit and batch_size, every
+        # match comes in the first reply and the cursor is closed (no getMore).
+        found = self._collection.find(query, limit=len(wanted), batch_size=len(wanted))
+        return [
+            read_state(doc)
+            for doc in found
+            if (doc.get("campaign_id"), doc.get("user_id")) in wanted
+        ]
+
+    @translate_errors
+    def get_many(self, ids: Sequence[str]) -> list[StoredState]:
+        """The conversations with these ids (those that exist), in one ``find``."""
+        if not ids:
+            return []
+        unique = list(dict.fromkeys(ids))
+        query = {"_id": {"$in": unique}}
+        found = self._collection.find(query, limit=len(unique), batch_size=len(unique))
+        return [read_state(doc) for doc in found]
+
+    @translate_errors
+    def insert_states(self, states: Sequence[ConversationState]) -> int:
         """Insert a batch; duplicates (already initialized) are skipped. Returns inserted."""
-        if not docs:
+        if not states:
             return 0
+        docs = [state.to_mongo() for state in states]
         try:
-            return len(self._collection.insert_many(list(docs), ordered=False).inserted_ids)
+            return len(self._collection.insert_many(docs, ordered=False).inserted_ids)
         except BulkWriteError as exc:
             return ignore_duplicates(exc)
 
     @translate_errors
     def find_due(
         self, campaign_id: str, now: datetime, *, stage: str | None, status: str, limit: int
-    ) -> list[Doc]:
+    ) -> list[StoredState]:
         """Active conversations that are due, oldest first; for a finished status, the
         conversations in it, most recently finished first (nothing is due there)."""
         if status != "active":
             query: Doc = {"campaign_id": campaign_id, "status": status}
             if stage is not None:
                 query["current_stage"] = stage
-            return list(self._collection.find(query).sort("finished_at", -1).limit(limit))
+            found = self._collection.find(query).sort("finished_at", -1).limit(limit)
+            return [read_state(doc) for doc in found]
         query = _due_filter(campaign_id, now, status, stage)
-        return list(self._collection.find(query).sort("next_action_at", ASCENDING).limit(limit))
+        found = self._collection.find(query).sort("next_action_at", ASCENDING).limit(limit)
+        return [read_state(doc) for doc in found]
 
     @translate_errors
     def read_due(
@@ -198,7 +228,7 @@ class MongoConversationStateRepository:
         limit: int,
         span: PartitionRange = WHOLE,
         settling: bool = False,
-    ) -> list[Doc]:
+    ) -> list[StoredState]:
         """Up to ``limit`` due active conversations of a partition range, oldest due
         first, read in full in one round trip (``batch_size``: else the server's first
         batch is 101 documents, then a getMore). ``settling``: every active one, due or
@@ -209,13 +239,7 @@ class MongoConversationStateRepository:
             query = _due_filter(campaign_id, now, "active", stage)
         query.update(_in_range(span))
         cursor = self._collection.find(query, limit=limit, batch_size=limit)
-        return list(cursor.sort("next_action_at", ASCENDING))
-
-    def save_transitions(
-        self, changes: Sequence[tuple[ConversationState, ConversationState]]
-    ) -> set[str]:
-        """Write each (old, new) pair as a compare-and-set; the ids whose write applied."""
-        return set(self.write_transitions(changes).applied)
+        return [read_state(doc) for doc in cursor.sort("next_action_at", ASCENDING)]
 
     @translate_errors
     def write_transitions(
@@ -309,18 +333,10 @@ class MongoConversationStateRepository:
         return self._collection.bulk_write(ops, ordered=False).modified_count
 
     @translate_errors
-    def find_unpublished(self, before: datetime, limit: int) -> list[Doc]:
+    def find_unpublished(self, before: datetime, limit: int) -> list[StoredState]:
         """Conversations whose recorded messages a crash left unpublished since ``before``."""
-        return list(
-            self._collection.find({"publish_due_at": {"$lte": before}}, limit=limit).sort(
-                "publish_due_at", ASCENDING
-            )
-        )
-
-    @translate_errors
-    def has_due(self, campaign_id: str, now: datetime) -> bool:
-        query = _due_filter(campaign_id, now, "active", None)
-        return self._collection.find_one(query, {"_id": 1}) is not None
+        found = self._collection.find({"publish_due_at": {"$lte": before}}, limit=limit)
+        return [read_state(doc) for doc in found.sort("publish_due_at", ASCENDING)]
 
     @translate_errors
     def count_due(
@@ -344,13 +360,14 @@ class MongoConversationStateRepository:
         return self._collection.count_documents({"campaign_id": campaign_id})
 
     @translate_errors
-    def page_active(self, campaign_id: str, after: str | None, limit: int) -> list[Doc]:
+    def page_active(self, campaign_id: str, after: str | None, limit: int) -> list[StoredState]:
         """A campaign's active conversations by id, those after ``after`` (a migration
         walks them page by page; the ``campaign_id`` index and ``_id`` bound it)."""
         query: Doc = {"campaign_id": campaign_id, "status": "active"}
         if after is not None:
             query["_id"] = {"$gt": after}
-        return list(self._collection.find(query).sort("_id", ASCENDING).limit(limit))
+        found = self._collection.find(query).sort("_id", ASCENDING).limit(limit)
+        return [read_state(doc) for doc in found]
 
     @translate_errors
     def count_active(self, campaign_id: str) -> int:
@@ -373,121 +390,10 @@ class MongoConversationStateRepository:
         return doc["next_action_at"] if doc else None
 
     @translate_errors
-    def aggregate_campaign(self, campaign_id: str) -> Doc:
-        """Recompute a campaign's metrics from its conversations in one aggregation."""
-        pipeline: list[Doc] = [
-            {"$match": {"campaign_id": campaign_id}},
-            {
-                "$facet": {
-                    "status": [{"$group": {"_id": "$status", "n": {"$sum": 1}}}],
-                    "messages": [
-                        {
-                            "$group": {
-                                "_id": None,
-                                "sent": {"$sum": "$metrics.messages_sent"},
-                                "received": {"$sum": "$metrics.messages_received"},
-                            }
-                        }
-                    ],
-                    "stages": [
-                        {"$unwind": "$stages"},
-                        {
-                            "$group": {
-                                "_id": "$stages.name",
-                                "entered": {"$sum": 1},
-                                "completed": {"$sum": {"$cond": ["$stages.completed", 1, 0]}},
-                                "total_ms": {
-                                    "$sum": {
-                                        "$cond": [
-                                            "$stages.completed",
-                                            {
-                                                "$subtract": [
-                                                    "$stages.exited_at",
-                                                    "$stages.entered_at",
-                                                ]
-                                            },
-                                            0,
-                                        ]
-                                    }
-                                },
-                            }
-                        },
-                    ],
-                    **_SPLIT_FACETS,
-                }
-            },
-        ]
-        result = list(self._collection.aggregate(pipeline))
-        return result[0] if result else {"status": [], "messages": [], "stages": []}
-
-
-# A/B split messages (``metadata.variant``) and holdout conversations, for the reconcile
-# (the same rules as domain/splits.recount). Conversations without a variant message are
-# dropped before their history is unwound.
-_VARIANT = "$message_history.metadata.variant"
-_WITH_VARIANTS: Doc = {"$match": {"message_history.metadata.variant": {"$type": "string"}}}
-_VISIT_COMPLETED: Doc = {
-    "$let": {
-        "vars": {"visit": {"$arrayElemAt": ["$stages", "$_id.entry"]}},
-        "in": "$$visit.completed",
-    }
-}
-_SPLIT_FACETS: Doc = {
-    "holdout": [
-        {"$match": {"holdout": True}},
-        {
-            "$group": {
-                "_id": "$status",
-                "n": {"$sum": 1},
-                "replies": {"$sum": "$metrics.messages_received"},
-            }
-        },
-    ],
-    # Sent and replies per stage, variant, direction and intent.
-    "variant_messages": [
-        _WITH_VARIANTS,
-        {"$unwind": "$message_history"},
-        _WITH_VARIANTS,
-        {
-            "$group": {
-                "_id": {
-                    "stage": "$message_history.metadata.stage",
-                    "variant": _VARIANT,
-                    "direction": "$message_history.direction",
-                    "intent": "$message_history.metadata.intent",
-                },
-                "n": {"$sum": 1},
-            }
-        },
-    ],
-    # Stage visits a variant was sent in, and how many of them completed (advanced).
-    "variant_visits": [
-        _WITH_VARIANTS,
-        {"$unwind": "$message_history"},
-        _WITH_VARIANTS,
-        {"$match": {"message_history.direction": "outbound"}},
-        {
-            "$group": {
-                "_id": {
-                    "conversation": "$_id",
-                    "stage": "$message_history.metadata.stage",
-                    "entry": "$message_history.metadata.entry",
-                    "variant": _VARIANT,
-                },
-                "stages": {"$first": "$stages"},
-            }
-        },
-        {
-            "$group": {
-                "_id": {"stage": "$_id.stage", "variant": "$_id.variant"},
-                "visits": {"$sum": 1},
-                # stages[entry].completed ($let, not "$stages.completed": secantusdb
-                # does not traverse arrays in expressions).
-                "advanced": {"$sum": {"$cond": [_VISIT_COMPLETED, 1, 0]}},
-            }
-        },
-    ],
-}
+    def recount(self, campaign_id: str) -> dict[str, float]:
+        """The campaign's metrics counters recomputed from its conversations (one
+        aggregation), as metrics-document field paths."""
+        return recount_conversations(self._collection, campaign_id)
 
 
 __all__ = ["MongoConversationStateRepository"]

@@ -17,8 +17,7 @@ from campaign_worker.adapters.mongo import (
     DEAD_LETTERS,
     translate_errors,
 )
-
-Doc = dict[str, Any]
+from campaign_worker.domain.aliases import Doc
 
 
 class MongoDeadLetterRepository:

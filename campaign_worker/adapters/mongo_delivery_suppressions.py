@@ -6,29 +6,25 @@ dispatcher checks the address and the user (an opt-out since the message was wri
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from pymongo.database import Database
 
 from campaign_worker.adapters.mongo_suppressions import MongoSuppressionRepository
+from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.suppressions import (
     Suppression,
     address_key,
     normalize_address,
     user_key,
 )
+from campaign_worker.service.ports import SuppressionRepository
 
-Doc = dict[str, Any]
 
+class ListedSuppressions:
+    """The ``Suppressions`` port of delivery over the shared list (any repository of it)."""
 
-class MongoDeliverySuppressions:
-    """The ``Suppressions`` port of delivery over the shared list."""
-
-    def __init__(self, db: Database[Doc]) -> None:
-        self._list = MongoSuppressionRepository(db)
-
-    def initialize(self) -> None:
-        self._list.initialize()
+    def __init__(self, entries: SuppressionRepository) -> None:
+        self._list = entries
 
     def suppress(
         self,
@@ -56,4 +52,15 @@ class MongoDeliverySuppressions:
         return bool(self._list.matching([user_key(user_id), address_key(channel, address)]))
 
 
-__all__ = ["MongoDeliverySuppressions"]
+class MongoDeliverySuppressions(ListedSuppressions):
+    """Over the ``suppressions`` collection."""
+
+    def __init__(self, db: Database[Doc]) -> None:
+        self._collection = MongoSuppressionRepository(db)
+        super().__init__(self._collection)
+
+    def initialize(self) -> None:
+        self._collection.initialize()
+
+
+__all__ = ["ListedSuppressions", "MongoDeliverySuppressions"]

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 from pymongo.collection import Collection
 from pymongo.cursor import Cursor
 from pymongo.database import Database
 
 from campaign_worker.adapters.mongo import CONVERSATIONS, OUTBOX, translate_errors
-
-Doc = dict[str, Any]
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.audited import AuditedConversation, AuditedRow
 
 # What the checks read of a conversation: never message contents, metadata or attributes.
 CONVERSATION_FIELDS: Doc = {
@@ -69,7 +68,9 @@ class MongoInvariantReads:
         self._conversations: Collection[Doc] = db[CONVERSATIONS]
         self._outbox: Collection[Doc] = db[OUTBOX]
 
-    def conversations(self, campaign_id: str, batch_size: int) -> Iterator[list[Doc]]:
+    def conversations(
+        self, campaign_id: str, batch_size: int
+    ) -> Iterator[list[AuditedConversation]]:
         """One cursor over the campaign (``campaign_id`` index), in batches; unsorted, so
         the server never sorts millions of documents."""
         cursor = self._conversations.find(
@@ -77,14 +78,14 @@ class MongoInvariantReads:
         )
         try:
             while batch := _next_batch(cursor, batch_size):
-                yield batch
+                yield [AuditedConversation.of(doc) for doc in batch]
         finally:
             cursor.close()
 
     @translate_errors
-    def conversations_by_id(self, ids: Sequence[str]) -> list[Doc]:
+    def conversations_by_id(self, ids: Sequence[str]) -> list[AuditedConversation]:
         return [
-            doc
+            AuditedConversation.of(doc)
             for chunk in _chunks(ids)
             for doc in self._conversations.find({"_id": {"$in": chunk}}, CONVERSATION_FIELDS)
         ]
@@ -104,10 +105,10 @@ class MongoInvariantReads:
         return found
 
     @translate_errors
-    def outbox_rows(self, conversation_ids: Sequence[str]) -> list[Doc]:
+    def outbox_rows(self, conversation_ids: Sequence[str]) -> list[AuditedRow]:
         """Served by the outbox's ``conversation`` index."""
         return [
-            row
+            AuditedRow.of(row)
             for chunk in _chunks(conversation_ids)
             for row in self._outbox.find({"conversation_id": {"$in": chunk}}, OUTBOX_FIELDS)
         ]

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
 
 from campaign_worker.adapters.mongo import METRICS, translate_errors
-from campaign_worker.domain.progression import MetricsDelta
-
-Doc = dict[str, Any]
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.documents import parse_document
+from campaign_worker.domain.effects import MetricsDelta
+from campaign_worker.domain.metrics_documents import StoredMetrics
 
 
 def metrics_inc(delta: MetricsDelta) -> dict[str, float]:
@@ -192,8 +193,13 @@ class MongoCampaignMetricsRepository:
         self._collection.update_one({"_id": campaign_id}, pipeline, upsert=True)
 
     @translate_errors
-    def get(self, campaign_id: str) -> Doc | None:
-        return self._collection.find_one({"_id": campaign_id})
+    def get(self, campaign_id: str) -> StoredMetrics | None:
+        doc = self._collection.find_one({"_id": campaign_id})
+        return (
+            None
+            if doc is None
+            else parse_document(StoredMetrics, doc, what=f"metrics of {campaign_id}")
+        )
 
     @translate_errors
     def correct(
@@ -206,11 +212,14 @@ class MongoCampaignMetricsRepository:
     ) -> bool:
         """Add the drift (and drop dead registrations), only if no other write touched
         the document since it was read (every write bumps ``revision``)."""
-        result = self._collection.update_one(
-            {"_id": campaign_id, "revision": seen_revision if seen_revision else None},
-            increment_pipeline(campaign_id, drift, now, drop),
-            upsert=not seen_revision,
-        )
+        try:
+            result = self._collection.update_one(
+                {"_id": campaign_id, "revision": seen_revision if seen_revision else None},
+                increment_pipeline(campaign_id, drift, now, drop),
+                upsert=not seen_revision,
+            )
+        except DuplicateKeyError:
+            return False  # seen without a revision, and written meanwhile: not ours to correct
         return bool(result.modified_count or result.upserted_id is not None)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.collection import Collection
@@ -16,9 +15,8 @@ from campaign_worker.adapters.mongo import (
     ignore_duplicates,
     translate_errors,
 )
-from campaign_worker.domain.progression import OutboundEnvelope
-
-Doc = dict[str, Any]
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.effects import OutboundEnvelope
 
 
 class MongoOutboxRepository:
@@ -43,33 +41,13 @@ class MongoOutboxRepository:
         """Publish recorded messages; a message_id already there is skipped (idempotent).
         Returns once the rows are durable (``DURABLE``), duplicates included: a duplicate
         was itself published by this method."""
-        docs = [
-            {
-                "_id": e.message_id,
-                "conversation_id": e.conversation_id,
-                "campaign_id": e.campaign_id,
-                "user_id": e.user_id,
-                "channel": e.channel,
-                "content": e.content,
-                "stage": e.stage,
-                "step": e.step,
-                "status": "pending",
-                "created_at": e.created_at,
-                # The A/B variant it carries, for the delivering service and reports.
-                **({"metadata": {"variant": e.variant}} if e.variant is not None else {}),
-            }
-            for e in envelopes
-        ]
+        docs = [envelope.outbox_row() for envelope in envelopes]
         if not docs:
             return 0
         try:
             return len(self._publish.insert_many(docs, ordered=False).inserted_ids)
         except BulkWriteError as exc:
             return ignore_duplicates(exc)  # published before (a replay or the sweep)
-
-    @translate_errors
-    def find(self, query: Doc, limit: int = 0) -> list[Doc]:
-        return list(self._collection.find(query, limit=limit).sort("created_at", ASCENDING))
 
 
 __all__ = ["MongoOutboxRepository"]

@@ -8,7 +8,6 @@ Each row is a ``Recipient`` plus its ``import_id``; a campaign selects its own w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.collection import Collection
@@ -16,8 +15,7 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
 from campaign_worker.adapters.mongo import DUPLICATE_KEY, translate_errors
-
-Doc = dict[str, Any]
+from campaign_worker.domain.aliases import Doc
 
 
 class MongoRecipientStore:

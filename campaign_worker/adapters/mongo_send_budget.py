@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.collection import Collection
@@ -23,11 +22,11 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
 from campaign_worker.adapters.mongo import DUPLICATE_KEY, translate_errors
+from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.documents import to_utc
 from campaign_worker.domain.suppressions import FrequencyCap
 from campaign_worker.service.ports import SendRequest
 
-Doc = dict[str, Any]
 SEND_BUDGET = "send_budget"
 
 

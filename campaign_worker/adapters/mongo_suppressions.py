@@ -12,16 +12,15 @@ the worker checks the list at initialization and before every send with one
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 
 from campaign_worker.adapters.mongo import translate_errors
+from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.suppressions import Suppression
 
-Doc = dict[str, Any]
 SUPPRESSIONS = "suppressions"
 
 
@@ -52,28 +51,30 @@ class MongoSuppressionRepository:
         return int(result.upserted_count)
 
     @translate_errors
-    def matching(self, keys: Sequence[str]) -> dict[str, Doc]:
+    def matching(self, keys: Sequence[str]) -> dict[str, Suppression]:
         """The entries among ``keys`` (suppression ids), by id."""
         if not keys:
             return {}
-        return {str(doc["_id"]): doc for doc in self._collection.find({"_id": {"$in": list(keys)}})}
+        found = self._collection.find({"_id": {"$in": list(keys)}})
+        return {str(doc["_id"]): Suppression.of(doc) for doc in found}
 
     @translate_errors
     def list(
         self, *, user_id: str | None = None, channel: str | None = None, limit: int = 100
-    ) -> list[Doc]:
+    ) -> list[Suppression]:
         query: Doc = {}
         if user_id is not None:
             query["user_id"] = user_id
         if channel is not None:
             query["channel"] = channel
         found = self._collection.find(query, limit=limit).sort("created_at", ASCENDING)
-        return list(found)
+        return [Suppression.of(doc) for doc in found]
 
     @translate_errors
-    def lift(self, key: str) -> Doc | None:
+    def lift(self, key: str) -> Suppression | None:
         """Remove one entry; returns it, or None if it was not listed."""
-        return self._collection.find_one_and_delete({"_id": key})
+        found = self._collection.find_one_and_delete({"_id": key})
+        return None if found is None else Suppression.of(found)
 
 
 __all__ = ["SUPPRESSIONS", "MongoSuppressionRepository"]

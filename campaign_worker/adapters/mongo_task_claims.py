@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from pymongo import ASCENDING
 from pymongo.collection import Collection
@@ -24,8 +24,8 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from campaign_worker.adapters.mongo import TASK_CLAIMS, translate_errors
+from campaign_worker.domain.aliases import Doc
 
-Doc = dict[str, Any]
 ClaimState = Literal["claimed", "running", "done"]
 
 

@@ -5,7 +5,6 @@ index, so concurrent registrations of one content make one version."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
@@ -13,11 +12,11 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from campaign_worker.adapters.mongo import translate_errors
+from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.errors import ConcurrencyConflictError
 from campaign_worker.domain.templates import Template
 from campaign_worker.domain.versions import TemplateVersion, new_version, version_id
 
-Doc = dict[str, Any]
 TEMPLATE_VERSIONS = "template_versions"
 _ATTEMPTS = 16
 

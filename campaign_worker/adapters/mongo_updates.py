@@ -6,13 +6,10 @@ path")."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
+from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.documents import ConversationState
 from campaign_worker.domain.partitions import partition_of
-
-Doc = dict[str, Any]
-
 
 # Attributes the diff leaves alone (each maintained otherwise, below or elsewhere).
 _NOT_DIFFED = frozenset(

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from campaign_worker.domain.documents import to_utc
+from campaign_worker.adapters.mongo_demo_reads import ConversationPlace
+from campaign_worker.domain.documents import ConversationState
 
 SAMPLE_NAMES = [
     "Ada",
@@ -65,7 +66,7 @@ def sample_campaign(campaign_id: str, count: int) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Reply:
+class SimulatedReply:
     user_id: str
     message_id: str
     content: str
@@ -104,19 +105,15 @@ def reply_for(user_id: str, stage: str) -> tuple[str | None, timedelta]:
     return text, delay
 
 
-# What the simulated audience needs to read of a conversation (kept small: it is polled).
-AUDIENCE_PROJECTION = {"user_id": 1, "status": 1, "current_stage": 1, "stage_step": 1, "stages": 1}
-
-
 Answer = Callable[[str, str], tuple[str | None, timedelta]]
 
 
 def due_replies(
-    conversations: Iterable[dict[str, Any]],
+    conversations: Iterable[ConversationPlace],
     now: datetime,
     already: set[str],
     answer: Answer = reply_for,
-) -> list[Reply]:
+) -> list[SimulatedReply]:
     """Replies the simulated audience sends by ``now``, given their conversations.
 
     A recipient answers at most once per stage (``already`` holds the reply ids sent),
@@ -125,17 +122,25 @@ def due_replies(
     """
     replies = []
     for conversation in conversations:
-        if conversation.get("status") != "active" or not conversation.get("stage_step"):
-            continue
-        stage = conversation["current_stage"]
-        message_id = f"in-{conversation['_id']}-{stage}"
+        if not conversation.stage_step:
+            continue  # nothing sent in this stage yet: nothing to answer
+        stage = conversation.stage
+        message_id = f"in-{conversation.conversation_id}-{stage}"
         if message_id in already:
             continue
-        entered_at = conversation["stages"][-1]["entered_at"]
-        text, delay = answer(conversation["user_id"], stage)
-        if text is not None and now >= to_utc(entered_at) + delay:
-            replies.append(Reply(conversation["user_id"], message_id, text))
+        text, delay = answer(conversation.user_id, stage)
+        if text is not None and now >= conversation.entered_at + delay:
+            replies.append(SimulatedReply(conversation.user_id, message_id, text))
     return replies
+
+
+def active_places(manager: Any, campaign_id: str) -> list[ConversationPlace]:
+    """Where the campaign's active conversations are (read through the service's port)."""
+    places, after = [], None
+    while page := manager.conversation_state_repository.page_active(campaign_id, after, 1000):
+        after = page[-1].id
+        places += [ConversationPlace.of(s) for s in page if isinstance(s, ConversationState)]
+    return places
 
 
 def format_funnel(metrics: dict[str, Any], outcomes: dict[str, int] | None = None) -> str:
@@ -194,13 +199,12 @@ def drive(
 ) -> bool:
     """Step a ManualClock by ``tick``: process what is due, send the audience's due
     replies, poll; True once the campaign completed, False after ``max_days``."""
-    repo = manager.conversation_state_repository
     start = clock.now()
     replied: set[str] = set()
     while clock.now() - start < timedelta(days=max_days):
         while manager.process_due_conversations(campaign_id).claimed:
             pass
-        active = repo.find_conversation_states({"campaign_id": campaign_id, "status": "active"})
+        active = active_places(manager, campaign_id)
         for reply in due_replies(active, clock.now(), replied, answer):
             replied.add(reply.message_id)
             manager.record_inbound_message(

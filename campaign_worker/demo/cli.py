@@ -22,9 +22,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from campaign_worker.adapters.clock import OffsetClock
+from campaign_worker.adapters.mongo_demo_reads import MongoDemoReads
+from campaign_worker.bootstrap import Container, bootstrap
 from campaign_worker.demo import audience as demo
 from campaign_worker.demo.embedded import EmbeddedService, start_mongo, start_redis
 from campaign_worker.demo.webhook_demo import start_receiver, wait_for_deliveries
+from campaign_worker.service.campaign_manager import CampaignManager
+from campaign_worker.settings import Settings
 
 APP = "campaign_worker.entrypoints.celery_app"
 QUEUES = "celery,polling,initialization,processing,inbound,delivery"
@@ -114,20 +118,11 @@ def _caps() -> str:
     return os.environ.get("FREQUENCY_CAPS") or DEMO_CAPS
 
 
-def _manager(mongo_uri: str, db_name: str, clock: Any) -> Any:
-    from pymongo import MongoClient
-
-    from campaign_worker.bootstrap import build_manager, ensure_indexes
-    from campaign_worker.settings import Settings
-
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, tzinfo=UTC)
-    manager = build_manager(
-        client[db_name],
-        Settings(mongodb_uri=mongo_uri, mongodb_db=db_name, frequency_caps=_caps()),
-        clock=clock,
-    )
-    ensure_indexes(manager)
-    return manager
+def _container(mongo_uri: str, db_name: str, clock: Any) -> Container:
+    """The demo's own view of the database: a Container from ``bootstrap`` (indexes
+    ensured), as any process of the worker builds one."""
+    settings = Settings(mongodb_uri=mongo_uri, mongodb_db=db_name, frequency_caps=_caps())
+    return bootstrap(settings, clock=clock)
 
 
 def _run_in_process(
@@ -136,11 +131,18 @@ def _run_in_process(
     from campaign_worker.adapters.clock import ManualClock
 
     clock = ManualClock()
-    manager = _manager(mongo_uri, db_name, clock)
+    container = _container(mongo_uri, db_name, clock)
     _say(out, f"Running {campaign_id} in-process with {args.recipients} recipients")
-    metrics = demo.run_in_process(
-        manager, clock, campaign_id, args.recipients, progress=lambda line: _say(out, "  " + line)
-    )
+    try:
+        metrics = demo.run_in_process(
+            container.manager,
+            clock,
+            campaign_id,
+            args.recipients,
+            progress=lambda line: _say(out, "  " + line),
+        )
+    finally:
+        container.close()
     _say(out, "")
     _say(out, demo.format_funnel(metrics))
     return 0 if metrics["active_conversations"] == 0 else 1
@@ -182,7 +184,6 @@ def _run_on_worker(
     campaign_id: str,
 ) -> int:
     from celery import Celery
-    from pymongo import MongoClient
 
     epoch = datetime.now(UTC)
     clock = OffsetClock(speed=args.speed, epoch=epoch)
@@ -195,34 +196,38 @@ def _run_on_worker(
     }
     receiver = start_receiver(out, client, env) if args.webhook else None
     processes = _start_worker_and_beat(args, workdir, env)
-    mongo: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True, tzinfo=UTC)
+    container = _container(mongo_uri, db_name, clock)
+    reads = MongoDemoReads(container.db)
     try:
         _say(
             out,
             f"Started a worker ({args.concurrency} processes) and beat; simulated "
             f"time runs {args.speed:g}x (1 s = {args.speed / 3600:g} h)",
         )
-        client.send_task(
-            "campaign_worker.create_campaign",
-            kwargs={"campaign": demo.sample_campaign(campaign_id, args.recipients)},
-        )
-        _say(
-            out,
-            f"Sent campaign_worker.create_campaign for {campaign_id} with "
-            f"{args.recipients} recipients",
-        )
-        db = mongo[db_name]
-        status = _drive(out, client, db, clock, campaign_id, epoch, args.timeout, processes)
+        _create(out, client, campaign_id, args.recipients)
+        status = _drive(out, client, reads, clock, campaign_id, epoch, args.timeout, processes)
         if receiver is not None:
-            wait_for_deliveries(out, db, campaign_id, receiver)
+            wait_for_deliveries(out, reads, campaign_id, receiver)
+        return _report(out, workdir, container.manager, reads, campaign_id, status)
     finally:
         client.close()
-        mongo.close()
+        container.close()
         for process in reversed(processes):
             _stop(process)
         if receiver is not None:
             receiver.stop()
-    return _report(out, workdir, mongo_uri, db_name, clock, campaign_id, status)
+
+
+def _create(out: TextIO, client: Any, campaign_id: str, recipients: int) -> None:
+    """The campaign, created by task name, as another service would."""
+    client.send_task(
+        "campaign_worker.create_campaign",
+        kwargs={"campaign": demo.sample_campaign(campaign_id, recipients)},
+    )
+    _say(
+        out,
+        f"Sent campaign_worker.create_campaign for {campaign_id} with {recipients} recipients",
+    )
 
 
 def _worker_env(
@@ -267,45 +272,27 @@ def _start_worker_and_beat(
 def _report(
     out: TextIO,
     workdir: Path,
-    mongo_uri: str,
-    db_name: str,
-    clock: OffsetClock,
+    manager: CampaignManager,
+    reads: MongoDemoReads,
     campaign_id: str,
     status: str | None,
 ) -> int:
     """The funnel of a finished run, or the worker's log when the campaign never appeared."""
-    manager = _manager(mongo_uri, db_name, clock)
     metrics = manager.get_campaign_metrics(campaign_id) if status else None
     _say(out, "")
     if metrics is None:
         _say(out, f"The campaign never appeared; worker log: {workdir / 'worker.log'}")
         _say(out, (workdir / "worker.log").read_text(errors="replace")[-3000:])
         return 1
-    outcomes = {doc["_id"]: doc["n"] for doc in db_outcomes(mongo_uri, db_name, campaign_id)}
-    _say(out, demo.format_funnel(metrics, outcomes))
+    _say(out, demo.format_funnel(metrics, reads.outcomes(campaign_id)))
     _say(out, f"campaign status: {status}")
     return 0 if status == "completed" else 1
-
-
-def db_outcomes(mongo_uri: str, db_name: str, campaign_id: str) -> list[dict[str, Any]]:
-    from pymongo import MongoClient
-
-    client: MongoClient[dict[str, Any]]
-    with MongoClient(mongo_uri) as client:
-        return list(
-            client[db_name].conversation_states.aggregate(
-                [
-                    {"$match": {"campaign_id": campaign_id}},
-                    {"$group": {"_id": "$status", "n": {"$sum": 1}}},
-                ]
-            )
-        )
 
 
 def _drive(
     out: TextIO,
     client: Any,
-    db: Any,
+    reads: MongoDemoReads,
     clock: OffsetClock,
     campaign_id: str,
     epoch: datetime,
@@ -321,26 +308,21 @@ def _drive(
         if any(process.poll() is not None for process in processes):
             _say(out, "a worker or beat process exited early")
             break
-        campaign = db.campaigns.find_one({"_id": campaign_id}, {"status": 1})
-        status = campaign["status"] if campaign else None
+        status = reads.campaign_status(campaign_id)
         if status in ("completed", "cancelled"):
             break
-        _reply_as_the_audience(client, db, clock, campaign_id, replied)
-        metrics = db.campaign_metrics.find_one({"_id": campaign_id}) or {}
+        _reply_as_the_audience(client, reads, clock, campaign_id, replied)
+        metrics = reads.metrics(campaign_id)
         progress.show((clock.now() - epoch) / timedelta(days=1), status, metrics, len(replied))
         time.sleep(0.5)
     return status
 
 
 def _reply_as_the_audience(
-    client: Any, db: Any, clock: OffsetClock, campaign_id: str, replied: set[str]
+    client: Any, reads: MongoDemoReads, clock: OffsetClock, campaign_id: str, replied: set[str]
 ) -> None:
     """Send, by task name, the replies the simulated audience owes by now."""
-    active = list(
-        db.conversation_states.find(
-            {"campaign_id": campaign_id, "status": "active"}, demo.AUDIENCE_PROJECTION
-        )
-    )
+    active = reads.active_places(campaign_id)
     for reply in demo.due_replies(active, clock.now(), replied):
         replied.add(reply.message_id)
         client.send_task(

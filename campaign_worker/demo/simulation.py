@@ -1,6 +1,7 @@
-"""A dry run of any template: an embedded in-memory store (mongomock-ng), a ManualClock
-stepped through the campaign, and a simulated audience that replies at a given rate.
-Nothing is published to a broker or channel: the outbox stays in memory."""
+"""A dry run of any template: the in-memory adapters (``adapters/memory_*.py``, the same
+behaviour as MongoDB's: ``tests/contract``), a ManualClock stepped through the campaign,
+and a simulated audience that replies at a given rate. Nothing is published to a broker
+or channel: the outbox stays in memory."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from campaign_worker.demo.audience import Answer, _roll, drive, sample_recipients
+from campaign_worker.domain.documents import conversation_id_for
 from campaign_worker.domain.templates import Rule, Stage, Template
 
 CAMPAIGN_ID = "simulation"
@@ -56,18 +58,15 @@ def audience(template: Template, options: SimulationOptions) -> Answer:
 
 def embedded_manager(template: Template, clock: Any) -> Any:
     """A CampaignManager on a fresh in-memory database that knows ``template``."""
-    import mongomock_ng
-
-    from campaign_worker.adapters.config_manager import ConfigManager
-    from campaign_worker.bootstrap import build_manager, ensure_indexes
+    from campaign_worker.adapters.memory_store import MemoryDatabase
+    from campaign_worker.adapters.template_files import TemplateFiles
+    from campaign_worker.bootstrap import build_manager
     from campaign_worker.settings import Settings
 
-    templates = ConfigManager(None)
+    templates = TemplateFiles(None)
     templates.add_template(template)
-    client: Any = mongomock_ng.MongoClient(tz_aware=True)
-    manager = build_manager(client["simulation"], Settings(), clock=clock, config_manager=templates)
-    ensure_indexes(manager)
-    return manager
+    db = MemoryDatabase("simulation")
+    return build_manager(db, Settings(), clock=clock, config_manager=templates)
 
 
 def simulate(
@@ -94,7 +93,5 @@ def simulate(
                       tick=options.tick, max_days=options.max_days, after_step=pace)  # fmt: skip
     days = (clock.now() - start) / timedelta(days=1)
     progress(f"{'completed' if completed else 'still active'} after {days:.1f} simulated days")
-    sample = manager.conversation_state_repository.get_by_user(
-        CAMPAIGN_ID, recipients[0]["user_id"]
-    )
-    return manager.get_campaign_metrics(CAMPAIGN_ID), sample.to_mongo()
+    sample = manager.get_conversation(conversation_id_for(CAMPAIGN_ID, recipients[0]["user_id"]))
+    return manager.get_campaign_metrics(CAMPAIGN_ID), sample

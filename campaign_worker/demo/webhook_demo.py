@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any, TextIO
 
+from campaign_worker.adapters.mongo_demo_reads import MongoDemoReads
 from campaign_worker.demo.webhook_receiver import DemoReceiver
 
 STATUS_TASK = "campaign_worker.record_delivery_status"
@@ -41,7 +42,7 @@ def start_receiver(out: TextIO, client: Any, env: dict[str, str]) -> DemoReceive
 
 def wait_for_deliveries(
     out: TextIO,
-    db: Any,
+    reads: MongoDemoReads,
     campaign_id: str,
     receiver: DemoReceiver,
     stall: float = 30.0,
@@ -54,43 +55,20 @@ def wait_for_deliveries(
     ``stall`` seconds without progress, or ``cap`` in all, and then says the figures are
     partial. True if everything was settled."""
     start = last_progress = time.monotonic()
-    outbox = db.outbox
     seen: tuple[int, int] | None = None
-    settled = False
-    waiting = unrecorded = 0
     while True:
-        waiting = outbox.count_documents(
-            {"campaign_id": campaign_id, "status": {"$in": ["pending", "sending"]}}
-        )
+        waiting = reads.deliveries_waiting(campaign_id)
         reported = receiver.counts["reported_delivered"] + receiver.counts["reported_bounced"]
-        recorded = outbox.count_documents(
-            {"campaign_id": campaign_id, "delivery.status": {"$in": ["delivered", "bounced"]}}
-        )
+        recorded = reads.statuses_recorded(campaign_id, ["delivered", "bounced"])
         unrecorded = max(0, reported - recorded)
-        if waiting == 0 and unrecorded == 0:
-            settled = True
-            break
+        settled = waiting == 0 and unrecorded == 0
         now = time.monotonic()
         if (waiting, recorded) != seen:
             seen, last_progress = (waiting, recorded), now
-        if now - last_progress >= stall or now - start >= cap:
+        if settled or now - last_progress >= stall or now - start >= cap:
             break
         time.sleep(0.5)
-    metrics = db.campaign_metrics.find_one({"_id": campaign_id}) or {}
-    counts = dict(receiver.counts)
-    out.write(
-        "\nWebhook receiver: "
-        f"{counts.get('accepted', 0)} messages accepted (each Idempotency-Key once), "
-        f"{counts.get('repeats', 0)} repeats, {counts.get('rejected', 0)} bad signatures; "
-        f"reported {counts.get('reported_delivered', 0)} delivered, "
-        f"{counts.get('reported_bounced', 0)} bounced\n"
-        f"Metrics document, delivery per channel and status: {metrics.get('delivery', {})}\n"
-        "Suppressed addresses (bounces, complaints): "
-        f"{db.suppressions.count_documents({'source': {'$in': ['bounce', 'complaint']}})}; "
-        "conversations "
-        "ended by a bounce: "
-        f"{db.conversation_states.count_documents({'status_reason': {'$regex': '^hard bounce'}})}\n"
-    )
+    _summary(out, reads, campaign_id, receiver)
     if not settled:
         out.write(
             f"(stopped waiting after {time.monotonic() - start:.0f} s: {waiting} messages not "
@@ -98,6 +76,21 @@ def wait_for_deliveries(
             "are partial)\n"
         )
     return settled
+
+
+def _summary(out: TextIO, reads: MongoDemoReads, campaign_id: str, receiver: DemoReceiver) -> None:
+    counts = dict(receiver.counts)
+    delivery = reads.metrics(campaign_id).get("delivery", {})
+    out.write(
+        "\nWebhook receiver: "
+        f"{counts.get('accepted', 0)} messages accepted (each Idempotency-Key once), "
+        f"{counts.get('repeats', 0)} repeats, {counts.get('rejected', 0)} bad signatures; "
+        f"reported {counts.get('reported_delivered', 0)} delivered, "
+        f"{counts.get('reported_bounced', 0)} bounced\n"
+        f"Metrics document, delivery per channel and status: {delivery}\n"
+        f"Suppressed addresses (bounces, complaints): {reads.suppressed_by_delivery()}; "
+        f"conversations ended by a bounce: {reads.ended_by_bounce(campaign_id)}\n"
+    )
 
 
 __all__ = ["start_receiver", "wait_for_deliveries"]

@@ -18,6 +18,10 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from campaign_worker.domain.documents import UtcDatetime
+
 SIGNATURE_HEADER = "X-Campaign-Signature"
 TIMESTAMP_HEADER = "X-Campaign-Timestamp"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -153,7 +157,11 @@ __all__ = [
     "REPORTED_STATUSES",
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
+    "Attempt",
+    "DeliveryEvent",
     "DeliveryStatus",
+    "LatestStatus",
+    "OutboxRow",
     "Outgoing",
     "RowStatus",
     "ends_conversation",
@@ -193,3 +201,57 @@ class Outgoing:
             "content": self.content,
             "created_at": self.created_at.isoformat(),
         }
+
+
+class DeliveryEvent(BaseModel):
+    """A delivery status recorded for a message (once per status)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: str
+    at: UtcDatetime
+    detail: JsonValue = None  # what the provider or the dispatcher said
+    recorded_at: UtcDatetime | None = None
+
+
+class LatestStatus(BaseModel):
+    """The latest status of a message (higher rank, then later time wins)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: str
+    rank: int
+    at: UtcDatetime
+    detail: JsonValue = None
+
+
+class OutboxRow(BaseModel):
+    """An outbox row (collection ``outbox``, ``_id`` = message id) as delivery reads it."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    id: str = Field(alias="_id")
+    conversation_id: str
+    campaign_id: str
+    user_id: str
+    channel: str
+    content: str = ""  # left out where delivery does not send
+    stage: str
+    step: int
+    created_at: UtcDatetime
+    status: str = RowStatus.PENDING.value
+    attempts: int = 0
+    delivered_via: str | None = None
+    address: str | None = None
+    events: list[DeliveryEvent] = Field(default_factory=list)
+    delivery: LatestStatus | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What a send attempt records on its row as it starts."""
+
+    delivered_via: str
+    address: str
+    attempted_at: datetime
+    attempted_by: str

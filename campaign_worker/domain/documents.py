@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
@@ -28,7 +30,6 @@ from pydantic import (
 )
 
 from campaign_worker.domain.errors import InvalidDocumentError
-from campaign_worker.domain.limits import MAX_ATTRIBUTES_BYTES, check_size
 
 
 def to_utc(value: datetime) -> datetime:
@@ -56,16 +57,13 @@ TimezoneName = Annotated[str, AfterValidator(_known_timezone)]
 NonEmptyStr = Annotated[str, Field(min_length=1, max_length=512)]
 
 
-def _bounded_attributes(value: dict[str, Any]) -> dict[str, Any]:
-    check_size(value, MAX_ATTRIBUTES_BYTES, "attributes")
-    return value
+class DocumentModel(BaseModel):
+    """A stored document's model: unknown fields refused, assignments validated."""
 
-
-class _Doc(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
 
 
-def _without_empty(data: Any, names: tuple[str, ...]) -> Any:
+def without_empty(data: Any, names: tuple[str, ...]) -> Any:
     """Fields added after the seed are left out of stored documents while empty, so a
     document that never used them keeps the seed's shape."""
     if isinstance(data, dict):
@@ -93,47 +91,12 @@ FINISHED_STATUSES = frozenset(
 )
 
 
-class CampaignStatus(StrEnum):
-    DRAFT = "draft"
-    SCHEDULED = "scheduled"
-    INITIALIZING = "initializing"
-    RUNNING = "running"
-    PAUSED = "paused"
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
-
-
-# Allowed campaign status moves; anything else is an InvalidStateTransitionError.
-CAMPAIGN_TRANSITIONS: dict[CampaignStatus, frozenset[CampaignStatus]] = {
-    CampaignStatus.DRAFT: frozenset({CampaignStatus.SCHEDULED, CampaignStatus.CANCELLED}),
-    CampaignStatus.SCHEDULED: frozenset(
-        {CampaignStatus.INITIALIZING, CampaignStatus.PAUSED, CampaignStatus.CANCELLED}
-    ),
-    CampaignStatus.INITIALIZING: frozenset(
-        {
-            CampaignStatus.RUNNING,
-            CampaignStatus.SCHEDULED,
-            CampaignStatus.PAUSED,
-            CampaignStatus.CANCELLED,
-        }
-    ),
-    CampaignStatus.RUNNING: frozenset(
-        {CampaignStatus.COMPLETED, CampaignStatus.PAUSED, CampaignStatus.CANCELLED}
-    ),
-    CampaignStatus.PAUSED: frozenset(
-        {CampaignStatus.SCHEDULED, CampaignStatus.RUNNING, CampaignStatus.CANCELLED}
-    ),
-    CampaignStatus.COMPLETED: frozenset(),
-    CampaignStatus.CANCELLED: frozenset(),
-}
-
-
 class Direction(StrEnum):
     OUTBOUND = "outbound"
     INBOUND = "inbound"
 
 
-class StageEntry(_Doc):
+class StageEntry(DocumentModel):
     name: NonEmptyStr
     entered_at: UtcDatetime
     exited_at: UtcDatetime | None = None
@@ -148,10 +111,10 @@ class StageEntry(_Doc):
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
-        return _without_empty(handler(self), ("formerly",))
+        return without_empty(handler(self), ("formerly",))
 
 
-class Message(_Doc):
+class Message(DocumentModel):
     message_id: NonEmptyStr
     direction: Direction
     content: str
@@ -159,7 +122,7 @@ class Message(_Doc):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class ConversationContext(_Doc):
+class ConversationContext(DocumentModel):
     template_id: NonEmptyStr
     available_stages: list[NonEmptyStr] = Field(min_length=1)
     # Recipient attributes fill message placeholders such as {first_name}.
@@ -171,16 +134,16 @@ class ConversationContext(_Doc):
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
-        return _without_empty(handler(self), ("template_version",))
+        return without_empty(handler(self), ("template_version",))
 
 
-class ConversationMetrics(_Doc):
+class ConversationMetrics(DocumentModel):
     messages_sent: int = Field(default=0, ge=0)
     messages_received: int = Field(default=0, ge=0)
     stage_progressions: int = Field(default=0, ge=0)
 
 
-class ConversationState(_Doc):
+class ConversationState(DocumentModel):
     """One recipient's conversation in one campaign (collection ``conversation_states``)."""
 
     id: NonEmptyStr = Field(alias="_id")
@@ -262,199 +225,6 @@ def message_id_for(conversation_id: str, stage: str, step: int, visit: int = 0) 
     return f"out-{digest[:32]}"
 
 
-class Recipient(_Doc):
-    user_id: NonEmptyStr
-    attributes: Annotated[dict[str, Any], AfterValidator(_bounded_attributes)] = Field(
-        default_factory=dict
-    )
-    timezone: TimezoneName = "UTC"
-
-
-class RecipientsReference(_Doc):
-    """Recipients kept in their own collection (for large campaigns).
-
-    Each document there has the ``Recipient`` shape; ``query`` selects this campaign's.
-    """
-
-    collection: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,120}$")] = "recipients"
-    query: dict[str, Any] = Field(default_factory=dict)
-
-
-# Inline recipients live inside the campaign document, which MongoDB caps at 16 MB.
-MAX_INLINE_RECIPIENTS = 50_000
-
-
-class Campaign(_Doc):
-    """A campaign (collection ``campaigns``)."""
-
-    id: NonEmptyStr = Field(alias="_id", default_factory=lambda: uuid.uuid4().hex)
-    name: NonEmptyStr
-    campaign_type: NonEmptyStr
-    template_id: NonEmptyStr
-    recipients: list[Recipient] | RecipientsReference
-    start_at: UtcDatetime | None = None
-    status: CampaignStatus = CampaignStatus.SCHEDULED
-    total_recipients: int = Field(default=0, ge=0)
-    initialized_at: UtcDatetime | None = None
-    # Checkpoint of a running initialization: recipient position and counts.
-    init_progress: dict[str, Any] | None = None
-    created_at: UtcDatetime = Field(default_factory=lambda: to_utc(datetime.now(UTC)))
-    updated_at: UtcDatetime = Field(default_factory=lambda: to_utc(datetime.now(UTC)))
-    # Set while an initializer owns the campaign, so a crashed one can be taken over.
-    lease_owner: str | None = None
-    lease_until: UtcDatetime | None = None
-    # Audience rows that failed validation at initialization (skipped, counted) and the
-    # first few of them with their position and error.
-    invalid_recipients: int = Field(default=0, ge=0)
-    # When a cancelled campaign had no active conversation left.
-    settled_at: UtcDatetime | None = None
-    invalid_samples: list[dict[str, Any]] = Field(default_factory=list)
-    # A client's idempotency key and a fingerprint of its request (create_campaign).
-    idempotency_key: str | None = Field(default=None, max_length=512)
-    request_fingerprint: str | None = None
-    # The template version the campaign runs on (pinned at create; a migration moves it)
-    # and that version's content hash. A request may name a stored version to pin.
-    template_version: int | None = Field(default=None, ge=1)
-    template_hash: str | None = None
-    # Applied migrations, oldest first, and the one being applied (domain/migrations.py).
-    migrations: list[dict[str, Any]] = Field(default_factory=list)
-    migrating: dict[str, Any] | None = None
-
-    @model_serializer(mode="wrap")
-    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
-        return _without_empty(
-            handler(self), ("template_version", "template_hash", "migrations", "migrating")
-        )
-
-    @field_validator("recipients")
-    @classmethod
-    def _unique_users(
-        cls, value: list[Recipient] | RecipientsReference
-    ) -> list[Recipient] | RecipientsReference:
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("the audience is empty: give at least one recipient")
-            if len(value) > MAX_INLINE_RECIPIENTS:
-                raise ValueError(
-                    f"{len(value)} inline recipients exceed {MAX_INLINE_RECIPIENTS}; keep large "
-                    "audiences in a collection and pass {'collection': ..., 'query': ...}"
-                )
-            seen: set[str] = set()
-            for index, recipient in enumerate(value):
-                if recipient.user_id in seen:
-                    raise ValueError(
-                        f"recipients[{index}].user_id {recipient.user_id!r} is duplicated"
-                    )
-                seen.add(recipient.user_id)
-        return value
-
-    def to_mongo(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True, mode="python")
-
-
-class StoredCampaign(BaseModel):
-    """A stored campaign as the flows read it: the ``Campaign`` fields and what the worker
-    adds to them. ``recipients`` only when asked for, and unvalidated (an invalid row is
-    counted at initialization, not a reason to refuse the whole campaign)."""
-
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    id: str = Field(alias="_id")
-    name: str = ""
-    campaign_type: str
-    template_id: str
-    status: CampaignStatus
-    recipients: list[dict[str, Any]] | dict[str, Any] | None = None
-    start_at: UtcDatetime | None = None
-    total_recipients: int = 0
-    initialized_at: UtcDatetime | None = None
-    init_progress: dict[str, Any] | None = None
-    created_at: UtcDatetime | None = None
-    updated_at: UtcDatetime | None = None
-    invalid_recipients: int = 0
-    invalid_samples: list[dict[str, Any]] = Field(default_factory=list)
-    settled_at: UtcDatetime | None = None
-    lease_owner: str | None = None
-    lease_until: UtcDatetime | None = None
-    idempotency_key: str | None = None
-    request_fingerprint: str | None = None
-    template_version: int | None = None
-    template_hash: str | None = None
-    migrations: list[dict[str, Any]] = Field(default_factory=list)
-    migrating: dict[str, Any] | None = None
-
-    def to_mongo(self) -> dict[str, Any]:
-        unread = {"recipients"} if self.recipients is None else set()
-        return self.model_dump(by_alias=True, mode="python", exclude=unread)
-
-
-class StageMetrics(_Doc):
-    entered: int = Field(default=0, ge=0)
-    completed: int = Field(default=0, ge=0)
-    avg_duration_seconds: float = Field(default=0.0, ge=0)
-    # Stored so the average stays exact under concurrent $inc; avg is derived from it.
-    total_duration_seconds: float = Field(default=0.0, ge=0)
-
-    @model_validator(mode="after")
-    def _derive_average(self) -> StageMetrics:
-        if "total_duration_seconds" not in self.model_fields_set and self.avg_duration_seconds:
-            # A document in the seed's shape carries only the average: keep it.
-            total = self.avg_duration_seconds * self.completed
-            object.__setattr__(self, "total_duration_seconds", total)
-            return self
-        if self.completed:
-            average = self.total_duration_seconds / self.completed
-            if average != self.avg_duration_seconds:
-                object.__setattr__(self, "avg_duration_seconds", average)
-        return self
-
-
-class MessageMetrics(_Doc):
-    total_sent: int = Field(default=0, ge=0)
-    total_received: int = Field(default=0, ge=0)
-    response_rate: float = Field(default=0.0, ge=0)
-    # Sends held back by the cross-campaign frequency cap (each deferral counted).
-    deferred: int = Field(default=0, ge=0)
-
-    @model_validator(mode="after")
-    def _derive_rate(self) -> MessageMetrics:
-        # The seed's example: 120 received / 250 sent = 0.48.
-        rate = self.total_received / self.total_sent if self.total_sent else 0.0
-        if rate != self.response_rate:
-            object.__setattr__(self, "response_rate", rate)
-        return self
-
-
-class CampaignMetrics(_Doc):
-    """Per-campaign aggregate (collection ``campaign_metrics``, ``_id`` = campaign_id)."""
-
-    campaign_id: NonEmptyStr
-    total_recipients: int = Field(default=0, ge=0)
-    active_conversations: int = Field(default=0, ge=0)
-    completed_conversations: int = Field(default=0, ge=0)
-    failed_conversations: int = Field(default=0, ge=0)
-    opted_out_conversations: int = Field(default=0, ge=0)
-    cancelled_conversations: int = Field(default=0, ge=0)
-    invalid_recipients: int = Field(default=0, ge=0)
-    stage_metrics: dict[str, StageMetrics] = Field(default_factory=dict)
-    message_metrics: MessageMetrics = Field(default_factory=MessageMetrics)
-    # Transitions that happened: from stage -> to stage (or "exit:<outcome>") -> count.
-    funnel: dict[str, dict[str, int]] = Field(default_factory=dict)
-    # Messages per channel and delivery status ({"webhook": {"sent": 3, "delivered": 2}}),
-    # and the recent "<message_id>:<status>" keys already counted (kept out of reads).
-    delivery: dict[str, dict[str, int]] = Field(default_factory=dict)
-    delivery_counted: list[str] = Field(default_factory=list)
-    updated_at: UtcDatetime
-    # A/B splits: stage -> variant -> {sent, conversations, replies, advanced, intents}.
-    variants: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
-    # The holdout's conversations by outcome, and its replies.
-    holdout: dict[str, int] = Field(default_factory=dict)
-    # Bumped by every write; lets the reconcile detect concurrent increments.
-    revision: int = Field(default=0, ge=0)
-    # Writers that may have written conversations but not yet their $inc (token -> since).
-    inflight: dict[str, UtcDatetime] = Field(default_factory=dict)
-
-
 Outcome = Literal["completed", "failed", "opted_out", "cancelled"]
 
 
@@ -478,3 +248,37 @@ def describe_validation_error(exc: ValidationError) -> str:
             message = message.replace(value, "...")  # a validator echoed the input: a body
         parts.append(f"{location}: {message}")
     return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A stored conversation that no longer validates (say, a field edited by hand): its
+    id, its campaign and user as stored, and which fields fail and why (no values). Reads
+    return it beside the valid states, so it is failed or refused alone rather than
+    sinking the batch it was read with."""
+
+    id: str
+    error: str
+    campaign_id: str | None = None
+    user_id: str | None = None
+
+    def problem(self) -> InvalidDocumentError:
+        return InvalidDocumentError(f"invalid conversation {self.id}: {self.error}")
+
+
+#: A conversation as read from the store: valid, or not (``Unreadable``).
+StoredState = ConversationState | Unreadable
+
+
+def read_state(doc: Mapping[str, object]) -> StoredState:
+    """A stored conversation document as a ``ConversationState``, or ``Unreadable``."""
+    try:
+        return ConversationState.model_validate(doc)
+    except ValidationError as exc:
+        campaign_id, user_id = doc.get("campaign_id"), doc.get("user_id")
+        return Unreadable(
+            str(doc.get("_id")),
+            describe_validation_error(exc),
+            campaign_id if isinstance(campaign_id, str) else None,
+            user_id if isinstance(user_id, str) else None,
+        )

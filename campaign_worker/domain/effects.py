@@ -122,6 +122,23 @@ class OutboundEnvelope:
     created_at: datetime
     variant: str | None = None  # the A/B split variant it carries, if any
 
+    def outbox_row(self) -> dict[str, Any]:
+        """The outbox document that publishes it (``_id`` = message id; ``pending``)."""
+        return {
+            "_id": self.message_id,
+            "conversation_id": self.conversation_id,
+            "campaign_id": self.campaign_id,
+            "user_id": self.user_id,
+            "channel": self.channel,
+            "content": self.content,
+            "stage": self.stage,
+            "step": self.step,
+            "status": "pending",
+            "created_at": self.created_at,
+            # The A/B variant it carries, for the delivering service and reports.
+            **({"metadata": {"variant": self.variant}} if self.variant is not None else {}),
+        }
+
 
 @dataclass(frozen=True)
 class StageTransition:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from campaign_worker.domain.audited import AuditedConversation
 from campaign_worker.domain.documents import to_utc
 
 # Stable names (scripts and the fault suite match on them).
@@ -45,6 +46,38 @@ FIGURES = (
     "stale_leases",
 )
 SAMPLE_SIZE = 5
+
+
+# What a count of offenders says, per invariant, in a report's detail sentence.
+COUNTED_SENTENCES = {
+    STAGE_TIMELINE: "conversations have an inconsistent stage timeline",
+    CONVERSATION_COUNTERS: "conversations' counters disagree with their history",
+    OUTBOUND_RECORDED_ONCE: "outbound messages recorded twice in a history",
+    OUTBOUND_IN_OUTBOX: "recorded messages are not deliverable or delivered in the outbox",
+    OUTBOX_ROWS_RECORDED: "outbox rows are recorded in no history",
+    DELIVERY_RECORDED_ONCE: "delivery statuses recorded twice",
+    INBOUND_RECORDED_ONCE: "replies recorded twice",
+    NO_STALE_LEASES: "leases held past their expiry",
+    NO_OVERDUE_WORK: "work overdue: active conversations due that nothing processed, or "
+    "recorded messages the sweep has not published",
+}
+# The order of a report's violations.
+REPORT_ORDER = (
+    ONE_CONVERSATION_PER_RECIPIENT,
+    INVALID_RECIPIENTS_COUNTED,
+    CAMPAIGN_TOTAL_RECIPIENTS,
+    METRICS_MATCH_RECOUNT,
+    STAGE_TIMELINE,
+    CONVERSATION_COUNTERS,
+    OUTBOUND_RECORDED_ONCE,
+    OUTBOUND_IN_OUTBOX,
+    OUTBOX_ROWS_RECORDED,
+    DELIVERY_RECORDED_ONCE,
+    INBOUND_RECORDED_ONCE,
+    NO_STALE_LEASES,
+    NO_OVERDUE_WORK,
+    CAMPAIGN_OVER_WHEN_DONE,
+)
 
 
 @dataclass(frozen=True)
@@ -114,27 +147,25 @@ class HistoryFacts:
     steps: frozenset[tuple[str, int]]  # (stage, step) of the recorded outbound messages
 
 
-def history_facts(doc: Mapping[str, Any]) -> HistoryFacts:
-    """The history facts of a conversation document (``message_history`` entries with at
-    least ``message_id``, ``direction`` and ``metadata.stage/step/entry``)."""
+def history_facts(conversation: AuditedConversation) -> HistoryFacts:
+    """The history facts of a conversation."""
     outbound: Counter[str] = Counter()
     inbound: Counter[str] = Counter()
     step_ids: dict[tuple[str, int, int], set[str]] = {}
     steps: set[tuple[str, int]] = set()
-    for entry in doc.get("message_history") or ():
-        message_id = str(entry.get("message_id"))
-        if entry.get("direction") == "inbound":
-            inbound[message_id] += 1
+    for entry in conversation.history:
+        if entry.inbound:
+            inbound[entry.message_id] += 1
             continue
-        metadata = entry.get("metadata") or {}
-        if metadata.get("withheld") is True:
-            continue  # a holdout's message: recorded for its timing rules, never sent
-        outbound[message_id] += 1
-        stage, step, visit = metadata.get("stage"), metadata.get("step"), metadata.get("entry")
-        if isinstance(stage, str) and isinstance(step, int):
-            steps.add((stage, step))
-            if isinstance(visit, int):
-                step_ids.setdefault((stage, step, visit), set()).add(message_id)
+        if entry.withheld:
+            continue
+        outbound[entry.message_id] += 1
+        if entry.stage is not None and entry.step is not None:
+            steps.add((entry.stage, entry.step))
+            if entry.visit is not None:
+                step_ids.setdefault((entry.stage, entry.step, entry.visit), set()).add(
+                    entry.message_id
+                )
     return HistoryFacts(
         outbound=tuple(outbound),
         inbound=len(inbound),
@@ -147,10 +178,9 @@ def history_facts(doc: Mapping[str, Any]) -> HistoryFacts:
     )
 
 
-def counter_fault(doc: Mapping[str, Any], facts: HistoryFacts) -> str | None:
+def counter_fault(conversation: AuditedConversation, facts: HistoryFacts) -> str | None:
     """Why the conversation's own counters disagree with its history (None: they agree)."""
-    metrics = doc.get("metrics") or {}
-    sent, received = metrics.get("messages_sent", 0), metrics.get("messages_received", 0)
+    sent, received = conversation.messages_sent, conversation.messages_received
     if sent != facts.outbound_entries:
         return f"messages_sent {sent} but {facts.outbound_entries} outbound entries"
     if received != facts.inbound_entries:
@@ -158,48 +188,47 @@ def counter_fault(doc: Mapping[str, Any], facts: HistoryFacts) -> str | None:
     return None
 
 
-def timeline_fault(doc: Mapping[str, Any]) -> str | None:
+def timeline_fault(conversation: AuditedConversation) -> str | None:
     """Why the stage timeline is inconsistent (None: it is consistent).
 
     An active conversation has exactly one open stage entry, the last, named
     ``current_stage``; a finished one has none. Every entry exits no earlier than it was
     entered, and the next one is entered no earlier than the previous exit.
     """
-    stages = doc.get("stages") or []
+    stages = conversation.stages
     if not stages:
         return "no stage entries"
-    open_entries = [i for i, entry in enumerate(stages) if entry.get("exited_at") is None]
-    if doc.get("status") == "active":
+    open_entries = [i for i, entry in enumerate(stages) if entry.open]
+    if conversation.status == "active":
         if len(open_entries) != 1:
             return f"{len(open_entries)} open stage entries in an active conversation"
         if open_entries[0] != len(stages) - 1:
             return "the open stage entry is not the last"
-        if stages[-1].get("name") != doc.get("current_stage"):
-            return f"open stage {stages[-1].get('name')!r} is not {doc.get('current_stage')!r}"
+        if stages[-1].name != conversation.current_stage:
+            return f"open stage {stages[-1].name!r} is not {conversation.current_stage!r}"
     elif open_entries:
-        return f"{len(open_entries)} open stage entries in a {doc.get('status')} conversation"
+        return f"{len(open_entries)} open stage entries in a {conversation.status} conversation"
     previous: datetime | None = None
     for index, entry in enumerate(stages):
-        entered, exited = _date(entry.get("entered_at")), _date(entry.get("exited_at"))
+        entered, exited = entry.entered_at, entry.exited_at
         if entered is None:
             return f"stage entry {index} has no entered_at"
         if previous is not None and entered < previous:
             return f"stage entry {index} entered before the previous one ended"
         if exited is not None and exited < entered:
             return f"stage entry {index} exited before it was entered"
-        if entry.get("completed") and exited is None:
+        if entry.completed and exited is None:
             return f"stage entry {index} is completed but open"
         previous = exited or entered
     return None
 
 
-def expired(value: Any, now: datetime) -> bool:
+def expired(moment: datetime | None, now: datetime) -> bool:
     """Whether a stored lease time is in the past."""
-    moment = _date(value)
     return moment is not None and moment < now
 
 
-def _date(value: Any) -> datetime | None:
+def _date(value: object) -> datetime | None:
     return to_utc(value) if isinstance(value, datetime) else None
 
 
@@ -207,6 +236,7 @@ __all__ = [
     "CAMPAIGN_OVER_WHEN_DONE",
     "CAMPAIGN_TOTAL_RECIPIENTS",
     "CONVERSATION_COUNTERS",
+    "COUNTED_SENTENCES",
     "DELIVERY_RECORDED_ONCE",
     "FIGURES",
     "INBOUND_RECORDED_ONCE",
@@ -218,6 +248,7 @@ __all__ = [
     "OUTBOUND_IN_OUTBOX",
     "OUTBOUND_RECORDED_ONCE",
     "OUTBOX_ROWS_RECORDED",
+    "REPORT_ORDER",
     "SAMPLE_SIZE",
     "STAGE_TIMELINE",
     "Findings",

@@ -30,8 +30,8 @@ from typing import Any, Literal
 from campaign_worker.domain.documents import FINISHED_STATUSES, ConversationState
 from campaign_worker.domain.effects import Action, Decision, Effects
 from campaign_worker.domain.errors import InvalidInputError
-from campaign_worker.domain.progression import apply
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
+from campaign_worker.domain.transitions import apply
 
 _STAGE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _OUTCOMES: dict[str, Action] = {

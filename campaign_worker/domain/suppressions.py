@@ -57,7 +57,7 @@ class Suppression:
     key: str
     reason: str
     source: str
-    created_at: datetime
+    created_at: datetime | None  # None only on an entry another service wrote without one
     user_id: str | None = None
     channel: str | None = None
     address: str | None = None
@@ -74,6 +74,27 @@ class Suppression:
             "campaign_id": self.campaign_id,
             "created_at": self.created_at,
         }
+
+    @classmethod
+    def of(cls, doc: Mapping[str, Any]) -> Suppression:
+        """An entry as stored (the delivering service writes them too: fields it left out
+        read as empty; an entry without ``source`` is ``list``)."""
+
+        def text(name: str) -> str | None:
+            value = doc.get(name)
+            return None if value is None else str(value)
+
+        created = doc.get("created_at")
+        return cls(
+            key=str(doc["_id"]),
+            reason=text("reason") or "",
+            source=str(doc.get("source", "list")),
+            created_at=created if isinstance(created, datetime) else None,
+            user_id=text("user_id"),
+            channel=text("channel"),
+            address=text("address"),
+            campaign_id=text("campaign_id"),
+        )
 
 
 def opt_out_entries(

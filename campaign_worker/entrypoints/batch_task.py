@@ -2,10 +2,10 @@
 
 Called directly (``apply``, eager, ``run``) it is an ordinary ``CampaignTask`` of one
 request. In a worker its messages are buffered and run as one batch (``batching.py``);
-``run_batch`` settles each message as the single-request policy would: a result, a dead
-letter (invalid input, retries exhausted, unexpected error) or a retry published with
-backoff, and reports which messages it could not settle (their dead letter could not be
-stored, or their retry not published): those go back to the broker.
+``run_batch`` settles each message by the same policy (``task_policy.rule``): a result,
+a dead letter (invalid input, retries exhausted, unexpected error) or a retry published
+with backoff, and reports which messages it could not settle (their dead letter could not
+be stored nor their retry published): those go back to the broker.
 """
 
 from __future__ import annotations
@@ -20,20 +20,21 @@ import structlog
 from celery import signals
 from celery.app.task import Context
 from celery.app.trace import LOG_SUCCESS
-from celery.utils.time import get_exponential_backoff_interval
 
 from campaign_worker.adapters.logs import scrub, secrets_of
-from campaign_worker.domain.errors import InvalidInputError
 from campaign_worker.entrypoints import claims
 from campaign_worker.entrypoints import observability as hooks
 from campaign_worker.entrypoints.batching import BatchItem, ItemOutcome
-from campaign_worker.entrypoints.celery_app import (
-    RETRYABLE,
-    CampaignTask,
-    container,
-    dead_letter,
-)
+from campaign_worker.entrypoints.container import container
+from campaign_worker.entrypoints.dead_lettering import dead_letter
 from campaign_worker.entrypoints.requests import argument_reprs, parameter_names
+from campaign_worker.entrypoints.task_policy import (
+    ERROR,
+    INVALID_INPUT,
+    CampaignTask,
+    retry_countdown,
+    rule,
+)
 from campaign_worker.settings import get_settings
 
 log = structlog.get_logger(__name__)
@@ -58,8 +59,14 @@ class BatchedTask(CampaignTask):
     """A ``CampaignTask`` whose worker-side messages are run in batches."""
 
     Strategy = "campaign_worker.entrypoints.batching:strategy"
-    batch_size = get_settings().inbound_batch_size
-    batch_interval = get_settings().inbound_batch_interval
+
+    @property
+    def batch_size(self) -> int:
+        return get_settings().inbound_batch_size
+
+    @property
+    def batch_interval(self) -> float:
+        return get_settings().inbound_batch_interval
 
     def run_batch(self, items: Sequence[BatchItem]) -> list[ItemOutcome]:
         """Run the batch and settle each message (pool side). One run of the task as far
@@ -98,12 +105,12 @@ class BatchedTask(CampaignTask):
             hooks.batch_ran(self.name, len(items), time.perf_counter() - started)
             signals.task_postrun.send(**run, retval=None, state="SUCCESS" if outcomes else None)
 
-    def _claim(self, items: Sequence[BatchItem]) -> list[claims.Decision]:
+    def _claim(self, items: Sequence[BatchItem]) -> list[claims.ClaimDecision]:
         """Copies of messages with an ETA claim their task id (``claims.py``)."""
         if not any(item.delayed for item in items):
             return [claims.RUN] * len(items)
         c = container()
-        decisions: list[claims.Decision] = []
+        decisions: list[claims.ClaimDecision] = []
         ours: set[str] = set()
         for item in items:
             if item.delayed and item.id in ours:
@@ -118,7 +125,7 @@ class BatchedTask(CampaignTask):
             decisions.append(decision)
         return decisions
 
-    def _copy(self, item: BatchItem, decision: claims.Decision) -> ItemOutcome:
+    def _copy(self, item: BatchItem, decision: claims.ClaimDecision) -> ItemOutcome:
         """A copy that does not run: done elsewhere (acknowledged), or put off until the
         runner's lease ends (published again under its task id, then acknowledged)."""
         if decision.action == "skip":
@@ -137,7 +144,7 @@ class BatchedTask(CampaignTask):
         return ItemOutcome(True, "RETRY", error="deferred: another copy is running")
 
     @staticmethod
-    def _settle_claims(decisions: list[claims.Decision], outcomes: list[ItemOutcome]) -> None:
+    def _settle_claims(decisions: list[claims.ClaimDecision], outcomes: list[ItemOutcome]) -> None:
         held = [(d.held, o) for d, o in zip(decisions, outcomes, strict=True) if d.held]
         if not held:
             return
@@ -150,14 +157,14 @@ class BatchedTask(CampaignTask):
             self._store(item, lambda ctx: self.backend.mark_as_done(item.id, value, request=ctx))
             self._log_success(item, value)
             return ItemOutcome(True, "SUCCESS", result=value)
-        if isinstance(value, InvalidInputError):
-            return self._dead_letter(item, value, "invalid_input")
-        if isinstance(value, RETRYABLE):
-            if item.retries < self.max_retries:
-                return self._retry(item, value)
-            return self._dead_letter(item, value, "retries_exhausted")
-        log.error("batch_item_failed", task_id=item.id, error_type=type(value).__name__)
-        return self._dead_letter(item, value, "error")
+        ruling = rule(value, item.retries, self.max_retries)
+        if ruling.retry:
+            return self._retry(item, value)
+        if ruling.reason == ERROR:
+            log.error("batch_item_failed", task_id=item.id, error_type=type(value).__name__)
+        if ruling.reason != INVALID_INPUT and not self.dead_letter_failures:
+            return self._failed(item, value)
+        return self._dead_letter(item, value, ruling.reason)
 
     def _log_success(self, item: BatchItem, result: Any) -> None:
         """Celery's "succeeded" line for one message, in that message's log context."""
@@ -173,9 +180,7 @@ class BatchedTask(CampaignTask):
 
     def _retry(self, item: BatchItem, error: Exception) -> ItemOutcome:
         """Publish the message again with a backoff, as ``Task.retry`` does."""
-        countdown = get_exponential_backoff_interval(
-            factor=1, retries=item.retries, maximum=self.retry_backoff_max, full_jitter=True
-        )
+        countdown = retry_countdown(item.retries, self.retry_backoff_max)
         try:
             self.apply_async(
                 tuple(item.args),
@@ -191,12 +196,28 @@ class BatchedTask(CampaignTask):
         return ItemOutcome(True, "RETRY", error=self._text(item, error))
 
     def _dead_letter(self, item: BatchItem, error: Exception, reason: str) -> ItemOutcome:
-        """Store the dead letter first; a message whose letter is not stored is unsettled."""
+        """Store the dead letter first. One that cannot be stored is a transient failure
+        (retried while retries are left); a message neither stored nor retried is
+        unsettled."""
         try:
-            dead_letter(self.name, item.args, item.kwargs, error, reason=reason, task_id=item.id)
+            dead_letter(
+                self.name,
+                item.args,
+                item.kwargs,
+                error,
+                reason=reason,
+                task_id=item.id,
+                registered=self.app.tasks,
+            )
         except Exception as exc:  # the store may be what is down
             log.error("dead_letter_not_stored", task_id=item.id, reason=reason, error=str(exc))
+            if rule(exc, item.retries, self.max_retries).retry:
+                return self._retry(item, exc)
             return ItemOutcome(False)
+        return self._failed(item, error)
+
+    def _failed(self, item: BatchItem, error: Exception) -> ItemOutcome:
+        """The message failed for good (kept as a dead letter, or not kept)."""
         self._store(item, lambda ctx: self.backend.mark_as_failure(item.id, error, request=ctx))
         signals.task_failure.send(
             sender=self,
@@ -231,11 +252,11 @@ class BatchedTask(CampaignTask):
 
 
 #: The decision for a copy of a delayed message whose task id this batch runs.
-SAME_BATCH = claims.Decision("skip", defer_seconds=-1.0)
+SAME_BATCH = claims.ClaimDecision("skip", defer_seconds=-1.0)
 
 
 def _with_copies(
-    items: Sequence[BatchItem], decisions: list[claims.Decision], outcomes: list[ItemOutcome]
+    items: Sequence[BatchItem], decisions: list[claims.ClaimDecision], outcomes: list[ItemOutcome]
 ) -> list[ItemOutcome]:
     """A same-batch copy shares its delivery tag (on Redis) with the copy that ran: if that
     one goes back to the broker unsettled, so does the copy, else its ack would drop the

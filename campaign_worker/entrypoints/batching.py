@@ -46,11 +46,13 @@ from celery.worker.strategy import (  # type: ignore[attr-defined]
 )
 from kombu.asynchronous.timer import to_timestamp
 
+from campaign_worker.entrypoints.celery_app import app
+
 logger = get_logger(__name__)
 _strategy_log = get_logger("celery.worker.strategy")  # where Celery logs "received"
 
 #: A batch whose outcome is unknown goes back to the broker after this pause, so an
-#: outage is no hot loop (the same pause as ``celery_app.STORE_RETRY_PAUSE_SECONDS``).
+#: outage is no hot loop (the same pause as ``task_policy.STORE_RETRY_PAUSE_SECONDS``).
 REQUEUE_PAUSE_SECONDS = 2.0
 
 
@@ -81,8 +83,6 @@ class ItemOutcome:
 def run_batch(task_name: str, items: list[BatchItem]) -> list[ItemOutcome] | None:
     """Pool side: run one batch through the task's ``run_batch``. Never raises: None
     (nothing settled) sends every message back to the broker."""
-    from campaign_worker.entrypoints.celery_app import app
-
     try:
         task: Any = app.tasks[task_name]
         outcomes: list[ItemOutcome] = task.run_batch(items)

@@ -56,7 +56,7 @@ class Held:
 
 
 @dataclass(frozen=True)
-class Decision:
+class ClaimDecision:
     """What to do with one copy: run it (settle ``held`` afterwards), skip it, or defer
     it by ``defer_seconds``."""
 
@@ -65,14 +65,14 @@ class Decision:
     defer_seconds: float = 0.0
 
 
-RUN = Decision("run")
+RUN = ClaimDecision("run")
 
 
 def owner_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def decide(c: Container, task_name: str, task_id: str | None, delayed: bool) -> Decision:
+def decide(c: Container, task_name: str, task_id: str | None, delayed: bool) -> ClaimDecision:
     """Claim ``task_id`` for this copy if it carries an ETA; else just run it."""
     if not delayed or not task_id:
         return RUN
@@ -85,15 +85,15 @@ def decide(c: Container, task_name: str, task_id: str | None, delayed: bool) -> 
         log.warning("task_claim_unavailable", task_name=task_name, task_id=task_id, error=str(exc))
         return RUN
     if claim.state == "claimed":
-        return Decision("run", Held(task_id, owner))
+        return ClaimDecision("run", Held(task_id, owner))
     if claim.state == "done":
         log.info("task_copy_skipped", task_name=task_name, task_id=task_id, reason="done")
-        return Decision("skip")
+        return ClaimDecision("skip")
     until = claim.lease_until or now + lease
     # Look again when the lease ends, or sooner: the run usually ends long before it.
     seconds = min(max(1.0, (until - now).total_seconds() + 1.0), DEFER_MAX_SECONDS)
     log.info("task_copy_deferred", task_name=task_name, task_id=task_id, seconds=round(seconds))
-    return Decision("defer", defer_seconds=seconds)
+    return ClaimDecision("defer", defer_seconds=seconds)
 
 
 def settle(c: Container, held: Held | None, *, final: bool) -> None:
@@ -112,4 +112,4 @@ def settle(c: Container, held: Held | None, *, final: bool) -> None:
         log.warning("task_claim_not_settled", task_id=held.task_id, error=str(exc))
 
 
-__all__ = ["RUN", "Decision", "Held", "decide", "owner_name", "settle"]
+__all__ = ["RUN", "ClaimDecision", "Held", "decide", "owner_name", "settle"]

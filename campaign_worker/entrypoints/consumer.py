@@ -21,6 +21,7 @@ from celery.worker.consumer.consumer import Consumer
 from vine import promise
 
 from campaign_worker.entrypoints import envelope
+from campaign_worker.entrypoints.dead_lettering import dead_letter_rejection
 from campaign_worker.entrypoints.envelope import Rejection
 
 log = structlog.get_logger(__name__)
@@ -68,10 +69,8 @@ class GuardedConsumer(Consumer):
 
     def dead_letter_message(self, message: Any, rejection: Rejection) -> None:
         """Store, then acknowledge; if storing fails, give the message back later."""
-        from campaign_worker.entrypoints.celery_app import dead_letter_rejection
-
         try:
-            dead_letter_rejection(rejection)
+            dead_letter_rejection(rejection, self.app.tasks)
         except Exception as exc:  # whatever failed, the message must survive
             log.error(
                 "dead_letter_not_stored",

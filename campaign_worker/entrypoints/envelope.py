@@ -29,7 +29,7 @@ UNDECODABLE_BODY = "undecodable_body"
 BODY_LIMIT = 4 * 1024 * 1024
 
 
-class Message(Protocol):
+class BrokerMessage(Protocol):
     """What ``check`` needs of a kombu message."""
 
     headers: Any
@@ -66,7 +66,7 @@ class Rejection:
         return self.task_id or "sha256:" + self.envelope.get("body_sha256", "")
 
 
-def check(message: Message, registered: Collection[str]) -> Rejection | None:
+def check(message: BrokerMessage, registered: Collection[str]) -> Rejection | None:
     """``None`` if Celery can take ``message`` (normalised in place), else why not."""
     headers = message.headers
     if not isinstance(headers, dict):
@@ -119,7 +119,9 @@ def _arguments(payload: Any, v1: bool) -> tuple[list[Any], dict[str, Any]]:
     return list(args or []), dict(kwargs or {})
 
 
-def _normalise(message: Message, payload: Any, args: list[Any], kwargs: dict[str, Any]) -> None:
+def _normalise(
+    message: BrokerMessage, payload: Any, args: list[Any], kwargs: dict[str, Any]
+) -> None:
     """Rewrite ``null`` args/kwargs/embed so Celery's tracer can call the task."""
     if isinstance(payload, dict):
         if payload.get("args") is not None and payload.get("kwargs") is not None:
@@ -142,7 +144,7 @@ def _json_type(value: Any) -> str:
 
 
 def _reject(
-    message: Message,
+    message: BrokerMessage,
     reason: str,
     error: str,
     task_id: Any = None,
@@ -166,7 +168,7 @@ def _reject(
     )
 
 
-def envelope_of(message: Message) -> dict[str, Any]:
+def envelope_of(message: BrokerMessage) -> dict[str, Any]:
     """The raw message as a document: body (text, or base64 if not UTF-8), its size and
     hash, headers and the useful properties."""
     raw = message.body if isinstance(message.body, bytes) else str(message.body).encode()

@@ -7,7 +7,7 @@ instead of acknowledging every message into a failure.
 
 from __future__ import annotations
 
-from campaign_worker.adapters.config_manager import ConfigManager
+from campaign_worker.adapters.template_files import TemplateFiles
 from campaign_worker.domain.errors import ConfigurationError, InvalidTemplateError
 from campaign_worker.settings import Settings, load_settings
 
@@ -18,7 +18,7 @@ def check_configuration() -> Settings:
     """Validate the settings and load every template; raise ``ConfigurationError``."""
     settings = load_settings()
     try:
-        ConfigManager(settings.campaign_templates_dir)
+        TemplateFiles(settings.campaign_templates_dir)
     except InvalidTemplateError as exc:
         raise ConfigurationError(str(exc)) from None
     return settings

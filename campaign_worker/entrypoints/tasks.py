@@ -27,15 +27,15 @@ from campaign_worker.domain.errors import InvalidInputError, InvalidStateTransit
 from campaign_worker.entrypoints import observability as hooks
 from campaign_worker.entrypoints.batch_task import BatchedTask, batch_handler
 from campaign_worker.entrypoints.batching import BatchItem
-from campaign_worker.entrypoints.celery_app import (
+from campaign_worker.entrypoints.container import container
+from campaign_worker.entrypoints.task_policy import (
     RETRYABLE,
-    container,
     current_task_id,
     jsonable,
     public_task,
 )
-from campaign_worker.service.ledger import Dispatch, is_dispatch_token
-from campaign_worker.service.replies import InboundReply
+from campaign_worker.service.dispatch_tokens import Dispatch, is_dispatch_token
+from campaign_worker.service.reply_recording import InboundReply
 
 log = structlog.get_logger(__name__)
 

@@ -13,16 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
-from campaign_worker.domain.documents import (
-    Campaign,
-    CampaignStatus,
-    ConversationState,
-    parse_document,
-)
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import Campaign, CampaignStatus
+from campaign_worker.domain.documents import ConversationState, parse_document
+from campaign_worker.domain.effects import Action
 from campaign_worker.domain.errors import InvalidInputError, UnknownStageError
 from campaign_worker.domain.migrations import StageMap
 from campaign_worker.domain.partitions import PartitionRange
-from campaign_worker.domain.progression import Action, evaluate, evaluate_rule, should_advance
+from campaign_worker.domain.progression import evaluate
+from campaign_worker.domain.rules import evaluate_rule, should_advance
 from campaign_worker.domain.templates import Stage, Template
 from campaign_worker.service import (
     campaigns,
@@ -38,13 +37,14 @@ from campaign_worker.service import (
     suppression_admin,
 )
 from campaign_worker.service.campaigns import campaign_id_for_key
-from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.context import Services
+from campaign_worker.service.dispatch_tokens import Dispatch
 from campaign_worker.service.initialization import InitResult
 from campaign_worker.service.invariants import InvariantReport
-from campaign_worker.service.ledger import Dispatch
 from campaign_worker.service.migrations import MigrationResult
 from campaign_worker.service.polling import PollResult
 from campaign_worker.service.processing import BatchResult
+from campaign_worker.service.reply_recording import InboundReply, ReplyOutcome
 
 
 class CampaignManager(Services):
@@ -242,9 +242,7 @@ class CampaignManager(Services):
             self, campaign_id, user_id, message_id, content, timestamp, metadata
         )
 
-    def record_inbound_messages(
-        self, batch: Sequence[replies.InboundReply]
-    ) -> list[replies.ReplyOutcome]:
+    def record_inbound_messages(self, batch: Sequence[InboundReply]) -> list[ReplyOutcome]:
         """Record a batch of replies in a handful of round trips; one outcome (result or
         error) per reply, in order. See ``service/replies.py``."""
         return replies.record_inbound_messages(self, batch)

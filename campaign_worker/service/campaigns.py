@@ -8,15 +8,16 @@ import uuid
 
 import structlog
 
-from campaign_worker.domain.documents import (
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import (
     CAMPAIGN_TRANSITIONS,
     Campaign,
     CampaignStatus,
     StoredCampaign,
-    parse_document,
 )
+from campaign_worker.domain.documents import parse_document
 from campaign_worker.domain.errors import InvalidInputError, InvalidStateTransitionError
-from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.context import Services
 
 log = structlog.get_logger(__name__)
 
@@ -105,12 +106,10 @@ def _fingerprint(raw: Doc) -> str:
     return hashlib.sha256(encoded.encode()).hexdigest()
 
 
-def transition_campaign(
-    svc: Services, campaign_id: str, to: CampaignStatus, extra: Doc | None = None
-) -> StoredCampaign:
+def transition_campaign(svc: Services, campaign_id: str, to: CampaignStatus) -> StoredCampaign:
     """Move to ``to`` from any status allowed to; a replay (already there) is a no-op."""
     allowed = [status for status, targets in CAMPAIGN_TRANSITIONS.items() if to in targets]
-    doc = svc.campaigns.transition(campaign_id, allowed, to, svc.clock.now(), extra)
+    doc = svc.campaigns.transition(campaign_id, allowed, to, svc.clock.now())
     if doc is None:
         current = svc.campaign(campaign_id)
         if current.status == to:

@@ -9,12 +9,13 @@ unit of work.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
-from campaign_worker.domain.documents import ConversationState, StoredCampaign, parse_document
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import StoredCampaign
+from campaign_worker.domain.documents import ConversationState, Unreadable
+from campaign_worker.domain.effects import Effects
 from campaign_worker.domain.errors import CampaignNotFoundError, ConversationNotFoundError
-from campaign_worker.domain.progression import Effects
-from campaign_worker.service.ledger import MetricsLedger
+from campaign_worker.service.metrics_ledger import MetricsLedger
 from campaign_worker.service.outbound import Publisher
 from campaign_worker.service.ports import (
     CampaignMetricsRepository,
@@ -35,8 +36,6 @@ from campaign_worker.service.template_versions import (
     TemplateVersions,
     type_of,
 )
-
-Doc = dict[str, Any]
 
 
 class Services:
@@ -102,10 +101,12 @@ class Services:
         return self.campaign(campaign_id).to_mongo()
 
     def load(self, conversation_id: str) -> ConversationState:
-        doc = self.conversation_state_repository.get_conversation_state(conversation_id)
-        if doc is None:
+        found = self.conversation_state_repository.get_state(conversation_id)
+        if found is None:
             raise ConversationNotFoundError(conversation_id)
-        return parse_document(ConversationState, doc, what=f"conversation {conversation_id}")
+        if isinstance(found, Unreadable):
+            raise found.problem()
+        return found
 
     def type_template(self, of: StoredCampaign | ConversationState) -> Pair:
         """The template and campaign type a campaign or a conversation runs on: its
@@ -162,4 +163,4 @@ class Services:
             self.metrics.messages_sent(channel, count)
 
 
-__all__ = ["Doc", "Services"]
+__all__ = ["Services"]

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from campaign_worker.domain.documents import (
-    FINISHED_STATUSES,
-    CampaignStatus,
-    ConversationState,
-    parse_document,
-)
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import CampaignStatus
+from campaign_worker.domain.documents import FINISHED_STATUSES, ConversationState, parse_document
+from campaign_worker.domain.effects import Action, Decision, Effects
 from campaign_worker.domain.errors import (
     InvalidInputError,
     UnknownStageError,
 )
-from campaign_worker.domain.progression import Action, Decision, Effects, apply
-from campaign_worker.service.context import Doc, Services
-from campaign_worker.service.replies import InboundReply, record_one
+from campaign_worker.domain.transitions import apply
+from campaign_worker.service.context import Services
+from campaign_worker.service.replies import record_one
+from campaign_worker.service.reply_recording import InboundReply
 from campaign_worker.service.writes import Current, Outcome, write_one
 
 UPDATABLE_FIELDS = {"context", "next_action_at", "status_reason"}
@@ -125,7 +124,7 @@ def process_conversation(svc: Services, conversation_id: str) -> Doc:
         # As process_due_conversations: a paused or cancelled campaign sends nothing.
         if svc.campaign(c.state.campaign_id).status != CampaignStatus.RUNNING:
             return None
-        return c.progress(c.state)
+        return c.run(c.state)
 
     return write_one(svc, conversation_id, change).to_mongo()
 

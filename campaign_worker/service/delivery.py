@@ -20,28 +20,25 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
+from pydantic import JsonValue
 
+from campaign_worker.domain.aliases import Attributes, Doc
+from campaign_worker.domain.campaign_documents import CampaignStatus
 from campaign_worker.domain.delivery import (
     DEFAULT_CHANNEL,
+    Attempt,
     DeliveryStatus,
+    OutboxRow,
     Outgoing,
-    RowStatus,
     resolve_channel,
     retry_delay,
 )
-from campaign_worker.domain.documents import CampaignStatus
 from campaign_worker.domain.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
     TransientError,
 )
-from campaign_worker.service.delivery_ports import (
-    Channel,
-    DeliveryRows,
-    Doc,
-    RateLimiter,
-    Suppressions,
-)
+from campaign_worker.service.delivery_ports import Channel, DeliveryRows, RateLimiter, Suppressions
 from campaign_worker.service.delivery_status import StatusRecorded, StatusRecorder
 from campaign_worker.service.ports import Clock
 
@@ -122,8 +119,8 @@ class Dispatcher:
         result.claimed = len(rows)
         if not rows:
             return result
-        attributes = self.rows.attributes_of(sorted({row["conversation_id"] for row in rows}))
-        campaigns = self.rows.campaign_statuses(sorted({row["campaign_id"] for row in rows}))
+        attributes = self.rows.attributes_of(sorted({row.conversation_id for row in rows}))
+        campaigns = self.rows.campaign_statuses(sorted({row.campaign_id for row in rows}))
         started = time.monotonic()
         self._wait_budget = self.policy.lease_seconds / 3
         for index, row in enumerate(rows):
@@ -131,31 +128,33 @@ class Dispatcher:
                 self._release(rows[index:], owner)  # a slow provider: the next task goes on
                 break
             try:
-                if self._held(row, owner, campaigns.get(row["campaign_id"]), result):
+                if self._held(row, owner, campaigns.get(row.campaign_id), result):
                     continue
-                self._one(row, owner, attributes.get(row["conversation_id"], {}), result)
+                self._one(row, owner, attributes.get(row.conversation_id, {}), result)
             except TransientError:
                 # Limiter or store unreachable: hand the rest back now, not at lease expiry.
                 self._release(rows[index:], owner)
                 raise
         return result
 
-    def _release(self, rows: list[Doc], owner: str) -> None:
+    def _release(self, rows: list[OutboxRow], owner: str) -> None:
         """Back to pending, due at once, without counting an attempt (best effort: what
         cannot be released now is claimed again when its lease expires)."""
         with contextlib.suppress(TransientError):
             for row in rows:
-                self.rows.finish(row["_id"], owner, RowStatus.PENDING, {})
+                self.rows.requeue(row.id, owner)
 
-    def _held(self, row: Doc, owner: str, campaign: str | None, result: DispatchResult) -> bool:
+    def _held(
+        self, row: OutboxRow, owner: str, campaign: str | None, result: DispatchResult
+    ) -> bool:
         """Cancelling a campaign stops its sending at once; pausing holds it."""
-        name = resolve_channel(row["channel"], self.policy.default_channel)
+        name = resolve_channel(row.channel, self.policy.default_channel)
         if campaign == CampaignStatus.CANCELLED:
             self._fail(row, owner, name, "campaign cancelled", result)
             return True
         if campaign == CampaignStatus.PAUSED:
-            later = {"next_attempt_at": self.clock.now() + timedelta(seconds=PAUSED_RECHECK)}
-            self.rows.finish(row["_id"], owner, RowStatus.PENDING, later)
+            later = self.clock.now() + timedelta(seconds=PAUSED_RECHECK)
+            self.rows.requeue(row.id, owner, next_attempt_at=later)
             result.outcomes[(name, "held")] += 1
             return True
         return False
@@ -163,27 +162,24 @@ class Dispatcher:
     def _lease_end(self) -> datetime:
         return self.clock.now() + timedelta(seconds=self.policy.lease_seconds)
 
-    def _one(self, row: Doc, owner: str, attributes: Doc, result: DispatchResult) -> None:
-        name = resolve_channel(row["channel"], self.policy.default_channel)
+    def _one(
+        self, row: OutboxRow, owner: str, attributes: Attributes, result: DispatchResult
+    ) -> None:
+        name = resolve_channel(row.channel, self.policy.default_channel)
         channel = self.channels[name]
-        message_id = row["_id"]
+        message_id = row.id
         try:
-            address = channel.address(row["user_id"], attributes)
+            address = channel.address(row.user_id, attributes)
         except PermanentDeliveryError as exc:
             self._fail(row, owner, name, str(exc), result)
             return
-        if self.suppressions.is_suppressed(row["user_id"], name, address):
+        if self.suppressions.is_suppressed(row.user_id, name, address):
             self._fail(row, owner, name, "address suppressed", result)
             return
         if not self._wait_for_slot(row, owner, name, result):
             return
-        fields = {
-            "delivered_via": name,
-            "address": address,
-            "attempted_at": self.clock.now(),
-            "attempted_by": owner,
-        }
-        if not self.rows.start_attempt(message_id, owner, self._lease_end(), fields):
+        attempt = Attempt(name, address, self.clock.now(), owner)
+        if not self.rows.start_attempt(message_id, owner, self._lease_end(), attempt):
             result.outcomes[(name, "lost")] += 1  # our lease ran out: another dispatcher has it
             return
         outgoing = _outgoing(row, name, address)
@@ -195,17 +191,17 @@ class Dispatcher:
         except PermanentDeliveryError as exc:
             self._fail(row, owner, name, str(exc), result)
             return
-        sent = {"sent_at": self.clock.now(), "provider_id": provider_id, "last_error": None}
+        sent_at = self.clock.now()
         # The status first: a crash before the row says sent repeats the send (same
         # idempotency key) and finds the status already recorded, rather than never.
         result.statuses.append(self.statuses.record(message_id, DeliveryStatus.SENT))
-        if self.rows.finish(message_id, owner, RowStatus.SENT, sent):
+        if self.rows.mark_sent(message_id, owner, sent_at, provider_id):
             result.outcomes[(name, "sent")] += 1
         else:
             result.outcomes[(name, "lost")] += 1
             log.warning("delivery_lease_lost_after_send", message_id=message_id, channel=name)
 
-    def _wait_for_slot(self, row: Doc, owner: str, name: str, result: DispatchResult) -> bool:
+    def _wait_for_slot(self, row: OutboxRow, owner: str, name: str, result: DispatchResult) -> bool:
         """Wait for the channel's rate limit while the batch's waiting budget lasts; beyond
         it, hand the row back as pending until the slot is expected."""
         while True:
@@ -213,17 +209,22 @@ class Dispatcher:
             if wait <= 0:
                 return True
             if wait > self._wait_budget:
-                later = {"next_attempt_at": self.clock.now() + timedelta(seconds=wait)}
-                self.rows.finish(row["_id"], owner, RowStatus.PENDING, later)
+                later = self.clock.now() + timedelta(seconds=wait)
+                self.rows.requeue(row.id, owner, next_attempt_at=later)
                 result.outcomes[(name, "deferred")] += 1
                 return False
             self._wait_budget -= wait
             self.sleep(wait)
 
     def _retry_or_fail(
-        self, row: Doc, owner: str, name: str, exc: TransientDeliveryError, result: DispatchResult
+        self,
+        row: OutboxRow,
+        owner: str,
+        name: str,
+        exc: TransientDeliveryError,
+        result: DispatchResult,
     ) -> None:
-        attempts = int(row.get("attempts") or 0) + 1  # the one just made
+        attempts = row.attempts + 1  # the one just made
         if attempts >= self.policy.max_attempts:
             self._fail(row, owner, name, f"gave up after {attempts} attempts: {exc}", result)
             return
@@ -233,33 +234,31 @@ class Dispatcher:
             cap=self.policy.backoff_cap,
             retry_after=exc.retry_after,
         )
-        fields = {
-            "next_attempt_at": self.clock.now() + timedelta(seconds=delay),
-            "last_error": str(exc),
-        }
-        if self.rows.finish(row["_id"], owner, RowStatus.PENDING, fields):
+        later = self.clock.now() + timedelta(seconds=delay)
+        if self.rows.requeue(row.id, owner, next_attempt_at=later, last_error=str(exc)):
             result.outcomes[(name, "retry")] += 1
 
-    def _fail(self, row: Doc, owner: str, name: str, reason: str, result: DispatchResult) -> None:
-        fields = {"failed_at": self.clock.now(), "last_error": reason, "delivered_via": name}
-        if self.rows.finish(row["_id"], owner, RowStatus.FAILED, fields):
+    def _fail(
+        self, row: OutboxRow, owner: str, name: str, reason: str, result: DispatchResult
+    ) -> None:
+        if self.rows.mark_failed(row.id, owner, self.clock.now(), reason, name):
             result.outcomes[(name, "failed")] += 1
-            detail = {"reason": reason}
-            result.statuses.append(self.statuses.record(row["_id"], DeliveryStatus.FAILED, detail))
+            detail: dict[str, JsonValue] = {"reason": reason}
+            result.statuses.append(self.statuses.record(row.id, DeliveryStatus.FAILED, detail))
 
 
-def _outgoing(row: Doc, channel: str, address: str) -> Outgoing:
+def _outgoing(row: OutboxRow, channel: str, address: str) -> Outgoing:
     return Outgoing(
-        message_id=row["_id"],
-        campaign_id=row["campaign_id"],
-        conversation_id=row["conversation_id"],
-        user_id=row["user_id"],
+        message_id=row.id,
+        campaign_id=row.campaign_id,
+        conversation_id=row.conversation_id,
+        user_id=row.user_id,
         channel=channel,
         address=address,
-        content=row["content"],
-        stage=row["stage"],
-        step=int(row["step"]),
-        created_at=row["created_at"],
+        content=row.content,
+        stage=row.stage,
+        step=row.step,
+        created_at=row.created_at,
     )
 
 

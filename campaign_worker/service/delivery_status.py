@@ -12,21 +12,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
+from pydantic import JsonValue
+
+from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.delivery import (
+    DeliveryEvent,
     DeliveryStatus,
+    LatestStatus,
+    OutboxRow,
     ends_conversation,
     resolve_channel,
     status_rank,
 )
 from campaign_worker.domain.documents import FINISHED_STATUSES
-from campaign_worker.domain.effects import Action, Decision
+from campaign_worker.domain.effects import Action, Decision, Effects
 from campaign_worker.domain.errors import InvalidInputError, NotFoundError
 from campaign_worker.domain.limits import MAX_METADATA_BYTES, check_size
-from campaign_worker.domain.progression import Effects, apply
+from campaign_worker.domain.transitions import apply
 from campaign_worker.service.context import Services
-from campaign_worker.service.delivery_ports import DeliveryStatuses, Doc, Suppressions
+from campaign_worker.service.delivery_ports import DeliveryStatuses, Suppressions
 from campaign_worker.service.writes import Current, Outcome, write_one
 
 
@@ -68,7 +73,7 @@ class StatusRecorder:
         self,
         message_id: str,
         status: DeliveryStatus,
-        detail: Any = None,
+        detail: JsonValue = None,
         timestamp: datetime | None = None,
     ) -> StatusRecorded:
         check_size({"detail": detail}, MAX_METADATA_BYTES, "detail")
@@ -77,21 +82,18 @@ class StatusRecorder:
             raise NotFoundError(f"message {message_id!r} is not in the outbox")
         now = self.svc.clock.now()
         at = timestamp or now
-        channel = str(
-            row.get("delivered_via") or resolve_channel(row["channel"], self.default_channel)
-        )
-        before = next((e for e in row.get("events", []) if e.get("status") == status.value), None)
+        channel = row.delivered_via or resolve_channel(row.channel, self.default_channel)
+        before = next((e for e in row.events if e.status == status.value), None)
         if before is not None:
             # A repeat: its effects are applied again as first recorded (its time and detail).
-            new, at, detail = False, before["at"], before.get("detail")
+            new, at, detail = False, before.at, before.detail
         else:
-            new = self.statuses.add_event(
-                message_id, status.value, {"at": at, "detail": detail, "recorded_at": now}
-            )
-        latest = {"status": status.value, "rank": status_rank(status), "at": at, "detail": detail}
-        self.statuses.set_latest(message_id, row["conversation_id"], latest)
+            event = DeliveryEvent(status=status.value, at=at, detail=detail, recorded_at=now)
+            new = self.statuses.add_event(message_id, event)
+        latest = LatestStatus(status=status.value, rank=status_rank(status), at=at, detail=detail)
+        self.statuses.set_latest(message_id, row.conversation_id, latest)
         counted = self.statuses.count(
-            row["campaign_id"], channel, status.value, f"{message_id}:{status.value}"
+            row.campaign_id, channel, status.value, f"{message_id}:{status.value}"
         )
         conversation_status = None
         if ends_conversation(status, detail):
@@ -100,13 +102,11 @@ class StatusRecorder:
             message_id, status.value, channel, not new, counted, conversation_status
         )
 
-    def _end(self, row: Doc, channel: str, status: DeliveryStatus, now: datetime) -> str:
-        address = str(row.get("address") or row["user_id"])
+    def _end(self, row: OutboxRow, channel: str, status: DeliveryStatus, now: datetime) -> str:
+        address = row.address or row.user_id
         reason = "complaint" if status == DeliveryStatus.COMPLAINED else "hard bounce"
-        self.suppressions.suppress(
-            row["user_id"], channel, address, reason, row.get("campaign_id"), now
-        )
-        why = f"{reason} for message {row['_id']}"
+        self.suppressions.suppress(row.user_id, channel, address, reason, row.campaign_id, now)
+        why = f"{reason} for message {row.id}"
 
         def fail(c: Current) -> Outcome | None:
             if c.state.status in FINISHED_STATUSES:
@@ -116,7 +116,7 @@ class StatusRecorder:
             return apply(c.state, decision, c.template, c.type_template, c.now, effects), effects
 
         try:
-            state = write_one(self.svc, row["conversation_id"], fail)
+            state = write_one(self.svc, row.conversation_id, fail)
         except InvalidInputError:
             return "unknown"  # the conversation is gone or unreadable: the address stays suppressed
         return state.status.value

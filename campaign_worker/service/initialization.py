@@ -10,29 +10,35 @@ metrics are incremented once per step.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
 
-from campaign_worker.domain.documents import (
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import (
+    AudienceRow,
     CampaignStatus,
+    InitCheckpoint,
+    InvalidRow,
+    Recipient,
+    StoredCampaign,
+)
+from campaign_worker.domain.documents import (
     ConversationContext,
     ConversationState,
     ConversationStatus,
-    Recipient,
     StageEntry,
-    StoredCampaign,
     conversation_id_for,
 )
 from campaign_worker.domain.errors import CampaignNotFoundError, InvalidStateTransitionError
 from campaign_worker.domain.partitions import partition_of
-from campaign_worker.domain.progression import finish, first_action_at
+from campaign_worker.domain.progression import first_action_at
 from campaign_worker.domain.splits import in_holdout
+from campaign_worker.domain.transitions import finish
 from campaign_worker.service.campaigns import transition_campaign
-from campaign_worker.service.context import Doc, Services
-from campaign_worker.service.ledger import MetricsLedger
-from campaign_worker.service.processing import validation_summary
+from campaign_worker.service.context import Services
+from campaign_worker.service.metrics_ledger import MetricsLedger
 
 log = structlog.get_logger(__name__)
 
@@ -61,27 +67,6 @@ class InitResult:
     stopped: bool = False
 
 
-@dataclass
-class _Progress:
-    """The checkpoint: where in the audience, and the invalid rows so far."""
-
-    position: Doc | None = None
-    invalid: int = 0
-    samples: list[Doc] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, campaign: StoredCampaign) -> _Progress:
-        saved: Doc = dict(campaign.init_progress or {})
-        return cls(
-            saved.get("position"),
-            int(saved.get("invalid", 0)),
-            list(saved.get("invalid_samples") or []),
-        )
-
-    def as_doc(self) -> Doc:
-        return {"position": self.position, "invalid": self.invalid, "invalid_samples": self.samples}
-
-
 def initialize_campaign_step(
     svc: Services,
     campaign_id: str,
@@ -102,10 +87,10 @@ def initialize_campaign_step(
         )
     if status == CampaignStatus.SCHEDULED:
         transition_campaign(svc, campaign_id, CampaignStatus.INITIALIZING)
-    progress = _Progress.of(campaign)
+    progress = InitCheckpoint.of(campaign)
     # Where this step starts: None for a fresh start, else the saved checkpoint (a step
     # that continues, or one resumed after a worker stopped or died).
-    log.info("campaign_initialization_step", campaign_id=campaign_id, position=progress.position)
+    log.info("campaign_initialization_step", campaign_id=campaign_id, position=_logged(progress))
     result = InitResult(campaign_id=campaign_id)
     # One registration and one metrics increment per step (task), after its last
     # checkpoint: what it inserted is counted once, whatever the number of batches.
@@ -121,7 +106,7 @@ def _run_batches(
     svc: Services,
     campaign: StoredCampaign,
     status: CampaignStatus,
-    progress: _Progress,
+    progress: InitCheckpoint,
     ledger: MetricsLedger,
     limits: tuple[int | None, Callable[[], bool] | None],
     result: InitResult,
@@ -152,7 +137,7 @@ def _run_batches(
                 "campaign_initialization_checkpoint",
                 campaign_id=campaign_id,
                 created=result.created,
-                position=position,
+                position=position.as_doc(),
             )
             return
     _finish(svc, campaign_id, progress, result)  # also the last checkpoint
@@ -162,8 +147,8 @@ def _run_batches(
 def _insert_batch(
     svc: Services,
     campaign: StoredCampaign,
-    batch: list[Doc],
-    progress: _Progress,
+    batch: list[AudienceRow],
+    progress: InitCheckpoint,
     ledger: MetricsLedger,
 ) -> int:
     """Insert one batch of conversations; count its invalid rows. ``ledger`` stays
@@ -172,36 +157,19 @@ def _insert_batch(
     stages = type_template.stage_names
     now = svc.clock.now()
     recipients = []
-    for raw in batch:
-        try:
-            recipients.append(Recipient.model_validate(raw))
-        except ValueError as exc:
-            _count_invalid(campaign, raw, exc, progress, ledger)
-    suppressed = svc.send_guard.suppressed_people(
-        [(r.user_id, r.user_id, r.attributes) for r in recipients]
-    )
-    docs, held_out, finished = [], [], []
-    for recipient in recipients:
-        state = new_conversation(campaign, recipient, stages, now)
-        if recipient.user_id in suppressed:
-            # On the suppression list: created already opted out, never messaged.
-            reason = suppressed[recipient.user_id]
-            finished.append(
-                finish(
-                    state, ConversationStatus.OPTED_OUT, reason, now, stage_completed=False
-                ).to_mongo()
-            )
-        elif in_holdout(campaign.id, recipient.user_id, type_template.holdout):
-            held_out.append(state.model_copy(update={"holdout": True}).to_mongo())
+    for row in batch:
+        if isinstance(row, InvalidRow):
+            _count_invalid(campaign, row, progress, ledger)
         else:
-            docs.append(state.to_mongo())
+            recipients.append(row)
+    fresh, held_out, finished = _new_conversations(svc, campaign, recipients, stages, now)
     ledger.before_write()
-    inserted = svc.conversation_state_repository.insert_many_states(docs)
-    svc.metrics.batch_size("initialize", len(docs) + len(held_out) + len(finished))
+    inserted = svc.conversation_state_repository.insert_states(fresh)
+    svc.metrics.batch_size("initialize", len(fresh) + len(held_out) + len(finished))
     if held_out:
         # Inserted apart so that the holdout's count is exact on a resumed step too
         # (duplicates are skipped, and only the number inserted is known).
-        holding = svc.conversation_state_repository.insert_many_states(held_out)
+        holding = svc.conversation_state_repository.insert_states(held_out)
         ledger.delta.holdout["conversations"] += holding
         ledger.delta.holdout["active"] += holding
         inserted += holding
@@ -215,11 +183,43 @@ def _insert_batch(
     return inserted
 
 
+def _new_conversations(
+    svc: Services,
+    campaign: StoredCampaign,
+    recipients: list[Recipient],
+    stages: list[str],
+    now: datetime,
+) -> tuple[list[ConversationState], list[ConversationState], list[ConversationState]]:
+    """The recipients' new conversations: to run, in the holdout, and already opted out
+    (a suppressed recipient's: created finished, never messaged)."""
+    _, type_template = svc.type_template(campaign)
+    suppressed = svc.send_guard.suppressed_people(
+        [(r.user_id, r.user_id, r.attributes) for r in recipients]
+    )
+    fresh, held_out, finished = [], [], []
+    for recipient in recipients:
+        state = new_conversation(campaign, recipient, stages, now)
+        if recipient.user_id in suppressed:
+            reason = suppressed[recipient.user_id]
+            finished.append(
+                finish(state, ConversationStatus.OPTED_OUT, reason, now, stage_completed=False)
+            )
+        elif in_holdout(campaign.id, recipient.user_id, type_template.holdout):
+            held_out.append(state.model_copy(update={"holdout": True}))
+        else:
+            fresh.append(state)
+    return fresh, held_out, finished
+
+
 def _insert_suppressed(
-    svc: Services, campaign: StoredCampaign, docs: list[Doc], first: str, ledger: MetricsLedger
+    svc: Services,
+    campaign: StoredCampaign,
+    states: list[ConversationState],
+    first: str,
+    ledger: MetricsLedger,
 ) -> None:
     """Suppressed recipients' conversations, counted as opted out (not as created)."""
-    inserted = svc.conversation_state_repository.insert_many_states(docs)
+    inserted = svc.conversation_state_repository.insert_states(states)
     if inserted:
         ledger.delta.total_recipients += inserted
         ledger.delta.opted_out += inserted
@@ -229,21 +229,24 @@ def _insert_suppressed(
 
 
 def _count_invalid(
-    campaign: StoredCampaign, raw: Doc, exc: ValueError, progress: _Progress, ledger: MetricsLedger
+    campaign: StoredCampaign, row: InvalidRow, progress: InitCheckpoint, ledger: MetricsLedger
 ) -> None:
     progress.invalid += 1
     ledger.delta.invalid_recipients += 1
-    error = validation_summary(exc)
     if len(progress.samples) < INVALID_SAMPLES:
-        progress.samples.append({"user_id": str(raw.get("user_id"))[:512], "error": error})
-    log.warning("recipient_invalid", campaign_id=campaign.id, error=error)
+        progress.samples.append(row)
+    log.warning("recipient_invalid", campaign_id=campaign.id, error=row.error)
+
+
+def _logged(progress: InitCheckpoint) -> Doc | None:
+    return None if progress.position is None else dict(progress.position.as_doc())
 
 
 def _checkpoint(
     svc: Services,
     campaign_id: str,
     status: CampaignStatus,
-    progress: _Progress,
+    progress: InitCheckpoint,
     ledger: MetricsLedger,
 ) -> bool:
     """Save the checkpoint and extend the lease, then apply the batch's increment (the
@@ -251,31 +254,25 @@ def _checkpoint(
     left ``initializing``."""
     now = svc.clock.now()
     saved = status == CampaignStatus.RUNNING or svc.campaigns.save_init_progress(
-        campaign_id, progress.as_doc(), now + timedelta(seconds=svc.lease_seconds * 5), now
+        campaign_id, progress, now + timedelta(seconds=svc.lease_seconds * 5), now
     )
     # Inserts up to here are checkpointed: the increment may follow (at the step's end).
     ledger.after_write()
     return saved
 
 
-def _finish(svc: Services, campaign_id: str, progress: _Progress, result: InitResult) -> None:
+def _finish(svc: Services, campaign_id: str, progress: InitCheckpoint, result: InitResult) -> None:
     """Status and total in one conditional update; a pause or cancel that arrived
     meanwhile wins (the filter no longer matches). The total is counted, so it is exact
     even if two initializers overlapped."""
     total = svc.conversation_state_repository.count_conversations(campaign_id)
     now = svc.clock.now()
-    svc.campaigns.transition(
+    svc.campaigns.finish_initialization(
         campaign_id,
         [CampaignStatus.INITIALIZING, CampaignStatus.SCHEDULED, CampaignStatus.RUNNING],
-        CampaignStatus.RUNNING,
         now,
-        {
-            "total_recipients": total,
-            "initialized_at": now,
-            "init_progress": {**progress.as_doc(), "done": True},
-            "invalid_recipients": progress.invalid,
-            "invalid_samples": progress.samples,
-        },
+        total,
+        progress,
     )
     result.done = True
     log.info(

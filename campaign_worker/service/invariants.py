@@ -16,17 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from campaign_worker.domain.documents import (
-    CampaignStatus,
-    Recipient,
-    StoredCampaign,
-    to_utc,
-)
+from campaign_worker.domain.audited import AuditedConversation, AuditedRow
+from campaign_worker.domain.campaign_documents import CampaignStatus, Recipient, StoredCampaign
+from campaign_worker.domain.documents import to_utc
 from campaign_worker.domain.errors import ConfigurationError
 from campaign_worker.domain.invariants import (
     CAMPAIGN_OVER_WHEN_DONE,
     CAMPAIGN_TOTAL_RECIPIENTS,
     CONVERSATION_COUNTERS,
+    COUNTED_SENTENCES,
     DELIVERY_RECORDED_ONCE,
     FIGURES,
     INBOUND_RECORDED_ONCE,
@@ -38,6 +36,7 @@ from campaign_worker.domain.invariants import (
     OUTBOUND_IN_OUTBOX,
     OUTBOUND_RECORDED_ONCE,
     OUTBOX_ROWS_RECORDED,
+    REPORT_ORDER,
     STAGE_TIMELINE,
     Findings,
     InvariantReport,
@@ -47,7 +46,8 @@ from campaign_worker.domain.invariants import (
     history_facts,
     timeline_fault,
 )
-from campaign_worker.service.context import Doc, Services
+from campaign_worker.domain.metrics_documents import StoredMetrics
+from campaign_worker.service.context import Services
 from campaign_worker.service.ports import InvariantReads
 from campaign_worker.service.reconcile import difference, recount, stored_counts
 
@@ -63,6 +63,7 @@ EXTRA_FIGURES = (
     "overdue",
 )
 RECIPIENT_BATCH = 1000
+SHOWN = 5  # metrics paths shown in a drift sentence
 # Outbox row statuses that account for a recorded message: deliverable, delivered, or
 # failed by delivery (reported, counted in ``messages_failed``; the engine lost nothing).
 DELIVERABLE = frozenset({"pending", "sending"})
@@ -114,17 +115,17 @@ class _Audit:
         self.found = Findings()
         self.notes: dict[str, list[str]] = {}  # invariant -> sentences
         self.reasons: dict[str, str] = {}  # invariant -> the first offender and why
-        self.registrations: Doc = {}
+        self.registrations: dict[str, datetime] = {}
         self.rows_seen = 0
         self.initialized = campaign.initialized_at is not None
 
     # ------------------------------------------------------------ conversations
 
     def conversations(self) -> None:
-        for docs in self.reads.conversations(self.campaign.id, CONVERSATION_BATCH):
+        for conversations in self.reads.conversations(self.campaign.id, CONVERSATION_BATCH):
             batch = _Batch()
-            for doc in docs:
-                self._conversation(doc, batch)
+            for conversation in conversations:
+                self._conversation(conversation, batch)
             self._join_outbox(batch)
         if self.quiet:
             elsewhere = self.reads.count_outbox(self.campaign.id) - self.rows_seen
@@ -133,15 +134,15 @@ class _Audit:
                 sentence = f"{elsewhere} outbox rows belong to no conversation of the campaign"
                 self._note(OUTBOX_ROWS_RECORDED, sentence)
 
-    def _conversation(self, doc: Doc, batch: _Batch) -> None:
-        cid = str(doc["_id"])
+    def _conversation(self, conversation: AuditedConversation, batch: _Batch) -> None:
+        cid = conversation.id
         self.figures["conversations"] += 1
-        if doc.get("status") == "active":
+        if conversation.status == "active":
             self.figures["active"] += 1
-        fault = timeline_fault(doc)
+        fault = timeline_fault(conversation)
         if fault:
             self._found(STAGE_TIMELINE, cid, fault)
-        facts = history_facts(doc)
+        facts = history_facts(conversation)
         self.figures["messages_recorded"] += len(facts.outbound)
         self.figures["replies_recorded"] += facts.inbound
         twice = facts.outbound_repeated + facts.step_repeated
@@ -151,38 +152,39 @@ class _Audit:
         if facts.inbound_repeated:
             self.figures["replies_recorded_twice"] += facts.inbound_repeated
             self.found.add(INBOUND_RECORDED_ONCE, cid, facts.inbound_repeated)
-        fault = counter_fault(doc, facts)
+        fault = counter_fault(conversation, facts)
         if fault:
             self._found(CONVERSATION_COUNTERS, cid, fault)
         if self.quiet:
-            self._conversation_quiet(cid, doc)
+            self._conversation_quiet(conversation)
         batch.recorded[cid] = set(facts.outbound)
         batch.steps[cid] = facts.steps
-        marked = {str(m) for m in doc.get("unpublished") or ()}
+        marked = set(conversation.unpublished)
         if marked:
             # Still marked: the sweep publishes them, however late it comes; never lost.
             batch.unpublished[cid] = marked
-            if self._publication_overdue(doc):
+            if self._publication_overdue(conversation):
                 self.figures["overdue"] += 1
                 self.found.add(NO_OVERDUE_WORK, f"publication:{cid}")
 
-    def _publication_overdue(self, doc: Doc) -> bool:
+    def _publication_overdue(self, conversation: AuditedConversation) -> bool:
         """Once quiet, messages a write left marked are overdue when the poller's sweep
         should have published them (``publish_grace`` after the write, twice that for
         the sweep to come round): a liveness fault (is a beat running?), not a loss."""
         if not self.quiet:
             return False
-        due = doc.get("publish_due_at")
-        return not isinstance(due, datetime) or to_utc(due) < self.now - 2 * self.svc.publish_grace
+        due = conversation.publish_due_at
+        return due is None or due < self.now - 2 * self.svc.publish_grace
 
-    def _conversation_quiet(self, cid: str, doc: Doc) -> None:
-        if doc.get("lease_owner") is not None and expired(doc.get("lease_until"), self.now):
+    def _conversation_quiet(self, conversation: AuditedConversation) -> None:
+        cid = conversation.id
+        if conversation.lease_owner is not None and expired(conversation.lease_until, self.now):
             self._stale(f"conversation:{cid}")
         grace = timedelta(seconds=self.svc.lease_seconds)
         if (
-            doc.get("status") == "active"
+            conversation.status == "active"
             and self.campaign.status == CampaignStatus.RUNNING
-            and expired(doc.get("next_action_at"), self.now - grace)
+            and expired(conversation.next_action_at, self.now - grace)
         ):
             self.figures["overdue"] += 1
             self.found.add(NO_OVERDUE_WORK, cid)
@@ -193,17 +195,13 @@ class _Audit:
         delivered: set[str] = set()
         unrecorded = []
         for row in rows:
-            mid, cid = str(row["_id"]), str(row.get("conversation_id"))
+            mid, cid = row.id, row.conversation_id
             if mid in batch.recorded.get(cid, ()):
                 delivered.add(mid)
-                self._row(mid, row)
+                self._row(row)
             else:
                 unrecorded.append(row)
-            if (
-                self.quiet
-                and row.get("status") == "sending"
-                and expired(row.get("lease_until"), self.now)
-            ):
+            if self.quiet and row.status == "sending" and expired(row.lease_until, self.now):
                 self._stale(f"outbox:{mid}")
         for cid, ids in batch.recorded.items():
             for mid in sorted(ids - delivered):
@@ -214,36 +212,34 @@ class _Audit:
                 self.found.add(OUTBOUND_IN_OUTBOX, mid)
         self._unrecorded(unrecorded, batch)
 
-    def _row(self, mid: str, row: Doc) -> None:
-        status = row.get("status")
+    def _row(self, row: AuditedRow) -> None:
+        mid, status = row.id, row.status
         if status in FAILED:
             self.figures["messages_failed"] += 1
         elif status not in DELIVERABLE | DELIVERED:
             self.figures["messages_lost"] += 1
             self._found(OUTBOUND_IN_OUTBOX, mid, f"its outbox row is {status!r}")
-        events = [str(event.get("status")) for event in row.get("events") or ()]
+        events = row.event_statuses
         repeated = len(events) - len(set(events))
         if repeated:
             self.figures["messages_sent_twice"] += repeated
             self.found.add(DELIVERY_RECORDED_ONCE, mid, repeated)
 
-    def _unrecorded(self, rows: list[Doc], batch: _Batch) -> None:
+    def _unrecorded(self, rows: list[AuditedRow], batch: _Batch) -> None:
         """Outbox rows of these conversations that their histories do not hold. While
         the system runs, a write may have landed (and published) after the batch was
         read: those conversations are read again first."""
         if rows and not self.quiet:
-            fresh = self.reads.conversations_by_id(
-                sorted({str(r["conversation_id"]) for r in rows})
-            )
-            for doc in fresh:
-                facts = history_facts(doc)
-                batch.recorded[str(doc["_id"])] = set(facts.outbound)
-                batch.steps[str(doc["_id"])] = facts.steps
+            fresh = self.reads.conversations_by_id(sorted({r.conversation_id for r in rows}))
+            for conversation in fresh:
+                facts = history_facts(conversation)
+                batch.recorded[conversation.id] = set(facts.outbound)
+                batch.steps[conversation.id] = facts.steps
         for row in rows:
-            mid, cid = str(row["_id"]), str(row.get("conversation_id"))
+            mid, cid = row.id, row.conversation_id
             if mid in batch.recorded.get(cid, ()):
                 continue
-            step = (str(row.get("stage")), row.get("step"))
+            step = (row.stage, row.step)
             if step in batch.steps.get(cid, frozenset()):
                 self.figures["messages_sent_twice"] += 1  # a second message for one step
             else:
@@ -262,10 +258,10 @@ class _Audit:
         matched = 0
         for rows, _ in self.svc.campaigns.iter_recipients(full, RECIPIENT_BATCH):
             users: set[str] = set()
-            for raw in rows:
-                try:
-                    users.add(Recipient.model_validate(raw).user_id)
-                except ValueError:
+            for row in rows:
+                if isinstance(row, Recipient):
+                    users.add(row.user_id)
+                else:
                     self.figures["invalid_recipients"] += 1
             self.figures["recipients"] += len(users)
             if self.initialized:
@@ -307,18 +303,19 @@ class _Audit:
         """The stored counters against the reconcile's recount. While the system runs, a
         registered writer or an increment landing meanwhile makes a difference expected:
         it is measured (``metrics_drift``) but not a violation."""
-        before = self.svc.campaign_metrics.get(self.campaign.id) or {}
+        empty = StoredMetrics(id=self.campaign.id)
+        before = self.svc.campaign_metrics.get(self.campaign.id) or empty
         expected = recount(self.svc, self.campaign)
-        after = self.svc.campaign_metrics.get(self.campaign.id) or {}
+        after = self.svc.campaign_metrics.get(self.campaign.id) or empty
         drift = difference(expected, stored_counts(after))
         self.figures["metrics_drift"] = math.ceil(sum(abs(v) for v in drift.values()) - 1e-6)
-        settled = before.get("revision") == after.get("revision") and not after.get("inflight")
+        settled = before.revision == after.revision and not after.inflight
         if drift and (self.quiet or settled):
             paths = sorted(drift)
             shown = ", ".join(f"{path} {drift[path]:+g}" for path in paths[:SHOWN])
             sentence = f"{len(paths)} counters differ from a recount (recount - stored: {shown})"
             self._note(METRICS_MATCH_RECOUNT, sentence, paths)
-        self.registrations = dict(after.get("inflight") or {})
+        self.registrations = dict(after.inflight)
 
     # ------------------------------------------------------------ quiet system
 
@@ -357,7 +354,7 @@ class _Audit:
         f, found = self.figures, self.found
         sentences = {
             invariant: f"{found.counts[invariant]} {what}"
-            for invariant, what in _COUNTED.items()
+            for invariant, what in COUNTED_SENTENCES.items()
             if found.counts[invariant]
         }
         lost, extra = f["conversations_lost"], f["conversations_duplicated"]
@@ -366,7 +363,7 @@ class _Audit:
             f"{extra} surplus conversations of recipients" if extra else "",
         )
         violations = []
-        for invariant in _ORDER:
+        for invariant in REPORT_ORDER:
             first = self.reasons.get(invariant)
             count = sentences.get(invariant, "")
             parts = [f"{count} (first: {first})" if first else count]
@@ -375,37 +372,6 @@ class _Audit:
             if detail:
                 violations.append(Violation(invariant, detail, found.sample(invariant)))
         return InvariantReport(self.campaign.id, tuple(violations), dict(f))
-
-
-_COUNTED = {
-    STAGE_TIMELINE: "conversations have an inconsistent stage timeline",
-    CONVERSATION_COUNTERS: "conversations' counters disagree with their history",
-    OUTBOUND_RECORDED_ONCE: "outbound messages recorded twice in a history",
-    OUTBOUND_IN_OUTBOX: "recorded messages are not deliverable or delivered in the outbox",
-    OUTBOX_ROWS_RECORDED: "outbox rows are recorded in no history",
-    DELIVERY_RECORDED_ONCE: "delivery statuses recorded twice",
-    INBOUND_RECORDED_ONCE: "replies recorded twice",
-    NO_STALE_LEASES: "leases held past their expiry",
-    NO_OVERDUE_WORK: "work overdue: active conversations due that nothing processed, or "
-    "recorded messages the sweep has not published",
-}
-SHOWN = 5
-_ORDER = (
-    ONE_CONVERSATION_PER_RECIPIENT,
-    INVALID_RECIPIENTS_COUNTED,
-    CAMPAIGN_TOTAL_RECIPIENTS,
-    METRICS_MATCH_RECOUNT,
-    STAGE_TIMELINE,
-    CONVERSATION_COUNTERS,
-    OUTBOUND_RECORDED_ONCE,
-    OUTBOUND_IN_OUTBOX,
-    OUTBOX_ROWS_RECORDED,
-    DELIVERY_RECORDED_ONCE,
-    INBOUND_RECORDED_ONCE,
-    NO_STALE_LEASES,
-    NO_OVERDUE_WORK,
-    CAMPAIGN_OVER_WHEN_DONE,
-)
 
 
 def _join(*parts: str) -> str:

@@ -14,14 +14,18 @@ the record of it (``migrations``) and the new pin. Migrating back reverses it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
 import structlog
-from pydantic import ValidationError
 
-from campaign_worker.domain.documents import CampaignStatus, ConversationState, StoredCampaign
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import (
+    CampaignStatus,
+    MigrationRecord,
+    StoredCampaign,
+)
+from campaign_worker.domain.documents import ConversationState, StoredState, Unreadable
 from campaign_worker.domain.errors import (
     ConcurrencyConflictError,
     InvalidInputError,
@@ -30,8 +34,8 @@ from campaign_worker.domain.errors import (
 from campaign_worker.domain.migrations import Move, Report, StageMap, migrate, plan
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 from campaign_worker.domain.versions import TemplateVersion
-from campaign_worker.service.context import Doc, Services
-from campaign_worker.service.ledger import MetricsLedger
+from campaign_worker.service.context import Services
+from campaign_worker.service.metrics_ledger import MetricsLedger
 from campaign_worker.service.template_versions import type_of
 from campaign_worker.service.writes import CAS_ATTEMPTS, Evaluated, write_changes
 
@@ -67,7 +71,7 @@ class MigrationResult:
 
 
 @dataclass(frozen=True)
-class _Target:
+class _MigrationTarget:
     version: TemplateVersion
     template: Template
     type_template: CampaignTypeTemplate
@@ -106,8 +110,21 @@ def migrate_campaign(
     if not dry_run:
         _refuse_if_another(campaign, target.version.version)
     result.report = _scan(svc, campaign_id, target, stage_map, size)
-    if dry_run:
-        return result
+    if not dry_run:
+        _applied(svc, campaign, target, stage_map, size, result)
+    return result
+
+
+def _applied(
+    svc: Services,
+    campaign: StoredCampaign,
+    target: _MigrationTarget,
+    stage_map: StageMap,
+    size: int,
+    result: MigrationResult,
+) -> None:
+    """Apply the scanned migration (refused while a stage is unresolved), recorded on the
+    campaign; ``result`` says what was moved and whether it finished."""
     if result.report.unresolved:
         raise InvalidInputError(
             "cannot apply: "
@@ -120,22 +137,21 @@ def migrate_campaign(
         and campaign.template_version == target.version.version
     ):
         result.finished = True  # nothing to move: applied already
-        return result
+        return
     record = _begin(svc, campaign, target, stage_map)
-    result.migration_id = str(record["id"])
-    result.report = _apply(svc, campaign_id, target, stage_map, size, result.migration_id)
-    result.finished = not result.report.unresolved and _finish(svc, campaign_id, record, target)
+    result.migration_id = record.id
+    result.report = _apply(svc, campaign.id, target, stage_map, size, record.id)
+    result.finished = not result.report.unresolved and _finish(svc, campaign.id, record, target)
     log.info(
         "campaign_migrated",
-        campaign_id=campaign_id,
+        campaign_id=campaign.id,
         to_version=target.version.version,
         migrated=result.report.total,
         finished=result.finished,
     )
-    return result
 
 
-def _target(svc: Services, campaign: StoredCampaign, to: int | str) -> _Target:
+def _target(svc: Services, campaign: StoredCampaign, to: int | str) -> _MigrationTarget:
     if svc.versions is None:
         raise InvalidInputError("template versions are not configured in this process")
     if to == CURRENT:
@@ -145,31 +161,33 @@ def _target(svc: Services, campaign: StoredCampaign, to: int | str) -> _Target:
     else:
         raise InvalidInputError(f"to: a version number or {CURRENT!r}, not {to!r}")
     template = svc.versions.get(campaign.template_id, version.version)[1]
-    return _Target(version, template, type_of(template, campaign.campaign_type, version.label))
+    return _MigrationTarget(
+        version, template, type_of(template, campaign.campaign_type, version.label)
+    )
 
 
-def _pages(svc: Services, campaign_id: str, size: int) -> Any:
-    """The campaign's active conversations, a page at a time (broken documents skipped:
-    processing fails those on its own)."""
+def _pages(svc: Services, campaign_id: str, size: int) -> Iterator[list[ConversationState]]:
+    """The campaign's active conversations, a page at a time."""
     after: str | None = None
     while True:
-        docs = svc.conversation_state_repository.page_active(campaign_id, after, size)
-        if not docs:
+        page = svc.conversation_state_repository.page_active(campaign_id, after, size)
+        if not page:
             return
-        after = str(docs[-1]["_id"])
-        states = []
-        for doc in docs:
-            try:
-                states.append(ConversationState.model_validate(doc))
-            except ValidationError:
-                log.warning("migration_skipped_invalid", conversation_id=str(doc["_id"]))
-        yield states
-        if len(docs) < size:
+        after = page[-1].id
+        yield _readable(page)
+        if len(page) < size:
             return
+
+
+def _readable(read: list[StoredState]) -> list[ConversationState]:
+    """The states that validate (broken documents skipped: processing fails those)."""
+    for unreadable in [s for s in read if isinstance(s, Unreadable)]:
+        log.warning("migration_skipped_invalid", conversation_id=unreadable.id)
+    return [state for state in read if isinstance(state, ConversationState)]
 
 
 def _scan(
-    svc: Services, campaign_id: str, target: _Target, stage_map: StageMap, size: int
+    svc: Services, campaign_id: str, target: _MigrationTarget, stage_map: StageMap, size: int
 ) -> Report:
     report = Report()
     for states in _pages(svc, campaign_id, size):
@@ -178,19 +196,19 @@ def _scan(
     return report
 
 
-def _begin(svc: Services, campaign: StoredCampaign, target: _Target, stage_map: StageMap) -> Doc:
+def _begin(
+    svc: Services, campaign: StoredCampaign, target: _MigrationTarget, stage_map: StageMap
+) -> MigrationRecord:
     """The migration record being applied: a new one, or the one a crash or a
     concurrent applier left for the same target (resumed; its map is this one)."""
-    record = {
-        "id": uuid.uuid4().hex,
-        "from_version": campaign.template_version,
-        "to_version": target.version.version,
-        "to_hash": target.version.content_hash,
+    record = MigrationRecord(
+        id=uuid.uuid4().hex,
+        from_version=campaign.template_version,
+        to_version=target.version.version,
+        to_hash=target.version.content_hash,
+        started_at=svc.clock.now(),
         **stage_map.as_doc(),
-        "started_at": svc.clock.now(),
-        "revision": 0,
-        "counts": {},
-    }
+    )
     stored = svc.campaigns.begin_migration(campaign.id, record, svc.clock.now())
     _refuse_if_another(stored, target.version.version)
     return stored.migrating or record
@@ -200,17 +218,17 @@ def _refuse_if_another(campaign: StoredCampaign, to_version: int) -> None:
     """One migration at a time: one half applied to another version must finish first
     (each conversation on it would otherwise be pulled two ways)."""
     current = campaign.migrating
-    if current is not None and current.get("to_version") != to_version:
+    if current is not None and current.to_version != to_version:
         raise InvalidStateTransitionError(
             f"campaign {campaign.id!r} is being migrated to version "
-            f"{current.get('to_version')}: apply that migration again to finish it first"
+            f"{current.to_version}: apply that migration again to finish it first"
         )
 
 
 def _apply(
     svc: Services,
     campaign_id: str,
-    target: _Target,
+    target: _MigrationTarget,
     stage_map: StageMap,
     size: int,
     migration_id: str,
@@ -234,7 +252,7 @@ def _apply(
 def _apply_batch(
     svc: Services,
     states: list[ConversationState],
-    target: _Target,
+    target: _MigrationTarget,
     stage_map: StageMap,
     ledger: MetricsLedger,
 ) -> Report:
@@ -270,29 +288,20 @@ def _apply_batch(
         if not lost:
             return report
         report.conflicts += len(lost)
-        docs = svc.conversation_state_repository.get_many(lost)
-        pending = [ConversationState.model_validate(doc) for doc in docs]
+        pending = _readable(svc.conversation_state_repository.get_many(lost))
     raise ConcurrencyConflictError("conversations kept changing under the migration; apply again")
 
 
-def _finish(svc: Services, campaign_id: str, begun: Doc, target: _Target) -> bool:
+def _finish(
+    svc: Services, campaign_id: str, begun: MigrationRecord, target: _MigrationTarget
+) -> bool:
     """Record the migration and move the pin (compare-and-set on its revision)."""
     for _ in range(CAS_ATTEMPTS):
         campaign = svc.campaign(campaign_id)
         current = campaign.migrating
-        if current is None or current.get("id") != begun.get("id"):
+        if current is None or current.id != begun.id:
             return campaign.template_version == target.version.version  # finished by another
-        now: datetime = svc.clock.now()
-        record = {key: value for key, value in current.items() if key not in ("revision",)} | {
-            "finished_at": now
-        }
-        pin = {
-            "template_version": target.version.version,
-            "template_hash": target.version.content_hash,
-        }
-        if svc.campaigns.finish_migration(
-            campaign_id, str(current["id"]), int(current.get("revision", 0)), pin, record, now
-        ):
+        if svc.campaigns.finish_migration(campaign_id, current, target.version, svc.clock.now()):
             return True
     return False
 

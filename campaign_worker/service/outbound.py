@@ -15,9 +15,10 @@ from datetime import datetime
 
 import structlog
 
-from campaign_worker.domain.documents import ConversationState, Direction
-from campaign_worker.domain.progression import OutboundEnvelope, envelopes_for
+from campaign_worker.domain.documents import ConversationState, Direction, Unreadable
+from campaign_worker.domain.effects import OutboundEnvelope
 from campaign_worker.domain.splits import is_withheld
+from campaign_worker.domain.transitions import envelopes_for
 from campaign_worker.service.ports import ConversationStateRepository, OutboxRepository
 
 log = structlog.get_logger(__name__)
@@ -63,12 +64,12 @@ class Publisher:
     def sweep(self, before: datetime, limit: int = 500) -> int:
         """Publish messages recorded before ``before`` whose publication was interrupted."""
         states = []
-        for doc in self.conversations.find_unpublished(before, limit):
-            try:
-                states.append(ConversationState.model_validate(doc))
-            except ValueError:
+        for found in self.conversations.find_unpublished(before, limit):
+            if isinstance(found, Unreadable):
                 # Left marked for an operator: its messages cannot be rebuilt reliably.
-                log.error("outbox_sweep_invalid_conversation", conversation_id=doc.get("_id"))
+                log.error("outbox_sweep_invalid_conversation", conversation_id=found.id)
+            else:
+                states.append(found)
         published = self.leftovers(states)
         if states:
             log.warning("outbox_sweep", conversations=len(states), published=published)

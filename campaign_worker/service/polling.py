@@ -11,10 +11,11 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from campaign_worker.domain.documents import CampaignStatus, to_utc
+from campaign_worker.domain.campaign_documents import CampaignStatus
+from campaign_worker.domain.documents import to_utc
 from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.service.context import Services
-from campaign_worker.service.ledger import Dispatch, dispatch_token, is_dispatch_token
+from campaign_worker.service.dispatch_tokens import Dispatch, dispatch_token, is_dispatch_token
 
 log = structlog.get_logger(__name__)
 
@@ -108,11 +109,10 @@ def dispatch(svc: Services, campaign_id: str, count: int = 1) -> list[Dispatch]:
 
 def _in_progress(svc: Services, campaign_id: str, now: datetime) -> bool:
     """A dispatched task registered within the lease time is (or will be) on it."""
-    doc = svc.campaign_metrics.get(campaign_id) or {}
+    stored = svc.campaign_metrics.get(campaign_id)
     recent = now - timedelta(seconds=svc.lease_seconds)
-    return any(
-        is_dispatch_token(token) and isinstance(since, datetime) and to_utc(since) > recent
-        for token, since in (doc.get("inflight") or {}).items()
+    return stored is not None and any(
+        is_dispatch_token(token) and since > recent for token, since in stored.inflight.items()
     )
 
 

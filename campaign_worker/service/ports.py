@@ -5,16 +5,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
-from campaign_worker.domain.documents import (
+from campaign_worker.domain.audited import AuditedConversation, AuditedRow
+from campaign_worker.domain.campaign_documents import (
+    AudiencePosition,
+    AudienceRow,
     Campaign,
     CampaignStatus,
-    ConversationState,
+    InitCheckpoint,
+    MigrationRecord,
     StoredCampaign,
 )
+from campaign_worker.domain.documents import ConversationState, StoredState
+from campaign_worker.domain.effects import MetricsDelta, OutboundEnvelope
+from campaign_worker.domain.metrics_documents import StoredMetrics
 from campaign_worker.domain.partitions import PartitionRange
-from campaign_worker.domain.progression import MetricsDelta, OutboundEnvelope
 from campaign_worker.domain.suppressions import FrequencyCap, Suppression
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
 from campaign_worker.domain.versions import TemplateVersion
@@ -34,7 +40,7 @@ class Clock(Protocol):
 
 
 class TemplateSource(Protocol):
-    """Where templates come from (ConfigManager reads files)."""
+    """Where templates come from (TemplateFiles, the seed's ConfigManager, reads files)."""
 
     def get_template(self, template_id: str) -> Template: ...
     def template_ids(self) -> list[str]: ...
@@ -44,27 +50,29 @@ class TemplateSource(Protocol):
 class TemplateVersionRepository(Protocol):
     """Stored template versions (``domain.versions``)."""
 
-    def initialize(self) -> None: ...
     def register(self, template: Template, now: datetime, source: str = "") -> TemplateVersion: ...
     def get(self, template_id: str, version: int) -> TemplateVersion | None: ...
     def list(self, template_id: str) -> list[TemplateVersion]: ...
 
 
 class ConversationStateRepository(Protocol):
-    def initialize(self) -> None: ...
-    def create_conversation_state(self, data: dict[str, Any]) -> dict[str, Any]: ...
-    def get_conversation_state(self, id: str) -> dict[str, Any] | None: ...
-    def update_conversation_state(
-        self, id: str, updates: dict[str, Any]
-    ) -> dict[str, Any] | None: ...
-    def delete_conversation_state(self, id: str) -> bool: ...
-    def find_conversation_states(
-        self, query: dict[str, Any], *, limit: int = 0, sort: list[tuple[str, int]] | None = None
-    ) -> list[dict[str, Any]]: ...
-    def insert_many_states(self, docs: Sequence[dict[str, Any]]) -> int: ...
+    """The conversations (the seed's ``ConversationStateRepository``), as the flows use
+    them. Reads return ``StoredState``: a document that no longer validates comes back as
+    ``Unreadable`` beside the others, to be failed or refused alone."""
+
+    def get_state(self, conversation_id: str) -> StoredState | None: ...
+    def insert_states(self, states: Sequence[ConversationState]) -> int:
+        """Insert new conversations; one that exists (same id, or same campaign and user)
+        is skipped. Returns how many were inserted."""
+        ...
+
     def find_due(
         self, campaign_id: str, now: datetime, *, stage: str | None, status: str, limit: int
-    ) -> list[dict[str, Any]]: ...
+    ) -> list[StoredState]:
+        """Active: due (``next_action_at <= now``), oldest due first. A finished status:
+        the conversations in it, most recently finished first."""
+        ...
+
     def read_due(
         self,
         campaign_id: str,
@@ -74,22 +82,35 @@ class ConversationStateRepository(Protocol):
         limit: int,
         span: PartitionRange = ...,
         settling: bool = False,
-    ) -> list[dict[str, Any]]: ...
-    def save_transitions(
-        self, changes: Sequence[tuple[ConversationState, ConversationState]]
-    ) -> set[str]: ...
+    ) -> list[StoredState]:
+        """Up to ``limit`` due active conversations of ``span``, oldest due first;
+        ``settling``: every active one, due or not."""
+        ...
+
     def write_transitions(
         self,
         changes: Sequence[tuple[ConversationState, ConversationState]],
         now: datetime | None = None,
-    ) -> WriteOutcome: ...
-    def fail_conversation(self, conversation_id: str, reason: str, now: datetime) -> bool: ...
-    def mark_published(self, items: Sequence[tuple[str, str, Sequence[str]]]) -> int: ...
-    def find_unpublished(self, before: datetime, limit: int) -> list[dict[str, Any]]: ...
-    def get_by_user(self, campaign_id: str, user_id: str) -> ConversationState | None: ...
-    def find_by_users(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]: ...
-    def get_many(self, ids: Sequence[str]) -> list[dict[str, Any]]: ...
-    def has_due(self, campaign_id: str, now: datetime) -> bool: ...
+    ) -> WriteOutcome:
+        """Each (old, new) as a compare-and-set on ``old.version``: applied (with the
+        write's token), refused by the store (with the reason), or lost to a writer."""
+        ...
+
+    def fail_conversation(self, conversation_id: str, reason: str, now: datetime) -> bool:
+        """End it as failed without reading it; False if it was not active."""
+        ...
+
+    def mark_published(self, items: Sequence[tuple[str, str, Sequence[str]]]) -> int:
+        """(conversation id, publish token, message ids): clear those ids from
+        ``unpublished`` while the token is the stored one."""
+        ...
+
+    def find_unpublished(self, before: datetime, limit: int) -> list[StoredState]: ...
+    def find_by_users(self, pairs: Sequence[tuple[str, str]]) -> list[StoredState]:
+        """The conversations of these (campaign id, user id) pairs."""
+        ...
+
+    def get_many(self, ids: Sequence[str]) -> list[StoredState]: ...
     def count_due(
         self,
         campaign_id: str,
@@ -98,19 +119,31 @@ class ConversationStateRepository(Protocol):
         settling: bool,
         limit: int,
         span: PartitionRange = ...,
-    ) -> int: ...
+    ) -> int:
+        """How many are due (``settling``: active) in ``span``, counted up to ``limit``."""
+        ...
+
     def count_conversations(self, campaign_id: str) -> int: ...
     def count_active(self, campaign_id: str) -> int: ...
-    def page_active(
-        self, campaign_id: str, after: str | None, limit: int
-    ) -> list[dict[str, Any]]: ...
+    def page_active(self, campaign_id: str, after: str | None, limit: int) -> list[StoredState]:
+        """Active conversations by id, those after ``after``."""
+        ...
+
     def oldest_due(self, now: datetime, campaign_ids: Sequence[str]) -> datetime | None: ...
-    def aggregate_campaign(self, campaign_id: str) -> dict[str, Any]: ...
+    def recount(self, campaign_id: str) -> dict[str, float]:
+        """The metrics-document counters (field paths, zeros left out) recomputed from
+        the campaign's conversations."""
+        ...
 
 
 class CampaignRepository(Protocol):
-    def initialize(self) -> None: ...
-    def insert(self, campaign: Campaign) -> bool: ...
+    """Campaigns (collection ``campaigns``): conditional status moves, the poller's
+    claim, the audience, the initialization checkpoint and migrations."""
+
+    def insert(self, campaign: Campaign) -> bool:
+        """Store a new campaign; False if one with its id exists (a replay)."""
+        ...
+
     def get(self, campaign_id: str, *, with_recipients: bool = False) -> StoredCampaign | None: ...
     def transition(
         self,
@@ -118,44 +151,70 @@ class CampaignRepository(Protocol):
         allowed_from: Iterable[CampaignStatus],
         to: CampaignStatus,
         now: datetime,
-        extra: dict[str, Any] | None = None,
-    ) -> StoredCampaign | None: ...
+    ) -> StoredCampaign | None:
+        """Move to ``to`` if the status is one of ``allowed_from``; else None."""
+        ...
+
+    def finish_initialization(
+        self,
+        campaign_id: str,
+        allowed_from: Iterable[CampaignStatus],
+        now: datetime,
+        total_recipients: int,
+        checkpoint: InitCheckpoint,
+    ) -> StoredCampaign | None:
+        """Running, with its total and last checkpoint, in one conditional update."""
+        ...
+
     def claim_for_initialization(
         self, now: datetime, owner: str, lease_until: datetime, limit: int
-    ) -> list[StoredCampaign]: ...
-    def find_by_status(self, statuses: Iterable[CampaignStatus]) -> list[StoredCampaign]: ...
+    ) -> list[StoredCampaign]:
+        """Scheduled campaigns due to start, and initializations whose lease expired:
+        each leased to ``owner``, one winner per campaign."""
+        ...
+
+    def find_by_status(self, statuses: Iterable[CampaignStatus]) -> list[StoredCampaign]:
+        """Campaigns in ``statuses`` (cancelled ones until they are settled)."""
+        ...
+
     def list_recent(self, status: CampaignStatus | None, limit: int) -> list[StoredCampaign]: ...
     def iter_recipients(
         self,
         campaign: StoredCampaign,
         batch_size: int,
-        position: dict[str, Any] | None = None,
+        position: AudiencePosition | None = None,
         read_ahead: int = 1,
-    ) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]: ...
+    ) -> Iterator[tuple[list[AudienceRow], AudiencePosition]]:
+        """The audience in batches, from after ``position``, each with the position
+        after it; rows that fail validation come as ``InvalidRow``."""
+        ...
+
     def has_recipients(self, campaign: Campaign) -> bool: ...
     def mark_settled(self, campaign_id: str, now: datetime) -> bool: ...
     def save_init_progress(
-        self, campaign_id: str, progress: dict[str, Any], lease_until: datetime, now: datetime
-    ) -> bool: ...
+        self, campaign_id: str, checkpoint: InitCheckpoint, lease_until: datetime, now: datetime
+    ) -> bool:
+        """Checkpoint and extend the lease; False once it left ``initializing``."""
+        ...
+
     def begin_migration(
-        self, campaign_id: str, record: dict[str, Any], now: datetime
-    ) -> StoredCampaign: ...
+        self, campaign_id: str, record: MigrationRecord, now: datetime
+    ) -> StoredCampaign:
+        """Set ``migrating`` unless one is being applied; the campaign either way."""
+        ...
+
     def count_migration(
         self, campaign_id: str, migration_id: str, counts: dict[str, dict[str, int]]
     ) -> bool: ...
     def finish_migration(
-        self,
-        campaign_id: str,
-        migration_id: str,
-        revision: int,
-        pin: dict[str, Any],
-        record: dict[str, Any],
-        now: datetime,
-    ) -> bool: ...
+        self, campaign_id: str, record: MigrationRecord, version: TemplateVersion, now: datetime
+    ) -> bool:
+        """Record the migration and pin ``version``, if ``record`` is still the one
+        being applied, at its revision."""
+        ...
 
 
 class CampaignMetricsRepository(Protocol):
-    def initialize(self) -> None: ...
     def ensure(self, campaign_id: str, now: datetime) -> None: ...
     def begin(self, campaign_id: str, token: str, now: datetime) -> None: ...
     def register(self, campaign_id: str, tokens: Sequence[str], now: datetime) -> None: ...
@@ -168,7 +227,7 @@ class CampaignMetricsRepository(Protocol):
         token: str | None = None,
         register: Sequence[str] = (),
     ) -> None: ...
-    def get(self, campaign_id: str) -> dict[str, Any] | None: ...
+    def get(self, campaign_id: str) -> StoredMetrics | None: ...
     def correct(
         self,
         campaign_id: str,
@@ -180,7 +239,6 @@ class CampaignMetricsRepository(Protocol):
 
 
 class OutboxRepository(Protocol):
-    def initialize(self) -> None: ...
     def enqueue_many(self, envelopes: Sequence[OutboundEnvelope]) -> int: ...
 
 
@@ -188,11 +246,13 @@ class InvariantReads(Protocol):
     """The invariant checker's reads: streamed in batches with projections, so a campaign
     of millions of conversations is checked in one pass in bounded memory."""
 
-    def conversations(self, campaign_id: str, batch_size: int) -> Iterator[list[dict[str, Any]]]:
+    def conversations(
+        self, campaign_id: str, batch_size: int
+    ) -> Iterator[list[AuditedConversation]]:
         """The campaign's conversations, projected to what the checks read."""
         ...
 
-    def conversations_by_id(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+    def conversations_by_id(self, ids: Sequence[str]) -> list[AuditedConversation]:
         """The same projection for these conversation ids (a re-read)."""
         ...
 
@@ -202,7 +262,7 @@ class InvariantReads(Protocol):
         """(conversation id, user id) of every conversation of these users."""
         ...
 
-    def outbox_rows(self, conversation_ids: Sequence[str]) -> list[dict[str, Any]]:
+    def outbox_rows(self, conversation_ids: Sequence[str]) -> list[AuditedRow]:
         """Outbox rows of these conversations (no content)."""
         ...
 
@@ -212,13 +272,24 @@ class InvariantReads(Protocol):
 class SuppressionRepository(Protocol):
     """The suppression list (``domain.suppressions``), shared with the delivering service."""
 
-    def initialize(self) -> None: ...
-    def add_many(self, entries: Sequence[Suppression]) -> int: ...
-    def matching(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]: ...
+    def add_many(self, entries: Sequence[Suppression]) -> int:
+        """Add entries (one listed already keeps its first reason); returns how many
+        are new."""
+        ...
+
+    def matching(self, keys: Sequence[str]) -> dict[str, Suppression]:
+        """The entries among ``keys`` (suppression ids), by id."""
+        ...
+
     def list(
         self, *, user_id: str | None = None, channel: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]: ...
-    def lift(self, key: str) -> dict[str, Any] | None: ...
+    ) -> list[Suppression]:
+        """Entries, oldest first, optionally of one user or one channel."""
+        ...
+
+    def lift(self, key: str) -> Suppression | None:
+        """Remove one entry; returns it, or None if it was not listed."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -233,7 +304,6 @@ class SendRequest:
 class SendBudgetRepository(Protocol):
     """Frequency-cap slots across campaigns, taken atomically."""
 
-    def initialize(self) -> None: ...
     def reserve(
         self, requests: Sequence[SendRequest], caps: dict[str, FrequencyCap], now: datetime
     ) -> dict[str, datetime]: ...

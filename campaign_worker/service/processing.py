@@ -15,27 +15,27 @@ from datetime import datetime
 import structlog
 from pydantic import ValidationError
 
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import CampaignStatus
 from campaign_worker.domain.documents import (
     FINISHED_STATUSES,
-    CampaignStatus,
     ConversationState,
+    StoredState,
+    Unreadable,
     describe_validation_error,
 )
+from campaign_worker.domain.effects import Action, Decision, Effects, MetricsDelta
 from campaign_worker.domain.errors import InvalidInputError, UnknownStageError
 from campaign_worker.domain.partitions import PartitionRange
-from campaign_worker.domain.progression import (
-    Action,
-    Decision,
-    Effects,
-    MetricsDelta,
-    apply,
-    run,
-)
+from campaign_worker.domain.progression import run
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
-from campaign_worker.service.context import Doc, Services
-from campaign_worker.service.ledger import Dispatch, MetricsLedger, dispatch_token
+from campaign_worker.domain.transitions import apply
+from campaign_worker.service.context import Services
+from campaign_worker.service.dispatch_tokens import Dispatch, dispatch_token
+from campaign_worker.service.metrics_ledger import MetricsLedger
+from campaign_worker.service.send_guard import Verdict
 from campaign_worker.service.template_versions import CampaignTemplates
-from campaign_worker.service.writes import Current, Evaluated, write_changes
+from campaign_worker.service.writes import Current, Evaluated, guard_sends, write_changes
 
 log = structlog.get_logger(__name__)
 WHOLE = PartitionRange()
@@ -93,8 +93,7 @@ class BatchResult:
 class EvaluatedBatch:
     """One batch's evaluated changes, before they are written."""
 
-    changes: list[tuple[ConversationState, ConversationState]] = field(default_factory=list)
-    effects: dict[str, Effects] = field(default_factory=dict)
+    changes: list[Evaluated] = field(default_factory=list)
     broken: dict[str, str] = field(default_factory=dict)  # id -> why it fails alone
 
 
@@ -159,7 +158,7 @@ def _process(
         raise InvalidInputError("limit must be a positive integer")
     settling = result.settling = status == CampaignStatus.CANCELLED
     # One more than the batch: whether more is due, at no extra round trip.
-    docs = svc.conversation_state_repository.read_due(
+    read = svc.conversation_state_repository.read_due(
         campaign_id,
         svc.clock.now(),
         stage=stage,
@@ -167,8 +166,8 @@ def _process(
         span=span,
         settling=settling,
     )
-    result.more = len(docs) > batch_limit
-    claimed = docs[:batch_limit]
+    result.more = len(read) > batch_limit
+    claimed = read[:batch_limit]
     result.claimed = len(claimed)
     if on_claimed is not None:
         on_claimed(len(claimed), batch_limit)
@@ -219,17 +218,15 @@ def _continue(
 
 
 def _evaluate(
-    claimed: list[Doc], step: Step, templates: CampaignTemplates, svc: Services
+    claimed: list[StoredState], step: Step, templates: CampaignTemplates, svc: Services
 ) -> EvaluatedBatch:
     """Each claimed conversation's next state, on its template version; what cannot be
     evaluated fails alone."""
     batch = EvaluatedBatch()
     now = svc.clock.now()
-    for doc in claimed:
-        try:
-            state = ConversationState.model_validate(doc)
-        except ValidationError as exc:
-            batch.broken[str(doc["_id"])] = f"invalid document: {validation_summary(exc)}"
+    for state in claimed:
+        if isinstance(state, Unreadable):
+            batch.broken[state.id] = f"invalid document: {state.error[:500]}"
             continue
         try:
             template, type_template = templates(state.context.template_version)
@@ -245,32 +242,22 @@ def _evaluate(
             except Exception:
                 batch.broken[state.id] = f"could not be evaluated: {type(exc).__name__}"
                 continue
-        batch.changes.append((state, new_state))
-        batch.effects[state.id] = effects
+        batch.changes.append(Evaluated(state, new_state, effects))
     return batch
 
 
 def _guard(svc: Services, batch: EvaluatedBatch, templates: CampaignTemplates) -> None:
-    """Ask the send guard about the batch's sends (one suppression query, the frequency
-    cap's slots); re-run the steps it refuses: opt out, or wait for a held channel."""
+    """The batch's sends through the send guard (``writes.guard_sends``): a step it
+    refuses runs again, to opt out or to wait for a held channel."""
     now = svc.clock.now()
-    verdicts = svc.send_guard.check([(old, batch.effects[old.id]) for old, _ in batch.changes], now)
-    if not verdicts:
-        return
-    for index, (old, _) in enumerate(batch.changes):
-        verdict = verdicts.get(old.id)
-        if verdict is None:
-            continue
+
+    def rerun(change: Evaluated, verdict: Verdict) -> Evaluated:
+        old = change.old
         template, type_template = templates(old.context.template_version)
         ruled = Current(old, template, type_template, now, verdict.suppressed, verdict.holds)
-        new, effects = ruled.progress(old)
-        effects.delta.deferred += len(verdict.holds)
-        for channel in verdict.holds:
-            svc.metrics.messages_deferred(channel, 1)
-        if verdict.suppressed is not None:
-            svc.metrics.suppressed(old.campaign_type, 1)
-        batch.changes[index] = (old, new)
-        batch.effects[old.id] = effects
+        return Evaluated(old, *ruled.run(old))
+
+    batch.changes = guard_sends(svc, batch.changes, now, rerun)
 
 
 def write_evaluated(
@@ -280,14 +267,13 @@ def write_evaluated(
     ``write_changes`` does (counts to ``ledger``, applied when the caller closes it); fail
     the broken alone."""
     result.invalid = sum(reason.startswith("invalid document") for reason in batch.broken.values())
-    changes = [Evaluated(old, new, batch.effects[old.id]) for old, new in batch.changes]
-    written = write_changes(svc, changes, lambda _: ledger, svc.clock.now())
+    written = write_changes(svc, batch.changes, lambda _: ledger, svc.clock.now())
     batch.broken.update(written.failed)
     applied = written.applied
     result.written = len(applied)
     result.conflicts = len(batch.changes) - len(applied) - len(written.failed)
     result.failures = fail_alone(svc, batch.broken, ledger)
-    result.count([batch.effects[cid] for cid in applied])
+    result.count([c.effects for c in batch.changes if c.old.id in applied])
 
 
 def fail_alone(svc: Services, broken: dict[str, str], ledger: MetricsLedger) -> int:

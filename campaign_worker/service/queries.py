@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import structlog
 
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import CampaignStatus
 from campaign_worker.domain.documents import (
-    CampaignMetrics,
-    CampaignStatus,
+    ConversationState,
     ConversationStatus,
+    Unreadable,
     parse_document,
 )
 from campaign_worker.domain.errors import InvalidInputError, UnknownStageError
+from campaign_worker.domain.metrics_documents import CampaignMetrics
 from campaign_worker.domain.splits import HOLDOUT_COUNTERS, VARIANT_COUNTERS
 from campaign_worker.domain.templates import CampaignTypeTemplate
-from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.context import Services
 
 log = structlog.get_logger(__name__)
 
@@ -40,9 +43,13 @@ def get_pending_conversations(
         _, type_template = svc.type_template(campaign)
         if stage not in type_template.stage_names:
             raise UnknownStageError(stage, type_template.stage_names)
-    return svc.conversation_state_repository.find_due(
+    found = svc.conversation_state_repository.find_due(
         campaign_id, svc.clock.now(), stage=stage, status=status, limit=limit
     )
+    for unreadable in [s for s in found if isinstance(s, Unreadable)]:
+        # Processing fails it alone; a listing shows the conversations it can read.
+        log.warning("conversation_unreadable", conversation_id=unreadable.id)
+    return [state.to_mongo() for state in found if isinstance(state, ConversationState)]
 
 
 def list_campaigns(svc: Services, status: str | None = None, limit: int = 50) -> list[Doc]:
@@ -62,8 +69,8 @@ def list_campaigns(svc: Services, status: str | None = None, limit: int = 50) ->
 def get_campaign_metrics(svc: Services, campaign_id: str) -> Doc:
     """The seed's Campaign Metrics Document, stages in template order."""
     campaign = svc.campaign(campaign_id)
-    raw = svc.campaign_metrics.get(campaign_id) or {}
-    raw = {key: value for key, value in raw.items() if key != "_id"}
+    stored = svc.campaign_metrics.get(campaign_id)
+    raw = {} if stored is None else stored.document()
     raw.setdefault("campaign_id", campaign_id)
     raw.setdefault("updated_at", svc.clock.now())
     negative = _clamp_negative(raw)

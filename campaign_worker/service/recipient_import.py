@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from pydantic import ValidationError
 
-from campaign_worker.domain.documents import Recipient
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import Recipient
 
-Doc = dict[str, Any]
 Row = tuple[int, Doc | str]
 MAX_REPORTED = 20
 

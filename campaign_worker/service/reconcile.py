@@ -9,8 +9,9 @@ from typing import Any
 
 import structlog
 
-from campaign_worker.domain.documents import CampaignStatus, StoredCampaign, to_utc
-from campaign_worker.service.context import Doc, Services
+from campaign_worker.domain.campaign_documents import CampaignStatus, InitCheckpoint, StoredCampaign
+from campaign_worker.domain.metrics_documents import StoredMetrics
+from campaign_worker.service.context import Services
 
 log = structlog.get_logger(__name__)
 
@@ -52,21 +53,20 @@ def reconcile_campaign_metrics(svc: Services, campaign_id: str) -> dict[str, flo
     """
     campaign = svc.campaign(campaign_id)
     now = svc.clock.now()
-    before = svc.campaign_metrics.get(campaign_id) or {}
-    inflight = {str(k): to_utc(v) for k, v in (before.get("inflight") or {}).items()}
+    before = svc.campaign_metrics.get(campaign_id) or StoredMetrics(id=campaign_id)
+    inflight = before.inflight
     stale = [token for token, since in inflight.items() if since < now - svc.inflight_timeout]
     if len(stale) < len(inflight):
         log.info("metrics_reconcile_deferred", campaign_id=campaign_id, reason="writers")
         return {}
     expected = recount(svc, campaign)
-    after = svc.campaign_metrics.get(campaign_id) or {}
-    if before.get("revision") != after.get("revision"):
+    after = svc.campaign_metrics.get(campaign_id) or StoredMetrics(id=campaign_id)
+    if before.revision != after.revision:
         log.info("metrics_reconcile_deferred", campaign_id=campaign_id, reason="concurrent updates")
         return {}
     drift = difference(expected, stored_counts(after))
     if drift or stale:
-        revision = int(after.get("revision") or 0)
-        if not svc.campaign_metrics.correct(campaign_id, drift, revision, now, stale):
+        if not svc.campaign_metrics.correct(campaign_id, drift, after.revision, now, stale):
             return {}
         if drift:
             log.warning("metrics_drift_corrected", campaign_id=campaign_id, drift=drift)
@@ -76,8 +76,8 @@ def reconcile_campaign_metrics(svc: Services, campaign_id: str) -> dict[str, flo
 def recount(svc: Services, campaign: StoredCampaign) -> dict[str, float]:
     """The metrics document's counters recomputed from the campaign's conversations (one
     aggregation) and its initialization checkpoint (invalid rows), as field paths."""
-    expected = expected_counts(svc.conversation_state_repository.aggregate_campaign(campaign.id))
-    invalid = int((campaign.init_progress or {}).get("invalid", 0))
+    expected = dict(svc.conversation_state_repository.recount(campaign.id))
+    invalid = InitCheckpoint.of(campaign).invalid
     if invalid:
         expected["invalid_recipients"] = invalid
     return expected
@@ -92,47 +92,6 @@ def difference(expected: dict[str, float], stored: dict[str, float]) -> dict[str
     }
 
 
-def expected_counts(aggregate: Doc) -> dict[str, float]:
-    """Flatten a conversation aggregation into metrics-document field paths."""
-    counts: dict[str, float] = {"total_recipients": 0}
-    for row in aggregate.get("status", []):
-        counts["total_recipients"] += row["n"]
-        counts[_STATUS_FIELD[str(row["_id"])]] = row["n"]
-    for row in aggregate.get("messages", []):
-        counts["message_metrics.total_sent"] = row["sent"]
-        counts["message_metrics.total_received"] = row["received"]
-    for row in aggregate.get("stages", []):
-        stage = row["_id"]
-        counts[f"stage_metrics.{stage}.entered"] = row["entered"]
-        counts[f"stage_metrics.{stage}.completed"] = row["completed"]
-        counts[f"stage_metrics.{stage}.total_duration_seconds"] = row["total_ms"] / 1000.0
-    counts.update(_split_counts(aggregate))
-    return {key: value for key, value in counts.items() if value}
-
-
-def _split_counts(aggregate: Doc) -> dict[str, float]:
-    """The A/B split and holdout counters (``variants.*``, ``holdout.*``)."""
-    counts: dict[str, float] = {}
-    for row in aggregate.get("holdout", []):
-        counts["holdout.conversations"] = counts.get("holdout.conversations", 0) + row["n"]
-        counts["holdout.replies"] = counts.get("holdout.replies", 0) + row["replies"]
-        counts[f"holdout.{row['_id']}"] = row["n"]
-    for row in aggregate.get("variant_messages", []):
-        key = row["_id"]
-        path = f"variants.{key['stage']}.{key['variant']}"
-        if key["direction"] == "outbound":
-            counts[f"{path}.sent"] = counts.get(f"{path}.sent", 0) + row["n"]
-            continue
-        counts[f"{path}.replies"] = counts.get(f"{path}.replies", 0) + row["n"]
-        if isinstance(key.get("intent"), str):
-            counts[f"{path}.intents.{key['intent']}"] = row["n"]
-    for row in aggregate.get("variant_visits", []):
-        path = f"variants.{row['_id']['stage']}.{row['_id']['variant']}"
-        counts[f"{path}.conversations"] = row["visits"]
-        counts[f"{path}.advanced"] = row["advanced"]
-    return counts
-
-
 def _flatten(prefix: str, value: Any, into: dict[str, float]) -> None:
     if isinstance(value, dict):
         for key, inner in value.items():
@@ -141,8 +100,9 @@ def _flatten(prefix: str, value: Any, into: dict[str, float]) -> None:
         into[prefix] = value
 
 
-def stored_counts(doc: Doc) -> dict[str, float]:
+def stored_counts(stored: StoredMetrics) -> dict[str, float]:
     """The counters of a stored metrics document, as field paths."""
+    doc = stored.document()
     counts: dict[str, float] = {}
     for key in (
         "total_recipients",
@@ -164,7 +124,6 @@ def stored_counts(doc: Doc) -> dict[str, float]:
 __all__ = [
     "campaigns_to_reconcile",
     "difference",
-    "expected_counts",
     "reconcile_campaign_metrics",
     "recount",
     "stored_counts",

@@ -18,156 +18,32 @@ from datetime import datetime
 
 import structlog
 
-from campaign_worker.domain import splits
+from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.campaign_documents import StoredCampaign
 from campaign_worker.domain.documents import (
-    FINISHED_STATUSES,
-    CampaignStatus,
     ConversationState,
-    Direction,
-    Message,
-    StoredCampaign,
-    parse_document,
+    Unreadable,
 )
+from campaign_worker.domain.effects import Effects
 from campaign_worker.domain.errors import (
     CampaignNotFoundError,
     ConcurrencyConflictError,
     ConversationNotFoundError,
-    InvalidDocumentError,
     InvalidInputError,
-    LimitExceededError,
 )
-from campaign_worker.domain.limits import (
-    MAX_CONTENT_BYTES,
-    MAX_HISTORY_MESSAGES,
-    MAX_METADATA_BYTES,
-    check_size,
-    truncate_utf8,
-)
-from campaign_worker.domain.progression import Effects
-from campaign_worker.domain.replies import reply_facts
-from campaign_worker.domain.rules import entry_index
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
-from campaign_worker.service.context import Doc, Services
-from campaign_worker.service.ledger import MetricsLedger
+from campaign_worker.service.context import Services
+from campaign_worker.service.metrics_ledger import MetricsLedger
+from campaign_worker.service.reply_recording import CheckedReply, InboundReply, ReplyOutcome
 from campaign_worker.service.send_guard import Verdict
-from campaign_worker.service.writes import CAS_ATTEMPTS, Current, Evaluated, write_changes
+from campaign_worker.service.writes import (
+    CAS_ATTEMPTS,
+    Evaluated,
+    guard_sends,
+    write_changes,
+)
 
 log = structlog.get_logger(__name__)
-
-# Replies to these campaigns are recorded and change nothing else.
-_WOUND_DOWN = frozenset({CampaignStatus.CANCELLED, CampaignStatus.COMPLETED})
-
-
-@dataclass(frozen=True)
-class InboundReply:
-    """One ``record_inbound_message`` request, as sent."""
-
-    campaign_id: str
-    user_id: str
-    message_id: str
-    content: str
-    timestamp: datetime | None = None
-    metadata: Doc | None = None
-
-
-@dataclass
-class ReplyOutcome:
-    """What became of one reply: ``result`` ({conversation_id, duplicate, status,
-    current_stage, actions}) or ``error``."""
-
-    result: Doc | None = None
-    error: Exception | None = None
-
-
-class Reply:
-    """An inbound message about to be recorded (validated, cut to the size limit)."""
-
-    def __init__(
-        self, message_id: str, content: str, timestamp: datetime | None, metadata: Doc
-    ) -> None:
-        self.message_id = message_id
-        self.content = content
-        self.timestamp = timestamp
-        self.metadata = metadata
-
-    @classmethod
-    def checked(cls, reply: InboundReply) -> Reply:
-        """``InvalidInputError`` (or ``LimitExceededError``) if it can never be recorded."""
-        if not reply.message_id:
-            raise InvalidInputError("message_id: must not be empty")
-        if not isinstance(reply.content, str):
-            raise InvalidInputError("content: must be a string")
-        check_size(reply.metadata or {}, MAX_METADATA_BYTES, "metadata")
-        # An over-long reply is kept, cut at the limit and marked, rather than refused:
-        # its start still counts as the reply it is.
-        content, size = truncate_utf8(reply.content, MAX_CONTENT_BYTES)
-        extra: Doc = {"truncated": True, "original_bytes": size} if size > MAX_CONTENT_BYTES else {}
-        return cls(reply.message_id, content, reply.timestamp, {**(reply.metadata or {}), **extra})
-
-    def applied_to(
-        self, c: _Conversation, state: ConversationState, now: datetime
-    ) -> tuple[ConversationState, Effects]:
-        """``state`` with this reply recorded, then evaluated (as the campaign allows and
-        as the send guard ruled, if it was asked)."""
-        template, type_template = c.templates
-        updated = self.recorded_in(state, now, template)
-        reply = updated.message_history[-1]
-        effects = Effects()
-        if state.status in FINISHED_STATUSES or c.campaign.status in _WOUND_DOWN:
-            pass
-        elif c.campaign.status == CampaignStatus.RUNNING:
-            verdict = c.verdict or Verdict()
-            current = Current(
-                state, template, type_template, now, verdict.suppressed, verdict.holds
-            )
-            updated, effects = current.progress(updated)
-        else:
-            # Paused campaign: keep the reply due so it is evaluated on resume.
-            updated = updated.model_copy(update={"next_action_at": now})
-        effects.delta.received += 1
-        splits.count_reply(state, reply, effects.delta)
-        return updated, effects
-
-    def recorded_in(
-        self, state: ConversationState, now: datetime, template: Template
-    ) -> ConversationState:
-        """The one place an inbound message is appended to a conversation."""
-        if len(state.message_history) >= MAX_HISTORY_MESSAGES:
-            raise LimitExceededError(
-                f"conversation {state.id!r} holds {MAX_HISTORY_MESSAGES} messages, "
-                "the most one conversation keeps"
-            )
-        entry = entry_index(state)
-        # The A/B variant of the stage visit's messages: the one this reply answers.
-        variant = splits.entry_variant(state, state.current_stage, entry)
-        message = Message(
-            message_id=self.message_id,
-            direction=Direction.INBOUND,
-            content=self.content,
-            timestamp=self.timestamp or now,
-            metadata={
-                # "variant" is ours (it names a metrics field): a client's is not kept.
-                **{key: value for key, value in self.metadata.items() if key != "variant"},
-                "stage": state.current_stage,
-                "received_at": now,
-                "entry": entry,
-                **({"variant": variant} if variant is not None else {}),
-                # Classified once, here; evaluation reads the intent, never the text again.
-                **reply_facts(
-                    self.content, self.timestamp or now, state.context.timezone, template
-                ),
-            },
-        )
-        metrics = state.metrics.model_copy(
-            update={"messages_received": state.metrics.messages_received + 1}
-        )
-        return state.model_copy(
-            update={
-                "message_history": [*state.message_history, message],
-                "metrics": metrics,
-                "last_active": now,
-            }
-        )
 
 
 @dataclass
@@ -177,17 +53,17 @@ class _Conversation:
     campaign: StoredCampaign
     state: ConversationState
     templates: tuple[Template, CampaignTypeTemplate]
-    replies: list[tuple[int, Reply]] = field(default_factory=list)
+    replies: list[tuple[int, CheckedReply]] = field(default_factory=list)
     verdict: Verdict | None = None  # the send guard's ruling on its sends, once asked
 
 
 def record_inbound_messages(svc: Services, replies: Sequence[InboundReply]) -> list[ReplyOutcome]:
     """Record ``replies`` (idempotent by message_id); one outcome per reply, in order."""
     outcomes = [ReplyOutcome() for _ in replies]
-    checked: dict[int, Reply] = {}
+    checked: dict[int, CheckedReply] = {}
     for index, reply in enumerate(replies):
         try:
-            checked[index] = Reply.checked(reply)
+            checked[index] = CheckedReply.checked(reply)
         except InvalidInputError as exc:
             outcomes[index].error = exc
     campaigns = _campaigns(svc, {replies[i].campaign_id for i in checked})
@@ -225,21 +101,18 @@ def _conversations(
     svc: Services,
     replies: Sequence[InboundReply],
     wanted: list[int],
-    checked: dict[int, Reply],
+    checked: dict[int, CheckedReply],
     campaigns: dict[str, StoredCampaign],
     outcomes: list[ReplyOutcome],
 ) -> dict[str, _Conversation]:
     """The conversations the replies address (one read), with their replies in order."""
     pairs = sorted({(replies[i].campaign_id, replies[i].user_id) for i in wanted})
-    by_pair: dict[tuple[str, str], ConversationState | InvalidInputError] = {}
-    for doc in svc.conversation_state_repository.find_by_users(pairs):
-        pair = (doc["campaign_id"], doc["user_id"])
-        try:
-            by_pair[pair] = parse_document(
-                ConversationState, doc, what=f"conversation {doc['_id']}"
-            )
-        except InvalidDocumentError as exc:
-            by_pair[pair] = InvalidInputError(str(exc))
+    by_pair: dict[tuple[str | None, str | None], ConversationState | InvalidInputError] = {}
+    for read in svc.conversation_state_repository.find_by_users(pairs):
+        if isinstance(read, Unreadable):
+            by_pair[(read.campaign_id, read.user_id)] = InvalidInputError(str(read.problem()))
+        else:
+            by_pair[(read.campaign_id, read.user_id)] = read
     found: dict[str, _Conversation] = {}
     for index in wanted:
         reply = replies[index]
@@ -326,28 +199,15 @@ def _guard(
     outcomes: list[ReplyOutcome],
     now: datetime,
 ) -> list[Evaluated]:
-    """Ask the send guard about the batch's sends (one query for all); re-evaluate the
-    conversations it rules on: a suppressed recipient opts out, a capped channel waits."""
-    verdicts = svc.send_guard.check([(c.old, c.effects) for c in changes], now)
-    if not verdicts:
-        return changes
-    ruled: list[Evaluated] = []
-    for change in changes:
-        verdict = verdicts.get(change.old.id)
-        if verdict is None:
-            ruled.append(change)
-            continue
+    """The batch's sends through the send guard (``writes.guard_sends``): a conversation it
+    rules on is evaluated again (a suppressed recipient opts out, a capped channel waits)."""
+
+    def rerun(change: Evaluated, verdict: Verdict) -> Evaluated | None:
         conversation = pending[change.old.id]
         conversation.verdict = verdict
-        again = _evaluate(conversation, outcomes, now)
-        if again is not None:
-            again.effects.delta.deferred += len(verdict.holds)
-            ruled.append(again)
-        for channel in verdict.holds:
-            svc.metrics.messages_deferred(channel, 1)
-        if verdict.suppressed is not None:
-            svc.metrics.suppressed(change.old.campaign_type, 1)
-    return ruled
+        return _evaluate(conversation, outcomes, now)
+
+    return guard_sends(svc, changes, now, rerun)
 
 
 def _evaluate(c: _Conversation, outcomes: list[ReplyOutcome], now: datetime) -> Evaluated | None:
@@ -363,7 +223,7 @@ def _evaluate(c: _Conversation, outcomes: list[ReplyOutcome], now: datetime) -> 
             result["duplicate"] = True
         else:
             try:
-                state, step = reply.applied_to(c, state, now)
+                state, step = reply.applied_to(state, now, c.campaign, c.templates, c.verdict)
             except Exception as exc:  # refused alone (a full conversation, a bug)
                 outcomes[index].result, outcomes[index].error = None, exc
                 continue
@@ -379,19 +239,15 @@ def _evaluate(c: _Conversation, outcomes: list[ReplyOutcome], now: datetime) -> 
 
 def _reread(svc: Services, pending: dict[str, _Conversation], outcomes: list[ReplyOutcome]) -> None:
     """Fresh states for conversations that lost a race (one read)."""
-    docs = svc.conversation_state_repository.get_many(sorted(pending))
-    fresh = {str(doc["_id"]): doc for doc in docs}
+    read = svc.conversation_state_repository.get_many(sorted(pending))
+    fresh = {found.id: found for found in read}
     for conversation_id in list(pending):
-        conversation = pending[conversation_id]
-        doc = fresh.get(conversation_id)
-        try:
-            if doc is None:
-                raise ConversationNotFoundError(conversation_id)
-            conversation.state = parse_document(
-                ConversationState, doc, what=f"conversation {conversation_id}"
-            )
-        except InvalidInputError as exc:
-            _refuse(pending.pop(conversation_id), outcomes, exc)
+        found = fresh.get(conversation_id)
+        if isinstance(found, ConversationState):
+            pending[conversation_id].state = found
+            continue
+        error = ConversationNotFoundError(conversation_id) if found is None else found.problem()
+        _refuse(pending.pop(conversation_id), outcomes, error)
 
 
 def _refuse(c: _Conversation, outcomes: list[ReplyOutcome], error: Exception) -> None:
@@ -418,4 +274,4 @@ def record_one(svc: Services, reply: InboundReply) -> Doc:
     return outcome.result
 
 
-__all__ = ["InboundReply", "Reply", "ReplyOutcome", "record_inbound_messages", "record_one"]
+__all__ = ["CheckedReply", "InboundReply", "ReplyOutcome", "record_inbound_messages", "record_one"]

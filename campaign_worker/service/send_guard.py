@@ -66,7 +66,7 @@ class SendGuard:
         for key, candidates in keys.items():
             hit = next((candidate for candidate in candidates if candidate in found), None)
             if hit is not None:
-                reasons[key] = f"suppressed ({found[hit].get('source', 'list')})"
+                reasons[key] = f"suppressed ({found[hit].source})"
         return reasons
 
     def check(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.errors import InvalidInputError, NotFoundError
 from campaign_worker.domain.suppressions import (
     Suppression,
@@ -9,7 +10,7 @@ from campaign_worker.domain.suppressions import (
     normalize_address,
     user_key,
 )
-from campaign_worker.service.context import Doc, Services
+from campaign_worker.service.context import Services
 from campaign_worker.service.ports import SuppressionRepository
 
 MAX_LIST = 1000
@@ -35,7 +36,10 @@ def list_suppressions(
 ) -> list[Doc]:
     if not 1 <= limit <= MAX_LIST:
         raise InvalidInputError(f"limit must be between 1 and {MAX_LIST}")
-    return _repository(svc).list(user_id=user_id, channel=channel, limit=limit)
+    return [
+        entry.as_doc()
+        for entry in _repository(svc).list(user_id=user_id, channel=channel, limit=limit)
+    ]
 
 
 def add_suppression(
@@ -60,7 +64,7 @@ def add_suppression(
     )
     repository = _repository(svc)
     repository.add_many([entry])
-    return repository.matching([key])[key]
+    return repository.matching([key])[key].as_doc()
 
 
 def lift_suppression(
@@ -78,7 +82,7 @@ def lift_suppression(
     lifted = _repository(svc).lift(wanted)
     if lifted is None:
         raise NotFoundError(f"no suppression {wanted!r}")
-    return lifted
+    return lifted.as_doc()
 
 
 __all__ = ["add_suppression", "key_of", "lift_suppression", "list_suppressions"]

@@ -1,8 +1,13 @@
-"""One conversation's state change: read, compute, compare-and-set, publish, account.
+"""Writing conversations: the steps every flow shares.
 
-A ``StateChange`` is the pure part: given the current state, its template and ``now``,
-it returns the new state and its effects, or None when there is nothing to do (a
-replay). ``write_one`` retries it from a fresh read when a concurrent writer won.
+- ``guard_sends``: the one send-guard step (ask about the sends, re-run what it refuses,
+  count deferrals and suppressions);
+- ``write_changes``: the one write sequence (metrics ledger, bulk compare-and-set, then
+  for what landed: increment, outbox, opt-outs, counters);
+- ``write_one``: one conversation's ``StateChange`` (the pure part: given the current
+  state, its template and ``now``, the new state and its effects, or None when there is
+  nothing to do, a replay) through both, retried from a fresh read when a concurrent
+  writer won.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from campaign_worker.domain.documents import ConversationState
+from campaign_worker.domain.effects import Action, Decision, Effects
 from campaign_worker.domain.errors import ConcurrencyConflictError, InvalidDocumentError
-from campaign_worker.domain.progression import Action, Decision, Effects, apply, run
+from campaign_worker.domain.progression import run
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
+from campaign_worker.domain.transitions import apply
 from campaign_worker.service.context import Services
-from campaign_worker.service.ledger import MetricsLedger
+from campaign_worker.service.metrics_ledger import MetricsLedger
 from campaign_worker.service.ports import WriteOutcome
+from campaign_worker.service.send_guard import Verdict
 
 Outcome = tuple[ConversationState, Effects]
 
@@ -34,9 +42,10 @@ class Current:
     suppressed: str | None = None
     holds: Mapping[str, datetime] = field(default_factory=dict)
 
-    def progress(self, state: ConversationState) -> Outcome:
-        """Run ``state``'s steps as the guard allows: a suppressed recipient's
-        conversation opts out instead of sending; held channels wait."""
+    def run(self, state: ConversationState) -> Outcome:
+        """Run ``state``'s due steps as the guard allows (``progression.run``): a
+        suppressed recipient's conversation opts out instead of sending; held channels
+        wait."""
         if self.suppressed is not None:
             effects = Effects()
             decision = Decision(Action.OPT_OUT, self.suppressed)
@@ -48,6 +57,46 @@ class Current:
 
 StateChange = Callable[[Current], Outcome | None]
 CAS_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """One conversation's evaluated change, ready to be written."""
+
+    old: ConversationState
+    new: ConversationState
+    effects: Effects
+
+
+#: Re-run a change as the send guard ruled (suppressed: opt out; holds: wait).
+Rerun = Callable[[Evaluated, Verdict], Evaluated | None]
+
+
+def guard_sends(
+    svc: Services, changes: list[Evaluated], now: datetime, rerun: Rerun
+) -> list[Evaluated]:
+    """The one send-guard step of every flow: ask the guard about the changes' sends
+    (one suppression query, the frequency cap's slots; a change that sends nothing is not
+    asked about), re-run each change it rules on, and count what it deferred and
+    suppressed. Returns the changes to write."""
+    verdicts = svc.send_guard.check([(c.old, c.effects) for c in changes], now)
+    if not verdicts:
+        return changes
+    ruled: list[Evaluated] = []
+    for change in changes:
+        verdict = verdicts.get(change.old.id)
+        if verdict is None:
+            ruled.append(change)
+            continue
+        again = rerun(change, verdict)
+        if again is not None:
+            again.effects.delta.deferred += len(verdict.holds)
+            ruled.append(again)
+        for channel in verdict.holds:
+            svc.metrics.messages_deferred(channel, 1)
+        if verdict.suppressed is not None:
+            svc.metrics.suppressed(change.old.campaign_type, 1)
+    return ruled
 
 
 def write_one(
@@ -64,14 +113,12 @@ def write_one(
             state = _read(svc, conversation_id, first_read)
             first_read = None
             ledger = ledger or svc.ledger(state.campaign_id)
-            template, type_template = svc.type_template(state)
             now = svc.clock.now()
-            current = Current(state, template, type_template, now)
-            outcome = _guarded(svc, change, current, change(current))
-            if outcome is None:
+            evaluated = _evaluate(svc, state, change, now)
+            if evaluated is None:
                 svc.publisher.leftovers([state])  # a replay after a crash
                 return state
-            stored = _attempt(svc, ledger, state, outcome, now)
+            stored = _attempt(svc, ledger, evaluated, now)
             if stored is not None:
                 return stored
     finally:
@@ -82,24 +129,22 @@ def write_one(
     )
 
 
-def _guarded(
-    svc: Services, change: StateChange, current: Current, outcome: Outcome | None
-) -> Outcome | None:
-    """If the change sends, ask the send guard; recompute the change as it rules."""
-    if outcome is None or not outcome[1].outbound:
-        return outcome
-    verdict = svc.send_guard.check([(current.state, outcome[1])], current.now).get(current.state.id)
-    if verdict is None:
-        return outcome
-    ruled = replace(current, suppressed=verdict.suppressed, holds=verdict.holds)
-    outcome = change(ruled)
-    if outcome is not None and verdict.holds:
-        outcome[1].delta.deferred += len(verdict.holds)
-        for channel in verdict.holds:
-            svc.metrics.messages_deferred(channel, 1)
-    if verdict.suppressed is not None:
-        svc.metrics.suppressed(current.state.campaign_type, 1)
-    return outcome
+def _evaluate(
+    svc: Services, state: ConversationState, change: StateChange, now: datetime
+) -> Evaluated | None:
+    """``change`` of ``state`` at ``now``, as the send guard allows; None: nothing to do."""
+    template, type_template = svc.type_template(state)
+    current = Current(state, template, type_template, now)
+    outcome = change(current)
+    if outcome is None:
+        return None
+
+    def rerun(_: Evaluated, verdict: Verdict) -> Evaluated | None:
+        ruled = change(replace(current, suppressed=verdict.suppressed, holds=verdict.holds))
+        return None if ruled is None else Evaluated(state, *ruled)
+
+    guarded = guard_sends(svc, [Evaluated(state, *outcome)], now, rerun)
+    return guarded[0] if guarded else None
 
 
 def _read(
@@ -109,51 +154,27 @@ def _read(
 
 
 def _attempt(
-    svc: Services,
-    ledger: MetricsLedger,
-    state: ConversationState,
-    outcome: Outcome,
-    now: datetime,
+    svc: Services, ledger: MetricsLedger, change: Evaluated, now: datetime
 ) -> ConversationState | None:
     """One compare-and-set; the stored state, or None when a concurrent writer won (then
     nothing was recorded, so nothing needs withdrawing)."""
-    new_state, effects = outcome
-    # A write that changes no count cannot be counted twice: no registration.
-    counts = not effects.delta.is_empty()
-    if counts:
-        ledger.before_write()
-    written = svc.conversation_state_repository.write_transitions([(state, new_state)], now)
-    if counts:
-        ledger.after_write()
-    if state.id in written.failed:
+    old = change.old
+    written = write_changes(svc, [change], lambda _: ledger, now)
+    if old.id in written.failed:
         raise InvalidDocumentError(
-            f"conversation {state.id!r} cannot store this change: {written.failed[state.id]}"
+            f"conversation {old.id!r} cannot store this change: {written.failed[old.id]}"
         )
-    token = written.applied.get(state.id)
-    if token is None:
+    if old.id not in written.applied:
         return None
-    ledger.add(effects.delta)
-    svc.publisher.after_writes([(state, new_state, token)])
-    svc.send_guard.record_opt_outs([(state, new_state)], now)
-    svc.record_counters(state.campaign_type, [effects])
     # What is stored now: the write bumped the version and dropped any lease.
-    return new_state.model_copy(
+    return change.new.model_copy(
         update={
-            "version": state.version + 1,
+            "version": old.version + 1,
             "lease_owner": None,
             "lease_until": None,
             "unpublished": [],
         }
     )
-
-
-@dataclass(frozen=True)
-class Evaluated:
-    """One conversation's evaluated change, ready to be written."""
-
-    old: ConversationState
-    new: ConversationState
-    effects: Effects
 
 
 def write_changes(
@@ -162,11 +183,15 @@ def write_changes(
     ledger_of: Callable[[str], MetricsLedger],
     now: datetime,
 ) -> WriteOutcome:
-    """Write ``changes`` in one bulk compare-and-set, then publish and account for those
-    that landed (``ledger_of(campaign_id)``: the caller's ledger per campaign, closed by
-    the caller). Returns which applied, which the server refused; the rest lost a race."""
+    """The one write sequence of every flow: write ``changes`` in one bulk
+    compare-and-set (registered with each campaign's metrics ledger first, when they
+    count), then for those that landed: the ledger's increment, the outbox, the opt-outs
+    on the suppression list, the operational counters. ``ledger_of(campaign_id)``: the
+    caller's ledger per campaign, closed by the caller. Returns which applied, which the
+    store refused; the rest lost a race (nothing of theirs is recorded)."""
     if not changes:
         return WriteOutcome()
+    # A write that changes no count cannot be counted twice: no registration.
     counting = {c.old.campaign_id for c in changes if not c.effects.delta.is_empty()}
     for campaign_id in sorted(counting):
         ledger_of(campaign_id).before_write()
@@ -193,7 +218,9 @@ __all__ = [
     "Current",
     "Evaluated",
     "Outcome",
+    "Rerun",
     "StateChange",
+    "guard_sends",
     "write_changes",
     "write_one",
 ]

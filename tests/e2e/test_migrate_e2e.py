@@ -10,8 +10,8 @@ import pytest
 from celery import Celery
 
 from campaign_worker.adapters.clock import SystemClock
-from campaign_worker.adapters.config_manager import parse_template
 from campaign_worker.adapters.mongo_template_versions import MongoTemplateVersionRepository
+from campaign_worker.adapters.template_files import parse_template
 from campaign_worker.domain.templates import Template
 from campaign_worker.domain.versions import content_of
 from tests.e2e.conftest import TEMPLATES, Broker, Processes, wait_for_workers, wait_until

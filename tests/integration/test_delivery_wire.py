@@ -22,7 +22,7 @@ from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.adapters.mongo import OUTBOX
 from campaign_worker.adapters.rate_limit import NoRateLimit
 from campaign_worker.delivery_wiring import Delivery, build_delivery
-from campaign_worker.domain.delivery import DeliveryStatus, RowStatus, signature
+from campaign_worker.domain.delivery import DeliveryStatus, signature
 from campaign_worker.domain.documents import conversation_id_for
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.delivery_ports import Channel
@@ -252,7 +252,7 @@ def test_an_expired_lease_is_claimed_again_and_the_late_owner_cannot_finish(
         assert dispatcher.dispatch("live").claimed == 0  # leased
         clock.advance(timedelta(seconds=31))
         assert dispatcher.dispatch("live").claimed == 2
-    assert not dispatcher.rows.finish(dead[0]["_id"], "dead-owner", RowStatus.SENT, {})
+    assert not dispatcher.rows.mark_sent(dead[0].id, "dead-owner", clock.now(), None)
     assert set(receiver.accepted().values()) == {1} and len(receiver.accepted()) == 2
 
 
@@ -339,10 +339,12 @@ def test_statuses_flow_back_once_and_a_hard_bounce_ends_the_conversation(
     record(ids["u-1"], DeliveryStatus.DELIVERED, timestamp=later + timedelta(minutes=1))
     record(ids["u-1"], DeliveryStatus.FAILED, "again", timestamp=later + timedelta(hours=1))
     u1_row = delivery.statuses.statuses.row(ids["u-1"])
-    assert u1_row is not None and u1_row["delivery"]["status"] == "delivered"
+    assert u1_row is not None and u1_row.delivery is not None
+    assert u1_row.delivery.status == "delivered"
     record(ids["u-0"], DeliveryStatus.FAILED, "late", timestamp=later - timedelta(minutes=1))
     stored = delivery.statuses.statuses.row(ids["u-0"])
-    assert stored is not None and stored["delivery"]["status"] == "delivered"
+    assert stored is not None and stored.delivery is not None
+    assert stored.delivery.status == "delivered"
 
 
 @pytest.mark.parametrize("templates", ["smtp"], indirect=True)

@@ -40,7 +40,7 @@ from campaign_worker.domain.limits import (
     check_size,
 )
 from campaign_worker.service.campaign_manager import CampaignManager
-from campaign_worker.service.replies import InboundReply
+from campaign_worker.service.reply_recording import InboundReply
 from tests.conftest import ManagerFactory, sample_campaign
 
 pytestmark = pytest.mark.wire

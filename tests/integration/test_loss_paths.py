@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from campaign_worker.adapters.clock import ManualClock
-from campaign_worker.adapters.config_manager import ConfigManager
 from campaign_worker.adapters.mongo import CAMPAIGNS, CONVERSATIONS, METRICS, OUTBOX
+from campaign_worker.adapters.template_files import ConfigManager
 from campaign_worker.bootstrap import build_manager, ensure_indexes
 from campaign_worker.domain import progression
 from campaign_worker.domain.documents import ConversationState, conversation_id_for

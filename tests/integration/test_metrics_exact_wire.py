@@ -18,7 +18,8 @@ import pymongo
 import pytest
 
 from campaign_worker.adapters.clock import ManualClock
-from campaign_worker.bootstrap import build_manager
+from campaign_worker.adapters.mongo_conversations import MongoConversationStateRepository
+from campaign_worker.bootstrap import build_manager, ensure_indexes
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.settings import Settings
 from tests.conftest import START, sample_campaign
@@ -41,6 +42,7 @@ def _work(uri: str, db_name: str, worker: int, now_iso: str) -> None:
     """One concurrent writer: a fixed, overlapping script of operations."""
     manager = _manager(uri, db_name, datetime.fromisoformat(now_iso))
     repo = manager.conversation_state_repository
+    assert isinstance(repo, MongoConversationStateRepository)  # the seed's methods
     ids = {
         doc["user_id"]: doc["_id"]
         for doc in repo.find_conversation_states({"campaign_id": CAMPAIGN})
@@ -60,7 +62,7 @@ def _work(uri: str, db_name: str, worker: int, now_iso: str) -> None:
 def test_concurrent_threads_and_processes_leave_zero_drift(wire_uri: str, wire_db: Any) -> None:
     db_name = wire_db.name
     setup = _manager(wire_uri, db_name, START)
-    setup.conversation_state_repository.initialize()
+    ensure_indexes(setup)
     setup.create_campaign(sample_campaign(N, campaign_id=CAMPAIGN))
     assert setup.initialize_campaign_conversations(CAMPAIGN) == N
     now = (START + timedelta(hours=1)).isoformat()
@@ -80,11 +82,11 @@ def test_concurrent_threads_and_processes_leave_zero_drift(wire_uri: str, wire_d
 
     # Every reply was recorded exactly once, whoever got there first.
     stored = setup.get_campaign_metrics(CAMPAIGN)
+    repo = setup.conversation_state_repository
+    assert isinstance(repo, MongoConversationStateRepository)  # the seed's methods
     received = sum(
         doc["metrics"]["messages_received"]
-        for doc in setup.conversation_state_repository.find_conversation_states(
-            {"campaign_id": CAMPAIGN}
-        )
+        for doc in repo.find_conversation_states({"campaign_id": CAMPAIGN})
     )
     assert received == stored["message_metrics"]["total_received"] == 3 * N
     assert stored["total_recipients"] == N

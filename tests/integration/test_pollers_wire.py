@@ -10,7 +10,7 @@ import pymongo
 import pytest
 
 from campaign_worker.adapters.clock import ManualClock
-from campaign_worker.bootstrap import build_manager
+from campaign_worker.bootstrap import build_manager, ensure_indexes
 from campaign_worker.settings import Settings
 from tests.conftest import START, sample_campaign
 
@@ -23,7 +23,7 @@ POLLERS = 4
 def test_concurrent_pollers_claim_each_campaign_once(wire_uri: str, wire_db: Any) -> None:
     settings = Settings(mongodb_db=wire_db.name)
     setup = build_manager(wire_db, settings, clock=ManualClock(START))
-    setup.campaigns.initialize()
+    ensure_indexes(setup)
     for index in range(CAMPAIGNS):
         setup.create_campaign(sample_campaign(2, campaign_id=f"camp-{index}"))
 

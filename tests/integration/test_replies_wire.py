@@ -12,7 +12,7 @@ import pytest
 
 from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.service.campaign_manager import CampaignManager
-from campaign_worker.service.replies import InboundReply
+from campaign_worker.service.reply_recording import InboundReply
 from tests.conftest import ManagerFactory, sample_campaign
 from tooling.mongo_monitoring import CommandCounter
 

@@ -30,8 +30,8 @@ from campaign_worker.domain.documents import (
     StageEntry,
     conversation_id_for,
 )
+from campaign_worker.domain.effects import MetricsDelta
 from campaign_worker.domain.partitions import PARTITIONS, PartitionRange, partition_of
-from campaign_worker.domain.progression import MetricsDelta
 from tests.conftest import START
 from tooling.mongo_monitoring import CommandCounter
 
@@ -65,6 +65,19 @@ def conversation(
         next_action_at=next_action_at,
         status=status,
     ).to_mongo()
+
+
+def insert(repo: MongoConversationStateRepository, docs: list[Doc]) -> int:
+    """``insert_states`` of documents built as dicts (the helpers above)."""
+    return repo.insert_states([ConversationState.model_validate(doc) for doc in docs])
+
+
+def saved(
+    repo: MongoConversationStateRepository,
+    changes: list[tuple[ConversationState, ConversationState]],
+) -> set[str]:
+    """The ids whose compare-and-set applied."""
+    return set(repo.write_transitions(changes).applied)
 
 
 def users(n: int, prefix: str = "user") -> list[str]:
@@ -171,8 +184,8 @@ def test_pending_queries_are_served_by_the_compound_index(
     wire_uri: str, wire_db: Any, repo: MongoConversationStateRepository
 ) -> None:
     """The queries find_due and read_due actually send are planned on the index."""
-    repo.insert_many_states([conversation(u) for u in users(30)])
-    repo.insert_many_states([conversation(u, campaign_id="camp-2") for u in users(30)])
+    insert(repo, [conversation(u) for u in users(30)])
+    insert(repo, [conversation(u, campaign_id="camp-2") for u in users(30)])
     recorder = _FindRecorder()
     client: pymongo.MongoClient[Doc] = pymongo.MongoClient(
         wire_uri, tz_aware=True, tzinfo=UTC, event_listeners=[recorder]
@@ -222,18 +235,18 @@ def test_unique_index_rejects_a_second_conversation_for_the_same_user(
     assert len(repo.find_conversation_states({"user_id": "user-1"})) == 1
 
 
-def test_insert_many_states_skips_duplicates_and_counts_what_it_inserted(
+def test_insert_states_skips_duplicates_and_counts_what_it_inserted(
     wire_db: Any, repo: MongoConversationStateRepository
 ) -> None:
-    assert repo.insert_many_states([conversation(u) for u in users(5)]) == 5
+    assert insert(repo, [conversation(u) for u in users(5)]) == 5
     again = [conversation(u) for u in users(8)]  # 5 already there, 3 new
     same_user_new_id = conversation("user-0001")
     same_user_new_id["_id"] = "not-the-deterministic-id"
     again.insert(0, same_user_new_id)  # first in an unordered batch: the rest still go in
 
-    assert repo.insert_many_states(again) == 3
-    assert repo.insert_many_states(again) == 0
-    assert repo.insert_many_states([]) == 0
+    assert insert(repo, again) == 3
+    assert insert(repo, again) == 0
+    assert insert(repo, []) == 0
     assert wire_db[CONVERSATIONS].count_documents({}) == 8
     assert wire_db[CONVERSATIONS].count_documents({"_id": "not-the-deterministic-id"}) == 0
 
@@ -248,11 +261,11 @@ def test_a_batch_insert_is_one_round_trip(
     try:
         counted = MongoConversationStateRepository(client[wire_db.name])
         with counter.measure() as span:
-            inserted = counted.insert_many_states([conversation(u) for u in users(500)])
+            inserted = insert(counted, [conversation(u) for u in users(500)])
         assert inserted == 500
         assert dict(span.counts.by_name) == {"insert": 1}
         with counter.measure() as span:
-            assert counted.insert_many_states([conversation(u) for u in users(500)]) == 0
+            assert insert(counted, [conversation(u) for u in users(500)]) == 0
         assert dict(span.counts.by_name) == {"insert": 1}
     finally:
         client.close()
@@ -265,7 +278,8 @@ def test_read_due_takes_due_active_conversations_oldest_first_in_one_find(
     wire_uri: str, wire_db: Any, repo: MongoConversationStateRepository
 ) -> None:
     later = START + timedelta(hours=1)
-    repo.insert_many_states(
+    insert(
+        repo,
         [
             conversation(u, next_action_at=START - timedelta(minutes=i))
             for i, u in enumerate(users(4, "due"))
@@ -273,12 +287,12 @@ def test_read_due_takes_due_active_conversations_oldest_first_in_one_find(
         + [conversation(u, next_action_at=later) for u in users(3, "later")]
         + [conversation(u, next_action_at=None) for u in users(2, "idle")]
         + [conversation(u, status="completed") for u in users(2, "done")]
-        + [conversation(u, campaign_id="camp-2") for u in users(2, "other")]
+        + [conversation(u, campaign_id="camp-2") for u in users(2, "other")],
     )
     # A lease left by an older release no longer keeps a conversation from being read.
     held = conversation("held", next_action_at=START - timedelta(hours=1))
     held.update(lease_owner="x", lease_until=later)
-    repo.insert_many_states([held])
+    insert(repo, [held])
     counter = CommandCounter()
     client: pymongo.MongoClient[Doc] = pymongo.MongoClient(
         wire_uri, tz_aware=True, tzinfo=UTC, event_listeners=[counter]
@@ -288,7 +302,7 @@ def test_read_due_takes_due_active_conversations_oldest_first_in_one_find(
         with counter.measure() as span:
             due = counted.read_due("camp-1", START, limit=200)
         assert dict(span.counts.by_name) == {"find": 1}  # in full, no getMore, no lease
-        assert [doc["user_id"] for doc in due] == ["held", *reversed(users(4, "due"))]
+        assert [doc.user_id for doc in due] == ["held", *reversed(users(4, "due"))]
         assert counted.read_due("camp-1", START, limit=2) == due[:2]
         assert counted.read_due("camp-1", later, stage="decision", limit=50) == []
         # Settling a cancelled campaign reads every active one, due or not.
@@ -301,7 +315,7 @@ def test_read_due_takes_due_active_conversations_oldest_first_in_one_find(
 def test_a_batch_read_of_many_documents_is_one_round_trip(
     wire_uri: str, wire_db: Any, repo: MongoConversationStateRepository
 ) -> None:
-    repo.insert_many_states([conversation(u) for u in users(300)])
+    insert(repo, [conversation(u) for u in users(300)])
     counter = CommandCounter()
     client: pymongo.MongoClient[Doc] = pymongo.MongoClient(
         wire_uri, tz_aware=True, tzinfo=UTC, event_listeners=[counter]
@@ -318,19 +332,20 @@ def test_a_batch_read_of_many_documents_is_one_round_trip(
 def test_partition_ranges_read_disjoint_sets_and_old_documents_go_to_the_first(
     wire_db: Any, repo: MongoConversationStateRepository
 ) -> None:
-    repo.insert_many_states([conversation(u) for u in users(120)])
+    insert(repo, [conversation(u) for u in users(120)])
     old = [conversation(u) for u in users(6, "old")]
     for doc in old:
         del doc["partition"]  # written before partitions existed
-    repo.insert_many_states(old)
+    wire_db[CONVERSATIONS].insert_many(old)
     for count in (1, 2, 3, 8):
         seen: list[str] = []
         for index in range(count):
             span = PartitionRange(index, count)
-            docs = repo.read_due("camp-1", START, limit=500, span=span)
-            seen += [doc["_id"] for doc in docs]
-            for doc in docs:
-                bucket = doc.get("partition")
+            read = repo.read_due("camp-1", START, limit=500, span=span)
+            seen += [state.id for state in read]
+            for state in read:
+                assert isinstance(state, ConversationState)
+                bucket = state.partition
                 if bucket is None:
                     assert index == 0, "a document without a bucket outside the first range"
                 else:
@@ -344,7 +359,7 @@ def test_two_readers_of_one_range_race_and_exactly_one_write_lands(
 ) -> None:
     """A doubled dispatch: both read the same documents; the compare-and-set lets one
     write of each conversation land, the other is reported as not applied."""
-    repo.insert_many_states([conversation(u) for u in users(60)])
+    insert(repo, [conversation(u) for u in users(60)])
     applied: dict[int, set[str]] = {}
 
     def reader(index: int) -> Callable[[], None]:
@@ -352,9 +367,9 @@ def test_two_readers_of_one_range_race_and_exactly_one_write_lands(
 
         def work() -> None:
             docs = mine.read_due("camp-1", START, limit=100)
-            states = [ConversationState.model_validate(doc) for doc in docs]
-            applied[index] = mine.save_transitions(
-                [(s, _with_reply(s, f"in-{index}-{s.user_id}")) for s in states]
+            states = [doc for doc in docs if isinstance(doc, ConversationState)]
+            applied[index] = saved(
+                mine, [(s, _with_reply(s, f"in-{index}-{s.user_id}")) for s in states]
             )
 
         return work
@@ -384,15 +399,15 @@ def _with_reply(state: ConversationState, message_id: str) -> ConversationState:
     )
 
 
-def test_save_transitions_is_a_compare_and_set_on_version(
+def test_write_transitions_is_a_compare_and_set_on_version(
     wire_db: Any, repo: MongoConversationStateRepository
 ) -> None:
-    repo.insert_many_states([conversation(u) for u in users(3)])
+    insert(repo, [conversation(u) for u in users(3)])
     docs = sorted(repo.find_conversation_states({}), key=lambda d: d["user_id"])
     states = [ConversationState.model_validate(doc) for doc in docs]
     first = [(state, _with_reply(state, f"in-{state.user_id}")) for state in states[:2]]
 
-    assert repo.save_transitions(first) == {states[0].id, states[1].id}
+    assert saved(repo, first) == {states[0].id, states[1].id}
     stored = {doc["_id"]: doc for doc in wire_db[CONVERSATIONS].find()}
     assert stored[states[0].id]["version"] == 1
     assert [m["message_id"] for m in stored[states[0].id]["message_history"]] == ["in-user-0000"]
@@ -403,12 +418,12 @@ def test_save_transitions_is_a_compare_and_set_on_version(
         first[0],
         (states[2], _with_reply(states[2], "in-user-0002")),
     ]
-    assert repo.save_transitions(stale_and_fresh) == {states[2].id}
+    assert saved(repo, stale_and_fresh) == {states[2].id}
     stored = {doc["_id"]: doc for doc in wire_db[CONVERSATIONS].find()}
     assert stored[states[0].id]["version"] == 1
     assert len(stored[states[0].id]["message_history"]) == 1, "stale write pushed again"
     assert stored[states[2].id]["version"] == 1
-    assert repo.save_transitions([]) == set()
+    assert saved(repo, []) == set()
 
 
 def test_a_write_drops_a_lease_of_an_older_release_and_fills_in_the_partition(
@@ -417,11 +432,11 @@ def test_a_write_drops_a_lease_of_an_older_release_and_fills_in_the_partition(
     doc = conversation("user-1")
     doc.update(lease_owner="w", lease_until=START + timedelta(minutes=2))
     del doc["partition"]
-    repo.insert_many_states([doc])
+    insert(repo, [doc])
     [read] = repo.read_due("camp-1", START, limit=1)
     state = ConversationState.model_validate(read)
     done = state.model_copy(update={"next_action_at": START + timedelta(days=1)})
-    assert repo.save_transitions([(state, done)]) == {state.id}
+    assert saved(repo, [(state, done)]) == {state.id}
     stored = repo.get_conversation_state(state.id)
     assert stored is not None
     assert "lease_owner" not in stored and "lease_until" not in stored
@@ -432,7 +447,7 @@ def test_a_write_drops_a_lease_of_an_older_release_and_fills_in_the_partition(
 def test_concurrent_compare_and_set_lets_exactly_one_writer_win(
     wire_db: Any, repo: MongoConversationStateRepository, new_client: ClientFactory
 ) -> None:
-    repo.insert_many_states([conversation(u) for u in users(40)])
+    insert(repo, [conversation(u) for u in users(40)])
     states = [ConversationState.model_validate(d) for d in repo.find_conversation_states({})]
     applied: dict[int, set[str]] = {}
 
@@ -441,7 +456,7 @@ def test_concurrent_compare_and_set_lets_exactly_one_writer_win(
         changes = [(s, _with_reply(s, f"in-{index}-{s.user_id}")) for s in states]
 
         def work() -> None:
-            applied[index] = mine.save_transitions(changes)
+            applied[index] = saved(mine, changes)
 
         return work
 
@@ -477,7 +492,7 @@ class _AfterBulkUpdate(monitoring.CommandListener):
 def test_a_landed_write_overwritten_at_once_is_still_reported_as_applied(
     wire_uri: str, wire_db: Any, repo: MongoConversationStateRepository
 ) -> None:
-    """A batch with a stale write makes save_transitions check which writes landed; a
+    """A batch with a stale write makes write_transitions check which writes landed; a
     write of ours that another writer built on in the meantime still counts as ours."""
     hook = _AfterBulkUpdate()
     client: pymongo.MongoClient[Doc] = pymongo.MongoClient(
@@ -485,20 +500,20 @@ def test_a_landed_write_overwritten_at_once_is_still_reported_as_applied(
     )
     try:
         hooked = MongoConversationStateRepository(client[wire_db.name])
-        repo.insert_many_states([conversation("stale"), conversation("fresh")])
+        insert(repo, [conversation("stale"), conversation("fresh")])
         stale, fresh = (repo.get_by_user("camp-1", user) for user in ("stale", "fresh"))
         assert stale is not None and fresh is not None
-        assert repo.save_transitions([(stale, _with_reply(stale, "first"))]) == {stale.id}
+        assert saved(repo, [(stale, _with_reply(stale, "first"))]) == {stale.id}
 
         def next_writer() -> None:
             # Reads what our bulk_write just stored (version 1) and writes on top of it.
             landed = ConversationState.model_validate(repo.get_conversation_state(fresh.id))
             assert landed.version == 1
-            assert repo.save_transitions([(landed, _with_reply(landed, "second"))]) == {fresh.id}
+            assert saved(repo, [(landed, _with_reply(landed, "second"))]) == {fresh.id}
 
         hook.action = next_writer
-        applied = hooked.save_transitions(
-            [(stale, _with_reply(stale, "late")), (fresh, _with_reply(fresh, "mine"))]
+        applied = saved(
+            hooked, [(stale, _with_reply(stale, "late")), (fresh, _with_reply(fresh, "mine"))]
         )
         assert hook.action is None, "the hook did not run"
         assert applied == {fresh.id}
@@ -515,10 +530,10 @@ def test_a_landed_write_overwritten_at_once_is_still_reported_as_applied(
 def test_datetimes_are_stored_as_bson_dates_and_read_back_as_utc(
     wire_db: Any, repo: MongoConversationStateRepository
 ) -> None:
-    repo.insert_many_states([conversation("user-1")])
+    insert(repo, [conversation("user-1")])
     [read] = repo.read_due("camp-1", START, limit=1)
     state = ConversationState.model_validate(read)
-    repo.save_transitions([(state, _with_reply(state, "in-1"))])
+    saved(repo, [(state, _with_reply(state, "in-1"))])
     date_fields = [
         "created_at",
         "last_active",

@@ -17,10 +17,10 @@ import pymongo
 import pytest
 
 from campaign_worker.adapters.clock import ManualClock
-from campaign_worker.adapters.config_manager import ConfigManager
 from campaign_worker.adapters.mongo import CAMPAIGNS, CONVERSATIONS, OUTBOX
 from campaign_worker.adapters.mongo_campaigns import MongoCampaignRepository
 from campaign_worker.adapters.mongo_conversations import MongoConversationStateRepository
+from campaign_worker.adapters.template_files import ConfigManager
 from campaign_worker.bootstrap import build_manager, ensure_indexes
 from campaign_worker.domain.documents import conversation_id_for
 from campaign_worker.domain.errors import InvalidInputError, InvalidStateTransitionError

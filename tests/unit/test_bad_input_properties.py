@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 from kombu import Connection
 from kombu.message import Message
 
-from campaign_worker.adapters.config_manager import parse_template
+from campaign_worker.adapters.template_files import parse_template
 from campaign_worker.bootstrap import Container
 from campaign_worker.demo.webhook_receiver import verify_campaign_webhook
 from campaign_worker.domain.delivery import signature
 from campaign_worker.domain.errors import CampaignWorkerError, InvalidTemplateError, TemplateError
-from campaign_worker.domain.progression import render
 from campaign_worker.domain.templates import placeholder_problem
+from campaign_worker.domain.transitions import render
 from campaign_worker.entrypoints import delivery_tasks, envelope, tasks
 from campaign_worker.entrypoints.cli.recipient_files import read_csv, read_jsonl
 from tests.unit.test_tasks import Enqueued, enqueued, worker

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from campaign_worker.adapters.config_manager import parse_template
+from campaign_worker.adapters.template_files import parse_template
 from campaign_worker.domain.documents import (
     ConversationContext,
     ConversationState,
@@ -17,9 +17,10 @@ from campaign_worker.domain.documents import (
     StageEntry,
     message_id_for,
 )
+from campaign_worker.domain.effects import Action
 from campaign_worker.domain.errors import InvalidTemplateError
 from campaign_worker.domain.intents import ReplyClassifier
-from campaign_worker.domain.progression import Action, evaluate, run
+from campaign_worker.domain.progression import evaluate, run
 from campaign_worker.domain.replies import reply_facts
 from campaign_worker.domain.rules import entry_index
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
@@ -303,7 +304,7 @@ def test_a_loop_with_a_wait_is_valid() -> None:
 
 
 def test_packaged_sales_routes_replies_by_meaning() -> None:
-    from campaign_worker.adapters.config_manager import ConfigManager
+    from campaign_worker.adapters.template_files import ConfigManager
 
     template = ConfigManager().get_template("default")
     sales = template.for_type("sales")
@@ -326,7 +327,7 @@ def test_packaged_sales_routes_replies_by_meaning() -> None:
 
 
 def test_packaged_renewal_times_out_to_its_reminder_and_exits() -> None:
-    from campaign_worker.adapters.config_manager import ConfigManager
+    from campaign_worker.adapters.template_files import ConfigManager
 
     template = ConfigManager().get_template("default")
     renewal = template.for_type("renewal")

@@ -84,9 +84,21 @@ def test_installing_twice_wraps_once(guarded: Any) -> None:
     assert guarded.close is first
 
 
-def test_the_celery_app_installs_the_guard() -> None:
-    import campaign_worker.entrypoints.celery_app  # noqa: F401 - installs on import
+def worker_starts() -> None:
+    """What a worker does before its consumer connects (``celeryd_init``): the app's
+    handler installs the guards (not an import: only a worker consumes)."""
+    from celery import signals
 
+    from campaign_worker.entrypoints import celery_app, worker_lifecycle
+
+    assert celery_app.app is not None
+    handler = worker_lifecycle._guard_the_broker
+    assert any(receiver is handler for _, receiver in signals.celeryd_init.receivers)
+    handler()
+
+
+def test_a_starting_worker_installs_the_guard() -> None:
+    worker_starts()
     assert getattr(kombu_redis.Channel.close, "_campaign_worker_guarded", False)
 
 
@@ -98,9 +110,7 @@ def virtual_message(headers: Any) -> Any:
     from kombu import Connection
     from kombu.transport.virtual import base as kombu_virtual
 
-    from campaign_worker.entrypoints import celery_app  # installs the guards on import
-
-    assert celery_app.app is not None
+    worker_starts()
     channel: Any = Connection("memory://").default_channel
     payload = {
         "body": '[[], {"campaign_id": "c"}, {}]',
@@ -150,9 +160,9 @@ def test_a_raw_item_that_is_no_kombu_payload_becomes_a_dead_letter(item: bytes, 
     from kombu.transport.virtual import base as kombu_virtual
     from kombu.utils.encoding import bytes_to_str
 
-    from campaign_worker.entrypoints import celery_app, envelope
+    from campaign_worker.entrypoints import envelope
 
-    assert celery_app.app is not None  # the guards are installed
+    worker_starts()
     channel: Any = Connection("memory://").default_channel
     redis_module: Any = kombu_redis
     payload = redis_module.loads(bytes_to_str(item))  # what _brpop_read does with an item

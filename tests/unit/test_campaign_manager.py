@@ -1,4 +1,5 @@
-"""CampaignManager over mongomock-ng: the seed's methods, idempotency, leases, metrics."""
+"""CampaignManager on the in-memory fakes of its ports and over the wire: the seed's
+methods, idempotency, leases, metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from campaign_worker.adapters.clock import ManualClock
-from campaign_worker.adapters.config_manager import ConfigManager
+from campaign_worker.adapters.template_files import ConfigManager
 from campaign_worker.domain.documents import conversation_id_for, message_id_for
 from campaign_worker.domain.errors import (
     CampaignNotFoundError,
@@ -22,12 +23,15 @@ from campaign_worker.domain.errors import (
 )
 from campaign_worker.domain.partitions import PartitionRange, partition_of
 from campaign_worker.service.campaign_manager import CampaignManager
+from tests import fakes
 from tests.conftest import START, ManagerFactory, sample_campaign
+
+any_db = fakes.any_db  # fixture: each test on the in-memory fakes, and over the wire
 
 
 @pytest.fixture
 def manager(manager_on_both: CampaignManager) -> CampaignManager:
-    """Every test here runs on mongomock-ng and over the wire (``db`` is the same one)."""
+    """Every test here runs on the fakes and over the wire (``db`` is the same one)."""
     return manager_on_both
 
 
@@ -66,9 +70,9 @@ def outbox(manager: CampaignManager) -> list[Doc]:
 
 
 def stored_metrics(manager: CampaignManager, campaign_id: str = "camp-1") -> Doc:
-    doc = manager.campaign_metrics.get(campaign_id)
-    assert doc is not None
-    return doc
+    stored = manager.campaign_metrics.get(campaign_id)
+    assert stored is not None
+    return stored.document()
 
 
 def reply(manager: CampaignManager, user: int, content: str, message_id: str | None = None) -> Doc:
@@ -188,7 +192,7 @@ def test_initialize_resumed_after_a_crash_counts_only_the_new_ones(
     manager = make_manager(db, init_batch_size=2)
     manager.create_campaign(sample_campaign(5))
     repo = manager.conversation_state_repository
-    real_insert = repo.insert_many_states
+    real_insert = repo.insert_states
     calls = {"n": 0}
 
     def crash_on_second_batch(docs: Any) -> int:
@@ -197,10 +201,10 @@ def test_initialize_resumed_after_a_crash_counts_only_the_new_ones(
             raise RuntimeError("worker died")
         return real_insert(docs)
 
-    monkeypatch.setattr(repo, "insert_many_states", crash_on_second_batch)
+    monkeypatch.setattr(repo, "insert_states", crash_on_second_batch)
     with pytest.raises(RuntimeError):
         manager.initialize_campaign_conversations("camp-1")
-    monkeypatch.setattr(repo, "insert_many_states", real_insert)
+    monkeypatch.setattr(repo, "insert_states", real_insert)
 
     assert manager.get_campaign("camp-1")["status"] == "initializing"
     assert manager.initialize_campaign_conversations("camp-1") == 3
@@ -808,9 +812,7 @@ def test_partition_ranges_split_the_due_set_without_overlap(manager: CampaignMan
         assert result.claimed == result.written and not result.more
         taken[index] = {
             doc["_id"]
-            for doc in manager.conversation_state_repository.find_conversation_states(
-                {"metrics.messages_sent": 1}
-            )
+            for doc in db_of(manager)["conversation_states"].find({"metrics.messages_sent": 1})
         } - set().union(*taken.values())
     assert sum(len(ids) for ids in taken.values()) == 40
     for index, ids in taken.items():
@@ -823,13 +825,13 @@ def test_documents_without_a_partition_go_to_the_first_range_and_get_one(
     manager: CampaignManager,
 ) -> None:
     running(manager, 12)
-    collection = manager.conversation_state_repository._collection  # type: ignore[attr-defined]
-    collection.update_many({}, {"$unset": {"partition": ""}})  # as an older release wrote them
+    # As an older release wrote them.
+    db_of(manager)["conversation_states"].update_many({}, {"$unset": {"partition": ""}})
     later = manager.process_due_conversations("camp-1", partition=1, partitions=2)
     assert later.claimed == 0
     first = manager.process_due_conversations("camp-1", partition=0, partitions=2)
     assert first.claimed == first.written == 12
-    assert {doc["partition"] for doc in collection.find()} == {
+    assert {doc["partition"] for doc in db_of(manager)["conversation_states"].find()} == {
         partition_of(cid(i)) for i in range(12)
     }
 
@@ -936,7 +938,10 @@ def test_lost_race_counts_only_writes_that_landed(
     real_write = repo.write_transitions
 
     def concurrent_writer_first(*args: Any, **kwargs: Any) -> Any:
-        repo.update_conversation_state(cid(1), {"status_reason": "touched meanwhile"})
+        db_of(manager)["conversation_states"].update_one(
+            {"_id": cid(1)},
+            {"$set": {"status_reason": "touched meanwhile"}, "$inc": {"version": 1}},
+        )
         return real_write(*args, **kwargs)
 
     monkeypatch.setattr(repo, "write_transitions", concurrent_writer_first)

@@ -13,7 +13,8 @@ from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.adapters.mongo import MongoClientProvider
 from campaign_worker.bootstrap import Container
 from campaign_worker.entrypoints import cli, tasks
-from campaign_worker.entrypoints.celery_app import app, set_container
+from campaign_worker.entrypoints.celery_app import app
+from campaign_worker.entrypoints.container import set_container
 from campaign_worker.settings import Settings
 from tests.conftest import START, ManagerFactory
 

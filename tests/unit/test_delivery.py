@@ -31,8 +31,11 @@ from campaign_worker.domain.delivery import (
 from campaign_worker.domain.errors import PermanentDeliveryError, TransientDeliveryError
 from campaign_worker.domain.templates import Template
 from campaign_worker.settings import Settings, describe_settings_error
+from tests import fakes
 from tests.conftest import ManagerFactory
 from tests.delivery_support import channel_template, readme_verifier
+
+any_db = fakes.any_db  # fixture: each test on the in-memory fakes, and over the wire
 
 NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 MESSAGE = Outgoing("m-1", "c-1", "conv-1", "u-1", "webhook", "u-1", "Hi", "hello", 0, NOW)

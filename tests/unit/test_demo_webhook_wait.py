@@ -9,6 +9,7 @@ from collections import Counter
 from types import SimpleNamespace
 from typing import Any, cast
 
+from campaign_worker.adapters.mongo_demo_reads import MongoDemoReads
 from campaign_worker.demo.webhook_demo import wait_for_deliveries
 
 
@@ -27,7 +28,7 @@ def _rows(mock_db: Any, *statuses: tuple[str, str | None]) -> None:
 def test_settled_prints_the_summary_only(mock_db: Any) -> None:
     _rows(mock_db, ("sent", "delivered"), ("sent", "delivered"))
     out = io.StringIO()
-    assert wait_for_deliveries(out, mock_db, "c", _receiver(2), stall=5) is True
+    assert wait_for_deliveries(out, MongoDemoReads(mock_db), "c", _receiver(2), stall=5) is True
     assert "Webhook receiver: 2 messages accepted" in out.getvalue()
     assert "partial" not in out.getvalue()
 
@@ -35,7 +36,7 @@ def test_settled_prints_the_summary_only(mock_db: Any) -> None:
 def test_no_progress_stops_and_says_the_figures_are_partial(mock_db: Any) -> None:
     _rows(mock_db, ("sent", "delivered"), ("sent", None), ("pending", None))
     out = io.StringIO()
-    assert wait_for_deliveries(out, mock_db, "c", _receiver(2), stall=0.3) is False
+    assert wait_for_deliveries(out, MongoDemoReads(mock_db), "c", _receiver(2), stall=0.3) is False
     assert "1 messages not sent yet, 1 reported statuses not recorded yet" in out.getvalue()
     assert "the figures above are partial" in out.getvalue()
 
@@ -54,6 +55,8 @@ def test_it_keeps_waiting_while_statuses_are_recorded(mock_db: Any) -> None:
     recorder.start()
     out = io.StringIO()
     # 1.2 s of recording in all, never 0.8 s without progress: it waits to the end.
-    settled = wait_for_deliveries(out, mock_db, "c", _receiver(3), stall=0.8, cap=10)
+    settled = wait_for_deliveries(
+        out, MongoDemoReads(mock_db), "c", _receiver(3), stall=0.8, cap=10
+    )
     recorder.join()
     assert settled is True and "partial" not in out.getvalue()

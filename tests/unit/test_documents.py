@@ -8,21 +8,17 @@ from typing import Any
 
 import pytest
 
+from campaign_worker.domain.campaign_documents import Campaign, CampaignStatus, RecipientsReference
 from campaign_worker.domain.documents import (
-    Campaign,
-    CampaignMetrics,
-    CampaignStatus,
     ConversationState,
     ConversationStatus,
-    MessageMetrics,
-    RecipientsReference,
-    StageMetrics,
     conversation_id_for,
     message_id_for,
     parse_document,
     to_utc,
 )
 from campaign_worker.domain.errors import InvalidDocumentError, InvalidInputError
+from campaign_worker.domain.metrics_documents import CampaignMetrics, MessageMetrics, StageMetrics
 
 # The seed's examples, verbatim.
 SEED_CONVERSATION: dict[str, Any] = {
@@ -388,7 +384,8 @@ def test_message_id_is_deterministic_per_conversation_stage_and_step() -> None:
 
 
 def test_too_many_inline_recipients_point_to_a_recipients_collection() -> None:
-    from campaign_worker.domain.documents import MAX_INLINE_RECIPIENTS, Campaign, parse_document
+    from campaign_worker.domain.campaign_documents import MAX_INLINE_RECIPIENTS, Campaign
+    from campaign_worker.domain.documents import parse_document
     from campaign_worker.domain.errors import InvalidDocumentError
 
     data = {

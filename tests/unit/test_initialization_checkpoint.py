@@ -10,12 +10,15 @@ import pytest
 from campaign_worker.domain.errors import InvalidStateTransitionError
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.initialization import CHECKPOINT_EVERY, InitResult
+from tests import fakes
 from tests.conftest import ManagerFactory, sample_campaign
+
+any_db = fakes.any_db  # fixture: each test on the in-memory fakes, and over the wire
 
 
 @pytest.fixture
 def manager(manager_on_both: CampaignManager) -> CampaignManager:
-    """Every test here runs on mongomock-ng and over the wire (``db`` is the same one)."""
+    """Every test here runs on the in-memory fakes and over the wire (``db`` is the same one)."""
     return manager_on_both
 
 

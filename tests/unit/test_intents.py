@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from campaign_worker.adapters.config_manager import ConfigManager
+from campaign_worker.adapters.template_files import ConfigManager
 from campaign_worker.domain.intents import normalize
 from campaign_worker.domain.templates import Template
 

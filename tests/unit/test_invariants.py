@@ -1,5 +1,5 @@
 """The invariant checker (issue 15): a clean campaign passes; each violation, built in the
-stored documents, is found, named and counted. Every test runs on mongomock-ng and over
+stored documents, is found, named and counted. Every test runs on the in-memory fakes and over
 the wire."""
 
 from __future__ import annotations
@@ -10,11 +10,14 @@ from typing import Any
 import pytest
 
 from campaign_worker.adapters.clock import ManualClock
-from campaign_worker.adapters.mongo_delivery import MongoDeliveryRows
+from campaign_worker.delivery_wiring import delivery_stores
 from campaign_worker.domain.documents import conversation_id_for
 from campaign_worker.domain.invariants import FIGURES, InvariantReport
 from campaign_worker.service.campaign_manager import CampaignManager
+from tests import fakes
 from tests.conftest import sample_campaign
+
+any_db = fakes.any_db  # fixture: each test on the in-memory fakes, and over the wire
 
 CAMPAIGN = "camp-1"
 
@@ -256,9 +259,8 @@ def test_stale_leases_only_when_quiet(
     now = clock.now()
     # A dispatcher claims a row and dies; a dispatched processing task is never run (its
     # broker message lost); a conversation keeps a lease field of the old design.
-    claimed = MongoDeliveryRows(db).claim(
-        ["default"], now, 1, "dispatcher-1", now + timedelta(seconds=60)
-    )
+    rows, _, _ = delivery_stores(db)
+    claimed = rows.claim(["default"], now, 1, "dispatcher-1", now + timedelta(seconds=60))
     assert len(claimed) == 1
     (dispatch,) = manager.dispatch_processing(CAMPAIGN)
     db.conversation_states.update_one(
@@ -271,7 +273,7 @@ def test_stale_leases_only_when_quiet(
     report = manager.check_invariants(CAMPAIGN)
     assert report.figures["stale_leases"] == 3
     assert set(violation(report, "no_stale_leases").sample) == {
-        f"outbox:{claimed[0]['_id']}",
+        f"outbox:{claimed[0].id}",
         f"conversation:{cid('user-00003')}",
         f"registration:{dispatch.token}",
     }

@@ -12,11 +12,15 @@ import pytest
 
 from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.domain import limits
-from campaign_worker.domain.documents import MAX_INLINE_RECIPIENTS
+from campaign_worker.domain.campaign_documents import MAX_INLINE_RECIPIENTS
+from campaign_worker.domain.documents import conversation_id_for
 from campaign_worker.domain.errors import InvalidInputError, LimitExceededError
 from campaign_worker.entrypoints.envelope import BODY_LIMIT
 from campaign_worker.service.campaign_manager import CampaignManager
+from tests import fakes
 from tests.conftest import sample_campaign
+
+manager = fakes.manager  # fixture: a manager on the fakes
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 UNITS = {"KiB": 1024, "MiB": 1024 * 1024}
@@ -66,9 +70,7 @@ def test_reply_content_is_kept_whole_up_to_the_limit_then_cut(running: CampaignM
     replies = {
         m["message_id"]: m
         for user in ("user-00000", "user-00001")
-        for m in running.get_conversation_history(
-            running.conversation_state_repository.get_by_user("camp-1", user).id  # type: ignore[union-attr]
-        )
+        for m in running.get_conversation_history(conversation_id_for("camp-1", user))
         if m["direction"] == "inbound"
     }
     assert replies["in-1"]["content"] == whole and "truncated" not in replies["in-1"]["metadata"]

@@ -6,12 +6,14 @@ from __future__ import annotations
 import pytest
 
 from campaign_worker.domain.documents import ConversationState, ConversationStatus, message_id_for
+from campaign_worker.domain.effects import Effects
 from campaign_worker.domain.errors import InvalidInputError
 from campaign_worker.domain.migrations import StageMap, Target, map_items, migrate, plan
-from campaign_worker.domain.progression import Effects, enter_stage, run
+from campaign_worker.domain.progression import run
 from campaign_worker.domain.rules import visit_of
 from campaign_worker.domain.template_diff import diff_templates
 from campaign_worker.domain.templates import Template
+from campaign_worker.domain.transitions import enter_stage
 from campaign_worker.domain.versions import content_hash, content_of
 from tests.unit.test_progression import DAY, T0, Flow, flow, msgs, new_state
 

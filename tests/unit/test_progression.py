@@ -19,17 +19,11 @@ from campaign_worker.domain.documents import (
     StageEntry,
     message_id_for,
 )
-from campaign_worker.domain.progression import (
-    Action,
-    Effects,
-    apply,
-    evaluate,
-    evaluate_rule,
-    is_opt_out,
-    render,
-    run,
-)
+from campaign_worker.domain.effects import Action, Effects
+from campaign_worker.domain.progression import evaluate, run
+from campaign_worker.domain.rules import evaluate_rule, is_opt_out
 from campaign_worker.domain.templates import CampaignTypeTemplate, Rule, Template
+from campaign_worker.domain.transitions import apply, render
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from campaign_worker.adapters.clock import ManualClock
-from campaign_worker.adapters.config_manager import parse_template
+from campaign_worker.adapters.template_files import parse_template
 from campaign_worker.domain.documents import conversation_id_for
 from tests.conftest import ManagerFactory
 

@@ -9,12 +9,15 @@ import pytest
 
 from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.service.campaign_manager import CampaignManager
+from tests import fakes
 from tests.conftest import sample_campaign
+
+any_db = fakes.any_db  # fixture: each test on the in-memory fakes, and over the wire
 
 
 @pytest.fixture
 def manager(manager_on_both: CampaignManager) -> CampaignManager:
-    """Every test here runs on mongomock-ng and over the wire (``db`` is the same one)."""
+    """Every test here runs on the in-memory fakes and over the wire (``db`` is the same one)."""
     return manager_on_both
 
 
@@ -67,9 +70,9 @@ def test_reconcile_defers_when_increments_land_meanwhile(
     _scenario(manager, clock)
     db.campaign_metrics.update_one({"_id": "camp-1"}, {"$inc": {"failed_conversations": 1}})
     repo = manager.conversation_state_repository
-    original = repo.aggregate_campaign
+    original = repo.recount
 
-    def aggregate_while_a_batch_lands(campaign_id: str) -> dict[str, Any]:
+    def aggregate_while_a_batch_lands(campaign_id: str) -> dict[str, float]:
         result = original(campaign_id)
         # A concurrent batch's $inc arrives between the two reads of the metrics doc.
         db.campaign_metrics.update_one(
@@ -77,9 +80,9 @@ def test_reconcile_defers_when_increments_land_meanwhile(
         )
         return result
 
-    monkeypatch.setattr(repo, "aggregate_campaign", aggregate_while_a_batch_lands)
+    monkeypatch.setattr(repo, "recount", aggregate_while_a_batch_lands)
     assert manager.reconcile_campaign_metrics("camp-1") == {}
     assert manager.get_campaign_metrics("camp-1")["failed_conversations"] == 1  # untouched
-    monkeypatch.setattr(repo, "aggregate_campaign", original)
+    monkeypatch.setattr(repo, "recount", original)
     assert manager.reconcile_campaign_metrics("camp-1") == {"failed_conversations": -1}
     assert manager.get_campaign_metrics("camp-1")["failed_conversations"] == 0

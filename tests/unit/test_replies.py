@@ -17,8 +17,11 @@ from campaign_worker.domain.errors import (
     LimitExceededError,
 )
 from campaign_worker.service.campaign_manager import CampaignManager
-from campaign_worker.service.replies import InboundReply
+from campaign_worker.service.reply_recording import InboundReply
+from tests import fakes
 from tests.conftest import ManagerFactory, sample_campaign
+
+any_db = fakes.any_db  # fixture: each test on the in-memory fakes, and over the wire
 
 Doc = dict[str, Any]
 HOUR = timedelta(hours=1)
@@ -115,7 +118,7 @@ def test_a_full_conversation_refuses_its_reply_alone(
 ) -> None:
     manager = manager_on_both
     started(manager, 2)
-    monkeypatch.setattr("campaign_worker.service.replies.MAX_HISTORY_MESSAGES", 2)
+    monkeypatch.setattr("campaign_worker.service.reply_recording.MAX_HISTORY_MESSAGES", 2)
     outcomes = manager.record_inbound_messages([r(0, "m-1"), r(0, "m-2"), r(1, "m-3")])
     assert outcomes[0].error is None and outcomes[2].error is None
     assert isinstance(outcomes[1].error, LimitExceededError)

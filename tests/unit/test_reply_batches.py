@@ -14,6 +14,7 @@ from pymongo.errors import AutoReconnect
 from campaign_worker.adapters.mongo import MongoClientProvider
 from campaign_worker.adapters.mongo_dead_letters import MongoDeadLetterRepository
 from campaign_worker.bootstrap import Container
+from campaign_worker.domain.errors import TransientError
 from campaign_worker.entrypoints import tasks
 from campaign_worker.entrypoints.batch_task import BatchedTask
 from campaign_worker.entrypoints.batching import (
@@ -22,7 +23,7 @@ from campaign_worker.entrypoints.batching import (
     Buffer,
     ItemOutcome,
 )
-from campaign_worker.entrypoints.celery_app import set_container
+from campaign_worker.entrypoints.container import set_container
 from campaign_worker.settings import Settings
 from tests.conftest import ManagerFactory, sample_campaign
 
@@ -84,7 +85,7 @@ def test_a_transient_failure_retries_each_message_with_backoff(
     worker: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def down(batch: Any) -> Any:
-        raise AutoReconnect("MongoDB went away")
+        raise TransientError("MongoDB unavailable: it went away")  # as the adapters raise it
 
     published: list[Doc] = []
     monkeypatch.setattr(worker.manager, "record_inbound_messages", down)

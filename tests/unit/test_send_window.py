@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from campaign_worker.domain.progression import Action, evaluate, run
+from campaign_worker.domain.effects import Action
+from campaign_worker.domain.progression import evaluate, run
 from campaign_worker.domain.rules import next_send_time
 from campaign_worker.domain.templates import SendWindow, Template
 from tests.unit.test_progression import flow, msgs, new_state, reply

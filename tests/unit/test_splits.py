@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from campaign_worker.adapters.clock import ManualClock
-from campaign_worker.adapters.config_manager import parse_template
+from campaign_worker.adapters.template_files import parse_template
 from campaign_worker.domain.documents import ConversationState, Direction
 from campaign_worker.domain.errors import InvalidTemplateError
 from campaign_worker.domain.splits import (
@@ -24,6 +24,7 @@ from campaign_worker.domain.splits import (
     recount,
     variant_index,
 )
+from tests import fakes
 from tests.conftest import START, ManagerFactory
 from tests.splits_support import (
     SPLIT_TEMPLATE,
@@ -33,6 +34,8 @@ from tests.splits_support import (
     user,
     write_split_template,
 )
+
+fake_db = fakes.fake_db  # fixture: the in-memory database
 
 # ---------------------------------------------------------------- templates
 
@@ -205,17 +208,17 @@ def test_holdout_share() -> None:
 
 
 @pytest.fixture
-def split_manager(tmp_path: Path, mock_db: Any, make_manager: ManagerFactory) -> Any:
+def split_manager(tmp_path: Path, fake_db: Any, make_manager: ManagerFactory) -> Any:
     write_split_template(tmp_path)
-    return make_manager(mock_db, campaign_templates_dir=tmp_path)
+    return make_manager(fake_db, campaign_templates_dir=tmp_path)
 
 
 def test_messages_carry_their_variant_and_the_holdout_gets_nothing(
-    split_manager: Any, mock_db: Any, clock: ManualClock
+    split_manager: Any, fake_db: Any, clock: ManualClock
 ) -> None:
     drive_split_campaign(split_manager, clock, 80)
-    states = conversations(mock_db, "ab-1")
-    outbox = {row["_id"]: row for row in mock_db["outbox"].find({"campaign_id": "ab-1"})}
+    states = conversations(fake_db, "ab-1")
+    outbox = {row["_id"]: row for row in fake_db["outbox"].find({"campaign_id": "ab-1"})}
     held = [s for s in states if s.holdout]
     assert {s.user_id for s in held} == {
         user(i) for i in range(80) if in_holdout("ab-1", user(i), 0.25)
@@ -254,11 +257,11 @@ def test_messages_carry_their_variant_and_the_holdout_gets_nothing(
 
 
 def test_per_variant_metrics_equal_a_recount_of_the_conversations(
-    split_manager: Any, mock_db: Any, clock: ManualClock
+    split_manager: Any, fake_db: Any, clock: ManualClock
 ) -> None:
     drive_split_campaign(split_manager, clock, 120)
     metrics = split_manager.get_campaign_metrics("ab-1")
-    states = conversations(mock_db, "ab-1")
+    states = conversations(fake_db, "ab-1")
     assert stored_split_counts(metrics) == recount(states)
     pitch = metrics["variants"]["pitch"]
     assert set(pitch) == {"short", "long"}
@@ -279,7 +282,7 @@ def test_per_variant_metrics_equal_a_recount_of_the_conversations(
     # The campaign's own counters include the holdout; nothing the holdout did was sent.
     assert metrics["total_recipients"] == 120
     assert metrics["message_metrics"]["total_sent"] == len(
-        list(mock_db["outbox"].find({"campaign_id": "ab-1"}))
+        list(fake_db["outbox"].find({"campaign_id": "ab-1"}))
     )
 
 
@@ -369,7 +372,7 @@ def test_a_campaign_without_splits_keeps_the_seed_shape(manager: Any) -> None:
 
 
 def test_a_reply_cannot_claim_a_variant(
-    split_manager: Any, mock_db: Any, clock: ManualClock
+    split_manager: Any, fake_db: Any, clock: ManualClock
 ) -> None:
     """``metadata.variant`` names a metrics field: a client's own is dropped, the
     variant recorded is the one the reply answers (none for the holdout)."""
@@ -391,7 +394,7 @@ def test_a_reply_cannot_claim_a_variant(
         split_manager.record_inbound_message(
             "ab-2", target, f"in-{target}", "hmm", metadata={"variant": "x.$e", "channel": "sms"}
         )
-    states = {s.user_id: s for s in conversations(mock_db, "ab-2")}
+    states = {s.user_id: s for s in conversations(fake_db, "ab-2")}
     for target in (held[0], treated[0]):
         reply = next(m for m in states[target].message_history if m.message_id == f"in-{target}")
         assert reply.metadata["channel"] == "sms"
@@ -401,16 +404,16 @@ def test_a_reply_cannot_claim_a_variant(
     metrics = split_manager.get_campaign_metrics("ab-2")
     assert set(metrics["variants"]["pitch"]) == {"short", "long"}
     assert metrics["holdout"]["replies"] == 1
-    assert stored_split_counts(metrics) == recount(conversations(mock_db, "ab-2"))
+    assert stored_split_counts(metrics) == recount(conversations(fake_db, "ab-2"))
 
 
 def test_the_reconcile_recounts_variants_and_the_holdout(
-    split_manager: Any, mock_db: Any, clock: ManualClock
+    split_manager: Any, fake_db: Any, clock: ManualClock
 ) -> None:
     drive_split_campaign(split_manager, clock, 60)
     assert split_manager.reconcile_campaign_metrics("ab-1") == {}
     # A writer that died between its conversation write and its increment: lost counts.
-    mock_db["campaign_metrics"].update_one(
+    fake_db["campaign_metrics"].update_one(
         {"_id": "ab-1"},
         {
             "$inc": {"variants.pitch.short.sent": -2, "holdout.failed": -1},
@@ -421,11 +424,11 @@ def test_the_reconcile_recounts_variants_and_the_holdout(
     assert drift["variants.pitch.short.sent"] == 2 and drift["holdout.failed"] == 1
     assert any(key.startswith("variants.pitch.long.intents.") for key in drift)
     metrics = split_manager.get_campaign_metrics("ab-1")
-    assert stored_split_counts(metrics) == recount(conversations(mock_db, "ab-1"))
+    assert stored_split_counts(metrics) == recount(conversations(fake_db, "ab-1"))
 
 
 def test_the_metrics_command_shows_variants_and_the_holdout(
-    split_manager: Any, mock_db: Any, clock: ManualClock
+    split_manager: Any, fake_db: Any, clock: ManualClock
 ) -> None:
     from rich.console import Console
 
@@ -453,7 +456,7 @@ def test_the_metrics_command_shows_variants_and_the_holdout(
     assert f"everyone else: completed {others['completed']} of {others['conversations']}" in text
 
     # One conversation of each group, as `conversations show` lists its messages.
-    states = conversations(mock_db, "ab-1")
+    states = conversations(fake_db, "ab-1")
     for state in (next(s for s in states if s.holdout), next(s for s in states if not s.holdout)):
         doc = with_statuses(split_manager.get_conversation(state.id))
         out = Console(record=True, width=200)
@@ -466,7 +469,7 @@ def test_the_metrics_command_shows_variants_and_the_holdout(
 
 
 def test_a_recipient_keeps_the_variant_of_their_stage_visit_when_weights_change(
-    split_manager: Any, mock_db: Any, clock: ManualClock, tmp_path: Path
+    split_manager: Any, fake_db: Any, clock: ManualClock, tmp_path: Path
 ) -> None:
     split_manager.create_campaign(
         {
@@ -491,7 +494,7 @@ def test_a_recipient_keeps_the_variant_of_their_stage_visit_when_weights_change(
     clock.advance(timedelta(days=1, hours=1))
     split_manager.process_due_conversations("ab-3")
     moved = 0
-    for state in conversations(mock_db, "ab-3"):
+    for state in conversations(fake_db, "ab-3"):
         if state.holdout:
             continue
         sent = [m.metadata["variant"] for m in state.message_history if m.metadata.get("variant")]
@@ -499,7 +502,7 @@ def test_a_recipient_keeps_the_variant_of_their_stage_visit_when_weights_change(
         moved += sent[0] != ("short", "long")[variant_index("ab-3", state.user_id, "pitch", [1, 3])]
     assert moved > 0  # the new weights would have switched some of them
     metrics = split_manager.get_campaign_metrics("ab-3")
-    assert stored_split_counts(metrics) == recount(conversations(mock_db, "ab-3"))
+    assert stored_split_counts(metrics) == recount(conversations(fake_db, "ab-3"))
 
 
 LOOP_TEMPLATE = """
@@ -522,10 +525,10 @@ campaign_types:
 
 
 def test_a_stage_visited_twice_counts_two_visits_of_its_variant(
-    tmp_path: Path, mock_db: Any, make_manager: ManagerFactory, clock: ManualClock
+    tmp_path: Path, fake_db: Any, make_manager: ManagerFactory, clock: ManualClock
 ) -> None:
     (tmp_path / "loop.yaml").write_text(LOOP_TEMPLATE, encoding="utf-8")
-    manager = make_manager(mock_db, campaign_templates_dir=tmp_path)
+    manager = make_manager(fake_db, campaign_templates_dir=tmp_path)
     manager.create_campaign(
         {
             "_id": "loop-1",
@@ -562,4 +565,4 @@ def test_a_stage_visited_twice_counts_two_visits_of_its_variant(
     other = "b" if variant == "a" else "a"
     assert metrics["variants"]["pitch"][other]["sent"] == 0
     assert "holdout" not in metrics
-    assert stored_split_counts(metrics) == recount(conversations(mock_db, "loop-1"))
+    assert stored_split_counts(metrics) == recount(conversations(fake_db, "loop-1"))

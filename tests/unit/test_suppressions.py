@@ -1,5 +1,5 @@
 """Global opt-out (the suppression list) and the cross-campaign frequency cap, on both
-tiers (mongomock-ng and the wire server)."""
+tiers (the in-memory fakes and the wire server)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ from campaign_worker.domain.documents import conversation_id_for
 from campaign_worker.domain.errors import InvalidInputError, NotFoundError
 from campaign_worker.domain.suppressions import Suppression, address_key, parse_caps
 from campaign_worker.service.campaign_manager import CampaignManager
+from tests import fakes
 from tests.conftest import START, ManagerFactory, sample_campaign
+
+any_db = fakes.any_db  # fixture: each test on the in-memory fakes, and over the wire
+fake_db = fakes.fake_db  # fixture: the in-memory database
 
 DAY = timedelta(days=1)
 Doc = dict[str, Any]
@@ -171,13 +175,13 @@ class _Recorder:
 
 
 def test_prometheus_counts_transitions_exits_and_deferrals(
-    mock_db: Any, settings: Any, clock: ManualClock
+    fake_db: Any, settings: Any, clock: ManualClock
 ) -> None:
     from campaign_worker.bootstrap import build_manager, ensure_indexes
 
     recorder = _Recorder()
     manager = build_manager(
-        mock_db,
+        fake_db,
         settings.model_copy(update={"frequency_caps": "*=1/1d"}),
         clock=clock,
         recorder=recorder,

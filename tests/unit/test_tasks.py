@@ -17,7 +17,7 @@ from pymongo.errors import AutoReconnect
 
 import celeryconfig
 from campaign_worker.adapters.clock import ManualClock
-from campaign_worker.adapters.mongo import MongoClientProvider
+from campaign_worker.adapters.mongo import MongoClientProvider, translate_errors
 from campaign_worker.adapters.mongo_dead_letters import MongoDeadLetterRepository
 from campaign_worker.bootstrap import Container
 from campaign_worker.domain.documents import conversation_id_for
@@ -30,7 +30,8 @@ from campaign_worker.domain.errors import (
 )
 from campaign_worker.domain.templates import Template
 from campaign_worker.entrypoints import tasks
-from campaign_worker.entrypoints.celery_app import app, set_container
+from campaign_worker.entrypoints.celery_app import app
+from campaign_worker.entrypoints.container import set_container
 from campaign_worker.settings import Settings
 from tests.conftest import START, ManagerFactory, sample_campaign
 
@@ -46,7 +47,7 @@ class Enqueued:
 
     def recorder(self, name: str) -> Any:
         def apply_async(args: Any = None, kwargs: Doc | None = None, **options: Any) -> None:
-            # A task id is given only to registered processing tasks (see ledger.py).
+            # A task id is given only to registered processing tasks (see dispatch_tokens.py).
             assert args is None and set(options) <= {"task_id"}, (
                 "tasks enqueue by kwargs and route by name"
             )
@@ -100,6 +101,20 @@ def count_calls(monkeypatch: pytest.MonkeyPatch, obj: Any, name: str, *effects: 
 
     monkeypatch.setattr(obj, name, stub)
     return calls
+
+
+def translated(error: Exception) -> Exception:
+    """What an adapter raises when PyMongo raises ``error`` (``translate_errors``)."""
+
+    @translate_errors
+    def read() -> None:
+        raise error
+
+    try:
+        read()
+    except Exception as exc:
+        return exc
+    raise AssertionError("nothing raised")
 
 
 def running_campaign(worker: Container, n: int = 4, campaign_id: str = "camp-1") -> str:
@@ -330,7 +345,8 @@ def test_positional_arguments_are_accepted_and_kept(worker: Container) -> None:
     "error",
     [
         TransientError("mongo down"),
-        AutoReconnect("primary stepped down"),
+        # MongoDB's own errors reach the task as the adapters translate them.
+        translated(AutoReconnect("primary stepped down")),
         ConcurrencyConflictError("busy"),
         ConnectionError("broker reset"),
     ],

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from campaign_worker.adapters.config_manager import ConfigManager, parse_template
+from campaign_worker.adapters.template_files import ConfigManager, parse_template
 from campaign_worker.domain.errors import (
     InvalidInputError,
     InvalidTemplateError,

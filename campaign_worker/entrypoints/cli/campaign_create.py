@@ -24,6 +24,7 @@ from campaign_worker.entrypoints.cli.common import (
     service_errors,
 )
 from campaign_worker.entrypoints.cli.recipient_files import FORMATS, read_rows
+from campaign_worker.entrypoints.container import container
 from campaign_worker.service.recipient_import import ImportResult, import_recipients
 
 
@@ -52,7 +53,6 @@ def import_id_for(idempotency_key: str | None) -> str:
 def _import(path: Path, collection: str, import_id: str, batch_size: int) -> ImportResult:
     """Stream ``path`` into ``collection`` with a progress bar on stderr."""
     from campaign_worker.adapters.mongo_recipients import MongoRecipientStore
-    from campaign_worker.entrypoints.celery_app import container
 
     store = MongoRecipientStore(container().db, collection)
     progress = Progress(

@@ -102,6 +102,26 @@ def cancel(campaign_id: CampaignId, as_json: AsJson = False) -> None:
     _steer(campaign_id, "cancel", as_json)
 
 
+def _print_migration(campaign_id: str, result: dict[str, Any]) -> None:
+    """A migration's result as a table: conversations moved, ended, left unresolved."""
+    out = console()
+    verb = "would move" if result["dry_run"] else "moved"
+    out.print(
+        f"campaign {campaign_id}: template version {result['from_version']} → "
+        f"{result['to_version']} ({'dry run' if result['dry_run'] else 'applied'})"
+    )
+    table = Table(title="conversations")
+    for column in ("from", "to", "count"):
+        table.add_column(column)
+    for key, count in [*result["moved"].items(), *result["ended"].items()]:
+        old, new = key.split(" -> ", 1)
+        table.add_row(old, new, str(count))
+    for key, count in result["unresolved"].items():
+        table.add_row(key.split(":", 1)[0], f"unresolved ({key.split(': ', 1)[1]})", str(count))
+    out.print(table)
+    out.print(f"{verb}: {result['migrated']}, already there: {result['already']}")
+
+
 @app.command()
 def migrate(
     campaign_id: CampaignId,
@@ -148,25 +168,7 @@ def migrate(
     if as_json:
         print_json(result)
         return
-    out = console()
-    verb = "would move" if result["dry_run"] else "moved"
-    out.print(
-        f"campaign {campaign_id}: template version {result['from_version']} → "
-        f"{result['to_version']} ({'dry run' if result['dry_run'] else 'applied'})"
-    )
-    table = Table(title="conversations")
-    for column in ("from", "to", "count"):
-        table.add_column(column)
-    for key, count in result["moved"].items():
-        old, new = key.split(" -> ", 1)
-        table.add_row(old, new, str(count))
-    for key, count in result["ended"].items():
-        old, new = key.split(" -> ", 1)
-        table.add_row(old, new, str(count))
-    for key, count in result["unresolved"].items():
-        table.add_row(key.split(":", 1)[0], f"unresolved ({key.split(': ', 1)[1]})", str(count))
-    out.print(table)
-    out.print(f"{verb}: {result['migrated']}, already there: {result['already']}")
+    _print_migration(campaign_id, result)
     if result["unresolved"]:
         raise fail("unresolved stages: map them with --map or give --default", EXIT_USAGE)
     if not result["dry_run"] and not result["finished"]:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from campaign_worker.service.campaign_manager import CampaignManager
 
 from campaign_worker.domain.errors import CampaignWorkerError, InvalidInputError, NotFoundError
+from campaign_worker.entrypoints.container import container
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # not found, or the action failed
@@ -78,9 +79,8 @@ def service_errors() -> Iterator[None]:
 
 
 def manager() -> CampaignManager:
-    """The service facade, on the database the settings (environment) name."""
-    from campaign_worker.entrypoints.celery_app import container
-
+    """The service facade, on the database the settings (environment) name: built from
+    ``bootstrap`` (``entrypoints/container.py``), never through Celery."""
     with service_errors():
         return container().manager
 

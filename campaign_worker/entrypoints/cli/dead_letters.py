@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from campaign_worker.entrypoints.cli.common import EXIT_USAGE, command_group, fail, print_json
+from campaign_worker.entrypoints.container import container
 
 app = command_group("List and replay task messages rejected as invalid.")
 
@@ -53,8 +54,6 @@ def list_dead_letters(
     ] = False,
 ) -> None:
     """Newest first; not yet replayed unless --all."""
-    from campaign_worker.entrypoints.celery_app import container
-
     docs = container().dead_letters.recent(limit=limit, task_name=task, include_replayed=all_)
     if as_json:
         for doc in docs:
@@ -110,8 +109,6 @@ def replay(
     ] = None,
 ) -> None:
     """Publish the message again (new task id)."""
-    from campaign_worker.entrypoints.celery_app import container
-
     repository = container().dead_letters
     doc = repository.get(id)
     if doc is None:
@@ -135,13 +132,14 @@ def _publish(
     letter_id: str, new_id: str, task_name: str, args: list[Any], kwargs: dict[str, Any]
 ) -> None:
     """Send the task; on failure release the claim so it can be replayed later (exit 2)."""
-    from campaign_worker.entrypoints.celery_app import app as celery
-    from campaign_worker.entrypoints.celery_app import container
+    # Sending needs the tasks (their signatures, the app's routes): loaded only here.
+    from campaign_worker.entrypoints import tasks
     from campaign_worker.entrypoints.requests import argument_reprs
 
     try:
-        argsrepr, kwargsrepr = argument_reprs(celery.tasks[task_name].run, args, kwargs)
-        celery.send_task(
+        task = next(task for task in tasks.PUBLIC_TASKS if task.name == task_name)
+        argsrepr, kwargsrepr = argument_reprs(task.run, args, kwargs)
+        task.app.send_task(
             task_name,
             args=args,
             kwargs=kwargs,

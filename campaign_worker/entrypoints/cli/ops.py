@@ -24,14 +24,20 @@ def health(
     from campaign_worker.entrypoints.health import run_health
     from campaign_worker.settings import get_settings
 
-    app: Any = None
+    settings = get_settings()
+    client: Any = None
     if not skip_worker:
-        from campaign_worker.entrypoints import celery_app
+        # A client of the broker is all a ping needs: the worker's app is not loaded here.
+        from celery import Celery
 
-        app = celery_app.app
-    report = run_health(
-        get_settings(), app=app, worker=worker, check_workers=not skip_worker, timeout=timeout
-    )
+        client = Celery("campaign-worker-health", broker=settings.celery_broker_url)
+    try:
+        report = run_health(
+            settings, app=client, worker=worker, check_workers=not skip_worker, timeout=timeout
+        )
+    finally:
+        if client is not None:
+            client.close()
     sys.stdout.write(report.as_json() + "\n")
     raise typer.Exit(report.exit_code)
 

@@ -24,14 +24,14 @@ from campaign_worker.entrypoints.cli.metrics import funnel, render
 
 def load_template(name: str) -> Template:
     """A template file (path), else a template id (packaged or CAMPAIGN_TEMPLATES_DIR)."""
-    from campaign_worker.adapters.config_manager import ConfigManager, parse_template
+    from campaign_worker.adapters.template_files import TemplateFiles, parse_template
     from campaign_worker.settings import get_settings
 
     path = Path(name)
     with service_errors():
         if path.is_file():
             return parse_template(path.read_text("utf-8"), str(path))
-        return ConfigManager(get_settings().campaign_templates_dir).get_template(name)
+        return TemplateFiles(get_settings().campaign_templates_dir).get_template(name)
 
 
 def simulate(

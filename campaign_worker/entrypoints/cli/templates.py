@@ -56,7 +56,7 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Load PATH as the worker would; exit 1 with the error (file, stage, field) if invalid."""
-    from campaign_worker.adapters.config_manager import parse_template
+    from campaign_worker.adapters.template_files import parse_template
 
     with service_errors():
         template = parse_template(path.read_text("utf-8"), str(path))
@@ -72,11 +72,11 @@ def list_templates(
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """The packaged templates and those in CAMPAIGN_TEMPLATES_DIR: id, types, stages."""
-    from campaign_worker.adapters.config_manager import ConfigManager
+    from campaign_worker.adapters.template_files import TemplateFiles
     from campaign_worker.settings import get_settings
 
     with service_errors():
-        templates = ConfigManager(get_settings().campaign_templates_dir)
+        templates = TemplateFiles(get_settings().campaign_templates_dir)
     summaries = [summary(templates.get_template(id_)) for id_ in templates.template_ids()]
     if as_json:
         for item in summaries:
@@ -91,7 +91,7 @@ SIDE_HELP = "a template file, or TEMPLATE_ID@VERSION: a version stored in MongoD
 
 def load_side(side: str) -> Template:
     """A file if ``side`` names one, else ``template_id@version`` from the database."""
-    from campaign_worker.adapters.config_manager import parse_template
+    from campaign_worker.adapters.template_files import parse_template
 
     path = Path(side)
     if path.is_file():

@@ -9,39 +9,16 @@ registered until the registration expires, and the reconcile then corrects the c
 A processing task can be registered by whoever enqueued it (``registration``): the poller
 registers the tasks it dispatches, and a batch that continues registers its successors
 in its own increment (``hand_over``). Such a task writes the metrics document once, at
-the end, instead of twice. Registration tokens of dispatched tasks name their partition
-range (``range-<index>of<count>-<id>``), which is also how the poller sees that a range
-is being worked on.
+the end, instead of twice (their tokens: ``dispatch_tokens.py``).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from campaign_worker.domain.partitions import PartitionRange
-from campaign_worker.domain.progression import MetricsDelta
+from campaign_worker.domain.effects import MetricsDelta
 from campaign_worker.service.ports import CampaignMetricsRepository, Clock
-
-DISPATCH_PREFIX = "range-"
-
-
-@dataclass(frozen=True)
-class Dispatch:
-    """A processing task to enqueue: its range, and its token (registration and task id)."""
-
-    span: PartitionRange
-    token: str
-
-
-def dispatch_token(span: PartitionRange) -> str:
-    """A fresh registration token (and Celery task id) for a task on ``span``."""
-    return f"{DISPATCH_PREFIX}{span.key}-{uuid.uuid4().hex}"
-
-
-def is_dispatch_token(token: str | None) -> bool:
-    return bool(token) and str(token).startswith(DISPATCH_PREFIX)
 
 
 class MetricsLedger:
@@ -103,4 +80,4 @@ class MetricsLedger:
         self.handed_over = []
 
 
-__all__ = ["DISPATCH_PREFIX", "Dispatch", "MetricsLedger", "dispatch_token", "is_dispatch_token"]
+__all__ = ["MetricsLedger"]

@@ -1,4 +1,6 @@
-"""Loads campaign templates from YAML/JSON files: packaged defaults plus a directory."""
+"""The campaign templates, loaded from YAML/JSON files: the packaged defaults plus a
+directory (``CAMPAIGN_TEMPLATES_DIR``). ``TemplateFiles`` is the seed's ``ConfigManager``
+(the manager's ``config_manager``), and still answers to that name."""
 
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def parse_template(text: str, source: str) -> Template:
         raise InvalidTemplateError(_describe(exc, raw, source)) from exc
 
 
-class ConfigManager:
+class TemplateFiles:
     """Template lookup by id. Thread-safe; templates are immutable once loaded."""
 
     def __init__(self, templates_dir: Path | None = None, *, include_packaged: bool = True):
@@ -110,3 +112,9 @@ class ConfigManager:
                 f"known: {sorted(template.campaign_types)}"
             )
         return found
+
+
+#: The seed's name for it (``CampaignManager.config_manager: ConfigManager``).
+ConfigManager = TemplateFiles
+
+__all__ = ["ConfigManager", "TemplateFiles", "parse_template"]
