@@ -24,6 +24,7 @@ from typing import Any
 import mongomock_ng
 import pymongo
 import pytest
+from hypothesis import HealthCheck, settings
 
 from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.bootstrap import build_manager, ensure_indexes
@@ -32,6 +33,13 @@ from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.settings import Settings
 
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+# Property tests assert outcomes, never speed: no per-example deadline and no "too slow"
+# health check, which fail on a busy machine (the suite runs in parallel processes).
+settings.register_profile(
+    "campaign-worker", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("campaign-worker")
 
 
 class SecantusServer:
