@@ -24,7 +24,8 @@ from typing import Any
 import mongomock_ng
 import pymongo
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.bootstrap import build_manager, ensure_indexes
@@ -36,10 +37,10 @@ START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 # Property tests assert outcomes, never speed: no per-example deadline and no "too slow"
 # health check, which fail on a busy machine (the suite runs in parallel processes).
-settings.register_profile(
+hypothesis_settings.register_profile(
     "campaign-worker", deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-settings.load_profile("campaign-worker")
+hypothesis_settings.load_profile("campaign-worker")
 
 
 class SecantusServer:
