@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from campaign_worker.domain.campaign_documents import StoredCampaign
 from campaign_worker.domain.documents import ConversationEvent, ConversationState
 from campaign_worker.domain.rules import entry_index
+from campaign_worker.domain.suppressions import Suppression
 from campaign_worker.domain.templates import CampaignTypeTemplate, Entry, ReEntry
 
 # Events a conversation keeps (those its stages react to): a bound on the document.
@@ -40,6 +42,17 @@ class PriorEntry:
     active: bool
     created_at: datetime
     enrolled_by: str | None
+
+
+@dataclass(frozen=True)
+class EnrollmentContext:
+    """What enrolling people into a campaign reads first, in one round trip: the
+    campaign, the suppression entries among the people's keys, and their conversations
+    in it so far."""
+
+    campaign: StoredCampaign
+    suppressions: dict[str, Suppression]
+    prior: list[PriorEntry]
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,7 @@ __all__ = [
     "DEFAULT_EVENT_WINDOW",
     "MAX_CONVERSATION_EVENTS",
     "PLAIN",
+    "EnrollmentContext",
     "EventFact",
     "PriorEntry",
     "entry_attributes",

@@ -12,8 +12,9 @@ enrolled and tracked, never messaged). A conversion is counted under
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 from campaign_worker.domain.documents import ConversationState, Conversion, Direction
 from campaign_worker.domain.effects import MetricsDelta
@@ -79,4 +80,79 @@ def recount(states: Iterable[ConversationState]) -> dict[str, float]:
     return {f"goals.{path}": value for path, value in counts.items() if value}
 
 
-__all__ = ["conversion_for", "conversion_paths", "count_conversion", "recount", "variants_of"]
+def _rate(part: float, whole: float) -> float:
+    return part / whole if whole else 0.0
+
+
+def _mean(total: float, count: float) -> float | None:
+    return total / count if count else None
+
+
+def goal_report(goal: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """One goal's counters (``goals.<event>``) with their rates, over the conversations
+    of the metrics document: overall, per stage (over those that entered it), per variant
+    (over those it was sent to), the holdout and everyone else (the treatment)."""
+    converted, total = goal.get("converted", 0), metrics.get("total_recipients", 0)
+    held = goal.get("holdout") or {}
+    held_n = (metrics.get("holdout") or {}).get("conversations", 0)
+    held_converted = held.get("converted", 0)
+    return {
+        "converted": converted,
+        "conversations": total,
+        "conversion_rate": _rate(converted, total),
+        "mean_seconds_to_convert": _mean(goal.get("seconds_to_convert", 0), converted),
+        "stages": _by_stage(goal, metrics),
+        "variants": _by_variant(goal, metrics),
+        "holdout": {
+            "converted": held_converted,
+            "conversations": held_n,
+            "rate": _rate(held_converted, held_n),
+            "mean_seconds_to_convert": _mean(held.get("seconds_to_convert", 0), held_converted),
+        },
+        "treatment": {
+            "converted": converted - held_converted,
+            "conversations": total - held_n,
+            "rate": _rate(converted - held_converted, total - held_n),
+        },
+    }
+
+
+def _by_stage(goal: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Conversions by the stage they happened in, over the conversations that entered it."""
+    stages = metrics.get("stage_metrics") or {}
+    report = {}
+    for stage, values in (goal.get("stages") or {}).items():
+        entered = (stages.get(stage) or {}).get("entered", 0)
+        converted = values.get("converted", 0)
+        report[stage] = {
+            "converted": converted,
+            "entered": entered,
+            "rate": _rate(converted, entered),
+        }
+    return report
+
+
+def _by_variant(goal: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Conversions per A/B variant, over the conversations it was sent to."""
+    converted = goal.get("variants") or {}
+    report: dict[str, Any] = {}
+    for stage, variants in (metrics.get("variants") or {}).items():
+        for variant, counters in variants.items():
+            n = counters.get("conversations", 0)
+            won = ((converted.get(stage) or {}).get(variant) or {}).get("converted", 0)
+            report.setdefault(stage, {})[variant] = {
+                "converted": won,
+                "conversations": n,
+                "rate": _rate(won, n),
+            }
+    return report
+
+
+__all__ = [
+    "conversion_for",
+    "conversion_paths",
+    "count_conversion",
+    "goal_report",
+    "recount",
+    "variants_of",
+]

@@ -14,7 +14,11 @@ from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.campaign_documents import StoredCampaign
 from campaign_worker.domain.documents import ConversationState, Unreadable
 from campaign_worker.domain.effects import Effects
-from campaign_worker.domain.errors import CampaignNotFoundError, ConversationNotFoundError
+from campaign_worker.domain.errors import (
+    CampaignNotFoundError,
+    ConfigurationError,
+    ConversationNotFoundError,
+)
 from campaign_worker.service.metrics_ledger import MetricsLedger
 from campaign_worker.service.outbound import Publisher
 from campaign_worker.service.ports import (
@@ -22,6 +26,8 @@ from campaign_worker.service.ports import (
     CampaignRepository,
     Clock,
     ConversationStateRepository,
+    EnrollmentReads,
+    EventRepository,
     InvariantReads,
     MetricsRecorder,
     NullRecorder,
@@ -59,6 +65,8 @@ class Services:
         send_guard: SendGuard | None = None,
         template_versions: TemplateVersionRepository | None = None,
         invariant_reads: InvariantReads | None = None,
+        event_repository: EventRepository | None = None,
+        enrollment_reads: EnrollmentReads | None = None,
     ) -> None:
         self.conversation_state_repository = conversation_state_repository
         self.config_manager = config_manager
@@ -87,8 +95,22 @@ class Services:
             if template_versions is None
             else TemplateVersions(template_versions, config_manager, clock)
         )
-        # The invariant checker's streamed reads (none: check_invariants is unavailable).
+        # The invariant checker's streamed reads; users' events and the enrollment's first
+        # read (none: check_invariants, always-on campaigns unavailable).
         self.invariant_reads = invariant_reads
+        self._events, self._enrollment_reads = event_repository, enrollment_reads
+
+    @property
+    def events(self) -> EventRepository:
+        if self._events is None:
+            raise ConfigurationError("this manager has no event repository (see bootstrap.py)")
+        return self._events
+
+    @property
+    def enrollment_reads(self) -> EnrollmentReads:
+        if self._enrollment_reads is None:
+            raise ConfigurationError("this manager has no enrollment reads (see bootstrap.py)")
+        return self._enrollment_reads
 
     def campaign(self, campaign_id: str) -> StoredCampaign:
         found = self.campaigns.get(campaign_id)
