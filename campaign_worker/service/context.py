@@ -79,8 +79,7 @@ class Services:
         self.process_batch_size = process_batch_size
         # Most processing tasks one campaign runs in parallel (partition ranges).
         self.process_fanout = process_fanout
-        # How long a dispatched processing task keeps its range to itself before the
-        # poller dispatches that range again (and an initializer its campaign).
+        # How long a dispatched task (an initializer) keeps its range (its campaign) alone.
         self.lease_seconds = lease_seconds
         # A registered writer older than this is dead (beyond any task's time limit).
         self.inflight_timeout = timedelta(seconds=inflight_timeout_seconds)
@@ -95,8 +94,7 @@ class Services:
             if template_versions is None
             else TemplateVersions(template_versions, config_manager, clock)
         )
-        # The invariant checker's streamed reads; users' events and the enrollment's first
-        # read (none: check_invariants, always-on campaigns unavailable).
+        # Checker reads, users' events, enrollment reads (None: those flows unavailable).
         self.invariant_reads = invariant_reads
         self._events, self._enrollment_reads = event_repository, enrollment_reads
 
