@@ -70,10 +70,9 @@ def enroll(
 ) -> None:
     """Enroll the people in FILE into a scheduled, running or paused campaign.
 
-    Each person enters once (again only as the campaign type's re_entry allows); people
-    on the suppression list are skipped and counted; malformed rows are reported with
-    their line number. Exit 0 when done, 1 if the campaign is unknown or takes no
-    enrollment, 2 for an unreadable file."""
+    Each person enters once (again only as its re_entry allows); suppressed people are
+    skipped and counted; malformed rows are reported by line. Exit 0 when done, 1 if the
+    campaign is unknown or takes no enrollment, 2 for an unreadable file."""
     if recipients.suffix.lower() not in FORMATS:
         raise fail(f"{recipients}: expected one of {sorted(FORMATS)}", EXIT_USAGE)
     enrollment = _Enrollment(campaign_id, idempotency_key)
