@@ -49,6 +49,7 @@ from campaign_worker.domain.invariants import (
 from campaign_worker.domain.metrics_documents import StoredMetrics
 from campaign_worker.service.context import Services
 from campaign_worker.service.invariants_entries import ENTRY_INVARIANTS, EntryAudit
+from campaign_worker.service.polling import always_on_until
 from campaign_worker.service.ports import InvariantReads
 from campaign_worker.service.reconcile import difference, recount, stored_counts
 
@@ -343,7 +344,8 @@ class _Audit:
         if self.campaign.lease_owner is not None and expired(self.campaign.lease_until, self.now):
             self._stale(f"campaign:{self.campaign.id}")
         status, active = self.campaign.status, self.figures["active"]
-        if status == CampaignStatus.RUNNING and self.initialized and not active:
+        always_on = always_on_until(self.campaign, self.now)  # completes past ends_at only
+        if status == CampaignStatus.RUNNING and self.initialized and not active and not always_on:
             self._note(CAMPAIGN_OVER_WHEN_DONE, "running with no active conversation left")
         elif status == CampaignStatus.CANCELLED and active:
             self._note(CAMPAIGN_OVER_WHEN_DONE, f"cancelled with {active} active conversations")

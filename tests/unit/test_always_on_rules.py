@@ -44,7 +44,7 @@ TYPE = TEMPLATE.campaign_types["onboarding"]
 
 def state(**fields: Any) -> ConversationState:
     return ConversationState(
-        _id=conversation_id_for("c", "u1"),
+        id=conversation_id_for("c", "u1"),
         user_id="u1",
         campaign_id="c",
         campaign_type="onboarding",
@@ -252,7 +252,8 @@ def test_lift_is_scipy_s_relative_risk_and_fisher_test(
     assert found.lift == pytest.approx(reference.relative_risk - 1)
     assert found.lift == pytest.approx((group[0] / group[1]) / (baseline[0] / baseline[1]) - 1)
     assert found.ci95 == pytest.approx((interval.low - 1, interval.high - 1))
-    assert found.ci95 is not None and found.ci95[0] < found.lift < found.ci95[1]
+    assert found.ci95 is not None and found.lift is not None
+    assert found.ci95[0] < found.lift < found.ci95[1]
     table = [[group[0], group[1] - group[0]], [baseline[0], baseline[1] - baseline[0]]]
     assert found.p_value == pytest.approx(fisher_exact(table).pvalue)
 
