@@ -94,7 +94,7 @@ def _verdict(conversions: int, smaller: int, p_value: float | None) -> str:
 
 def goal_lifts(report: dict[str, Any]) -> list[Lift]:
     """A goal report's comparisons (``domain.goals.goal_report``): treatment over holdout
-    (when there is a holdout), each variant over its stage's first."""
+    (when there is a holdout), each variant over its stage's first (of those sent)."""
     lifts = []
     held, treated = report["holdout"], report["treatment"]
     if held["conversations"]:
@@ -105,9 +105,9 @@ def goal_lifts(report: dict[str, Any]) -> list[Lift]:
             )
         )
     for stage, variants in report["variants"].items():
-        names = list(variants)
+        names = [name for name, values in variants.items() if values["conversations"]]
         first = variants[names[0]] if names else None
-        for variant in names[1:]:
+        for variant in names[1:]:  # only variants sent to someone: 0 of 0 compares nothing
             assert first is not None
             values = variants[variant]
             lifts.append(

@@ -71,7 +71,7 @@ def outbox(mongo: Any, user: str) -> list[dict[str, Any]]:
 
 def events(client: Celery, name: str, users: list[str], **properties: Any) -> None:
     for user in users:
-        kwargs = {"user_id": user, "event": name, "event_id": f"{name}-{user}"}
+        kwargs: dict[str, Any] = {"user_id": user, "event": name, "event_id": f"{name}-{user}"}
         if properties:
             kwargs["properties"] = {**properties, "first_name": user.upper()}
         for _ in range(2):  # every event delivered twice
