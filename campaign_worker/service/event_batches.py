@@ -60,7 +60,11 @@ def _enroll(svc: Services, facts: list[EventFact], tally: Tally) -> None:
     """Campaigns whose ``entry`` is one of these events enroll the events' users."""
     names = sorted({fact.event for fact in facts})
     for campaign in svc.campaigns.with_entry_events(names):
-        entry = svc.type_template(campaign)[1].entry
+        try:
+            entry = svc.type_template(campaign)[1].entry
+        except InvalidInputError as exc:  # its template is gone: that campaign alone waits
+            log.error("entry_campaign_unusable", campaign_id=campaign.id, error=str(exc))
+            continue
         if entry is None:
             continue
         people: dict[str, Person] = {}

@@ -32,7 +32,7 @@ from campaign_worker.domain.campaign_documents import CampaignStatus, StoredCamp
 from campaign_worker.domain.documents import ConversationState, Unreadable
 from campaign_worker.domain.effects import Effects
 from campaign_worker.domain.enrollment import EventFact, event_window, record_event
-from campaign_worker.domain.errors import ConcurrencyConflictError
+from campaign_worker.domain.errors import ConcurrencyConflictError, InvalidInputError
 from campaign_worker.service.context import Services
 from campaign_worker.service.event_recording import Tally
 from campaign_worker.service.metrics_ledger import MetricsLedger
@@ -194,7 +194,12 @@ def targets_for(
         mine = [f for f in by_user.get(state.user_id, []) if f"event:{f.event_id}" != trigger]
         if campaign is None or not mine:
             continue
-        targets[state.id] = Target(campaign, state, svc.type_template(state), mine)
+        try:
+            templates = svc.type_template(state)
+        except InvalidInputError as exc:  # its template is gone: it alone misses the event
+            log.error("conversation_template_unusable", conversation_id=state.id, error=str(exc))
+            continue
+        targets[state.id] = Target(campaign, state, templates, mine)
     return targets
 
 
