@@ -93,6 +93,9 @@ task_routes = {
     "campaign_worker.migrate_campaign": {"queue": "initialization"},
     "campaign_worker.process_conversations": {"queue": "processing"},
     "campaign_worker.record_inbound_message": {"queue": "inbound"},
+    # Users' events: batched like replies. Enrollment: inserts like an initialization.
+    "campaign_worker.record_event": {"queue": "inbound"},
+    "campaign_worker.enroll_recipients": {"queue": "initialization"},
     "campaign_worker.mark_conversation_complete": {"queue": "inbound"},
     "campaign_worker.dispatch_deliveries": {"queue": "delivery"},
     "campaign_worker.record_delivery_status": {"queue": "inbound"},

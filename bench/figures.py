@@ -28,6 +28,14 @@ TARGETS: dict[str, tuple[str, str]] = {
         "round trips per 1,000 inbound replies (public task, real worker)",
         "<= 50",
     ),
+    "enroll_round_trips_per_1000": (
+        "round trips per 1,000 people enrolled into a running campaign (service call)",
+        "<= 5",
+    ),
+    "event_round_trips_per_1000": (
+        "round trips per 1,000 events applied (service call, batches of 500)",
+        "<= 20",
+    ),
     "broker_messages_per_1000_advanced": ("broker messages per 1,000 advanced", "<= 2"),
     "claim_share_of_batch_db_time": (
         "claim share of a batch's DB time (claim round trips per batch beside)",

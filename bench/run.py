@@ -3,7 +3,8 @@
 Sections (each a few small functions, through public entry points only):
 
 - ``service``: CampaignManager calls in this process (bench/service_bench.py) with raw
-  ``insert_many`` / ``bulk_write`` and a naive per-message loop on the same server;
+  ``insert_many`` / ``bulk_write`` and a naive per-message loop on the same server; and
+  always-on campaigns' enrollment and events (bench/always_on_bench.py);
 - ``celery``: real ``celery worker`` processes on a real Redis broker (bench/celery_bench.py),
   with Celery's own no-op task cost on the same broker, and 1, 2, 4 worker processes;
 - ``memory``: peak RSS of a process initializing a streamed audience (bench/init_rss.py).
@@ -39,6 +40,7 @@ if str(ROOT) not in sys.path:
 import pymongo  # noqa: E402
 
 from bench import init_rss  # noqa: E402
+from bench.always_on_bench import always_on_section  # noqa: E402
 from bench.celery_bench import CeleryBench, Run  # noqa: E402
 from bench.figures import TARGETS, Figure, compare, fmt, table  # noqa: E402
 from bench.service_bench import ServiceBench, Timed, claim_share, compare_and_sets  # noqa: E402
@@ -334,6 +336,9 @@ def run_sections(args: argparse.Namespace, mongo: Server, broker: Server) -> dic
             bench = ServiceBench(client[prefix], recorder, Settings(mongodb_db=prefix))
             found, raw = service_section(bench, sizes[0], sizes[1])
             figures += found
+            print("  always-on: enrollment and events", flush=True)
+            db, settings = client[f"{prefix}_always"], Settings(mongodb_db=f"{prefix}_always")
+            figures += always_on_section(db, recorder, settings, sizes[2])
         if "celery" in sections:
             print(f"celery (real workers, broker {redact_uri(broker.uri)}):", flush=True)
             celery = CeleryBench(broker, mongo, client, prefix)

@@ -15,6 +15,7 @@ from campaign_worker.adapters.memory_campaigns import (
     MemoryCampaignRepository,
 )
 from campaign_worker.adapters.memory_conversations import MemoryConversationStateRepository
+from campaign_worker.adapters.memory_events import MemoryEnrollmentReads, MemoryEventRepository
 from campaign_worker.adapters.memory_records import (
     MemoryInvariantReads,
     MemoryOutboxRepository,
@@ -27,6 +28,7 @@ from campaign_worker.adapters.mongo import MongoClientProvider
 from campaign_worker.adapters.mongo_campaigns import MongoCampaignRepository
 from campaign_worker.adapters.mongo_conversations import MongoConversationStateRepository
 from campaign_worker.adapters.mongo_dead_letters import MongoDeadLetterRepository
+from campaign_worker.adapters.mongo_events import MongoEnrollmentReads, MongoEventRepository
 from campaign_worker.adapters.mongo_invariants import MongoInvariantReads
 from campaign_worker.adapters.mongo_metrics import MongoCampaignMetricsRepository
 from campaign_worker.adapters.mongo_outbox import MongoOutboxRepository
@@ -42,6 +44,8 @@ from campaign_worker.service.ports import (
     CampaignRepository,
     Clock,
     ConversationStateRepository,
+    EnrollmentReads,
+    EventRepository,
     InvariantReads,
     MetricsRecorder,
     OutboxRepository,
@@ -89,6 +93,8 @@ class Repositories:
     send_budget: SendBudgetRepository
     template_versions: TemplateVersionRepository
     invariant_reads: InvariantReads
+    events: EventRepository
+    enrollment_reads: EnrollmentReads
 
 
 def repositories(db: Database[dict[str, Any]] | MemoryDatabase) -> Repositories:
@@ -104,6 +110,8 @@ def repositories(db: Database[dict[str, Any]] | MemoryDatabase) -> Repositories:
             MemorySendBudgetRepository(db),
             MemoryTemplateVersionRepository(db),
             MemoryInvariantReads(db),
+            MemoryEventRepository(db),
+            MemoryEnrollmentReads(db),
         )
     return Repositories(
         MongoConversationStateRepository(db),
@@ -114,6 +122,8 @@ def repositories(db: Database[dict[str, Any]] | MemoryDatabase) -> Repositories:
         MongoSendBudgetRepository(db),
         MongoTemplateVersionRepository(db),
         MongoInvariantReads(db),
+        MongoEventRepository(db),
+        MongoEnrollmentReads(db),
     )
 
 
@@ -148,6 +158,8 @@ def build_manager(
         ),
         template_versions=repos.template_versions,
         invariant_reads=repos.invariant_reads,
+        event_repository=repos.events,
+        enrollment_reads=repos.enrollment_reads,
     )
 
 
@@ -175,6 +187,7 @@ def ensure_indexes(manager: CampaignManager) -> None:
         None if manager.versions is None else manager.versions.repository,
         guard.suppressions,
         guard.budget,
+        manager.events,
     ):
         if isinstance(repository, Indexed):
             repository.initialize()

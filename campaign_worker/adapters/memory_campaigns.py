@@ -145,6 +145,15 @@ class MemoryCampaignRepository:
                 if doc.get("status") in wanted and doc.get("settled_at") is None
             ]
 
+    def with_entry_events(self, events: Sequence[str]) -> list[StoredCampaign]:
+        wanted, enrolling = set(events), {"scheduled", "initializing", "running", "paused"}
+        with self._db.lock:
+            return [
+                _stored(doc, with_recipients=False)
+                for doc in self._docs.values()
+                if doc.get("entry_event") in wanted and doc.get("status") in enrolling
+            ]
+
     def list_recent(self, status: CampaignStatus | None, limit: int) -> list[StoredCampaign]:
         with self._db.lock:
             found = [

@@ -76,16 +76,33 @@ class MemoryConversationStateRepository:
         return found[0] if found else None
 
     def insert_states(self, states: Sequence[ConversationState]) -> int:
-        inserted = 0
+        return len(self.insert_new(states))
+
+    def insert_new(self, states: Sequence[ConversationState]) -> set[str]:
+        inserted: set[str] = set()
         with self._db.lock:
-            users = {(d.get("campaign_id"), d.get("user_id")) for d in self._docs.values()}
+            entries = {
+                (d.get("campaign_id"), d.get("user_id"), d.get("enrollment"))
+                for d in self._docs.values()
+            }
             for state in states:
-                if state.id in self._docs or (state.campaign_id, state.user_id) in users:
+                entry = (state.campaign_id, state.user_id, state.enrollment)
+                if state.id in self._docs or entry in entries:
                     continue  # already initialized (the unique indexes refuse it)
                 self._docs[state.id] = state.to_mongo()
-                users.add((state.campaign_id, state.user_id))
-                inserted += 1
+                entries.add(entry)
+                inserted.add(state.id)
         return inserted
+
+    def find_listening(self, user_ids: Sequence[str], since: datetime) -> list[StoredState]:
+        wanted = set(user_ids)
+
+        def keep(doc: Doc) -> bool:
+            goal_until = doc.get("goal_until")
+            open_goal = goal_until is not None and goal_until >= since
+            return doc.get("user_id") in wanted and (doc.get("status") == "active" or open_goal)
+
+        return self._select(keep)
 
     def find_due(
         self, campaign_id: str, now: datetime, *, stage: str | None, status: str, limit: int
@@ -211,7 +228,9 @@ class MemoryConversationStateRepository:
         return min(count, limit) if limit else count
 
     def count_conversations(self, campaign_id: str) -> int:
-        return self._count(lambda doc: doc.get("campaign_id") == campaign_id)
+        return self._count(
+            lambda doc: doc.get("campaign_id") == campaign_id and doc.get("enrolled_by") is None
+        )
 
     def count_active(self, campaign_id: str) -> int:
         return self._count(

@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from campaign_worker.domain.aliases import Doc
+from campaign_worker.domain.documents import Conversion
+from campaign_worker.domain.goals import conversion_paths
 
 _MILLISECOND = timedelta(milliseconds=1)
 _STATUS_FIELD = {
@@ -49,6 +51,10 @@ def recount_documents(docs: Iterable[Doc]) -> dict[str, float]:
             counts[f"holdout.{doc.get('status')}"] += 1
             counts["holdout.replies"] += _number(metrics.get("messages_received"))
         _variants(doc, counts, visits)
+        conversion = doc.get("conversion")
+        if isinstance(conversion, Mapping) and isinstance(conversion.get("event"), str):
+            for path, amount in conversion_paths(Conversion.model_validate(conversion)).items():
+                counts[f"goals.{path}"] += amount
     return {key: value for key, value in counts.items() if value}
 
 

@@ -3,7 +3,7 @@ poller's claim, the audience stream and the initialization checkpoint."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
@@ -27,6 +27,10 @@ from campaign_worker.domain.campaign_documents import (
 from campaign_worker.domain.errors import InvalidDocumentError
 from campaign_worker.domain.versions import TemplateVersion
 
+# Statuses a campaign takes enrollments in, and the projection that leaves its audience out.
+ENROLLING = ["scheduled", "initializing", "running", "paused"]
+_NO_AUDIENCE = {"recipients": 0}
+
 
 def _stored(doc: Doc | None) -> StoredCampaign | None:
     return None if doc is None else StoredCampaign.model_validate(doc)
@@ -42,6 +46,8 @@ class MongoCampaignRepository:
         self._collection.create_index(
             [("status", ASCENDING), ("start_at", ASCENDING)], name="status_start"
         )
+        # Serves the campaigns an entry event enrolls into (most campaigns have none).
+        self._collection.create_index([("entry_event", ASCENDING)], name="entry_event")
 
     @translate_errors
     def insert(self, campaign: Campaign) -> bool:
@@ -156,6 +162,15 @@ class MongoCampaignRepository:
                 {"recipients": 0},
             )
         ]
+
+    @translate_errors
+    def with_entry_events(self, events: Sequence[str]) -> list[StoredCampaign]:
+        """Campaigns that enroll on one of ``events`` and may still take people."""
+        if not events:
+            return []
+        query = {"entry_event": {"$in": sorted(set(events))}, "status": {"$in": ENROLLING}}
+        found = self._collection.find(query, _NO_AUDIENCE)
+        return [StoredCampaign.model_validate(doc) for doc in found]
 
     @translate_errors
     def list_recent(self, status: CampaignStatus | None, limit: int) -> list[StoredCampaign]:

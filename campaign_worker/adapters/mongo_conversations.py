@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from bson.errors import InvalidDocument
-from pymongo import ASCENDING, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
@@ -24,6 +24,7 @@ from campaign_worker.adapters.mongo import (
     translate_errors,
 )
 from campaign_worker.adapters.mongo_recount import recount_conversations
+from campaign_worker.adapters.mongo_seed_conversations import SeedConversationMethods
 from campaign_worker.adapters.mongo_updates import state_update
 from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.documents import (
@@ -31,13 +32,14 @@ from campaign_worker.domain.documents import (
     StoredState,
     parse_document,
     read_state,
+    to_utc,
 )
-from campaign_worker.domain.errors import InvalidDocumentError
 from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.service.ports import WriteOutcome
 
 WHOLE = PartitionRange()
 DUE_INDEX = "pending"
+ENTRY_INDEX = "campaign_user_entry_unique"
 
 
 def _due_filter(campaign_id: str, now: datetime, status: str, stage: str | None) -> Doc:
@@ -59,7 +61,11 @@ def _in_range(span: PartitionRange) -> Doc:
     return {"partition": {"$gte": span.low, "$lt": span.high}}
 
 
-class MongoConversationStateRepository:
+def _open_goal(goal_until: object, since: datetime) -> bool:
+    return isinstance(goal_until, datetime) and to_utc(goal_until) >= since
+
+
+class MongoConversationStateRepository(SeedConversationMethods):
     """The seed's ConversationStateRepository over PyMongo (collection conversation_states)."""
 
     def __init__(self, db: Database[Doc]) -> None:
@@ -73,11 +79,16 @@ class MongoConversationStateRepository:
         c.create_index([("campaign_id", ASCENDING)], name="campaign_id")
         c.create_index([("user_id", ASCENDING)], name="user_id")
         c.create_index([("status", ASCENDING)], name="status")
+        # One conversation per (campaign, user, entry): ``enrollment`` is absent (null)
+        # on a first entry and numbers re-entries (domain/enrollment.py). It replaces the
+        # (campaign, user) index of releases before re-entry, dropped once it exists.
         c.create_index(
-            [("campaign_id", ASCENDING), ("user_id", ASCENDING)],
+            [("campaign_id", ASCENDING), ("user_id", ASCENDING), ("enrollment", ASCENDING)],
             unique=True,
-            name="campaign_user_unique",
+            name=ENTRY_INDEX,
         )
+        if "campaign_user_unique" in c.index_information():
+            c.drop_index("campaign_user_unique")
         # Serves the processing read, get_pending_conversations and the poller's count:
         # equality on campaign and status, sort and range on next_action_at (ESR order).
         # A partition range is checked on the fetched documents, which come in due order,
@@ -92,53 +103,6 @@ class MongoConversationStateRepository:
         c.create_index([("status", ASCENDING), ("next_action_at", ASCENDING)], name="due")
         # Serves the publication sweep; the field is null except in a crash window.
         c.create_index([("publish_due_at", ASCENDING)], name="unpublished")
-
-    # ------------------------------------------------------------ the seed's methods
-    # Not in the service port (the flows use the typed methods below); kept for the seed's
-    # callers, with its Dict signatures.
-
-    @translate_errors
-    def create_conversation_state(self, data: Doc) -> Doc:
-        """Insert one conversation; raises DuplicateKeyError if (campaign, user) exists."""
-        self._collection.insert_one(data)
-        return data
-
-    @translate_errors
-    def get_conversation_state(self, id: str) -> Doc | None:
-        return self._collection.find_one({"_id": id})
-
-    @translate_errors
-    def update_conversation_state(self, id: str, updates: Doc) -> Doc | None:
-        """Apply ``updates`` atomically and return the new document (None if absent).
-
-        ``updates`` is either an update document ($set, $inc, ...) or plain fields, which
-        are $set. Every update bumps ``version`` so in-flight compare-and-sets notice it.
-        """
-        if not updates:
-            raise InvalidDocumentError("updates must not be empty")
-        operators = all(key.startswith("$") for key in updates)
-        if not operators and any(key.startswith("$") for key in updates):
-            raise InvalidDocumentError("updates mix operators and plain fields")
-        update = dict(updates) if operators else {"$set": dict(updates)}
-        inc = dict(update.get("$inc", {}))
-        inc["version"] = 1
-        update["$inc"] = inc
-        return self._collection.find_one_and_update(
-            {"_id": id}, update, return_document=ReturnDocument.AFTER
-        )
-
-    @translate_errors
-    def delete_conversation_state(self, id: str) -> bool:
-        return self._collection.delete_one({"_id": id}).deleted_count == 1
-
-    @translate_errors
-    def find_conversation_states(
-        self, query: Doc, *, limit: int = 0, sort: list[tuple[str, int]] | None = None
-    ) -> list[Doc]:
-        cursor = self._collection.find(query, limit=limit)
-        if sort:
-            cursor = cursor.sort(sort)
-        return list(cursor)
 
     # ------------------------------------------------------------ the flows' reads and writes
 
@@ -172,9 +136,9 @@ class MongoConversationStateRepository:
         ]
         query = clauses[0] if len(clauses) == 1 else {"$or": clauses}
         wanted = {(c, u) for c, u in pairs}
-        # At most one conversation per pair (unique index): with limit and batch_size, every
-        # match comes in the first reply and the cursor is closed (no getMore).
-        found = self._collection.find(query, limit=len(wanted), batch_size=len(wanted))
+        # One conversation per pair, or a few with re-entries: a first batch of twice as
+        # many holds them all and closes the cursor (no getMore).
+        found = self._collection.find(query, batch_size=2 * len(wanted) + 1)
         return [
             read_state(doc)
             for doc in found
@@ -201,6 +165,33 @@ class MongoConversationStateRepository:
             return len(self._collection.insert_many(docs, ordered=False).inserted_ids)
         except BulkWriteError as exc:
             return ignore_duplicates(exc)
+
+    @translate_errors
+    def insert_new(self, states: Sequence[ConversationState]) -> set[str]:
+        """Insert a batch; returns the ids inserted (duplicates skipped)."""
+        if not states:
+            return set()
+        ids = [state.id for state in states]
+        try:
+            self._collection.insert_many([s.to_mongo() for s in states], ordered=False)
+        except BulkWriteError as exc:
+            ignore_duplicates(exc)  # anything but a duplicate is raised
+            refused = {error["index"] for error in exc.details.get("writeErrors", [])}
+            return {cid for index, cid in enumerate(ids) if index not in refused}
+        return set(ids)
+
+    @translate_errors
+    def find_listening(self, user_ids: Sequence[str], since: datetime) -> list[StoredState]:
+        """One ``find`` over the ``user_id`` index; the finished ones whose goal window
+        closed are left out here (a top-level ``$or`` is slow on secantusdb)."""
+        if not user_ids:
+            return []
+        found = self._collection.find({"user_id": {"$in": sorted(set(user_ids))}})
+        return [
+            read_state(doc)
+            for doc in found.batch_size(1000)
+            if doc.get("status") == "active" or _open_goal(doc.get("goal_until"), since)
+        ]
 
     @translate_errors
     def find_due(
@@ -357,7 +348,8 @@ class MongoConversationStateRepository:
 
     @translate_errors
     def count_conversations(self, campaign_id: str) -> int:
-        return self._collection.count_documents({"campaign_id": campaign_id})
+        """Conversations of the campaign's audience (not those enrolled into it)."""
+        return self._collection.count_documents({"campaign_id": campaign_id, "enrolled_by": None})
 
     @translate_errors
     def page_active(self, campaign_id: str, after: str | None, limit: int) -> list[StoredState]:

@@ -33,6 +33,10 @@ CONVERSATION_FIELDS: Doc = {
     "next_action_at": 1,
     "lease_owner": 1,
     "lease_until": 1,
+    "enrollment": 1,
+    "enrolled_by": 1,
+    "conversion.event": 1,
+    "conversion.event_id": 1,
 }
 OUTBOX_FIELDS: Doc = {
     "conversation_id": 1,

@@ -60,6 +60,7 @@ def _counts(aggregate: Doc) -> dict[str, float]:
         counts[f"stage_metrics.{stage}.completed"] = row["completed"]
         counts[f"stage_metrics.{stage}.total_duration_seconds"] = row["total_ms"] / 1000.0
     counts.update(_split_counts(aggregate))
+    counts.update(_goal_counts(aggregate))
     return {key: value for key, value in counts.items() if value}
 
 
@@ -83,6 +84,27 @@ def _split_counts(aggregate: Doc) -> dict[str, float]:
         path = f"variants.{row['_id']['stage']}.{row['_id']['variant']}"
         counts[f"{path}.conversations"] = row["visits"]
         counts[f"{path}.advanced"] = row["advanced"]
+    return counts
+
+
+def _goal_counts(aggregate: Doc) -> dict[str, float]:
+    """Goal conversions (``goals.*``, the paths of domain/goals.conversion_paths)."""
+    counts: dict[str, float] = {}
+
+    def add(path: str, amount: float) -> None:
+        counts[path] = counts.get(path, 0) + amount
+
+    for row in aggregate.get("goals", []):
+        key, base = row["_id"], f"goals.{row['_id']['event']}"
+        add(f"{base}.converted", row["n"])
+        add(f"{base}.seconds_to_convert", row["seconds"])
+        add(f"{base}.stages.{key['stage']}.converted", row["n"])
+        if key.get("holdout") is True:
+            add(f"{base}.holdout.converted", row["n"])
+            add(f"{base}.holdout.seconds_to_convert", row["seconds"])
+    for row in aggregate.get("goal_variants", []):
+        key = row["_id"]
+        add(f"goals.{key['event']}.variants.{key['stage']}.{key['variant']}.converted", row["n"])
     return counts
 
 
@@ -123,7 +145,37 @@ _VISIT_COMPLETED: Doc = {
         "in": "$$visit.completed",
     }
 }
+_CONVERTED: Doc = {"$match": {"conversion.event": {"$type": "string"}}}
 _SPLIT_FACETS: Doc = {
+    # Goal conversions (domain/goals.py) by event, stage and holdout; and per variant.
+    "goals": [
+        _CONVERTED,
+        {
+            "$group": {
+                "_id": {
+                    "event": "$conversion.event",
+                    "stage": "$conversion.stage",
+                    "holdout": "$conversion.holdout",
+                },
+                "n": {"$sum": 1},
+                "seconds": {"$sum": "$conversion.seconds"},
+            }
+        },
+    ],
+    "goal_variants": [
+        _CONVERTED,
+        {"$unwind": "$conversion.variants"},
+        {
+            "$group": {
+                "_id": {
+                    "event": "$conversion.event",
+                    "stage": "$conversion.variants.stage",
+                    "variant": "$conversion.variants.variant",
+                },
+                "n": {"$sum": 1},
+            }
+        },
+    ],
     "holdout": [
         {"$match": {"holdout": True}},
         {

@@ -54,6 +54,11 @@ class AuditedConversation:
     next_action_at: datetime | None
     lease_owner: str | None
     lease_until: datetime | None
+    # Always-on campaigns: the person's entry (0: first), what enrolled them, the goal
+    # conversion's event name and id (None: none).
+    enrollment: object = 0
+    enrolled_by: str | None = None
+    conversion: tuple[str, str] | None = None
 
     @classmethod
     def of(cls, doc: Mapping[str, Any]) -> AuditedConversation:
@@ -73,7 +78,16 @@ class AuditedConversation:
             next_action_at=_date(doc.get("next_action_at")),
             lease_owner=_text(doc.get("lease_owner")),
             lease_until=_date(doc.get("lease_until")),
+            enrollment=doc.get("enrollment") or 0,
+            enrolled_by=_text(doc.get("enrolled_by")),
+            conversion=_conversion(_mapping(doc.get("conversion"))),
         )
+
+
+def _conversion(doc: Mapping[str, Any]) -> tuple[str, str] | None:
+    if not doc:
+        return None
+    return str(doc.get("event")), str(doc.get("event_id"))
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 must pass (targets exist, every stage is reachable, no loop runs without a wait).
 
 Edges of a stage: ``next`` (explicit, else the following stage, else completion), each
-``on_reply`` target and the ``on_timeout`` target. A loop is fine as long as some edge on
-it waits: a reply, a message wait, or a timeout longer than zero.
+``on_reply`` and ``on_event`` target and the ``on_timeout`` target. A loop is fine as long
+as some edge on it waits: a reply, a message wait, or a timeout longer than zero.
 """
 
 from __future__ import annotations
@@ -46,6 +46,12 @@ def reply_route(stage: Stage, intent: str) -> Route | None:
     return None if target is None else Route(target.goto, target.exit)
 
 
+def event_route(stage: Stage, event: str) -> Route | None:
+    """The stage's branch for an event named ``event``, if it has one."""
+    target = (stage.on_event or {}).get(event)
+    return None if target is None else Route(target.goto, target.exit)
+
+
 def timeout_route(stage: Stage) -> Route | None:
     timeout = stage.on_timeout
     return None if timeout is None else Route(timeout.goto, timeout.exit)
@@ -64,6 +70,10 @@ def _edges(type_template: CampaignTypeTemplate, stage: Stage) -> Iterator[tuple[
         route = reply_route(stage, intent)
         assert route is not None
         yield f"on_reply.{intent}", route, False
+    for event in stage.on_event or {}:
+        route = event_route(stage, event)
+        assert route is not None
+        yield f"on_event.{event}", route, False
     timeout = timeout_route(stage)
     if timeout is not None and stage.on_timeout is not None:
         yield "on_timeout", timeout, stage.on_timeout.after == timedelta(0)
@@ -146,12 +156,29 @@ def intents_used(stage: Stage) -> Iterator[tuple[str, str]]:
         yield from _rule_intents(stage.advance_when, "advance_when")
 
 
-def _rule_intents(rule: Rule, where: str) -> Iterator[tuple[str, str]]:
-    for intent in rule.intent or []:
-        yield f"{where}.intent", intent
+def _rule_intents(rule: Rule, where: str, field: str = "intent") -> Iterator[tuple[str, str]]:
+    for name in getattr(rule, field) or []:
+        yield f"{where}.{field}", name
     for kind, children in (("any", rule.any), ("all", rule.all)):
         for index, child in enumerate(children or []):
-            yield from _rule_intents(child, f"{where}.{kind}.{index}")
+            yield from _rule_intents(child, f"{where}.{kind}.{index}", field)
 
 
-__all__ = ["Route", "intents_used", "next_route", "problems", "reply_route", "timeout_route"]
+def events_used(stage: Stage) -> Iterator[tuple[str, str]]:
+    """(field, event) for every event a stage reacts to."""
+    for event in stage.on_event or {}:
+        yield f"on_event.{event}", event
+    if stage.advance_when is not None:
+        yield from _rule_intents(stage.advance_when, "advance_when", "event")
+
+
+__all__ = [
+    "Route",
+    "event_route",
+    "events_used",
+    "intents_used",
+    "next_route",
+    "problems",
+    "reply_route",
+    "timeout_route",
+]

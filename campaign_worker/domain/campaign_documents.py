@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -19,6 +19,7 @@ from pydantic import (
     ValidationError,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from campaign_worker.domain.documents import (
@@ -102,8 +103,14 @@ class Campaign(DocumentModel):
     name: NonEmptyStr
     campaign_type: NonEmptyStr
     template_id: NonEmptyStr
-    recipients: list[Recipient] | RecipientsReference
+    recipients: list[Recipient] | RecipientsReference = Field(default_factory=list)
     start_at: UtcDatetime | None = None
+    # Always-on (``open``): may start with no recipient, people enroll while it runs, and
+    # it completes only past ``ends_at`` (when set) with nothing active. Set from the
+    # campaign type when the request does not say; ``entry_event`` likewise (its trigger).
+    audience: Literal["fixed", "open"] | None = None
+    ends_at: UtcDatetime | None = None
+    entry_event: str | None = None
     status: CampaignStatus = CampaignStatus.SCHEDULED
     total_recipients: int = Field(default=0, ge=0)
     initialized_at: UtcDatetime | None = None
@@ -134,8 +141,26 @@ class Campaign(DocumentModel):
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
         return without_empty(
-            handler(self), ("template_version", "template_hash", "migrations", "migrating")
+            handler(self),
+            (
+                "template_version",
+                "template_hash",
+                "migrations",
+                "migrating",
+                "audience",
+                "ends_at",
+                "entry_event",
+            ),
         )
+
+    @model_validator(mode="after")
+    def _some_audience(self) -> Campaign:
+        if self.recipients == [] and self.audience != "open":
+            raise ValueError(
+                "recipients: the audience is empty: give at least one recipient "
+                "(or make the campaign audience: open)"
+            )
+        return self
 
     @field_validator("recipients")
     @classmethod
@@ -143,8 +168,6 @@ class Campaign(DocumentModel):
         cls, value: list[Recipient] | RecipientsReference
     ) -> list[Recipient] | RecipientsReference:
         if isinstance(value, list):
-            if not value:
-                raise ValueError("the audience is empty: give at least one recipient")
             if len(value) > MAX_INLINE_RECIPIENTS:
                 raise ValueError(
                     f"{len(value)} inline recipients exceed {MAX_INLINE_RECIPIENTS}; keep large "
@@ -193,9 +216,23 @@ class StoredCampaign(BaseModel):
     template_hash: str | None = None
     migrations: list[dict[str, Any]] = Field(default_factory=list)
     migrating: MigrationRecord | None = None
+    audience: str | None = None
+    ends_at: UtcDatetime | None = None
+    entry_event: str | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.audience == "open"
+
+    def ended(self, now: datetime) -> bool:
+        """Past its ``ends_at``: no one enrolls any more."""
+        return self.ends_at is not None and now >= self.ends_at
 
     def to_mongo(self) -> dict[str, Any]:
         unread = {"recipients"} if self.recipients is None else set()
+        unread |= {
+            name for name in ("audience", "ends_at", "entry_event") if not getattr(self, name)
+        }
         return self.model_dump(by_alias=True, mode="python", exclude=unread)
 
 

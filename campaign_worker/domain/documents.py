@@ -73,6 +73,10 @@ def without_empty(data: Any, names: tuple[str, ...]) -> Any:
     return data
 
 
+# Fields of always-on campaigns, left out of documents while empty (the seed's shape).
+_LATER_FIELDS = ("enrollment", "enrolled_by", "events", "conversion", "goal_until")
+
+
 class ConversationStatus(StrEnum):
     ACTIVE = "active"
     COMPLETED = "completed"
@@ -143,6 +147,30 @@ class ConversationMetrics(DocumentModel):
     stage_progressions: int = Field(default=0, ge=0)
 
 
+class ConversationEvent(DocumentModel):
+    """An event of the user (``record_event``) recorded on a conversation whose stages
+    react to it: when it happened and arrived, and the stage visit it arrived in."""
+
+    event_id: NonEmptyStr
+    event: NonEmptyStr
+    timestamp: UtcDatetime
+    received_at: UtcDatetime
+    stage: NonEmptyStr
+    entry: int = Field(ge=0)
+
+
+class Conversion(DocumentModel):
+    """The goal event that converted the conversation (once), and what it is counted by."""
+
+    event: NonEmptyStr
+    event_id: NonEmptyStr
+    at: UtcDatetime
+    seconds: float = Field(ge=0)  # from the conversation's entry (created_at)
+    stage: NonEmptyStr  # the stage the conversation was in
+    variants: list[dict[str, str]] = Field(default_factory=list)  # [{stage, variant}]
+    holdout: bool = False
+
+
 class ConversationState(DocumentModel):
     """One recipient's conversation in one campaign (collection ``conversation_states``)."""
 
@@ -182,6 +210,19 @@ class ConversationState(DocumentModel):
     # In the campaign's holdout (domain/splits.py): sent nothing, counted apart. Decided
     # once, when the conversation is created.
     holdout: bool = False
+    # Always-on campaigns: which entry of the person this is (None: the first; n: the n-th
+    # re-entry), what enrolled them ("enroll", "enroll:<key>", "event:<event id>"; None:
+    # the campaign's audience), the events recorded on it, its goal conversion and until
+    # when a goal event can convert it.
+    enrollment: int | None = Field(default=None, ge=1)
+    enrolled_by: str | None = Field(default=None, max_length=600)
+    events: list[ConversationEvent] = Field(default_factory=list)
+    conversion: Conversion | None = None
+    goal_until: UtcDatetime | None = None
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return without_empty(handler(self), _LATER_FIELDS)
 
     @field_validator("last_write", mode="before")
     @classmethod
@@ -208,9 +249,11 @@ class ConversationState(DocumentModel):
         return self.model_dump(by_alias=True, mode="python")
 
 
-def conversation_id_for(campaign_id: str, user_id: str) -> str:
-    """Deterministic id: re-initializing a campaign can never mint a second conversation."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"campaign-worker:{campaign_id}:{user_id}").hex
+def conversation_id_for(campaign_id: str, user_id: str, enrollment: int | None = None) -> str:
+    """Deterministic id: re-initializing a campaign can never mint a second conversation,
+    nor two enrollers racing a second entry (``enrollment``: the n-th re-entry)."""
+    key = f"campaign-worker:{campaign_id}:{user_id}"
+    return uuid.uuid5(uuid.NAMESPACE_URL, key if not enrollment else f"{key}#{enrollment}").hex
 
 
 def message_id_for(conversation_id: str, stage: str, step: int, visit: int = 0) -> str:

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from campaign_worker.domain.branches import Route, reply_route, timeout_route
+from campaign_worker.domain.branches import Route, event_route, reply_route, timeout_route
 from campaign_worker.domain.documents import ConversationState, Direction, to_utc
 from campaign_worker.domain.effects import Action, Decision
 from campaign_worker.domain.intents import OPT_OUT, OUT_OF_OFFICE
-from campaign_worker.domain.rules import inbound_in_stage, intent_of, replies_in_entry
+from campaign_worker.domain.rules import (
+    events_in_entry,
+    inbound_in_stage,
+    intent_of,
+    replies_in_entry,
+)
 from campaign_worker.domain.templates import Stage, Template
 
 _EXIT_ACTIONS = {"completed": Action.COMPLETE, "failed": Action.FAIL, "opted_out": Action.OPT_OUT}
@@ -47,6 +52,17 @@ def reply_branch(state: ConversationState, stage: Stage) -> Decision | None:
     return None
 
 
+def event_branch(state: ConversationState, stage: Stage) -> Decision | None:
+    """The first event of this stage entry that the stage routes (``on_event``)."""
+    if not stage.on_event:
+        return None
+    for event in events_in_entry(state):
+        route = event_route(stage, event.event)
+        if route is not None:
+            return route_decision(route, f"event {event.event} ({event.event_id})")
+    return None
+
+
 def paused_until(state: ConversationState, now: datetime) -> datetime | None:
     """While the latest inbound message is an out-of-office reply whose resume time is
     still ahead, follow-ups wait until then."""
@@ -79,4 +95,4 @@ def timed_out(
     return route_decision(route, f"{why} within {stage.on_timeout.after}"), None
 
 
-__all__ = ["opt_out", "paused_until", "reply_branch", "route_decision", "timed_out"]
+__all__ = ["event_branch", "opt_out", "paused_until", "reply_branch", "route_decision", "timed_out"]

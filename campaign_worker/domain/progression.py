@@ -58,7 +58,7 @@ def evaluate(
         return Decision(Action.FAIL, f"stage {state.current_stage!r} no longer in template")
     following = next_route(type_template, stage)
     entered_at = state.current_stage_entry().entered_at
-    branched = journeys.reply_branch(state, stage)
+    branched = journeys.reply_branch(state, stage) or journeys.event_branch(state, stage)
     if branched is not None:
         return branched
     paused = journeys.paused_until(state, now)

@@ -8,7 +8,13 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from campaign_worker.domain.documents import ConversationState, Direction, Message, to_utc
+from campaign_worker.domain.documents import (
+    ConversationEvent,
+    ConversationState,
+    Direction,
+    Message,
+    to_utc,
+)
 from campaign_worker.domain.intents import NOT_A_REPLY, ReplyClassifier
 from campaign_worker.domain.templates import Rule, SendWindow, Stage
 
@@ -91,6 +97,12 @@ def inbound_in_stage(state: ConversationState, stage: str) -> list[Message]:
     ]
 
 
+def events_in_entry(state: ConversationState) -> list[ConversationEvent]:
+    """Events recorded in the current stage entry, in arrival order."""
+    entry = entry_index(state)
+    return [event for event in state.events if event.entry == entry]
+
+
 def last_outbound_in_stage(state: ConversationState, stage: str) -> Message | None:
     entry = entry_index(state)
     names = _entry_names(state, stage, entry)
@@ -137,6 +149,11 @@ def evaluate_rule(rule: Rule, state: ConversationState, now: datetime) -> tuple[
             if message.metadata.get("intent") in rule.intent:
                 return True, f"reply is {message.metadata['intent']}"
         return False, "no reply with the intents"
+    if rule.event is not None:
+        for event in events_in_entry(state):
+            if event.event in rule.event:
+                return True, f"event {event.event} arrived"
+        return False, "no event with the names yet"
     if rule.min_messages_sent is not None:
         enough = state.stage_step >= rule.min_messages_sent
         return enough, f"{state.stage_step} of {rule.min_messages_sent} messages sent"
@@ -202,6 +219,7 @@ def next_send_time(now: datetime, window: SendWindow | None, timezone: str) -> d
 __all__ = [
     "entry_index",
     "evaluate_rule",
+    "events_in_entry",
     "inbound_in_stage",
     "intent_of",
     "is_opt_out",

@@ -21,7 +21,6 @@ Durations are seconds, ``30m``/``2h``/``1d12h`` or ISO 8601 (``PT2H``).
 from __future__ import annotations
 
 import re
-import string
 from datetime import time, timedelta
 from functools import cached_property
 from typing import Annotated, Any, Literal
@@ -32,6 +31,7 @@ from campaign_worker.domain import branches
 from campaign_worker.domain.delivery import inherit_channels
 from campaign_worker.domain.intents import BUILT_IN, OTHER, Language, ReplyClassifier
 from campaign_worker.domain.intents import compile_classifier as _compile_classifier
+from campaign_worker.domain.placeholders import check_placeholders as _check_placeholders
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -52,6 +52,8 @@ parse_duration = _parse_duration  # "30m", "1d12h" -> timedelta; anything else u
 Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
 StageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 IntentName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+# Events other services report (``record_event``): a metrics field name (no dots, no "$").
+EventName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
 ExitOutcome = Literal["completed", "failed", "opted_out"]
 # webhook, smtp, outbox, default (DELIVERY_DEFAULT_CHANNEL), or a name for an external deliverer.
 ChannelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -59,41 +61,8 @@ ChannelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 VariantId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
-def placeholder_problem(text: str) -> str | None:
-    """Why ``text`` is not a valid message text (None: it is). A placeholder is
-    ``{attribute}``, optionally with a conversion (``!s``, ``!r``, ``!a``): no attribute or
-    index access (``{first_name.__class__}``, ``{attributes[0]}``), no positional field,
-    and no format spec (``{name:>99999999}`` pads without bound, and a spec's nested
-    ``{...}`` would be looked up too), so rendering reaches nothing but the recipient's
-    fields."""
-    try:
-        fields = [
-            (name, spec, conversion)
-            for _, name, spec, conversion in string.Formatter().parse(text)
-            if name is not None
-        ]
-    except ValueError as exc:
-        return f"bad placeholder syntax: {exc}"
-    for name, spec, conversion in fields:
-        # "{}" and "{0}" are positional: rendering them would raise at send time.
-        if not name.isidentifier():
-            return f"placeholder {{{name}}} must be a plain attribute name"
-        if conversion not in (None, "r", "s", "a"):
-            return f"placeholder {{{name}!{conversion}}}: unknown conversion"
-        if spec:
-            return f"placeholder {{{name}:...}}: format specs are not supported"
-    return None
-
-
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_placeholders(value: str) -> str:
-    problem = placeholder_problem(value)
-    if problem is not None:
-        raise ValueError(problem)
-    return value
 
 
 class MessageVariant(_Model):
@@ -162,6 +131,8 @@ class Rule(_Model):
     min_time_in_stage: Duration | None = None
     # A reply in this stage classified as one of these intents.
     intent: list[IntentName] | None = Field(default=None, min_length=1)
+    # An event of one of these names arrived in this stage visit (``record_event``).
+    event: list[EventName] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Rule:
@@ -169,7 +140,7 @@ class Rule(_Model):
         if len(given) != 1:
             raise ValueError(
                 "a rule needs exactly one of any, all, reply_received, keywords, regex, "
-                f"min_messages_sent, min_time_in_stage, intent (got {given or 'none'})"
+                f"min_messages_sent, min_time_in_stage, intent, event (got {given or 'none'})"
             )
         return self
 
@@ -262,6 +233,8 @@ class Stage(_Model):
     # Branches: by the intent of a reply, after a silence, and where "advance" leads
     # (default: the following stage, or completion after the last).
     on_reply: dict[IntentName, BranchTarget] | None = None
+    # By an event of the user in this stage visit (``record_event``).
+    on_event: dict[EventName, BranchTarget] | None = None
     on_timeout: OnTimeout | None = None
     next: BranchTarget | None = None
 
@@ -297,11 +270,40 @@ class Stage(_Model):
         return next((m.split for m in self.messages if m.variants is not None), ())
 
 
+class Entry(_Model):
+    """Event-triggered entry: the event enrolls its user, attributes taken from its
+    properties."""
+
+    event: EventName
+    attributes: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]] = Field(
+        default_factory=list
+    )
+
+
+class ReEntry(_Model):
+    """A person may enter again once their last conversation finished, ``after`` its start."""
+
+    after: Duration
+
+
+class Goal(_Model):
+    """A conversation converts when ``event`` arrives ``within`` its entry (holdout too)."""
+
+    event: EventName
+    within: Duration
+
+
 class CampaignTypeTemplate(_Model):
     stages: list[Stage] = Field(min_length=1)
     channel: ChannelName | None = None  # for its stages that name none
     # Share of the audience held out: sent nothing, its outcome counted apart (splits.py).
     holdout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # Always-on campaigns (domain/enrollment.py): ``open`` never completes for lack of
+    # active conversations; people enroll while it runs, by task or by ``entry`` event.
+    audience: Literal["fixed", "open"] = "fixed"
+    entry: Entry | None = None
+    re_entry: ReEntry | None = None
+    goal: Goal | None = None
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> CampaignTypeTemplate:
@@ -320,6 +322,12 @@ class CampaignTypeTemplate(_Model):
 
     def stage(self, name: str) -> Stage | None:
         return next((stage for stage in self.stages if stage.name == name), None)
+
+    @cached_property
+    def event_names(self) -> frozenset[str]:
+        """Events its stages react to (``on_event``, ``event`` rules): recorded on its
+        conversations when they arrive."""
+        return frozenset(name for stage in self.stages for _, name in branches.events_used(stage))
 
 
 class SendWindow(_Model):

@@ -28,13 +28,13 @@ from campaign_worker.domain.effects import (
 )
 from campaign_worker.domain.errors import InvalidTemplateError
 from campaign_worker.domain.limits import MAX_CONTENT_BYTES, truncate_utf8
+from campaign_worker.domain.placeholders import placeholder_problem
 from campaign_worker.domain.rules import entry_index, visit_of
 from campaign_worker.domain.templates import (
     CampaignTypeTemplate,
     OutboundMessage,
     Stage,
     Template,
-    placeholder_problem,
 )
 
 
@@ -45,7 +45,7 @@ class _Blank(dict[str, Any]):
 
 def render(text: str, attributes: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
     """Fill ``{placeholders}`` from recipient attributes; unknown ones render empty. A
-    text with anything but plain placeholders (``templates.placeholder_problem``) is
+    text with anything but plain placeholders (``placeholders.placeholder_problem``) is
     refused (``InvalidTemplateError``), whoever built it."""
     values = _Blank({**(defaults or {}), **attributes})
     # str.format_map: the same fields as string.Formatter, in C (a few us per message);

@@ -17,8 +17,13 @@ from campaign_worker.adapters import metrics
 from campaign_worker.delivery_wiring import Delivery, build_delivery
 from campaign_worker.domain.delivery import DeliveryStatus
 from campaign_worker.entrypoints.container import container
-from campaign_worker.entrypoints.task_policy import RETRYABLE, current_task_id, public_task
-from campaign_worker.entrypoints.tasks import Id, IsoDatetime
+from campaign_worker.entrypoints.task_policy import (
+    RETRYABLE,
+    IsoDatetime,
+    current_task_id,
+    public_task,
+)
+from campaign_worker.entrypoints.tasks import Id
 from campaign_worker.service.delivery import DispatchResult
 from campaign_worker.service.delivery_status import StatusRecorded
 

@@ -20,14 +20,15 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from datetime import datetime
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import structlog
 from celery import Task, current_task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from kombu.exceptions import OperationalError as BrokerOperationalError
-from pydantic import ValidationError, validate_call
+from pydantic import BeforeValidator, ValidationError, validate_call
 from pydantic_core import to_jsonable_python
 
 from campaign_worker.domain.documents import describe_validation_error
@@ -221,6 +222,17 @@ class CampaignTask(Task):  # type: ignore[type-arg]
             raise Reject(reason=f"deferred copy not published: {exc}", requeue=True) from exc
 
 
+def _iso_8601(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO 8601 date-time string")
+    return value
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_8601)]
+
+
 def public_task(
     name: str,
     *,
@@ -256,6 +268,7 @@ __all__ = [
     "RETRYABLE",
     "STORE_RETRY_PAUSE_SECONDS",
     "CampaignTask",
+    "IsoDatetime",
     "Ruling",
     "current_task_id",
     "jsonable",

@@ -16,11 +16,10 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import structlog
-from pydantic import BeforeValidator, Field, ValidationError, validate_call
+from pydantic import Field, ValidationError, validate_call
 
 from campaign_worker.domain.documents import describe_validation_error
 from campaign_worker.domain.errors import InvalidInputError, InvalidStateTransitionError
@@ -28,8 +27,10 @@ from campaign_worker.entrypoints import observability as hooks
 from campaign_worker.entrypoints.batch_task import BatchedTask, batch_handler
 from campaign_worker.entrypoints.batching import BatchItem
 from campaign_worker.entrypoints.container import container
+from campaign_worker.entrypoints.journey_tasks import JOURNEY_TASKS
 from campaign_worker.entrypoints.task_policy import (
     RETRYABLE,
+    IsoDatetime,
     current_task_id,
     jsonable,
     public_task,
@@ -42,17 +43,6 @@ log = structlog.get_logger(__name__)
 Id = Annotated[str, Field(min_length=1, max_length=512)]
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]
 Partition = Annotated[int, Field(strict=True, ge=0)]
-
-
-def _iso_8601(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str):
-        raise ValueError("must be an ISO 8601 date-time string")
-    return value
-
-
-IsoDatetime = Annotated[datetime, BeforeValidator(_iso_8601)]
 
 
 def campaign_id_for_task(task_id: str) -> str:
@@ -354,4 +344,5 @@ PUBLIC_TASKS = (
     add_suppression,
     lift_suppression,
     migrate_campaign,
+    *JOURNEY_TASKS,
 )

@@ -26,6 +26,8 @@ from campaign_worker.domain.templates import Stage, Template
 from campaign_worker.service import (
     campaigns,
     conversations,
+    enrollment,
+    event_batches,
     initialization,
     invariants,
     migrations,
@@ -39,6 +41,8 @@ from campaign_worker.service import (
 from campaign_worker.service.campaigns import campaign_id_for_key
 from campaign_worker.service.context import Services
 from campaign_worker.service.dispatch_tokens import Dispatch
+from campaign_worker.service.enrollment import EnrollResult
+from campaign_worker.service.event_recording import EventOutcome, InboundEvent
 from campaign_worker.service.initialization import InitResult
 from campaign_worker.service.invariants import InvariantReport
 from campaign_worker.service.migrations import MigrationResult
@@ -131,6 +135,40 @@ class CampaignManager(Services):
         """Initialize up to ``max_batches`` batches from the saved checkpoint, stopping at
         a checkpoint once ``out_of_time()`` says so (a task's time budget)."""
         return initialization.initialize_campaign_step(self, campaign_id, max_batches, out_of_time)
+
+    # ------------------------------------------------------------------ always-on
+
+    def enroll_recipients(
+        self,
+        campaign_id: str,
+        recipients: Sequence[object],
+        idempotency_key: str | None = None,
+    ) -> EnrollResult:
+        """Add people (the recipient shape of ``create_campaign``) to a scheduled,
+        running or paused campaign, each once per entry (see ``service/enrollment.py``)."""
+        return enrollment.enroll_recipients(self, campaign_id, recipients, idempotency_key)
+
+    def record_events(self, batch: Sequence[InboundEvent]) -> list[EventOutcome]:
+        """Record users' events (idempotent by event id) and apply them to every
+        conversation that listens; one outcome per event (see ``service/events.py``)."""
+        return event_batches.record_events(self, batch)
+
+    def record_event(
+        self,
+        user_id: str,
+        event: str,
+        event_id: str,
+        properties: Doc | None = None,
+        timestamp: datetime | None = None,
+    ) -> Doc:
+        """One event (a batch of one): its result, or its error raised."""
+        outcome = self.record_events(
+            [InboundEvent(user_id, event, event_id, properties, timestamp)]
+        )[0]
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.result is not None
+        return outcome.result
 
     # ------------------------------------------------------------------ queries
 
@@ -344,6 +382,7 @@ class CampaignManager(Services):
 __all__ = [
     "BatchResult",
     "CampaignManager",
+    "EnrollResult",
     "InitResult",
     "InvariantReport",
     "MigrationResult",

@@ -24,9 +24,29 @@ log = structlog.get_logger(__name__)
 
 def validate_campaign(svc: Services, data: Doc) -> Campaign:
     """The campaign as ``data`` describes it, checked against its template; raises if not."""
-    campaign = parse_document(Campaign, data, what="campaign")
+    campaign = parse_document(Campaign, _as_its_type_says(svc, data), what="campaign")
     svc.templates_at(campaign.template_id, campaign.campaign_type, campaign.template_version)
     return campaign
+
+
+def _as_its_type_says(svc: Services, data: Doc) -> Doc:
+    """The request with what its campaign type declares and it does not say: an ``open``
+    audience, the ``entry`` event (an unknown template is reported by the caller)."""
+    try:
+        version = data.get("template_version")
+        _, type_template = svc.templates_at(
+            str(data["template_id"]),
+            str(data["campaign_type"]),
+            version if isinstance(version, int) else None,
+        )
+    except (KeyError, InvalidInputError):
+        return data
+    enriched = dict(data)
+    if type_template.audience == "open":
+        enriched.setdefault("audience", "open")
+    if type_template.entry is not None:
+        enriched.setdefault("entry_event", type_template.entry.event)
+    return enriched
 
 
 def pin_version(svc: Services, campaign: Campaign) -> Campaign:
@@ -57,7 +77,7 @@ def create_campaign(svc: Services, data: Doc | Campaign, idempotency_key: str | 
         raise InvalidInputError(
             f"status: a new campaign must be draft or scheduled, not {campaign.status.value!r}"
         )
-    if not svc.campaigns.has_recipients(campaign):
+    if campaign.audience != "open" and not svc.campaigns.has_recipients(campaign):
         raise InvalidInputError("recipients: the audience is empty (no document matches the query)")
     now = svc.clock.now()
     campaign = pin_version(svc, campaign).model_copy(

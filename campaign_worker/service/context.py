@@ -14,7 +14,11 @@ from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.campaign_documents import StoredCampaign
 from campaign_worker.domain.documents import ConversationState, Unreadable
 from campaign_worker.domain.effects import Effects
-from campaign_worker.domain.errors import CampaignNotFoundError, ConversationNotFoundError
+from campaign_worker.domain.errors import (
+    CampaignNotFoundError,
+    ConfigurationError,
+    ConversationNotFoundError,
+)
 from campaign_worker.service.metrics_ledger import MetricsLedger
 from campaign_worker.service.outbound import Publisher
 from campaign_worker.service.ports import (
@@ -22,6 +26,8 @@ from campaign_worker.service.ports import (
     CampaignRepository,
     Clock,
     ConversationStateRepository,
+    EnrollmentReads,
+    EventRepository,
     InvariantReads,
     MetricsRecorder,
     NullRecorder,
@@ -59,6 +65,8 @@ class Services:
         send_guard: SendGuard | None = None,
         template_versions: TemplateVersionRepository | None = None,
         invariant_reads: InvariantReads | None = None,
+        event_repository: EventRepository | None = None,
+        enrollment_reads: EnrollmentReads | None = None,
     ) -> None:
         self.conversation_state_repository = conversation_state_repository
         self.config_manager = config_manager
@@ -71,8 +79,7 @@ class Services:
         self.process_batch_size = process_batch_size
         # Most processing tasks one campaign runs in parallel (partition ranges).
         self.process_fanout = process_fanout
-        # How long a dispatched processing task keeps its range to itself before the
-        # poller dispatches that range again (and an initializer its campaign).
+        # How long a dispatched task (an initializer) keeps its range (its campaign) alone.
         self.lease_seconds = lease_seconds
         # A registered writer older than this is dead (beyond any task's time limit).
         self.inflight_timeout = timedelta(seconds=inflight_timeout_seconds)
@@ -87,8 +94,21 @@ class Services:
             if template_versions is None
             else TemplateVersions(template_versions, config_manager, clock)
         )
-        # The invariant checker's streamed reads (none: check_invariants is unavailable).
+        # Checker reads, users' events, enrollment reads (None: those flows unavailable).
         self.invariant_reads = invariant_reads
+        self._events, self._enrollment_reads = event_repository, enrollment_reads
+
+    @property
+    def events(self) -> EventRepository:
+        if self._events is None:
+            raise ConfigurationError("this manager has no event repository (see bootstrap.py)")
+        return self._events
+
+    @property
+    def enrollment_reads(self) -> EnrollmentReads:
+        if self._enrollment_reads is None:
+            raise ConfigurationError("this manager has no enrollment reads (see bootstrap.py)")
+        return self._enrollment_reads
 
     def campaign(self, campaign_id: str) -> StoredCampaign:
         found = self.campaigns.get(campaign_id)

@@ -48,6 +48,8 @@ from campaign_worker.domain.invariants import (
 )
 from campaign_worker.domain.metrics_documents import StoredMetrics
 from campaign_worker.service.context import Services
+from campaign_worker.service.invariants_entries import ENTRY_INVARIANTS, EntryAudit
+from campaign_worker.service.polling import always_on_until
 from campaign_worker.service.ports import InvariantReads
 from campaign_worker.service.reconcile import difference, recount, stored_counts
 
@@ -118,6 +120,7 @@ class _Audit:
         self.registrations: dict[str, datetime] = {}
         self.rows_seen = 0
         self.initialized = campaign.initialized_at is not None
+        self.entries = EntryAudit(svc._events)  # always-on: enrolled people, their events
 
     # ------------------------------------------------------------ conversations
 
@@ -127,6 +130,8 @@ class _Audit:
             for conversation in conversations:
                 self._conversation(conversation, batch)
             self._join_outbox(batch)
+            self.entries.batch(conversations)
+        self.entries.finish()
         if self.quiet:
             elsewhere = self.reads.count_outbox(self.campaign.id) - self.rows_seen
             if elsewhere > 0:
@@ -268,7 +273,9 @@ class _Audit:
                 matched += self._probe(sorted(users))
         if not self.initialized:
             return
-        unexpected = self.figures["conversations"] - matched
+        enrolled = self.entries.figures["enrolled"]
+        unexpected = self.figures["conversations"] - matched - enrolled
+        unexpected += self.figures.pop("enrolled_matched", 0)
         if unexpected > 0:
             self.figures["conversations_unexpected"] += unexpected
             sentence = f"{unexpected} conversations belong to no recipient"
@@ -277,7 +284,10 @@ class _Audit:
         if invalid != counted:
             sentence = f"{invalid} audience rows are invalid; the campaign counts {counted}"
             self._note(INVALID_RECIPIENTS_COUNTED, sentence)
-        total, conversations = self.campaign.total_recipients, self.figures["conversations"]
+        total, conversations = (
+            self.campaign.total_recipients,
+            self.figures["conversations"] - enrolled,
+        )
         if total != conversations:
             sentence = (
                 f"the campaign counts {total} recipients; {conversations} conversations exist"
@@ -286,6 +296,12 @@ class _Audit:
 
     def _probe(self, users: Sequence[str]) -> int:
         found = self.reads.conversations_of_users(self.campaign.id, users)
+        found = [
+            (cid, user) for cid, user in found if self.entries.first(self.campaign.id, cid, user)
+        ]
+        self.figures["enrolled_matched"] += sum(
+            cid in self.entries.enrolled_ids for cid, _ in found
+        )
         per_user = Counter(user for _, user in found)
         for user in users:
             count = per_user[user]
@@ -328,7 +344,8 @@ class _Audit:
         if self.campaign.lease_owner is not None and expired(self.campaign.lease_until, self.now):
             self._stale(f"campaign:{self.campaign.id}")
         status, active = self.campaign.status, self.figures["active"]
-        if status == CampaignStatus.RUNNING and self.initialized and not active:
+        always_on = always_on_until(self.campaign, self.now)  # completes past ends_at only
+        if status == CampaignStatus.RUNNING and self.initialized and not active and not always_on:
             self._note(CAMPAIGN_OVER_WHEN_DONE, "running with no active conversation left")
         elif status == CampaignStatus.CANCELLED and active:
             self._note(CAMPAIGN_OVER_WHEN_DONE, f"cancelled with {active} active conversations")
@@ -352,6 +369,8 @@ class _Audit:
 
     def report(self) -> InvariantReport:
         f, found = self.figures, self.found
+        f.update(self.entries.figures)
+        self.entries.into(found, self._note)
         sentences = {
             invariant: f"{found.counts[invariant]} {what}"
             for invariant, what in COUNTED_SENTENCES.items()
@@ -363,7 +382,7 @@ class _Audit:
             f"{extra} surplus conversations of recipients" if extra else "",
         )
         violations = []
-        for invariant in REPORT_ORDER:
+        for invariant in (*REPORT_ORDER, *ENTRY_INVARIANTS):
             first = self.reasons.get(invariant)
             count = sentences.get(invariant, "")
             parts = [f"{count} (first: {first})" if first else count]

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from campaign_worker.domain.campaign_documents import CampaignStatus
+from campaign_worker.domain.campaign_documents import CampaignStatus, StoredCampaign
 from campaign_worker.domain.documents import to_utc
 from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.service.context import Services
@@ -52,15 +52,24 @@ def poll_campaigns(svc: Services, owner: str | None = None, claim_limit: int = 1
             _poll_cancelled(svc, campaign.id, now, result)
         else:
             running.append(campaign.id)
-            _poll_running(svc, campaign.id, now, result)
+            always_on = always_on_until(campaign, now)
+            _poll_running(svc, campaign.id, now, result, always_on=always_on)
     result.oldest_due = svc.conversation_state_repository.oldest_due(now, running)
     lag = (now - to_utc(result.oldest_due)).total_seconds() if result.oldest_due else 0.0
     svc.metrics.poller_lag(max(0.0, lag))
     return result
 
 
-def _poll_running(svc: Services, campaign_id: str, now: datetime, result: PollResult) -> None:
-    if _dispatch(svc, campaign_id, now, False, result):
+def always_on_until(campaign: StoredCampaign, now: datetime) -> bool:
+    """An open campaign before its ``ends_at`` (if any): it never completes for lack of
+    active conversations (people enroll while it runs)."""
+    return campaign.open and not campaign.ended(now)
+
+
+def _poll_running(
+    svc: Services, campaign_id: str, now: datetime, result: PollResult, *, always_on: bool
+) -> None:
+    if _dispatch(svc, campaign_id, now, False, result) or always_on:
         return
     if svc.conversation_state_repository.count_active(campaign_id) == 0:
         svc.campaigns.transition(

@@ -19,6 +19,7 @@ from campaign_worker.domain.campaign_documents import (
 )
 from campaign_worker.domain.documents import ConversationState, StoredState
 from campaign_worker.domain.effects import MetricsDelta, OutboundEnvelope
+from campaign_worker.domain.enrollment import EnrollmentContext, EventFact
 from campaign_worker.domain.metrics_documents import StoredMetrics
 from campaign_worker.domain.partitions import PartitionRange
 from campaign_worker.domain.suppressions import FrequencyCap, Suppression
@@ -64,6 +65,16 @@ class ConversationStateRepository(Protocol):
     def insert_states(self, states: Sequence[ConversationState]) -> int:
         """Insert new conversations; one that exists (same id, or same campaign and user)
         is skipped. Returns how many were inserted."""
+        ...
+
+    def insert_new(self, states: Sequence[ConversationState]) -> set[str]:
+        """Insert new conversations as ``insert_states`` does; returns the ids inserted
+        (the others existed: same id, or same campaign, user and enrollment)."""
+        ...
+
+    def find_listening(self, user_ids: Sequence[str], since: datetime) -> list[StoredState]:
+        """The conversations of these users that may take an event: active ones, and
+        finished ones whose goal window is open at ``since`` (``goal_until``)."""
         ...
 
     def find_due(
@@ -190,6 +201,11 @@ class CampaignRepository(Protocol):
         ...
 
     def has_recipients(self, campaign: Campaign) -> bool: ...
+    def with_entry_events(self, events: Sequence[str]) -> list[StoredCampaign]:
+        """Campaigns that enroll people on one of these events (``entry_event``) and may
+        still take them: scheduled, initializing, running or paused."""
+        ...
+
     def mark_settled(self, campaign_id: str, now: datetime) -> bool: ...
     def save_init_progress(
         self, campaign_id: str, checkpoint: InitCheckpoint, lease_until: datetime, now: datetime
@@ -236,6 +252,27 @@ class CampaignMetricsRepository(Protocol):
         now: datetime,
         drop: Sequence[str] = (),
     ) -> bool: ...
+
+
+class EventRepository(Protocol):
+    """Users' events (collection ``events``, ``_id`` = event id): recorded once each."""
+
+    def record(self, events: Sequence[EventFact]) -> set[str]:
+        """Store the events; returns the ids that were new (the others were recorded)."""
+        ...
+
+    def get_many(self, event_ids: Sequence[str]) -> dict[str, EventFact]: ...
+    def recent_of_users(self, user_ids: Sequence[str], since: datetime) -> list[EventFact]:
+        """Events of these users that happened at ``since`` or later, oldest first."""
+        ...
+
+
+class EnrollmentReads(Protocol):
+    def context(
+        self, campaign_id: str, user_ids: Sequence[str], suppression_keys: Sequence[str]
+    ) -> EnrollmentContext | None:
+        """None if there is no such campaign."""
+        ...
 
 
 class OutboxRepository(Protocol):

@@ -14,6 +14,7 @@ from campaign_worker.domain.documents import (
     parse_document,
 )
 from campaign_worker.domain.errors import InvalidInputError, UnknownStageError
+from campaign_worker.domain.goals import goal_report
 from campaign_worker.domain.metrics_documents import CampaignMetrics
 from campaign_worker.domain.splits import HOLDOUT_COUNTERS, VARIANT_COUNTERS
 from campaign_worker.domain.templates import CampaignTypeTemplate
@@ -95,7 +96,21 @@ def get_campaign_metrics(svc: Services, campaign_id: str) -> Doc:
         else dict(empty)
         for name in names
     }
+    _goals(doc, type_template)
     return doc
+
+
+def _goals(doc: Doc, type_template: CampaignTypeTemplate | None) -> None:
+    """``goals.<event>`` with rates and means (``goals.goal_report``); left out when the
+    campaign has no goal and nothing converted."""
+    stored = dict(doc.get("goals") or {})
+    goal = None if type_template is None else type_template.goal
+    if goal is not None:
+        stored.setdefault(goal.event, {})
+    if not stored:
+        doc.pop("goals", None)
+        return
+    doc["goals"] = {event: goal_report(values, doc) for event, values in stored.items()}
 
 
 def _splits(doc: Doc, type_template: CampaignTypeTemplate | None) -> None:

@@ -111,8 +111,8 @@ def _conversations(
     for read in svc.conversation_state_repository.find_by_users(pairs):
         if isinstance(read, Unreadable):
             by_pair[(read.campaign_id, read.user_id)] = InvalidInputError(str(read.problem()))
-        else:
-            by_pair[(read.campaign_id, read.user_id)] = read
+        elif _latest(by_pair.get((read.campaign_id, read.user_id)), read):
+            by_pair[(read.campaign_id, read.user_id)] = read  # a re-entry: the latest entry
     found: dict[str, _Conversation] = {}
     for index in wanted:
         reply = replies[index]
@@ -133,6 +133,13 @@ def _conversations(
             found[state.id] = _Conversation(campaigns[reply.campaign_id], state, templates)
             found[state.id].replies.append((index, checked[index]))
     return found
+
+
+def _latest(known: object, read: ConversationState) -> bool:
+    """Whether ``read`` is the person's latest entry so far (a reply goes to it)."""
+    if not isinstance(known, ConversationState):
+        return True
+    return (read.enrollment or 0) > (known.enrollment or 0)
 
 
 def _write_all(

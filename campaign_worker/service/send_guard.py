@@ -20,7 +20,12 @@ import structlog
 
 from campaign_worker.domain.documents import ConversationState, ConversationStatus
 from campaign_worker.domain.effects import Effects
-from campaign_worker.domain.suppressions import FrequencyCap, keys_for, opt_out_entries
+from campaign_worker.domain.suppressions import (
+    FrequencyCap,
+    Suppression,
+    keys_for,
+    opt_out_entries,
+)
 from campaign_worker.service.ports import SendBudgetRepository, SendRequest, SuppressionRepository
 
 log = structlog.get_logger(__name__)
@@ -57,11 +62,23 @@ class SendGuard:
         """For (key, user id, attributes) rows: key -> reason, for those on the list."""
         if self.suppressions is None or not people:
             return {}
-        keys = {
+        keys = self.keys_of(people)
+        found = self.suppressions.matching(sorted({key for ks in keys.values() for key in ks}))
+        return self.reasons(keys, found)
+
+    def keys_of(self, people: Sequence[tuple[str, str, Mapping[str, Any]]]) -> dict[str, list[str]]:
+        """For (key, user id, attributes) rows: key -> the suppression ids that stop it
+        (none when this guard checks no list)."""
+        if self.suppressions is None:
+            return {}
+        return {
             key: keys_for(user_id, attributes, self.address_attributes)
             for key, user_id, attributes in people
         }
-        found = self.suppressions.matching(sorted({key for ks in keys.values() for key in ks}))
+
+    @staticmethod
+    def reasons(keys: Mapping[str, list[str]], found: Mapping[str, Suppression]) -> dict[str, str]:
+        """key -> reason, for the rows of ``keys`` that an entry of ``found`` stops."""
         reasons = {}
         for key, candidates in keys.items():
             hit = next((candidate for candidate in candidates if candidate in found), None)

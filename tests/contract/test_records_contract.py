@@ -97,7 +97,7 @@ def test_the_invariant_reads_project_conversations_and_outbox_rows(store: Store)
         [envelope("out-1", conversation_id=one.id), envelope("out-9", campaign_id="c-2")]
     )
     twin = {**state("user-0001").to_mongo(), "_id": "twin"}
-    store.db["conversation_states"].drop_index("campaign_user_unique")  # lets a twin in
+    store.db["conversation_states"].drop_index("campaign_user_entry_unique")  # lets a twin in
     store.db["conversation_states"].insert_one(twin)
     reads = store.repos.invariant_reads
     batches = list(reads.conversations("camp-1", 2))

@@ -82,7 +82,7 @@ def test_duplicate_deliveries_and_dead_letters(
     node = processes.worker("e2e-dup")  # no beat: this test sends every task itself
     wait_for_workers(client, [node])
     # The worker ensured the indexes at start, before any task ran.
-    assert {"pending", "campaign_user_unique", "due"} <= set(
+    assert {"pending", "campaign_user_entry_unique", "due"} <= set(
         mongo["conversation_states"].index_information()
     )
     assert {"created", "task_created"} <= set(mongo["dead_letters"].index_information())

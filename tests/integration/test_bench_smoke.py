@@ -30,6 +30,8 @@ ROUND_TRIP_FIGURES = (
     "advance_round_trips_per_1000_service",
     "advance_round_trips_per_1000_celery",
     "reply_round_trips_per_1000_celery",
+    "enroll_round_trips_per_1000",
+    "event_round_trips_per_1000",
 )
 RATIOS = (
     "claim_share_of_batch_db_time",

@@ -146,8 +146,17 @@ def test_initialize_creates_the_indexes_and_is_idempotent(
     assert ("campaign_id", 1) in [k[0] for k in keys.values() if len(k) == 1]
     assert [("user_id", 1)] in keys.values()
     assert [("status", 1)] in keys.values()
-    unique = [name for name, k in keys.items() if k == [("campaign_id", 1), ("user_id", 1)]]
+    entry = [("campaign_id", 1), ("user_id", 1), ("enrollment", 1)]
+    unique = [name for name, k in keys.items() if k == entry]
     assert len(unique) == 1 and indexes[unique[0]].get("unique") is True
+    # The (campaign, user) index of releases before re-entry is dropped at start.
+    assert [("campaign_id", 1), ("user_id", 1)] not in keys.values()
+    old = [("campaign_id", 1), ("user_id", 1)]
+    wire_db[CONVERSATIONS].create_index(old, unique=True, name="campaign_user_unique")
+    repo.initialize()
+    assert "campaign_user_unique" not in {
+        ix["name"] for ix in wire_db[CONVERSATIONS].list_indexes()
+    }
     pending = [("campaign_id", 1), ("status", 1), ("next_action_at", 1)]
     assert pending in keys.values()
     assert len(indexes) == len({tuple(k) for k in keys.values()}), "duplicate index definitions"

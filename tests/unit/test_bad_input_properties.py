@@ -22,7 +22,7 @@ from campaign_worker.bootstrap import Container
 from campaign_worker.demo.webhook_receiver import verify_campaign_webhook
 from campaign_worker.domain.delivery import signature
 from campaign_worker.domain.errors import CampaignWorkerError, InvalidTemplateError, TemplateError
-from campaign_worker.domain.templates import placeholder_problem
+from campaign_worker.domain.placeholders import placeholder_problem
 from campaign_worker.domain.transitions import render
 from campaign_worker.entrypoints import delivery_tasks, envelope, tasks
 from campaign_worker.entrypoints.cli.recipient_files import read_csv, read_jsonl

@@ -102,7 +102,7 @@ def test_a_lost_conversation(manager: CampaignManager, clock: ManualClock, db: A
 
 def test_a_duplicated_conversation(manager: CampaignManager, clock: ManualClock, db: Any) -> None:
     started(manager, clock)
-    db.conversation_states.drop_index("campaign_user_unique")
+    db.conversation_states.drop_index("campaign_user_entry_unique")
     twin = db.conversation_states.find_one({"_id": cid("user-00004")})
     db.conversation_states.insert_one({**twin, "_id": "a-second-one"})
     report = manager.check_invariants(CAMPAIGN)

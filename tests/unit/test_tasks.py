@@ -148,6 +148,8 @@ def test_config_is_json_only_late_ack_and_limits_below_visibility_timeout() -> N
         ("campaign_worker.migrate_campaign", "initialization"),
         ("campaign_worker.process_conversations", "processing"),
         ("campaign_worker.record_inbound_message", "inbound"),
+        ("campaign_worker.record_event", "inbound"),
+        ("campaign_worker.enroll_recipients", "initialization"),
         ("campaign_worker.mark_conversation_complete", "inbound"),
         ("campaign_worker.create_campaign", celeryconfig.task_default_queue),
     ],
@@ -176,6 +178,8 @@ def test_public_task_names_are_registered() -> None:
             "add_suppression",
             "lift_suppression",
             "migrate_campaign",
+            "enroll_recipients",
+            "record_event",
         )
     }
     assert all(task.name in app.tasks for task in tasks.PUBLIC_TASKS)

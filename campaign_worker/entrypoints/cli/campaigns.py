@@ -1,4 +1,4 @@
-"""``campaign-worker campaigns list|show|pause|resume|cancel|migrate`` through
+"""``campaign-worker campaigns create|enroll|list|show|pause|resume|cancel|migrate`` through
 CampaignManager."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from campaign_worker.entrypoints.cli.campaign_create import create
+from campaign_worker.entrypoints.cli.campaign_enroll import enroll
 from campaign_worker.entrypoints.cli.common import (
     EXIT_USAGE,
     JSON_HELP,
@@ -23,6 +24,7 @@ from campaign_worker.entrypoints.cli.common import (
 
 app = command_group("Create, list, inspect and steer campaigns.")
 app.command()(create)
+app.command()(enroll)
 
 CampaignId = Annotated[str, typer.Argument(help="the campaign id")]
 AsJson = Annotated[bool, typer.Option("--json", help=JSON_HELP)]

@@ -18,6 +18,7 @@ from campaign_worker.entrypoints.cli.common import (
     print_json,
     service_errors,
 )
+from campaign_worker.service.lift import goal_lifts
 
 OUTCOMES = ("completed", "failed", "opted_out", "cancelled", "active")
 
@@ -46,8 +47,54 @@ def funnel(metrics: dict[str, Any]) -> dict[str, Any]:
             for target, count in sorted(targets.items(), key=lambda item: -item[1])
         ],
         **_splits(metrics),
+        **_goals(metrics),
         "updated_at": metrics["updated_at"],
     }
+
+
+def _goals(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Each goal's conversions, with the lift of treatment over holdout and of each
+    variant over its stage's first (95% interval, p-value: ``service/lift.py``)."""
+    goals = metrics.get("goals")
+    if not goals:
+        return {}
+    return {
+        "goals": {
+            event: {**report, "lift": [found.as_dict() for found in goal_lifts(report)]}
+            for event, report in goals.items()
+        }
+    }
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1%}"
+
+
+def _goal_lines(report: dict[str, Any]) -> list[Text]:
+    lines = []
+    for event, goal in (report.get("goals") or {}).items():
+        mean = goal["mean_seconds_to_convert"]
+        lines.append(
+            Text(
+                f"goal {event}: {goal['converted']} of {goal['conversations']} converted "
+                f"({goal['conversion_rate']:.1%})"
+                + ("" if mean is None else f", mean time to convert {_hours(mean)}")
+            )
+        )
+        for found in goal["lift"]:
+            interval = found["ci95"]
+            shown = "" if interval is None else f" (95% CI {_percent(interval[0])} to "
+            shown += "" if interval is None else f"{_percent(interval[1])})"
+            p_value = "-" if found["p_value"] is None else f"{found['p_value']:.3g}"
+            lines.append(
+                Text(
+                    f"  {found['group']} {found['converted']}/{found['conversations']} over "
+                    f"{found['baseline']} {found['baseline_converted']}/"
+                    f"{found['baseline_conversations']}: lift {_percent(found['lift'])}{shown}, "
+                    f"p {p_value}: {found['verdict']}"
+                )
+            )
+    return lines
 
 
 def _rate(part: float, whole: float) -> float:
@@ -119,6 +166,7 @@ def render(report: dict[str, Any]) -> Group:
         table,
         *([moves] if report.get("transitions") else []),
         *_split_lines(report),
+        *_goal_lines(report),
         Text(
             f"messages sent {messages['total_sent']}, received {messages['total_received']}, "
             f"response rate {messages['response_rate']:.2f}"
@@ -191,7 +239,10 @@ def metrics(
     Per stage: entered, completed, conversion (completed / entered) and average duration;
     messages sent and received; conversations completed, failed, opted out, cancelled and
     active. With A/B splits: per variant conversations, sent, replies, advanced, intents;
-    with a holdout: its outcomes beside everyone else's. Exit 1 if the campaign is unknown.
+    with a holdout: its outcomes beside everyone else's. With a goal: conversions overall,
+    per stage, per variant and for the holdout, and the lift of treatment over holdout and
+    of each variant over the first, with a 95% confidence interval and a p-value (or, when
+    the sample is too small to tell, that). Exit 1 if the campaign is unknown.
     """
     report = _report(campaign)
     if watch is None:
