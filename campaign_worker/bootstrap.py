@@ -26,6 +26,7 @@ from campaign_worker.delivery_wiring import ensure_delivery_indexes
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.ports import Clock, MetricsRecorder
 from campaign_worker.service.send_guard import SendGuard
+from campaign_worker.service.understanding import ReplyUnderstanding
 from campaign_worker.settings import Settings, get_settings
 
 
@@ -88,6 +89,15 @@ def build_manager(
         template_versions=MongoTemplateVersionRepository(db),
         invariant_reads=MongoInvariantReads(db),
     )
+
+
+def build_understanding(settings: Settings | None = None) -> ReplyUnderstanding:
+    """The reply understanding engine (the shipped model, or ``INTENT_MODEL_DIR``'s).
+    Cheap to build: models load on first use or ``warm_up()``."""
+    from campaign_worker.adapters.understanding import NgramReplyUnderstanding
+
+    settings = settings or get_settings()
+    return NgramReplyUnderstanding(model_dir=settings.intent_model_dir)
 
 
 def ensure_indexes(manager: CampaignManager) -> None:

@@ -30,8 +30,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from campaign_worker.domain import branches
 from campaign_worker.domain.delivery import inherit_channels
+from campaign_worker.domain.examples import MIN_EXAMPLES, example_problems
 from campaign_worker.domain.intents import BUILT_IN, OTHER, Language, ReplyClassifier
 from campaign_worker.domain.intents import compile_classifier as _compile_classifier
+from campaign_worker.domain.intents import compile_rules as _compile_rules
+from campaign_worker.domain.understanding import UnderstandingPolicy
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -239,7 +242,22 @@ class IntentSpec(_Model):
     phrases: list[Annotated[str, Field(pattern=r"\w")]] = Field(default_factory=list)
     exact: list[Annotated[str, Field(pattern=r"\w")]] = Field(default_factory=list)
     regex: list[str] = Field(default_factory=list)
+    # Example replies: the reply understanding takes a reply like one of them for this
+    # intent (domain/examples.py); at least MIN_EXAMPLES when given.
+    examples: list[Annotated[str, Field(pattern=r"\w", max_length=1000)]] = Field(
+        default_factory=list
+    )
     replace_defaults: bool = False
+
+    @field_validator("examples")
+    @classmethod
+    def _enough_examples(cls, value: list[str]) -> list[str]:
+        if 0 < len(value) < MIN_EXAMPLES:
+            raise ValueError(
+                f"{len(value)} example(s) are too few to generalize from; "
+                f"give at least {MIN_EXAMPLES}"
+            )
+        return value
 
     @field_validator("regex")
     @classmethod
@@ -357,6 +375,8 @@ class Template(_Model):
     languages: list[Language] = Field(default_factory=_english, min_length=1)
     intents: dict[IntentName, IntentSpec] = Field(default_factory=dict)
     out_of_office: OutOfOffice = Field(default_factory=OutOfOffice)
+    # Reply understanding thresholds (domain/understanding.py has the defaults).
+    understanding: UnderstandingPolicy = Field(default_factory=UnderstandingPolicy)
     channel: ChannelName | None = None  # for its campaign types that name none
     campaign_types: dict[str, CampaignTypeTemplate] = Field(min_length=1)
 
@@ -376,14 +396,39 @@ class Template(_Model):
             for where, intent in branches.intents_used(stage)
             if intent not in known
         ]
+        problems += [
+            f"understanding.review_intents: unknown intent {intent!r} (known: {sorted(known)})"
+            for intent in self.understanding.review_intents
+            if intent not in known
+        ]
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _examples_apart(self) -> Template:
+        problems = example_problems(
+            {name: spec.examples for name, spec in self.intents.items() if spec.examples}
+        )
+        if problems:
+            raise ValueError("intents: " + "; ".join(problems))
         return self
 
     @cached_property
     def classifier(self) -> ReplyClassifier:
         """This template's intents, compiled once (templates are immutable)."""
         return _compile_classifier(self.languages, self.intents, self.opt_out_keywords)
+
+    @cached_property
+    def rules(self) -> ReplyClassifier:
+        """Only the intents it declares (no built-in phrases): the reply understanding's
+        explicit rules, read before its model."""
+        return _compile_rules(self.intents, self.opt_out_keywords)
+
+    @property
+    def examples(self) -> dict[str, list[str]]:
+        """Each intent's example replies (intents without examples left out)."""
+        return {name: spec.examples for name, spec in self.intents.items() if spec.examples}
 
     def for_type(self, campaign_type: str) -> CampaignTypeTemplate | None:
         return self.campaign_types.get(campaign_type)
