@@ -9,7 +9,8 @@ it is and in a few deterministic variants, the way replies really arrive:
 - email: a greeting, a sign-off and name, a signature block, a phone's "Sent from",
   a confidentiality footer or a newsletter's unsubscribe footer, and the quoted original
   message in one of the mail clients' layouts (Gmail, Apple Mail, Outlook) of the
-  language, itself saying "Reply STOP to opt out".
+  language, itself saying "Reply STOP to opt out"; sometimes below the reply
+  (bottom-posting) or with no quote marks at all.
 
 The model trains on what extraction leaves of each line (as at run time), so the email
 variants teach it the leftovers extraction cannot remove. Same seeds, same output: the
@@ -303,6 +304,14 @@ def bottom_posted(language: str, text: str, rng: random.Random) -> str:
     return "> " + original + "\n\n" + text
 
 
+def unmarked_quote(language: str, text: str, rng: random.Random) -> str:
+    """The original below the reply with no header or ``>`` (some clients and gateways
+    quote so): extraction cannot find it, so the model must learn to read past it."""
+    name = rng.choice(NAMES)
+    original = rng.choice(ORIGINALS[language]).format(name=name.split()[0])
+    return f"{text}\n\n{original}"
+
+
 def escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\t", " ").replace("\n", "\\n")
 
@@ -319,6 +328,8 @@ def rows_for(language: str, rng: random.Random) -> list[tuple[str, str, str, str
             rows.append((intent, email_variant(language, text, rng), language, "email"))
         if rng.random() < 0.15:
             rows.append((intent, bottom_posted(language, text, rng), language, "email,quoted"))
+        if rng.random() < 0.15:
+            rows.append((intent, unmarked_quote(language, text, rng), language, "quoted"))
     return rows
 
 

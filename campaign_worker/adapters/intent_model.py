@@ -110,18 +110,6 @@ class IntentModel:
         index = self._index.get(feature)
         return None if index is None else float(self._idf[index])
 
-    def vector(self, feature_list: Sequence[str]) -> dict[int, float]:
-        """The reply's L2-normalized TF-IDF weights by vocabulary index."""
-        index = self._index
-        counts = Counter(index[f] for f in feature_list if f in index)
-        if not counts:
-            return {}
-        columns = np.fromiter(counts.keys(), dtype=np.intp, count=len(counts))
-        weights = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
-        weights *= self._idf[columns]
-        weights /= np.linalg.norm(weights)
-        return dict(zip(columns.tolist(), weights.tolist(), strict=True))
-
     def probabilities(self, feature_list: Sequence[str]) -> Mapping[str, float]:
         """Each class's calibrated probability (they add up to 1)."""
         index = self._index

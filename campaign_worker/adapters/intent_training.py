@@ -3,11 +3,12 @@
 Each reply is extracted (``reply_text.extract``, as at run time) and turned into its
 features (``domain.reply_features.features``); a TF-IDF weighting (sublinear term
 frequency, features seen in at least ``MIN_DF`` replies) feeds a multinomial logistic
-regression. Its probabilities are calibrated by temperature scaling: one temperature,
-fitted on out-of-fold scores of a fixed stratified 5-fold split, that minimizes the
-log loss. The result is plain arrays (``intent_model.ModelArtifact``, written as ``model.npz``, no
-pickle, beside ``vocabulary.json`` and ``model.json``); training the same corpus with the
-same library versions gives the same artifact (tests/unit/test_intent_artifact.py).
+regression. Its probabilities are calibrated by temperature scaling: the one temperature
+that minimizes the log loss on a separate calibration set (the shipped model: the dev
+set), else on out-of-fold scores. The result is plain arrays
+(``intent_model.ModelArtifact``, written as ``model.npz``, no pickle, beside
+``vocabulary.json`` and ``model.json``); training the same corpus with the same library
+versions gives the same artifact (tests/unit/test_intent_artifact.py).
 
 scikit-learn is imported here only: the worker scores with numpy (``intent_model``).
 """
@@ -31,6 +32,18 @@ MIN_DF: Final = 2
 C: Final = 8.0  # inverse regularization, chosen on the dev set
 FOLDS: Final = 5
 SEED: Final = 20261203
+# Replies whose probabilities training records with the model (metadata "probes"), as
+# scikit-learn computes them: the test suite checks the numpy scoring gives the same.
+PROBES: Final = (
+    "Yes please",
+    "STOP",
+    "Don't stop sending these, love them",
+    "How do I stop the auto-renewal?",
+    "Je suis absent du bureau jusqu'au 5 janvier.",
+    "Kein Interesse, danke.",
+    "¿Cuánto cuesta?",
+    "lol",
+)
 
 
 def corpus_digest(replies: Sequence[LabelledReply]) -> str:
@@ -54,13 +67,34 @@ def _temperature(logits: NDArray[np.float64], labels: NDArray[np.int64]) -> floa
     return round(float(found.x), 4)
 
 
+def _logits(scores: NDArray[np.float64], classes: int) -> NDArray[np.float64]:
+    """Per-class scores: scikit-learn gives a two-class model one column (class 1's
+    score; class 0's is 0), for coefficients, intercepts and decisions alike."""
+    if classes != 2:
+        return scores
+    if scores.ndim == 1:
+        return np.column_stack([np.zeros_like(scores), scores])
+    if scores.shape[1] == 1:
+        return np.column_stack([np.zeros_like(scores[:, 0]), scores[:, 0]])
+    return scores
+
+
+def _softmax(row: NDArray[np.float64]) -> list[float]:
+    shifted = np.exp(row - row.max())
+    return [round(float(value), 6) for value in shifted / shifted.sum()]
+
+
 def train(
     replies: Sequence[LabelledReply],
     *,
+    calibration: Sequence[LabelledReply] = (),
     extractor: Callable[[str], str] = extract,
     c: float = C,
 ) -> ModelArtifact:
-    """Fit the model on ``replies`` (their ``intent`` is the label)."""
+    """Fit the model on ``replies`` (their ``intent`` is the label). The temperature is
+    fitted on ``calibration`` (replies written apart from the corpus: the shipped dev
+    set) when given, else on out-of-fold scores of ``replies`` (optimistic when the
+    corpus holds variants of the same replies, as the shipped one does)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -77,36 +111,59 @@ def train(
     def model() -> LogisticRegression:
         return LogisticRegression(C=c, solver="newton-cg", max_iter=300, tol=1e-6)
 
-    oof = np.zeros((len(replies), len(classes)))
-    folds = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=SEED)
-    for fit_rows, held_rows in folds.split(np.zeros(len(labels)), labels):
-        fold_vectorizer = vectorizer()
-        x_fit = fold_vectorizer.fit_transform([docs[i] for i in fit_rows])
-        fold_model = model().fit(x_fit, labels[fit_rows])
-        x_held = fold_vectorizer.transform([docs[i] for i in held_rows])
-        oof[held_rows] = fold_model.decision_function(x_held)
-    temperature = _temperature(oof, labels)
-
     final_vectorizer = vectorizer()
     x = final_vectorizer.fit_transform(docs)
     final = model().fit(x, labels)
+    # Too few replies of some intent to hold any out: no calibration (temperature 1).
+    n_folds = min(FOLDS, int(np.bincount(labels).min()))
+    temperature = 1.0
+    known = [reply for reply in calibration if reply.intent in classes]
+    if known:
+        held = final_vectorizer.transform([features(extractor(r.text)) for r in known])
+        temperature = _temperature(
+            _logits(final.decision_function(held), len(classes)),
+            np.array([classes.index(r.intent) for r in known], dtype=np.int64),
+        )
+    elif n_folds >= 2:
+        oof = np.zeros((len(replies), len(classes)))
+        folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=SEED)
+        for fit_rows, held_rows in folds.split(np.zeros(len(labels)), labels):
+            fold_vectorizer = vectorizer()
+            x_fit = fold_vectorizer.fit_transform([docs[i] for i in fit_rows])
+            fold_model = model().fit(x_fit, labels[fit_rows])
+            x_held = fold_vectorizer.transform([docs[i] for i in held_rows])
+            oof[held_rows] = _logits(fold_model.decision_function(x_held), len(classes))
+        temperature = _temperature(oof, labels)
+
     vocabulary = tuple(str(name) for name in final_vectorizer.get_feature_names_out())
+    probe_logits = _logits(
+        final.decision_function(
+            final_vectorizer.transform([features(extractor(p)) for p in PROBES])
+        ),
+        len(classes),
+    )
+    probes = {
+        text: _softmax(row / temperature) for text, row in zip(PROBES, probe_logits, strict=True)
+    }
     return ModelArtifact(
         classes=classes,
         vocabulary=vocabulary,
         idf=final_vectorizer.idf_.astype(np.float32),
-        coef=np.ascontiguousarray(final.coef_.T, dtype=np.float32),
-        intercept=final.intercept_.astype(np.float32),
+        coef=np.ascontiguousarray(_logits(final.coef_.T, len(classes)).astype(np.float32)),
+        intercept=_logits(final.intercept_, len(classes)).ravel().astype(np.float32),
         temperature=temperature,
         metadata={
             "replies": len(replies),
             "corpus_sha256": corpus_digest(replies),
+            "calibration_replies": len(known),
+            "calibration_sha256": corpus_digest(known),
             "min_df": MIN_DF,
             "C": c,
             "folds": FOLDS,
             "seed": SEED,
             "scikit-learn": version("scikit-learn"),
             "numpy": version("numpy"),
+            "probes": probes,
         },
     )
 

@@ -47,7 +47,8 @@ def report(scored: Sequence[Scored]) -> dict[str, Any]:
     """Every figure, JSON-ready: per intent precision/recall/F1 and support, the
     confusion matrix (gold -> predicted -> count, predictions including
     ``needs_review``), accuracy, opt-out recall and safety, the false opt-out rate, the
-    review rate, and accuracy per language and per tag when those are given."""
+    review rate, and accuracy per language and per tag when those are given (and over
+    the replies tagged ``quoted*`` or ``sign*`` together)."""
     gold_labels = sorted({s.gold for s in scored})
     predicted_labels = sorted({s.predicted for s in scored} - {NEEDS_REVIEW})
     columns = [*sorted(set(gold_labels) | set(predicted_labels)), NEEDS_REVIEW]
@@ -83,6 +84,8 @@ def report(scored: Sequence[Scored]) -> dict[str, Any]:
         for tag in s.tags:
             by_tag[tag].append(s)
     false_opt_outs = sum(s.predicted == OPT_OUT for s in others)
+    # Email replies quoting the original or signed (tags such as quoted, signature).
+    quoted_or_signed = [s for s in scored if any(t.startswith(("quot", "sign")) for t in s.tags)]
     return {
         "replies": len(scored),
         "accuracy": _ratio(sum(s.gold == s.predicted for s in scored), len(scored)),
@@ -97,6 +100,7 @@ def report(scored: Sequence[Scored]) -> dict[str, Any]:
             sum(s.gold == s.predicted for s in scored),
             len(scored) - predicted_counts[NEEDS_REVIEW],
         ),
+        "quoted_or_signed": _accuracy_by({"all": quoted_or_signed})["all"],
         "per_intent": per_intent,
         "confusion": confusion,
         "by_language": _accuracy_by(by_language),

@@ -37,10 +37,10 @@ OUT_OF_OFFICE_FIRST: Final = 0.8
 # may come with them ("STOP please", "bitte abmelden", "baja por favor").
 OPT_OUT_WORDS: Final = frozenset(
     {
-        "stop", "stopall", "stop all", "unsubscribe", "unsub", "cancel", "end", "quit",
-        "optout", "opt out", "remove", "remove me", "stopp", "abmelden", "austragen",
-        "abbestellen", "arret", "desabonner", "desinscrire", "desinscription", "baja",
-        "alto", "darme de baja", "dar de baja", "cancelar", "parar",
+        "stop", "stopall", "stop all", "unsubscribe", "unsub", "unsubscribe me", "cancel",
+        "end", "quit", "optout", "opt out", "opt me out", "remove", "remove me", "stopp",
+        "abmelden", "austragen", "abbestellen", "arret", "desabonner", "desinscrire",
+        "desinscription", "baja", "alto", "darme de baja", "dar de baja", "cancelar", "parar",
     }
 )  # fmt: skip
 _POLITE: Final = frozenset(

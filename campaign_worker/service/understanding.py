@@ -44,17 +44,23 @@ def classify_all(
         yield reply, understanding.understand(reply.text, template)
 
 
+def scored_report(results: Sequence[tuple[LabelledReply, Classification]]) -> dict[str, Any]:
+    """The figures of ``domain.intent_metrics.report`` for classified labelled replies."""
+    return report(
+        [
+            Scored(reply.intent, found.outcome, reply.language, reply.tags)
+            for reply, found in results
+        ]
+    )
+
+
 def evaluate(
     understanding: ReplyUnderstanding,
     replies: Sequence[LabelledReply],
     template: Template | None = None,
 ) -> dict[str, Any]:
     """The figures of ``domain.intent_metrics.report`` for ``replies``."""
-    scored = [
-        Scored(reply.intent, found.outcome, reply.language, reply.tags)
-        for reply, found in classify_all(understanding, replies, template)
-    ]
-    return report(scored)
+    return scored_report(list(classify_all(understanding, replies, template)))
 
 
-__all__ = ["ReplyUnderstanding", "classify_all", "evaluate"]
+__all__ = ["ReplyUnderstanding", "classify_all", "evaluate", "scored_report"]

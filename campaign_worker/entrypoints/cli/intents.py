@@ -101,8 +101,11 @@ def classify(
     ] = None,
     model: ModelOption = None,
 ) -> None:
-    """Classify replies: one JSON line each (intent, confidence, language, extracted_text,
-    needs_review, opt_out_probability, source, review_reason, scores), in input order."""
+    """Classify replies (stdin, one a line, or --text): one JSON line each, in order.
+
+    Each line: intent, confidence, language, extracted_text, needs_review,
+    opt_out_probability, source (rule, model, example), review_reason, scores.
+    """
     found = _template(template)
     engine = _engine(model)
     replies = [text] if text is not None else _stdin_replies()
@@ -148,6 +151,8 @@ def render_report(figures: dict[str, Any], title: str) -> None:
         "accuracy_when_decided",
     ):
         summary.add_row(key.replace("_", " "), _fmt(figures[key]))
+    if figures["quoted_or_signed"]["replies"]:
+        summary.add_row("accuracy quoted or signed", _fmt(figures["quoted_or_signed"]["accuracy"]))
     out.print(summary)
     intents = Table("intent", "precision", "recall", "F1", "support", "predicted")
     for name, row in figures["per_intent"].items():
@@ -181,21 +186,41 @@ def evaluate(
     template: TemplateOption = None,
     model: ModelOption = None,
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    errors: Annotated[
+        bool, typer.Option("--errors", help="also list each reply classified wrong")
+    ] = False,
 ) -> None:
-    """Score the classifier on FILE: per-intent precision/recall, the confusion matrix,
-    accuracy, opt-out recall and safety, false opt-outs, the review rate; per language
-    and tag when the columns are there. A held reply counts as `needs_review`."""
-    from campaign_worker.service.understanding import evaluate as score
+    """Score the classifier on a labelled TSV file: precision, recall, confusion matrix.
+
+    Also accuracy, opt-out recall and safety, false opt-outs, the review rate, and per
+    language and tag when the columns are there. A held reply counts as needs_review.
+    """
+    from campaign_worker.service.understanding import classify_all, scored_report
 
     replies = read_labelled(file)
     found = _template(template)
     engine = _engine(model)
     with service_errors():
-        figures = score(engine, replies, found)
+        results = list(classify_all(engine, replies, found))
+    figures = scored_report(results)
+    if errors:
+        figures["errors"] = [
+            {"line": reply.line, "gold": reply.intent, **result.as_dict()}
+            for reply, result in results
+            if result.outcome != reply.intent
+        ]
     if as_json:
         print_json(figures)
         return
     render_report(figures, f"{file} ({len(replies)} replies)")
+    for wrong in figures.get("errors", []):
+        outcome = "needs_review" if wrong["needs_review"] else wrong["intent"]
+        console().print(
+            f"line {wrong['line']}: {wrong['gold']} -> {outcome} ({wrong['intent']} "
+            f"{wrong['confidence']:.2f}, opt-out {wrong['opt_out_probability']:.2f}): "
+            f"{json.dumps(wrong['extracted_text'], ensure_ascii=False)}",
+            markup=False,
+        )
 
 
 @app.command()
@@ -210,9 +235,21 @@ def train(
     shipped: Annotated[
         bool, typer.Option(help="also train on the shipped corpus (train.tsv)")
     ] = True,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="labelled replies to calibrate confidences on (default with --shipped: "
+            "the shipped dev.tsv; without: cross-validation)",
+        ),
+    ] = None,
 ) -> None:
-    """Train a model on the shipped corpus plus FILES (same files, same model) and write
-    it to --out; point INTENT_MODEL_DIR (or --model) at it."""
+    """Train an intent model on labelled TSV files, deterministically, into --out.
+
+    The shipped corpus is included unless --no-shipped; same files, same model. Point
+    INTENT_MODEL_DIR (or --model) at the directory to use it.
+    """
     from campaign_worker.adapters.intent_model import shipped_directory, write_artifact
     from campaign_worker.adapters.intent_training import train as fit
 
@@ -222,8 +259,11 @@ def train(
     replies = [reply for path in corpus for reply in read_labelled(path)]
     if len({reply.intent for reply in replies}) < 2:
         raise fail("training needs replies of at least two intents", EXIT_USAGE)
+    if calibration is None and shipped:
+        calibration = shipped_directory() / "dev.tsv"
+    held = read_labelled(calibration) if calibration is not None else []
     note(f"training on {len(replies)} replies from {len(corpus)} file(s)...")
-    artifact = fit(replies)
+    artifact = fit(replies, calibration=held)
     for path in write_artifact(artifact, out):
         note(f"wrote {path}")
     print_json(
