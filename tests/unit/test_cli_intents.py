@@ -57,6 +57,8 @@ def test_classify_text_and_a_template(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     [found] = lines(result.stdout)
     assert (found["intent"], found["source"]) == ("pricing", "example")
+    quoted = run_cli("intents", "classify", "--text", "Yes please\\n\\n> Reply STOP to opt out")
+    assert lines(quoted.stdout)[0]["extracted_text"] == "Yes please"
     unknown = run_cli("intents", "classify", "--template", "nope", "--text", "hi", env=env)
     assert unknown.returncode == 2 and "unknown template_id 'nope'" in unknown.stderr
 

@@ -92,7 +92,8 @@ def _stdin_replies() -> Iterator[str]:
 @app.command()
 def classify(
     text: Annotated[
-        str | None, typer.Option("--text", help="one reply (else one a line on stdin)")
+        str | None,
+        typer.Option("--text", help="one reply, \\n for a new line (else one a line on stdin)"),
     ] = None,
     template: TemplateOption = None,
     language: Annotated[
@@ -108,7 +109,7 @@ def classify(
     """
     found = _template(template)
     engine = _engine(model)
-    replies = [text] if text is not None else _stdin_replies()
+    replies = [unescape(text)] if text is not None else _stdin_replies()
     with service_errors():
         for reply in replies:
             if not reply.strip():
