@@ -18,8 +18,9 @@ from typing import Final
 
 from mailparser_reply.parser import EmailMessage
 
-# Quote headers in other languages: the parser's Spanish "El … escribió:" needs two
-# spaces before "escribió", and it knows "-----Original Message-----" only in English.
+# Quote headers the parser misses: its Spanish "El … escribió:" needs two spaces before
+# "escribió", it knows "-----Original Message-----" only in English, and its French
+# Outlook block only with a space before each colon ("De :").
 _MORE_HEADERS: Final = re.compile(
     r"^[ \t]*(?:"
     r"-{2,}\s*(?:Original Message|Ursprüngliche Nachricht|Message d'origine|Mensaje original"
@@ -28,14 +29,17 @@ _MORE_HEADERS: Final = re.compile(
     r"|Le\s.+\sa\s+écrit\s*:"
     r"|Am\s.+\sschrieb\s.+:"
     r"|On\s.+\swrote:"
-    r")[ \t]*$",
+    r")[ \t]*$"
+    # An Outlook header block, colons with or without a space before (French style).
+    r"|^[ \t*]*(?:From|Von|De)[ \t]?:.*\n[ \t*]*(?:Sent|Date|Gesendet|Datum|Envoyé|Enviado"
+    r"|Fecha|To|An|À|Para)[ \t]?:",
     re.MULTILINE | re.IGNORECASE,
 )
 # Phone signatures the parser knows only in English ("Sent from my") and as "Gesendet
 # von", "Envoyé depuis", "Enviado desde mi".
 _SENT_FROM: Final = re.compile(
-    r"^(?:Sent from my|Sent from Outlook|Get Outlook for|Von meinem .{1,40} gesendet"
-    r"|Gesendet von|Envoyé de mon|Envoyé depuis|Enviado desde)\b.{0,60}$",
+    r"^(?:(?:Sent (?:from|with|via)|Get Outlook for|Gesendet (?:von|mit)"
+    r"|Envoyé (?:de|depuis|avec)|Enviado (?:desde|con)) \S.{0,60}|Von meinem .{1,40} gesendet)$",
     re.MULTILINE | re.IGNORECASE,
 )
 # Footers: legal/confidentiality notices and a newsletter's unsubscribe footer. The parser
@@ -46,7 +50,7 @@ _LEGAL: Final = re.compile(
     r"\b(?:confidential|privileged|intended (?:solely|only|recipient)|received (?:this|it) in error"
     r"|consider the environment before printing|vertraulich|rechtlich geschützt|irrtümlich erhalten"
     r"|Amtsgericht|Geschäftsführ(?:er|ung):|confidentiel|destinataires?\b.*erreur|par erreur"
-    r"|confidencial|por error|destinatario)",
+    r"|confidencial|por error|destinatario|scanned for viruses|virus-?free|auf Viren geprüft)",
     re.IGNORECASE,
 )
 _UNSUBSCRIBE_FOOTER: Final = re.compile(

@@ -6,8 +6,9 @@ word, then the template's own keywords, phrases and regexes); the statistical mo
 gives every built-in intent a probability; a template's example replies name its custom
 intents by similarity; ``decide`` turns all that and the template's thresholds into one
 ``Classification``. Safety first: an opt-out rule always wins, and a reply whose opt-out
-probability passes the low ``opt_out_review_above`` threshold is an opt-out when
-confident and otherwise needs review, never anything that could advance.
+probability passes the low ``opt_out_review_above`` threshold is an opt-out when the
+model is sure (``opt_out_above``) and otherwise needs review, never anything that could
+advance.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ ReviewReason = Literal["low_confidence", "opt_out_risk", "review_intent"]
 
 # The defaults, in one place (tuned on campaign_worker/data/intents/dev.tsv).
 REVIEW_BELOW: Final = 0.5
-OPT_OUT_REVIEW_ABOVE: Final = 0.2
+OPT_OUT_REVIEW_ABOVE: Final = 0.15
+OPT_OUT_ABOVE: Final = 0.7
 EXAMPLE_MATCH: Final = 0.45
 # A confident auto-reply is one before the template's own rules: auto-replies are long
 # and mention prices, products and people.
@@ -62,6 +64,9 @@ class UnderstandingPolicy(BaseModel):
     review_below: float = Field(default=REVIEW_BELOW, gt=0.0, le=1.0)
     # Above this opt-out probability a reply never advances: opt-out or review.
     opt_out_review_above: float = Field(default=OPT_OUT_REVIEW_ABOVE, ge=0.0, lt=1.0)
+    # From this opt-out probability the model's opt-out is acted on (opted out); between
+    # the two a person decides.
+    opt_out_above: float = Field(default=OPT_OUT_ABOVE, gt=0.0, le=1.0)
     # From this similarity to a template example, the reply is that example's intent.
     example_match: float = Field(default=EXAMPLE_MATCH, gt=0.0, le=1.0)
     # Intents that always need review (e.g. [other]: nothing unrecognized advances).
@@ -69,11 +74,12 @@ class UnderstandingPolicy(BaseModel):
 
     @model_validator(mode="after")
     def _safety_below_review(self) -> UnderstandingPolicy:
-        if self.opt_out_review_above >= self.review_below:
-            raise ValueError(
-                f"opt_out_review_above ({self.opt_out_review_above}) must be below "
-                f"review_below ({self.review_below}): it is the lower, safety threshold"
-            )
+        for name in ("review_below", "opt_out_above"):
+            if self.opt_out_review_above >= getattr(self, name):
+                raise ValueError(
+                    f"opt_out_review_above ({self.opt_out_review_above}) must be below "
+                    f"{name} ({getattr(self, name)}): it is the lower, safety threshold"
+                )
         return self
 
 
@@ -145,8 +151,9 @@ class Evidence:
 
 def decide(evidence: Evidence, policy: UnderstandingPolicy) -> Classification:
     """One classification from the evidence, in order: an opt-out rule; a confident
-    opt-out; the opt-out safety threshold (review); a confident auto-reply; another
-    rule; a template example; the model, needing review below ``review_below``."""
+    opt-out (``opt_out_above``); the opt-out safety threshold (review); a confident
+    auto-reply; another rule; a template example; the model, needing review below
+    ``review_below``."""
     probabilities = evidence.probabilities
     opt_out = probabilities.get(OPT_OUT, 0.0)
     best = max(probabilities, key=probabilities.__getitem__) if probabilities else OTHER
@@ -174,7 +181,7 @@ def decide(evidence: Evidence, policy: UnderstandingPolicy) -> Classification:
 
     if evidence.rule == OPT_OUT:
         return result(OPT_OUT, 1.0, "rule")
-    if best == OPT_OUT and confidence >= policy.review_below:
+    if best == OPT_OUT and confidence >= max(policy.opt_out_above, policy.review_below):
         return result(OPT_OUT, confidence, "model")
     if opt_out > policy.opt_out_review_above:
         return result(best, confidence, "model", "opt_out_risk")
@@ -193,6 +200,7 @@ def decide(evidence: Evidence, policy: UnderstandingPolicy) -> Classification:
 __all__ = [
     "EXAMPLE_MATCH",
     "NEEDS_REVIEW",
+    "OPT_OUT_ABOVE",
     "OPT_OUT_REVIEW_ABOVE",
     "OPT_OUT_WORDS",
     "REVIEW_BELOW",

@@ -8,7 +8,12 @@ import pytest
 from campaign_worker.adapters.config_manager import parse_template
 from campaign_worker.domain.errors import InvalidTemplateError
 from campaign_worker.domain.examples import ExampleIndex, example_problems
-from campaign_worker.domain.understanding import EXAMPLE_MATCH, OPT_OUT_REVIEW_ABOVE, REVIEW_BELOW
+from campaign_worker.domain.understanding import (
+    EXAMPLE_MATCH,
+    OPT_OUT_ABOVE,
+    OPT_OUT_REVIEW_ABOVE,
+    REVIEW_BELOW,
+)
 
 PRICING = ["what's the price", "how much is it", "send me a quote"]
 DEMO = ["can I see a demo", "show me how it works", "book a demo please"]
@@ -80,11 +85,12 @@ def test_a_template_with_examples_and_thresholds_loads() -> None:
 def test_defaults_come_from_one_place() -> None:
     template = parse_template(template_text(), "t.yaml")
     policy = template.understanding
-    assert (policy.review_below, policy.opt_out_review_above, policy.example_match) == (
-        REVIEW_BELOW,
-        OPT_OUT_REVIEW_ABOVE,
-        EXAMPLE_MATCH,
-    )
+    assert (
+        policy.review_below,
+        policy.opt_out_review_above,
+        policy.opt_out_above,
+        policy.example_match,
+    ) == (REVIEW_BELOW, OPT_OUT_REVIEW_ABOVE, OPT_OUT_ABOVE, EXAMPLE_MATCH)
 
 
 @pytest.mark.parametrize(

@@ -38,9 +38,17 @@ def test_an_opt_out_rule_wins_over_everything() -> None:
 
 
 def test_a_confident_opt_out_opts_out() -> None:
-    found = decide(evidence(scores(opt_out=0.7)), POLICY)
+    found = decide(evidence(scores(opt_out=0.75)), POLICY)
     assert (found.intent, found.source, found.needs_review) == ("opt_out", "model", False)
-    assert found.opt_out_probability == pytest.approx(0.7)
+    assert found.opt_out_probability == pytest.approx(0.75)
+
+
+def test_a_likely_opt_out_below_opt_out_above_needs_review() -> None:
+    found = decide(evidence(scores(opt_out=0.65)), POLICY)
+    assert found.intent == "opt_out" and found.needs_review
+    assert found.review_reason == "opt_out_risk"
+    lenient = UnderstandingPolicy(review_below=0.6, opt_out_review_above=0.15, opt_out_above=0.6)
+    assert decide(evidence(scores(opt_out=0.65)), lenient).decided == "opt_out"
 
 
 def test_an_unsure_opt_out_needs_review() -> None:
@@ -139,6 +147,8 @@ def test_a_templates_own_words_count_too() -> None:
         {"review_below": 1.5},
         {"opt_out_review_above": -0.1},
         {"opt_out_review_above": 0.7, "review_below": 0.6},
+        {"opt_out_review_above": 0.3, "opt_out_above": 0.3},
+        {"opt_out_above": 1.1},
         {"example_match": 0},
         {"review_intents": ["Not An Intent"]},
         {"unknown": 1},
