@@ -2,7 +2,8 @@
 
     make intents-corpus    # rewrites campaign_worker/data/intents/train.tsv
 
-Each seed (``tooling/intent_seeds/<language>.tsv``, ``intent<TAB>text``) is written out as
+Each seed (``tooling/intent_seeds/<language>.tsv``, ``intent<TAB>text``, ``\\n`` for a new
+line) is written out as
 it is and in a few deterministic variants, the way replies really arrive:
 
 - SMS: lower case, punctuation dropped, one typo, an emoji, "pls"/"thx" shorthand;
@@ -22,6 +23,8 @@ from __future__ import annotations
 import random
 import sys
 from pathlib import Path
+
+from campaign_worker.domain.labelled_replies import unescape
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = ROOT / "tooling" / "intent_seeds"
@@ -231,7 +234,7 @@ def load_seeds(language: str) -> list[tuple[str, str]]:
         if not line.strip() or line.startswith("#"):
             continue
         intent, text = line.split("\t", 1)
-        rows.append((intent, text))
+        rows.append((intent, unescape(text)))
     return rows
 
 

@@ -18,6 +18,8 @@ from typing import Final
 
 from mailparser_reply.parser import EmailMessage
 
+from campaign_worker.domain.understanding import is_opt_out_word
+
 # Quote headers the parser misses: its Spanish "El … escribió:" needs two spaces before
 # "escribió", it knows "-----Original Message-----" only in English, and its French
 # Outlook block only with a space before each colon ("De :").
@@ -53,6 +55,14 @@ _LEGAL: Final = re.compile(
     r"|confidencial|por error|destinatario|scanned for viruses|virus-?free|auf Viren geprüft)",
     re.IGNORECASE,
 )
+# A campaign's own footer, quoted below the reply ("You are receiving this email because").
+_RECEIVING_BECAUSE: Final = re.compile(
+    r"(?:you (?:are receiving|received) this (?:e-?mail|message) because"
+    r"|Sie erhalten diese (?:E-Mail|Nachricht),? weil"
+    r"|vous recevez cet (?:e-?mail|message) (?:car|parce)"
+    r"|(?:recibe|recibes|ha recibido) este (?:correo|mensaje) porque)",
+    re.IGNORECASE,
+)
 _UNSUBSCRIBE_FOOTER: Final = re.compile(
     r"(?:to unsubscribe|unsubscribe from (?:our|this|the)|manage (?:your )?preferences"
     r"|abbestellen|abmelden:|pour vous désabonner|désinscription|para darse de baja"
@@ -63,14 +73,24 @@ _POINTER: Final = re.compile(r"https?://|www\.|click|klicken|cliquez|haga clic|\
 # Sign-offs the parser lacks ("Bien à vous", "Cheers", "LG", "Un abrazo"...): cut only when
 # the sign-off line is short and at most a few short lines (name, title, phone) follow.
 _SIGN_OFF: Final = re.compile(
-    r"^(?:cheers|best|best wishes|many thanks|thanks(?: again)?|thank you|regards|warm regards"
-    r"|(?:viele |liebe |beste |freundliche )?gr(?:ü|ue)(?:ß|ss)e?|lg|vg|mfg|danke(?: und grüße)?"
-    r"|bien (?:à vous|cordialement)|cordialement|salutations|merci(?: d'avance)?"
-    r"|bonne (?:journée|soirée)"
-    r"|(?:un )?saludos?(?: cordiales)?|un abrazo|atentamente|gracias|cordialmente)[,.!]?$",
+    r"^(?:cheers|best|best wishes|all the best|many thanks|thanks(?: again)?|thank you|regards"
+    r"|warm regards|kind regards|have a (?:nice|great|good) (?:day|weekend)|talk soon"
+    r"|(?:viele |liebe |beste |freundliche |herzliche |schöne )?gr(?:ü|ue)(?:ß|ss)e?|lg|vg|mfg"
+    r"|danke(?: und grüße)?|bis bald|bien (?:à vous|cordialement)|cordialement|salutations"
+    r"|merci(?: d'avance)?|(?:bonne|belle) (?:journée|soirée|fin de journée)|à bientôt"
+    r"|(?:un )?(?:cordial )?saludos?(?: cordiales)?|cordiales saludos|un abrazo|atentamente"
+    r"|gracias|cordialmente|hasta pronto)[,.!]?$",
     re.IGNORECASE,
 )
 _MAX_SIGNATURE_LINES: Final = 5
+# After a sign-off, a block that starts with a name may run longer (title, company,
+# address, phones, links); a reply's last line that is only a name is a signature too.
+_MAX_NAMED_SIGNATURE_LINES: Final = 15
+_NAME_WORD: Final = re.compile(r"^(?:[A-ZÀ-ÖØ-Þ][\w'\u2019.&-]*|[A-ZÀ-ÖØ-Þ]\.|&)$")
+_NOT_NAMES: Final = frozenset(
+    {"yes", "no", "ok", "okay", "stop", "thanks", "thank", "please", "ja", "nein", "danke",
+     "bitte", "oui", "non", "merci", "si", "sí", "gracias", "vale", "hi", "hello", "hallo"}
+)  # fmt: skip
 _QUOTED_LINE: Final = re.compile(r"^[ \t]*>")
 # A signature found by the parser starts at a sign-off line; one that goes on ("Thanks,
 # but we already use another tool.") is the author's sentence, not a sign-off.
@@ -99,18 +119,55 @@ def _without_signature(content: str, signature: str) -> str:
     return content[:index] if index > 0 else content
 
 
+def _name_like(line: str) -> bool:
+    """A line that is only a name ("Nadia", "J. Lozano", "Sandrine Lefèvre")."""
+    words = [word.rstrip(",") for word in line.strip().split()]
+    return (
+        0 < len(words) <= 4
+        and all(_NAME_WORD.match(word) for word in words)
+        and not any(word.lower().strip(".,!") in _NOT_NAMES for word in words)
+        and not is_opt_out_word(line)
+    )
+
+
+def _signature_tail(tail: list[str]) -> bool:
+    short = len(tail) <= _MAX_SIGNATURE_LINES and all(
+        len(line.split()) <= _MAX_SIGN_OFF_WORDS + 1 for line in tail
+    )
+    return short or (bool(tail) and _name_like(tail[0]) and len(tail) <= _MAX_NAMED_SIGNATURE_LINES)
+
+
 def _cut_sign_off(text: str) -> str:
     lines = text.split("\n")
     for index in range(1, len(lines)):
         tail = [line for line in lines[index + 1 :] if line.strip()]
         if (
             _SIGN_OFF.match(lines[index].strip())
-            and len(tail) <= _MAX_SIGNATURE_LINES
-            and all(len(line.split()) <= _MAX_SIGN_OFF_WORDS + 1 for line in tail)
+            and _signature_tail(tail)
             and "\n".join(lines[:index]).strip()
         ):
             return "\n".join(lines[:index])
-    return text
+    return _cut_signature_paragraph(lines)
+
+
+def _cut_signature_paragraph(lines: list[str]) -> str:
+    """Without a sign-off: the last paragraph, when it starts with a name and goes on in
+    a few short lines (title, company, phone), is a signature."""
+    blanks = [index for index, line in enumerate(lines) if not line.strip()]
+    filled = [index for index, line in enumerate(lines) if line.strip()]
+    if len(filled) < 2:
+        return "\n".join(lines)
+    start = max((b + 1 for b in blanks if b < filled[-1]), default=filled[-1])
+    if start <= filled[0]:
+        start = filled[-1]  # one paragraph: only a last line that is a name
+    block = [line for line in lines[start:] if line.strip()]
+    if (
+        _name_like(block[0])
+        and len(block) <= _MAX_SIGNATURE_LINES + 1
+        and all(len(line.split()) <= _MAX_SIGN_OFF_WORDS + 1 for line in block)
+    ):
+        return "\n".join(lines[:start])
+    return "\n".join(lines)
 
 
 def _cut_footer(text: str) -> str:
@@ -120,6 +177,7 @@ def _cut_footer(text: str) -> str:
         if seen_words and (
             _SENT_FROM.match(line.strip())
             or _LEGAL.search(line)
+            or _RECEIVING_BECAUSE.search(line)
             or (_UNSUBSCRIBE_FOOTER.search(line) and _POINTER.search(line))
         ):
             return "\n".join(lines[:index])

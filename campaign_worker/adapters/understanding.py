@@ -5,6 +5,7 @@
 1. ``reply_text.extract``: the author's own words (quotes, signatures, footers removed);
 2. rules on them: a whole-message opt-out word (``domain.understanding.is_opt_out_word``),
    then the template's own keywords/phrases/exact answers/regexes (``Template.rules``);
+   a negated opt-out command (``negates_opt_out``) is never opted out by the model alone;
 3. the language (``language.LanguageDetector``, with fallbacks for short replies);
 4. the intent model's probabilities of the built-in intents (``intent_model``);
 5. the nearest template example (``domain.examples``, weighted by the model's IDF);
@@ -33,6 +34,7 @@ from campaign_worker.domain.understanding import (
     UnderstandingPolicy,
     decide,
     is_opt_out_word,
+    negates_opt_out,
 )
 
 _DEFAULT_POLICY = UnderstandingPolicy()
@@ -109,6 +111,7 @@ class NgramReplyUnderstanding:
             probabilities=probabilities,
             rule=rule,
             example=example,
+            negated_opt_out=negates_opt_out(text),
         )
         return decide(evidence, template.understanding if template else _DEFAULT_POLICY)
 

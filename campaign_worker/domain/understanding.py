@@ -13,6 +13,7 @@ advance.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, Literal
@@ -51,6 +52,21 @@ _POLITE: Final = frozenset(
         "sofort", "svp", "merci", "s", "il", "vous", "plait", "por", "favor", "gracias", "ya",
     }
 )  # fmt: skip
+
+# An opt-out command negated ("don't unsubscribe me", "nicht abmelden", "ne me désinscrivez
+# pas", "no me den de baja"): such a reply is never opted out by the model alone.
+_NEGATED_OPT_OUT: Final = re.compile(
+    r"\b(?:don'?t|do not|never|didn'?t (?:mean|want) to)\s+(?:please\s+)?"
+    r"(?:unsubscribe|remove|opt\s*(?:me\s+)?out|stop|take me off|delete)"
+    r"|\bnicht\s+(?:ab(?:melden|bestellen)|austragen|entfernen|löschen|aufhören|stoppen)"
+    r"|\b(?:melden|tragen|nehmen|streichen)\s+sie\s+mich\s+(?:bitte\s+)?nicht\b"
+    r"|\bhört?\s+(?:bitte\s+)?(?:bloß\s+|bloss\s+)?nicht\s+auf"
+    r"|\bne\s+(?:me\s+)?(?:désinscrivez|desinscrivez|désabonnez|desabonnez|retirez|enlevez"
+    r"|supprimez|sortez)\s+(?:\w+\s+)?pas"
+    r"|\bn['\u2019]\s*arr[eê]tez\s+(?:\w+\s+)?pas"
+    r"|\bno\s+(?:me\s+)?(?:den\s+de\s+baja|quiten|saquen|borren|eliminen|paren|dejen\s+de)",
+    re.IGNORECASE,
+)
 
 IntentName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
@@ -138,6 +154,11 @@ def is_opt_out_word(text: str, keywords: frozenset[str] = frozenset()) -> bool:
     return bool(core) and (" ".join(core) in words or all(word in words for word in core))
 
 
+def negates_opt_out(text: str) -> bool:
+    """The reply negates an opt-out command ("please don't unsubscribe me")."""
+    return bool(_NEGATED_OPT_OUT.search(text))
+
+
 @dataclass(frozen=True)
 class Evidence:
     """What the pipeline found for one reply, for ``decide``."""
@@ -147,11 +168,13 @@ class Evidence:
     probabilities: Mapping[str, float]
     rule: str | None = None  # the intent an explicit rule gave
     example: ExampleMatch | None = None
+    negated_opt_out: bool = False  # ``negates_opt_out`` of the text
 
 
 def decide(evidence: Evidence, policy: UnderstandingPolicy) -> Classification:
-    """One classification from the evidence, in order: an opt-out rule; a confident
-    opt-out (``opt_out_above``); the opt-out safety threshold (review); a confident
+    """One classification from the evidence, in order: an opt-out rule; a negated opt-out
+    command the model reads as an opt-out (review); a confident opt-out
+    (``opt_out_above``); the opt-out safety threshold (review); a confident
     auto-reply; another rule; a template example; the model, needing review below
     ``review_below``."""
     probabilities = evidence.probabilities
@@ -181,6 +204,8 @@ def decide(evidence: Evidence, policy: UnderstandingPolicy) -> Classification:
 
     if evidence.rule == OPT_OUT:
         return result(OPT_OUT, 1.0, "rule")
+    if best == OPT_OUT and evidence.negated_opt_out:
+        return result(OPT_OUT, confidence, "model", "opt_out_risk")
     if best == OPT_OUT and confidence >= max(policy.opt_out_above, policy.review_below):
         return result(OPT_OUT, confidence, "model")
     if opt_out > policy.opt_out_review_above:
@@ -209,4 +234,5 @@ __all__ = [
     "UnderstandingPolicy",
     "decide",
     "is_opt_out_word",
+    "negates_opt_out",
 ]

@@ -16,6 +16,7 @@ from campaign_worker.domain.understanding import (
     UnderstandingPolicy,
     decide,
     is_opt_out_word,
+    negates_opt_out,
 )
 
 POLICY = UnderstandingPolicy(review_below=0.6, opt_out_review_above=0.15)
@@ -157,3 +158,36 @@ def test_a_templates_own_words_count_too() -> None:
 def test_bad_thresholds_are_refused(fields: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         UnderstandingPolicy.model_validate(fields)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Please don't unsubscribe me", "do not remove me from the list", "Bitte nicht abmelden",
+     "Melden Sie mich bitte nicht ab", "Hört nicht auf damit!", "Ne me désinscrivez pas",
+     "N'arrêtez surtout pas", "No me den de baja", "no me quiten de la lista"],
+)  # fmt: skip
+def test_negated_opt_out_commands(text: str) -> None:
+    assert negates_opt_out(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Unsubscribe me", "Bitte abmelden", "Désinscrivez-moi", "Denme de baja", "I don't know"],
+)
+def test_plain_opt_out_commands_are_not_negated(text: str) -> None:
+    assert not negates_opt_out(text)
+
+
+def test_a_negated_opt_out_the_model_reads_as_opt_out_needs_review() -> None:
+    found = decide(evidence(scores(opt_out=0.95), negated_opt_out=True), POLICY)
+    assert found.intent == "opt_out" and found.needs_review
+    assert found.review_reason == "opt_out_risk"
+    # The rule never overrides an explicit opt-out word, nor touches other intents.
+    assert (
+        decide(evidence(scores(opt_out=0.95), rule="opt_out", negated_opt_out=True), POLICY).decided
+        == "opt_out"
+    )
+    assert (
+        decide(evidence(scores(positive=0.95, opt_out=0.01), negated_opt_out=True), POLICY).decided
+        == "positive"
+    )
