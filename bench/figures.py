@@ -109,6 +109,8 @@ class Figure:
 def fmt(value: float | int | str) -> str:
     if isinstance(value, str):
         return value
+    if 0 < abs(value) < 0.05 and not isinstance(value, int):
+        return f"{value:.4f}"  # rates such as false opt-outs (0.0084) would read 0.01
     if isinstance(value, int) or (float(value).is_integer() and abs(value) >= 100):
         return f"{int(value):,}"
     if abs(value) >= 10:

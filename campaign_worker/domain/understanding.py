@@ -61,7 +61,7 @@ _NEGATED_OPT_OUT: Final = re.compile(
     r"|\bnicht\s+(?:ab(?:melden|bestellen)|austragen|entfernen|löschen|aufhören|stoppen)"
     r"|\b(?:melden|tragen|nehmen|streichen)\s+sie\s+mich\s+(?:bitte\s+)?nicht\b"
     r"|\bhört?\s+(?:bitte\s+)?(?:bloß\s+|bloss\s+)?nicht\s+auf"
-    r"|\bne\s+(?:me\s+)?(?:désinscrivez|desinscrivez|désabonnez|desabonnez|retirez|enlevez"
+    r"|\bne\s+(?:me\s+|m['\u2019]\s*)?(?:désinscrivez|desinscrivez|désabonnez|desabonnez|retirez|enlevez"
     r"|supprimez|sortez)\s+(?:\w+\s+)?pas"
     r"|\bn['\u2019]\s*arr[eê]tez\s+(?:\w+\s+)?pas"
     r"|\bno\s+(?:me\s+)?(?:den\s+de\s+baja|quiten|saquen|borren|eliminen|paren|dejen\s+de)",

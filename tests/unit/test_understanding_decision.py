@@ -164,6 +164,7 @@ def test_bad_thresholds_are_refused(fields: dict[str, object]) -> None:
     "text",
     ["Please don't unsubscribe me", "do not remove me from the list", "Bitte nicht abmelden",
      "Melden Sie mich bitte nicht ab", "Hört nicht auf damit!", "Ne me désinscrivez pas",
+     "Ne m'enlevez pas de la liste",
      "N'arrêtez surtout pas", "No me den de baja", "no me quiten de la lista"],
 )  # fmt: skip
 def test_negated_opt_out_commands(text: str) -> None:
