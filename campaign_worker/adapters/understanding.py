@@ -113,7 +113,7 @@ class NgramReplyUnderstanding:
             example=example,
             negated_opt_out=negates_opt_out(text),
         )
-        return decide(evidence, template.understanding if template else _DEFAULT_POLICY)
+        return decide(evidence, template.understanding_policy if template else _DEFAULT_POLICY)
 
 
 __all__ = ["NgramReplyUnderstanding"]

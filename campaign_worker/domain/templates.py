@@ -243,16 +243,15 @@ class IntentSpec(_Model):
     exact: list[Annotated[str, Field(pattern=r"\w")]] = Field(default_factory=list)
     regex: list[str] = Field(default_factory=list)
     # Example replies: the reply understanding takes a reply like one of them for this
-    # intent (domain/examples.py); at least MIN_EXAMPLES when given.
-    examples: list[Annotated[str, Field(pattern=r"\w", max_length=1000)]] = Field(
-        default_factory=list
-    )
+    # intent (domain/examples.py); at least MIN_EXAMPLES when given. None when absent, so
+    # a template without examples keeps its content hash (domain/versions.py).
+    examples: list[Annotated[str, Field(pattern=r"\w", max_length=1000)]] | None = None
     replace_defaults: bool = False
 
     @field_validator("examples")
     @classmethod
-    def _enough_examples(cls, value: list[str]) -> list[str]:
-        if 0 < len(value) < MIN_EXAMPLES:
+    def _enough_examples(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(value) < MIN_EXAMPLES:
             raise ValueError(
                 f"{len(value)} example(s) are too few to generalize from; "
                 f"give at least {MIN_EXAMPLES}"
@@ -356,6 +355,9 @@ class SendWindow(_Model):
         return self
 
 
+_DEFAULT_POLICY = UnderstandingPolicy()
+
+
 def _english() -> list[Language]:
     return ["en"]
 
@@ -375,8 +377,9 @@ class Template(_Model):
     languages: list[Language] = Field(default_factory=_english, min_length=1)
     intents: dict[IntentName, IntentSpec] = Field(default_factory=dict)
     out_of_office: OutOfOffice = Field(default_factory=OutOfOffice)
-    # Reply understanding thresholds (domain/understanding.py has the defaults).
-    understanding: UnderstandingPolicy = Field(default_factory=UnderstandingPolicy)
+    # Reply understanding thresholds (domain/understanding.py has the defaults); None when
+    # absent, so a template that sets none keeps its content hash (domain/versions.py).
+    understanding: UnderstandingPolicy | None = None
     channel: ChannelName | None = None  # for its campaign types that name none
     campaign_types: dict[str, CampaignTypeTemplate] = Field(min_length=1)
 
@@ -398,7 +401,7 @@ class Template(_Model):
         ]
         problems += [
             f"understanding.review_intents: unknown intent {intent!r} (known: {sorted(known)})"
-            for intent in self.understanding.review_intents
+            for intent in self.understanding_policy.review_intents
             if intent not in known
         ]
         if problems:
@@ -429,6 +432,11 @@ class Template(_Model):
     def examples(self) -> dict[str, list[str]]:
         """Each intent's example replies (intents without examples left out)."""
         return {name: spec.examples for name, spec in self.intents.items() if spec.examples}
+
+    @property
+    def understanding_policy(self) -> UnderstandingPolicy:
+        """Its reply understanding thresholds, the defaults where it sets none."""
+        return self.understanding or _DEFAULT_POLICY
 
     def for_type(self, campaign_type: str) -> CampaignTypeTemplate | None:
         return self.campaign_types.get(campaign_type)

@@ -75,16 +75,16 @@ def test_a_template_with_examples_and_thresholds_loads() -> None:
         "t.yaml",
     )
     assert template.examples == {"pricing": PRICING}
-    assert template.understanding.review_below == 0.7
-    assert template.understanding.opt_out_review_above == 0.1
-    assert template.understanding.review_intents == ["other"]
+    policy = template.understanding_policy
+    assert (policy.review_below, policy.opt_out_review_above) == (0.7, 0.1)
+    assert policy.review_intents == ["other"]
     assert template.rules.match("our tariff?") == "pricing"
     assert template.rules.match("yes please") is None  # no built-in phrases in the rules
 
 
 def test_defaults_come_from_one_place() -> None:
     template = parse_template(template_text(), "t.yaml")
-    policy = template.understanding
+    policy = template.understanding_policy
     assert (
         policy.review_below,
         policy.opt_out_review_above,
@@ -111,3 +111,15 @@ def test_defaults_come_from_one_place() -> None:
 def test_template_errors_name_the_problem(intents: str, understanding: str, message: str) -> None:
     with pytest.raises(InvalidTemplateError, match=message):
         parse_template(template_text(intents, understanding), "t.yaml")
+
+
+def test_a_template_without_the_new_fields_keeps_its_content_and_hash() -> None:
+    from campaign_worker.adapters.config_manager import ConfigManager
+    from campaign_worker.domain.versions import content_hash, content_of
+
+    packaged = ConfigManager().get_template("default")
+    content = content_of(packaged)
+    assert "understanding" not in content
+    assert all("examples" not in spec for spec in content["intents"].values())
+    # The packaged template's hash before issue 21 (main at d41b369).
+    assert content_hash(packaged).startswith("36109bbc099d4251")
