@@ -2,8 +2,8 @@
 
     make intents-corpus    # rewrites campaign_worker/data/intents/train.tsv
 
-Each seed (``tooling/intent_seeds/<language>.tsv``, ``intent<TAB>text``, ``\\n`` for a new
-line) is written out as
+Each seed (every ``tooling/intent_seeds/*.tsv``: ``<language>.tsv`` and further sets named
+``<name>_<language>.tsv``; ``intent<TAB>text``, ``\\n`` for a new line) is written out as
 it is and in a few deterministic variants, the way replies really arrive:
 
 - SMS: lower case, punctuation dropped, one typo, an emoji, "pls"/"thx" shorthand;
@@ -228,13 +228,24 @@ SHORTHAND = [
 ]
 
 
+def seed_files(language: str) -> list[Path]:
+    """The language's seed files: ``<language>.tsv`` first, then ``*_<language>.tsv`` by name."""
+    files = sorted(SEEDS.glob("*.tsv"))
+    unknown = [path.name for path in files if path.stem.rsplit("_", 1)[-1] not in LANGUAGES]
+    if unknown:
+        raise SystemExit(f"seed files without a known language suffix: {', '.join(unknown)}")
+    mine = [path for path in files if path.stem.rsplit("_", 1)[-1] == language]
+    return sorted(mine, key=lambda path: (path.stem != language, path.name))
+
+
 def load_seeds(language: str) -> list[tuple[str, str]]:
     rows = []
-    for line in (SEEDS / f"{language}.tsv").read_text(encoding="utf-8").splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        intent, text = line.split("\t", 1)
-        rows.append((intent, unescape(text)))
+    for path in seed_files(language):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip() or line.startswith("#"):
+                continue
+            intent, text = line.split("\t", 1)
+            rows.append((intent, unescape(text)))
     return rows
 
 
