@@ -50,6 +50,7 @@ from campaign_worker.service.ports import (
     TemplateVersionRepository,
 )
 from campaign_worker.service.send_guard import SendGuard
+from campaign_worker.service.understanding import ReplyUnderstanding
 from campaign_worker.settings import Settings, get_settings
 
 
@@ -162,6 +163,15 @@ class Indexed(Protocol):
     """An adapter whose collection has indexes to create (the in-memory ones have none)."""
 
     def initialize(self) -> None: ...
+
+
+def build_understanding(settings: Settings | None = None) -> ReplyUnderstanding:
+    """The reply understanding engine (the shipped model, or ``INTENT_MODEL_DIR``'s).
+    Cheap to build: models load on first use or ``warm_up()``."""
+    from campaign_worker.adapters.understanding import NgramReplyUnderstanding
+
+    settings = settings or get_settings()
+    return NgramReplyUnderstanding(model_dir=settings.intent_model_dir)
 
 
 def ensure_indexes(manager: CampaignManager) -> None:

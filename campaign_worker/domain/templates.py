@@ -21,79 +21,32 @@ Durations are seconds, ``30m``/``2h``/``1d12h`` or ISO 8601 (``PT2H``).
 from __future__ import annotations
 
 import re
-import string
 from datetime import time, timedelta
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from campaign_worker.domain import branches
 from campaign_worker.domain.delivery import inherit_channels
+from campaign_worker.domain.examples import example_problems
 from campaign_worker.domain.intents import BUILT_IN, OTHER, Language, ReplyClassifier
 from campaign_worker.domain.intents import compile_classifier as _compile_classifier
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def _parse_duration(value: Any) -> Any:
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text and _DURATION_PART.sub("", text) == "":
-            seconds = sum(
-                float(amount) * _UNIT_SECONDS[unit] for amount, unit in _DURATION_PART.findall(text)
-            )
-            return timedelta(seconds=seconds)
-    return value  # let pydantic handle ints, floats and ISO 8601
-
-
-parse_duration = _parse_duration  # "30m", "1d12h" -> timedelta; anything else unchanged
-Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
-StageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-IntentName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
-ExitOutcome = Literal["completed", "failed", "opted_out"]
-# webhook, smtp, outbox, default (DELIVERY_DEFAULT_CHANNEL), or a name for an external deliverer.
-ChannelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-# A/B split variant ids: a metrics field name (no dots, no "$").
-VariantId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-
-
-def placeholder_problem(text: str) -> str | None:
-    """Why ``text`` is not a valid message text (None: it is). A placeholder is
-    ``{attribute}``, optionally with a conversion (``!s``, ``!r``, ``!a``): no attribute or
-    index access (``{first_name.__class__}``, ``{attributes[0]}``), no positional field,
-    and no format spec (``{name:>99999999}`` pads without bound, and a spec's nested
-    ``{...}`` would be looked up too), so rendering reaches nothing but the recipient's
-    fields."""
-    try:
-        fields = [
-            (name, spec, conversion)
-            for _, name, spec, conversion in string.Formatter().parse(text)
-            if name is not None
-        ]
-    except ValueError as exc:
-        return f"bad placeholder syntax: {exc}"
-    for name, spec, conversion in fields:
-        # "{}" and "{0}" are positional: rendering them would raise at send time.
-        if not name.isidentifier():
-            return f"placeholder {{{name}}} must be a plain attribute name"
-        if conversion not in (None, "r", "s", "a"):
-            return f"placeholder {{{name}!{conversion}}}: unknown conversion"
-        if spec:
-            return f"placeholder {{{name}:...}}: format specs are not supported"
-    return None
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_placeholders(value: str) -> str:
-    problem = placeholder_problem(value)
-    if problem is not None:
-        raise ValueError(problem)
-    return value
+from campaign_worker.domain.intents import compile_rules as _compile_rules
+from campaign_worker.domain.template_fields import (
+    ChannelName,
+    Duration,
+    ExitOutcome,
+    IntentName,
+    IntentSpec,
+    StageName,
+    VariantId,
+    check_placeholders,
+)
+from campaign_worker.domain.template_fields import TemplateModel as _Model
+from campaign_worker.domain.template_fields import parse_duration as parse_duration
+from campaign_worker.domain.template_fields import placeholder_problem as placeholder_problem
+from campaign_worker.domain.understanding import UnderstandingPolicy
 
 
 class MessageVariant(_Model):
@@ -107,7 +60,7 @@ class MessageVariant(_Model):
     @field_validator("text")
     @classmethod
     def _valid_placeholders(cls, value: str) -> str:
-        return _check_placeholders(value)
+        return check_placeholders(value)
 
 
 class OutboundMessage(_Model):
@@ -120,7 +73,7 @@ class OutboundMessage(_Model):
     @field_validator("text")
     @classmethod
     def _valid_placeholders(cls, value: str | None) -> str | None:
-        return None if value is None else _check_placeholders(value)
+        return None if value is None else check_placeholders(value)
 
     @field_validator("variants")
     @classmethod
@@ -232,26 +185,6 @@ class OutOfOffice(_Model):
     max_pause: Duration = timedelta(days=30)
 
 
-class IntentSpec(_Model):
-    """A template's own intent, or additions to a built-in one."""
-
-    keywords: list[Annotated[str, Field(pattern=r"\w")]] = Field(default_factory=list)
-    phrases: list[Annotated[str, Field(pattern=r"\w")]] = Field(default_factory=list)
-    exact: list[Annotated[str, Field(pattern=r"\w")]] = Field(default_factory=list)
-    regex: list[str] = Field(default_factory=list)
-    replace_defaults: bool = False
-
-    @field_validator("regex")
-    @classmethod
-    def _compiles(cls, value: list[str]) -> list[str]:
-        for pattern in value:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regex {pattern!r}: {exc}") from exc
-        return value
-
-
 class Stage(_Model):
     name: StageName
     channel: ChannelName | None = None  # for its messages that name none
@@ -338,6 +271,9 @@ class SendWindow(_Model):
         return self
 
 
+_DEFAULT_POLICY = UnderstandingPolicy()
+
+
 def _english() -> list[Language]:
     return ["en"]
 
@@ -357,6 +293,9 @@ class Template(_Model):
     languages: list[Language] = Field(default_factory=_english, min_length=1)
     intents: dict[IntentName, IntentSpec] = Field(default_factory=dict)
     out_of_office: OutOfOffice = Field(default_factory=OutOfOffice)
+    # Reply understanding thresholds (domain/understanding.py has the defaults); None when
+    # absent, so a template that sets none keeps its content hash (domain/versions.py).
+    understanding: UnderstandingPolicy | None = None
     channel: ChannelName | None = None  # for its campaign types that name none
     campaign_types: dict[str, CampaignTypeTemplate] = Field(min_length=1)
 
@@ -376,14 +315,44 @@ class Template(_Model):
             for where, intent in branches.intents_used(stage)
             if intent not in known
         ]
+        problems += [
+            f"understanding.review_intents: unknown intent {intent!r} (known: {sorted(known)})"
+            for intent in self.understanding_policy.review_intents
+            if intent not in known
+        ]
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _examples_apart(self) -> Template:
+        problems = example_problems(
+            {name: spec.examples for name, spec in self.intents.items() if spec.examples}
+        )
+        if problems:
+            raise ValueError("intents: " + "; ".join(problems))
         return self
 
     @cached_property
     def classifier(self) -> ReplyClassifier:
         """This template's intents, compiled once (templates are immutable)."""
         return _compile_classifier(self.languages, self.intents, self.opt_out_keywords)
+
+    @cached_property
+    def rules(self) -> ReplyClassifier:
+        """Only the intents it declares (no built-in phrases): the reply understanding's
+        explicit rules, read before its model."""
+        return _compile_rules(self.intents, self.opt_out_keywords)
+
+    @property
+    def examples(self) -> dict[str, list[str]]:
+        """Each intent's example replies (intents without examples left out)."""
+        return {name: spec.examples for name, spec in self.intents.items() if spec.examples}
+
+    @property
+    def understanding_policy(self) -> UnderstandingPolicy:
+        """Its reply understanding thresholds, the defaults where it sets none."""
+        return self.understanding or _DEFAULT_POLICY
 
     def for_type(self, campaign_type: str) -> CampaignTypeTemplate | None:
         return self.campaign_types.get(campaign_type)

@@ -173,3 +173,24 @@ def test_a_reply_to_a_paused_campaign_is_recorded_and_kept_due(
     assert outcome.result is not None and outcome.result["actions"] == []
     doc = manager.get_conversation(conversation_id_for("camp-1", user(0)))
     assert doc["current_stage"] == "awareness" and doc["next_action_at"] == clock.now()
+
+
+def test_understood_facts_read_the_return_date_from_the_extracted_text() -> None:
+    from datetime import UTC, datetime
+
+    from campaign_worker.adapters.template_files import TemplateFiles
+    from campaign_worker.domain.replies import understood_facts
+    from campaign_worker.domain.understanding import Classification
+
+    template = TemplateFiles().get_template("default")
+    received = datetime(2026, 11, 25, 14, 0, tzinfo=UTC)
+    away = Classification(
+        "out_of_office", 0.97, "de", "Ich bin bis zum 1. Dezember im Urlaub.", False, 0.0, "model"
+    )
+    facts = understood_facts(away, received, "UTC", template)
+    assert facts["intent"] == "out_of_office" and facts["needs_review"] is False
+    assert facts["resume_at"] == datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    assert (facts["language"], facts["intent_source"], facts["confidence"]) == ("de", "model", 0.97)
+    held = Classification("out_of_office", 0.4, "en", "back 1 Dec?", True, 0.0, "model")
+    facts = understood_facts(held, received, "UTC", template)
+    assert facts["needs_review"] is True and "resume_at" not in facts

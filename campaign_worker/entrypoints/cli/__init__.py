@@ -23,6 +23,7 @@ from campaign_worker.entrypoints.cli import (
     check,
     conversations,
     dead_letters,
+    intents,
     metrics,
     ops,
     simulate,
@@ -49,6 +50,7 @@ app.command()(simulate.simulate)
 app.add_typer(templates.app, name="templates")
 app.add_typer(dead_letters.app, name="dead-letters")
 app.add_typer(suppressions.app, name="suppressions")
+app.add_typer(intents.app, name="intents")
 app.command()(ops.health)
 app.command()(ops.demo)
 
