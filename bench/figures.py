@@ -59,7 +59,7 @@ TARGETS: dict[str, tuple[str, str]] = {
         "conversations/s with 1, 2, 4 worker processes",
         "measured, bound named",
     ),
-    # Reply understanding (issue 21), on bench/data/replies_eval.tsv; a reply held for
+    # Reply understanding (issue 21), on bench/data/replies_heldout.tsv; a reply held for
     # review counts as wrong and as no opt-out.
     "intents_accuracy": ("reply intents: accuracy on the held-out set", ">= 0.92"),
     "intents_opt_out_recall": ("reply intents: opt-out recall", ">= 0.99"),

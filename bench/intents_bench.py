@@ -1,9 +1,12 @@
 """Reply understanding figures: quality on the held-out set, latency, start-up.
 
-- quality: ``bench/data/replies_eval.tsv`` (written apart from the training corpus)
-  through the same service call as ``campaign-worker intents eval``; beside it the
-  keyword classifier the worker used before (built-in intents, the four languages, the
-  packaged template's opt-out words) on the same replies;
+- quality: ``bench/data/replies_heldout.tsv`` (written apart from the training corpus and
+  never seen while the classifier was built) through the same service call as
+  ``campaign-worker intents eval``; beside it the keyword classifier the worker used
+  before (built-in intents, the four languages, the packaged template's opt-out words)
+  on the same replies, and the figures of the two development sets
+  (``bench/data/replies_dev_external.tsv``, the first evaluation set, looked at while
+  tuning; ``campaign_worker/data/intents/dev.tsv``);
 - latency: each reply classified alone (extraction, rules, language, model, decision),
   timed one at a time in this process after a warm-up, over several passes, pinned to
   one core: the CPU time of each call (what the reply costs; the machine is shared, so
@@ -25,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-EVAL_SET = ROOT / "bench" / "data" / "replies_eval.tsv"
+EVAL_SET = ROOT / "bench" / "data" / "replies_heldout.tsv"
+DEV_EXTERNAL = ROOT / "bench" / "data" / "replies_dev_external.tsv"
 DEV_SET = ROOT / "campaign_worker" / "data" / "intents" / "dev.tsv"
+_HEADLINE = ("accuracy", "opt_out_recall", "false_opt_out_rate", "needs_review_rate")
 
 _STARTUP = """
 import json, time
@@ -52,6 +57,7 @@ class IntentsRun:
     latencies_ms: list[float] = field(default_factory=list)  # CPU time per call
     wall_ms: list[float] = field(default_factory=list)
     startup: dict[str, float] = field(default_factory=dict)
+    dev: dict[str, dict[str, Any]] = field(default_factory=dict)  # file -> headline figures
 
     def percentile(self, share: float, wall: bool = False) -> float:
         ordered = sorted(self.wall_ms if wall else self.latencies_ms)
@@ -59,8 +65,34 @@ class IntentsRun:
 
 
 def eval_path() -> tuple[Path, bool]:
-    """The held-out set, or the dev set when it is missing (True: held out)."""
-    return (EVAL_SET, True) if EVAL_SET.exists() else (DEV_SET, False)
+    """The held-out set, or a development set when it is missing (True: held out)."""
+    if EVAL_SET.exists():
+        return EVAL_SET, True
+    return (DEV_EXTERNAL, False) if DEV_EXTERNAL.exists() else (DEV_SET, False)
+
+
+def _read(path: Path) -> list[Any]:
+    from campaign_worker.domain.labelled_replies import parse_lines
+
+    with path.open(encoding="utf-8") as handle:
+        return parse_lines(handle)
+
+
+def dev_figures(engine: Any, headline: Path) -> dict[str, dict[str, Any]]:
+    """The headline figures of the development sets (not the headline file itself)."""
+    from campaign_worker.service.understanding import evaluate
+
+    found = {}
+    for path in (DEV_EXTERNAL, DEV_SET):
+        if path.exists() and path != headline:
+            figures = evaluate(engine, _read(path))
+            found[str(path.relative_to(ROOT))] = {
+                **{key: figures[key] for key in _HEADLINE},
+                "replies": figures["replies"],
+                "worst_language": worst_language(figures),
+                "quoted_or_signed": figures["quoted_or_signed"]["accuracy"],
+            }
+    return found
 
 
 def startup() -> dict[str, float]:
@@ -91,12 +123,10 @@ def keyword_baseline(replies: list[Any]) -> dict[str, Any]:
 
 def measure(passes: int = 3) -> IntentsRun:
     from campaign_worker.adapters.understanding import NgramReplyUnderstanding
-    from campaign_worker.domain.labelled_replies import parse_lines
     from campaign_worker.service.understanding import classify_all, scored_report
 
     path, _ = eval_path()
-    with path.open(encoding="utf-8") as handle:
-        replies = parse_lines(handle)
+    replies = _read(path)
     engine = NgramReplyUnderstanding()
     engine.warm_up()
     figures = scored_report(list(classify_all(engine, replies)))
@@ -122,6 +152,7 @@ def measure(passes: int = 3) -> IntentsRun:
         latencies_ms=latencies,
         wall_ms=wall,
         startup=startup(),
+        dev=dev_figures(engine, path),
     )
 
 
@@ -153,6 +184,7 @@ def summary(run: IntentsRun) -> dict[str, Any]:
             "wall_p99": round(run.percentile(0.99, wall=True), 4),
         },
         "startup_s": {k: round(v, 3) for k, v in run.startup.items()},
+        "development_sets": run.dev,
     }
 
 

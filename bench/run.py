@@ -7,8 +7,9 @@ Sections (each a few small functions, through public entry points only):
 - ``celery``: real ``celery worker`` processes on a real Redis broker (bench/celery_bench.py),
   with Celery's own no-op task cost on the same broker, and 1, 2, 4 worker processes;
 - ``memory``: peak RSS of a process initializing a streamed audience (bench/init_rss.py);
-- ``intents``: reply understanding on the held-out set bench/data/replies_eval.tsv, its
-  latency per reply and start-up (bench/intents_bench.py), beside the keyword classifier.
+- ``intents``: reply understanding on the held-out set bench/data/replies_heldout.tsv (the
+  development sets' figures beside), its latency per reply and start-up
+  (bench/intents_bench.py), beside the keyword classifier.
 
 MongoDB: ``MONGODB_URI`` if set (throwaway databases ``cw_bench_*``, dropped at the end),
 else a secantusdb started on a free port. Broker: ``BENCH_BROKER_URL`` (a Redis URL) if set,
@@ -270,7 +271,11 @@ def intents_section() -> list[Figure]:
     detail = intents_bench.summary(run)
     figures, before = run.figures, run.baseline
     source = f"{run.replies:,} replies of {path.name}" + (
-        "" if held_out else " (dev set: no held-out file)"
+        " (held out)" if held_out else " (a development set: no held-out file)"
+    )
+    dev = "; ".join(
+        f"dev {name.rsplit('/', 1)[-1]}: {fmt(found['accuracy'])}"
+        for name, found in run.dev.items()
     )
     language, worst = intents_bench.worst_language(figures)
     before_language, before_worst = intents_bench.worst_language(before)
@@ -283,7 +288,7 @@ def intents_section() -> list[Figure]:
             "intents_accuracy",
             figures["accuracy"],
             f"keyword classifier: {fmt(before['accuracy'])}",
-            f"{source}; {review}",
+            f"{source}; {review}" + (f"; {dev}" if dev else ""),
             detail,
         ),
         Figure(

@@ -1,6 +1,8 @@
-"""Check the held-out reply set (``replies_eval.tsv``) and print its counts as Markdown.
+"""Check a labelled reply set and print its counts as Markdown: the held-out set
+(``replies_heldout.tsv``) when it is there, else the file given.
 
     .venv/bin/python -m bench.data.eval_stats            # counts; exit 1 if a check fails
+    .venv/bin/python -m bench.data.eval_stats bench/data/replies_dev_external.tsv
 
 Checks: four columns, known intents, languages and tags, ``sms`` or ``email`` on every line,
 no duplicate texts, and the minimums issue 21 sets for the set (with this file's own
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from campaign_worker.domain.intents import BUILT_IN, LANGUAGES, OTHER
 
-PATH = Path(__file__).with_name("replies_eval.tsv")
+PATH = Path(__file__).with_name("replies_heldout.tsv")
 INTENTS = (*BUILT_IN, OTHER)
 TAGS = ("sms", "email", "quoted", "signature", "footer", "negation", "typo", "emoji", "bottom_post")
 MIN_TOTAL = 600

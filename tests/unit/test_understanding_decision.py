@@ -39,9 +39,9 @@ def test_an_opt_out_rule_wins_over_everything() -> None:
 
 
 def test_a_confident_opt_out_opts_out() -> None:
-    found = decide(evidence(scores(opt_out=0.75)), POLICY)
+    found = decide(evidence(scores(opt_out=0.85)), POLICY)
     assert (found.intent, found.source, found.needs_review) == ("opt_out", "model", False)
-    assert found.opt_out_probability == pytest.approx(0.75)
+    assert found.opt_out_probability == pytest.approx(0.85)
 
 
 def test_a_likely_opt_out_below_opt_out_above_needs_review() -> None:
