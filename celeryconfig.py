@@ -94,6 +94,7 @@ task_routes = {
     "campaign_worker.process_conversations": {"queue": "processing"},
     "campaign_worker.record_inbound_message": {"queue": "inbound"},
     "campaign_worker.mark_conversation_complete": {"queue": "inbound"},
+    "campaign_worker.resolve_reply": {"queue": "inbound"},
     "campaign_worker.dispatch_deliveries": {"queue": "delivery"},
     "campaign_worker.record_delivery_status": {"queue": "inbound"},
 }

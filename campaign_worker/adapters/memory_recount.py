@@ -49,6 +49,9 @@ def recount_documents(docs: Iterable[Doc]) -> dict[str, float]:
             counts[f"holdout.{doc.get('status')}"] += 1
             counts["holdout.replies"] += _number(metrics.get("messages_received"))
         _variants(doc, counts, visits)
+        for review in doc.get("reviews") or []:
+            if isinstance(review, Mapping) and review.get("status") in ("pending", "resolved"):
+                counts[f"reviews.{review['status']}"] += 1
     return {key: value for key, value in counts.items() if value}
 
 

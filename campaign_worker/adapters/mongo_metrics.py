@@ -51,6 +51,8 @@ def metrics_inc(delta: MetricsDelta) -> dict[str, float]:
         inc[f"variants.{stage}.{variant}.{counter}"] = count
     for counter, count in delta.holdout.items():
         inc[f"holdout.{counter}"] = count
+    for counter, count in delta.reviews.items():
+        inc[f"reviews.{counter}"] = count
     return {key: value for key, value in inc.items() if value}
 
 

@@ -66,6 +66,8 @@ class MetricsDelta:
     variants: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     # The holdout's own counts ("conversations", "active", "completed", "replies", ...).
     holdout: Counter[str] = field(default_factory=Counter)
+    # Replies held for review: "pending" (+1 held, -1 resolved) and "resolved".
+    reviews: Counter[str] = field(default_factory=Counter)
 
     def add(self, other: MetricsDelta) -> None:
         self.total_recipients += other.total_recipients
@@ -85,6 +87,7 @@ class MetricsDelta:
         self.deferred += other.deferred
         self.variants.update(other.variants)
         self.holdout.update(other.holdout)
+        self.reviews.update(other.reviews)
 
     def is_empty(self) -> bool:
         return not (
@@ -104,6 +107,7 @@ class MetricsDelta:
             or self.deferred
             or any(self.variants.values())
             or any(self.holdout.values())
+            or any(self.reviews.values())
         )
 
 

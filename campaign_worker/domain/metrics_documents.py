@@ -71,6 +71,8 @@ class CampaignMetrics(DocumentModel):
     variants: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     # The holdout's conversations by outcome, and its replies.
     holdout: dict[str, int] = Field(default_factory=dict)
+    # Replies held for review: {"pending": ..., "resolved": ...}.
+    reviews: dict[str, int] = Field(default_factory=dict)
     # Bumped by every write; lets the reconcile detect concurrent increments.
     revision: int = Field(default=0, ge=0)
     # Writers that may have written conversations but not yet their $inc (token -> since).
@@ -105,6 +107,7 @@ class StoredMetrics(BaseModel):
         default_factory=dict
     )
     holdout: dict[str, Number] = Field(default_factory=dict)
+    reviews: dict[str, Number] = Field(default_factory=dict)
     updated_at: UtcDatetime | None = None
     # Bumped by every write: a reader sees whether anything landed between two reads.
     revision: int = 0

@@ -11,7 +11,7 @@ A template file maps campaign types to stages::
             messages:
               - text: "Hi {first_name}!"
                 wait: 1d            # before the next follow-up / next check
-            advance_when: {any: [{reply_received: true}, {min_time_in_stage: 3d}]}
+            advance_when: {any: [{intent: [positive]}, {min_time_in_stage: 3d}]}
             max_time_in_stage: {after: 7d, then: fail}
             max_followups_without_reply: {count: 2, then: fail}
 
@@ -108,7 +108,9 @@ class Rule(_Model):
 
     any: list[Rule] | None = Field(default=None, min_length=1)
     all: list[Rule] | None = Field(default=None, min_length=1)
-    reply_received: Literal[True] | None = None
+    # true: a reply whose meaning is understood (any intent but ``other``; a reply held
+    # for review never counts until resolved); "any": any reply at all, ``other`` too.
+    reply_received: Literal[True, "any"] | None = None
     keywords: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
     regex: str | None = None
     min_messages_sent: int | None = Field(default=None, ge=0)

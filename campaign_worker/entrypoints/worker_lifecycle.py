@@ -4,7 +4,8 @@ called as the app is built).
 Process model: the worker's parent process checks that it can serve and ensures the
 MongoDB indexes once at start (``worker_init``), then closes its client before forking;
 each prefork child builds one Container (MongoClient, repositories, CampaignManager) in
-``worker_process_init`` and closes it in ``worker_process_shutdown``. SIGTERM is Celery's
+``worker_process_init``, loads its reply understanding there (about a second, before it
+takes a task), and closes it in ``worker_process_shutdown``. SIGTERM is Celery's
 warm shutdown: consuming stops, running tasks finish, unfinished (late-acked) messages go
 back to the broker.
 
@@ -15,6 +16,7 @@ conflicts with an existing one) stops at start with exit code 78 instead of cons
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, NoReturn
 
 import structlog
@@ -88,10 +90,14 @@ def _refuse_to_start(exc: ConfigurationError) -> NoReturn:
 
 
 def _init_process(**_: Any) -> None:
-    """Prefork child: one Container per process, built after the fork."""
+    """Prefork child: one Container per process, built after the fork, its reply
+    understanding loaded (model and language detector) before the first reply."""
     process.set_container(None)  # the parent's, if any: not ours to close
     built = build_container()
     process.set_container(built)
+    begun = time.perf_counter()
+    built.manager.understanding.warm_up()
+    log.info("reply_understanding_loaded", seconds=round(time.perf_counter() - begun, 3))
     if not _indexes_ready:
         try:
             ensure_indexes(built.manager)

@@ -10,7 +10,7 @@ same request finds nothing left to do.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 
 from campaign_worker.domain.aliases import Doc
@@ -34,6 +34,7 @@ from campaign_worker.service import (
     queries,
     reconcile,
     replies,
+    reviews,
     suppression_admin,
 )
 from campaign_worker.service.campaigns import campaign_id_for_key
@@ -275,6 +276,21 @@ class CampaignManager(Services):
             registration=registration,
             on_more=on_more,
         )
+
+    # ------------------------------------------------------------------ reviews
+
+    def list_reviews(self, campaign_id: str | None = None, limit: int = 50) -> list[Doc]:
+        """Replies held for review, the one held longest first (``service/reviews.py``)."""
+        return reviews.list_reviews(self, campaign_id, limit)
+
+    def resolve_reply(self, message_id: str, intent: str, resolved_by: str | None = None) -> Doc:
+        """Apply ``intent`` to a held reply as if it had been classified so (idempotent;
+        another intent for a resolved reply is refused)."""
+        return reviews.resolve_reply(self, message_id, intent, resolved_by)
+
+    def export_labels(self, since: datetime | None = None) -> Iterator[str]:
+        """Resolved reviews as labelled TSV lines, for ``intents train``."""
+        return reviews.export_labels(self, since)
 
     # ------------------------------------------------------------------ reconcile
 

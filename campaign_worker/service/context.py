@@ -29,6 +29,7 @@ from campaign_worker.service.ports import (
     TemplateSource,
     TemplateVersionRepository,
 )
+from campaign_worker.service.review_ports import ReplyReviewRepository
 from campaign_worker.service.send_guard import SendGuard
 from campaign_worker.service.template_versions import (
     CampaignTemplates,
@@ -36,6 +37,7 @@ from campaign_worker.service.template_versions import (
     TemplateVersions,
     type_of,
 )
+from campaign_worker.service.understanding import ReplyUnderstanding
 
 
 class Services:
@@ -59,16 +61,15 @@ class Services:
         send_guard: SendGuard | None = None,
         template_versions: TemplateVersionRepository | None = None,
         invariant_reads: InvariantReads | None = None,
+        understanding: ReplyUnderstanding,
+        reviews: ReplyReviewRepository,
     ) -> None:
         self.conversation_state_repository = conversation_state_repository
         self.config_manager = config_manager
         self.metrics = metrics or NullRecorder()
-        self.campaigns = campaign_repository
-        self.campaign_metrics = metrics_repository
-        self.outbox = outbox_repository
-        self.clock = clock
-        self.init_batch_size = init_batch_size
-        self.process_batch_size = process_batch_size
+        self.campaigns, self.campaign_metrics = campaign_repository, metrics_repository
+        self.outbox, self.clock = outbox_repository, clock
+        self.init_batch_size, self.process_batch_size = init_batch_size, process_batch_size
         # Most processing tasks one campaign runs in parallel (partition ranges).
         self.process_fanout = process_fanout
         # How long a dispatched processing task keeps its range to itself before the
@@ -89,6 +90,8 @@ class Services:
         )
         # The invariant checker's streamed reads (none: check_invariants is unavailable).
         self.invariant_reads = invariant_reads
+        # Replies: each understood once, as recorded; those held for a person (reviews).
+        self.understanding, self.reviews = understanding, reviews
 
     def campaign(self, campaign_id: str) -> StoredCampaign:
         found = self.campaigns.get(campaign_id)
@@ -161,6 +164,11 @@ class Services:
                     )
         for channel, count in sent_by_channel.items():
             self.metrics.messages_sent(channel, count)
+        held = sum(max(0, effects.delta.reviews["pending"]) for effects in landed)
+        resolved = sum(effects.delta.reviews["resolved"] for effects in landed)
+        for event, count in (("held", held), ("resolved", resolved)):
+            if count:
+                self.metrics.reviews(campaign_type, event, count)
 
 
 __all__ = ["Services"]

@@ -118,6 +118,7 @@ def stored_counts(stored: StoredMetrics) -> dict[str, float]:
             counts[f"stage_metrics.{stage}.{name}"] = values.get(name, 0)
     _flatten("variants", doc.get("variants") or {}, counts)
     _flatten("holdout", doc.get("holdout") or {}, counts)
+    _flatten("reviews", doc.get("reviews") or {}, counts)
     return {key: value for key, value in counts.items() if value}
 
 

@@ -55,9 +55,9 @@ def test_a_batch_records_each_reply_once_in_order_as_if_one_by_one(
     started(manager, 3)
     clock.advance(HOUR)
     batch = [
-        r(0, "m-1", "hello"),
+        r(0, "m-1", "Interested!"),
         r(1, "m-2", "STOP"),
-        r(0, "m-1", "hello"),  # the same reply delivered twice in one batch
+        r(0, "m-1", "Interested!"),  # the same reply delivered twice in one batch
         r(0, "m-3", "Yes, tell me more"),
         r(2, "m-4", "later"),
     ]
@@ -67,7 +67,7 @@ def test_a_batch_records_each_reply_once_in_order_as_if_one_by_one(
     assert [o.error for o in outcomes] == [None] * 5
     results = [o.result or {} for o in outcomes]
     assert [res["duplicate"] for res in results] == [False, False, True, False, False]
-    assert results[0]["actions"] == ["advance", "send", "wait"]  # any reply moves awareness
+    assert results[0]["actions"] == ["advance", "send", "wait"]  # a yes moves awareness
     assert results[0]["current_stage"] == "consideration"
     assert results[1]["status"] == "opted_out"
     assert results[2]["actions"] == []

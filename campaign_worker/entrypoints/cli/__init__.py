@@ -26,6 +26,7 @@ from campaign_worker.entrypoints.cli import (
     intents,
     metrics,
     ops,
+    replies,
     simulate,
     suppressions,
     templates,
@@ -51,6 +52,7 @@ app.add_typer(templates.app, name="templates")
 app.add_typer(dead_letters.app, name="dead-letters")
 app.add_typer(suppressions.app, name="suppressions")
 app.add_typer(intents.app, name="intents")
+app.add_typer(replies.app, name="replies")
 app.command()(ops.health)
 app.command()(ops.demo)
 
