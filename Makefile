@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit wire e2e bench bench-full intents-corpus intents-model clean
+.PHONY: demo test test-fast lint typecheck unit wire e2e bench bench-full intents-corpus intents-model clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ JOBS ?= 4
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q -ra -n $(JOBS) --maxschedchunk 1
+
+# The edit loop: unit and contract tests without a server (fakes and mongomock-ng), in parallel.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "not wire and not e2e" tests/unit tests/contract
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit -m "not wire"

@@ -1,7 +1,7 @@
 """Measurements through real ``celery worker`` processes on a real broker.
 
 The bench plays beat and the other services: it prepares conversations in MongoDB through
-``CampaignManager`` (not counted), starts a worker (``bench.counting_app``: the real app plus
+``CampaignManager`` (not counted), starts a worker (``tooling.counting_app``: the real app plus
 counters), sends public task names (``campaign_worker.poll_campaigns``,
 ``campaign_worker.record_inbound_message``) from a plain Celery client, and waits until the
 work is done and the broker is idle. It counts the worker's MongoDB commands and the task
@@ -143,7 +143,7 @@ class CeleryBench:
                 "METRICS_PORT": "0",
                 "LOG_LEVEL": "WARNING",
                 "LOG_FORMAT": "console",
-                "BENCH_COUNTERS_DIR": str(counters),
+                "COUNTERS_DIR": str(counters),
                 "PYTHONPATH": str(ROOT),
             }
         )
@@ -155,7 +155,7 @@ class CeleryBench:
         label: str,
         db_name: str,
         concurrency: int,
-        app: str = "bench.counting_app",
+        app: str = "tooling.counting_app",
         queues: str = QUEUES,
     ) -> Iterator[Worker]:
         counters = self.workdir / f"{label}-counters"

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -29,28 +27,12 @@ import pytest
 
 from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.bootstrap import build_manager, ensure_indexes
+from campaign_worker.demo.embedded import free_port, wait_for_port
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.understanding import ReplyUnderstanding
 from campaign_worker.settings import Settings
 
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"{host}:{port} did not open within {timeout}s")
 
 
 class SecantusServer:
@@ -82,7 +64,7 @@ class SecantusServer:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        wait_for_port("127.0.0.1", self.port)
+        wait_for_port(self.port)
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
             self.uri, serverSelectionTimeoutMS=20000
         )

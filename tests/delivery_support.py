@@ -9,10 +9,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from campaign_worker.demo.webhook_receiver import LocalReceiver
 
 ROOT = Path(__file__).resolve().parents[1]
 Verifier = Callable[..., bool]
@@ -43,47 +45,35 @@ class Received:
 Behaviour = Callable[[int], Any]
 
 
-@dataclass
-class WebhookReceiver:
-    """A local HTTP server: verifies each request with the README's snippet, answers as
-    ``behaviour`` says, and counts per ``Idempotency-Key``."""
+class WebhookReceiver(LocalReceiver):
+    """A local HTTP server (the demo's ``LocalReceiver``): verifies each request with the
+    README's snippet, answers as ``behaviour`` says, and counts per ``Idempotency-Key``."""
 
-    secret: bytes
-    behaviour: Behaviour = lambda n: 200
-    clock_offset: float = 0.0  # seconds added to the receiver's clock (replay tests)
-    on_accepted: Callable[[dict[str, Any]], None] | None = None
-    received: list[Received] = field(default_factory=list)
-    raw: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    path = "/hook"
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        secret: bytes,
+        behaviour: Behaviour = lambda n: 200,
+        clock_offset: float = 0.0,  # seconds added to the receiver's clock (replay tests)
+        on_accepted: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.secret, self.behaviour = secret, behaviour
+        self.clock_offset, self.on_accepted = clock_offset, on_accepted
+        self.received: list[Received] = []
+        self.raw: list[tuple[dict[str, str], bytes]] = []
+        self._lock = threading.Lock()
         self.verify = readme_verifier()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                receiver._handle(self)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}/hook"
 
     def __enter__(self) -> WebhookReceiver:
-        self.thread.start()
+        self.start()
         return self
 
     def __exit__(self, *_: Any) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.stop()
 
-    def _handle(self, request: BaseHTTPRequestHandler) -> None:
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
         body = request.rfile.read(int(request.headers.get("Content-Length") or 0))
         key = request.headers.get("Idempotency-Key") or ""
         now = time.time() + self.clock_offset

@@ -14,20 +14,22 @@ from pathlib import Path
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the tests and the bench use it too)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
+def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
+    """Until ``host:port`` accepts a connection; ``TimeoutError`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
-    raise TimeoutError(f"127.0.0.1:{port} did not open within {timeout:.0f}s")
+    raise TimeoutError(f"{host}:{port} did not open within {timeout:.0f}s")
 
 
 def _executable(name: str) -> str:

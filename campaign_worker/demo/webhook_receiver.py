@@ -44,15 +44,13 @@ def demo_status(user_id: str) -> str:
     return "bounced" if zlib.crc32(user_id.encode()) % 25 == 0 else "delivered"
 
 
-class DemoReceiver:
-    """Counts requests (``rejected`` when the signature fails) and messages processed."""
+class LocalReceiver:
+    """A threaded HTTP server on a free 127.0.0.1 port whose POSTs go to ``handle``: the
+    receiving end of a webhook, for the demo and the tests (which subclass it)."""
 
-    def __init__(self, secret: bytes, report: Report) -> None:
-        self.secret = secret
-        self.report = report
-        self.counts: Counter[str] = Counter()
-        self.seen: set[str] = set()
-        self._lock = threading.Lock()
+    path = "/campaign-webhook"
+
+    def __init__(self) -> None:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -68,7 +66,7 @@ class DemoReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}/campaign-webhook"
+        return f"http://127.0.0.1:{self.server.server_port}{self.path}"
 
     def start(self) -> None:
         self.thread.start()
@@ -76,6 +74,21 @@ class DemoReceiver:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        raise NotImplementedError
+
+
+class DemoReceiver(LocalReceiver):
+    """Counts requests (``rejected`` when the signature fails) and messages processed."""
+
+    def __init__(self, secret: bytes, report: Report) -> None:
+        super().__init__()
+        self.secret = secret
+        self.report = report
+        self.counts: Counter[str] = Counter()
+        self.seen: set[str] = set()
+        self._lock = threading.Lock()
 
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         body = request.rfile.read(int(request.headers.get("Content-Length") or 0))
@@ -104,4 +117,4 @@ class DemoReceiver:
         request.end_headers()
 
 
-__all__ = ["DemoReceiver", "demo_status", "verify_campaign_webhook"]
+__all__ = ["DemoReceiver", "LocalReceiver", "demo_status", "verify_campaign_webhook"]

@@ -34,7 +34,7 @@ from tests.e2e.private_redis import PrivateRedis
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 APP = "campaign_worker.entrypoints.celery_app"
-COUNTING_APP = "tests.e2e.counting_app"
+COUNTING_APP = "tooling.counting_app"
 QUEUES = ("celery", "polling", "initialization", "processing", "inbound", "delivery")
 
 # The machine's RabbitMQ; each pytest process (an xdist worker) gets a vhost of its own.

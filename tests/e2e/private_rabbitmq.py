@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from tests.conftest import free_port, wait_for_port
+from campaign_worker.demo.embedded import free_port, wait_for_port
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 CTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
@@ -62,7 +62,7 @@ class PrivateRabbitMQ:
             start_new_session=True,
         )
         log.close()
-        wait_for_port("127.0.0.1", self.port, timeout=60)
+        wait_for_port(self.port, timeout=60)
         with Connection(self.url, connect_timeout=5) as connection:
             connection.ensure_connection(max_retries=20, interval_start=1, interval_step=1)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import free_port, wait_for_port
+from campaign_worker.demo.embedded import free_port, wait_for_port
 
 
 def redis_server_binary() -> str:
@@ -72,7 +72,7 @@ class PrivateRedis:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        wait_for_port("127.0.0.1", self.port, timeout=15)
+        wait_for_port(self.port, timeout=15)
         client = self.client()
         try:
             deadline = time.monotonic() + 15

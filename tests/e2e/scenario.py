@@ -69,41 +69,51 @@ def reply_for(outbound: dict[str, Any]) -> str | None:
 
 @dataclass
 class Driver:
-    """Plays the delivering service and the audience: reads the outbox, sends replies."""
+    """Plays the delivering service and the audience: reads the outbox, answers each
+    outbound message as ``reply_for`` says (the fault suite's audiences extend it)."""
 
     client: Celery
     db: Any
     campaign_id: str
     handled: set[str] = field(default_factory=set)
     replies: int = 0
+    poll_every: float = 0.25
 
     def step(self) -> None:
-        for message in self.db["outbox"].find(
+        for row in self.db["outbox"].find(
             {"campaign_id": self.campaign_id}, {"user_id": 1, "stage": 1, "step": 1}
         ):
-            if message["_id"] in self.handled:
+            if row["_id"] in self.handled:
                 continue
-            self.handled.add(message["_id"])
-            content = reply_for(message)
-            if content is None:
-                continue
-            self.client.send_task(
-                INBOUND,
-                kwargs={
-                    "campaign_id": self.campaign_id,
-                    "user_id": message["user_id"],
-                    "message_id": f"reply-{message['_id']}",
-                    "content": content,
-                    "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "metadata": {"channel": "sms"},
-                },
-                queue="inbound",
-            )
-            self.replies += 1
+            self.handled.add(row["_id"])
+            content = reply_for(row)
+            if content is not None:
+                self.send(row["user_id"], f"reply-{row['_id']}", content)
+
+    def reply(self, user: str, message_id: str, content: str) -> dict[str, Any]:
+        """The keyword arguments of ``record_inbound_message`` for one reply."""
+        return {
+            "campaign_id": self.campaign_id,
+            "user_id": user,
+            "message_id": message_id,
+            "content": content,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "metadata": {"channel": "sms"},
+        }
+
+    def send(self, user: str, message_id: str, content: str) -> None:
+        self.client.send_task(
+            INBOUND, kwargs=self.reply(user, message_id, content), queue="inbound"
+        )
+        self.replies += 1
 
     def status(self) -> str | None:
         doc = self.db["campaigns"].find_one({"_id": self.campaign_id}, {"status": 1})
         return None if doc is None else str(doc["status"])
+
+    def stuck(self) -> str:
+        """What a campaign that did not complete in time looks like (for the failure)."""
+        return f"status {self.status()!r}, {len(self.handled)} outbound seen"
 
     def run_until_completed(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -113,10 +123,9 @@ class Driver:
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"campaign {self.campaign_id} not completed after {timeout}s "
-                    f"(status {self.status()!r}, {len(self.handled)} outbound seen)"
+                    f"campaign {self.campaign_id} not completed after {timeout}s ({self.stuck()})"
                 )
-            time.sleep(0.25)
+            time.sleep(self.poll_every)
 
 
 def expected_metrics(n: int) -> dict[str, Any]:

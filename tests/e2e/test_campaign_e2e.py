@@ -82,7 +82,7 @@ def test_campaign_completes_on_real_worker_and_beat(
 ) -> None:
     counters = tmp_path / "counters"
     counters.mkdir()
-    processes.env["E2E_COUNTERS_DIR"] = str(counters)
+    processes.env["COUNTERS_DIR"] = str(counters)
     node = processes.worker("e2e-one", app=COUNTING_APP)
     processes.beat(app=COUNTING_APP)
     wait_for_workers(client, [node])

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from tests.conftest import free_port, wait_for_port
+from campaign_worker.demo.embedded import free_port, wait_for_port
 from tests.e2e.conftest import APP, Broker, Processes, wait_for_workers, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -87,7 +87,7 @@ def worker_and_flower(processes: Processes, client: Celery, name: str) -> tuple[
             "--address=127.0.0.1",
         ],
     )
-    wait_for_port("127.0.0.1", port, timeout=60)
+    wait_for_port(port, timeout=60)
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: node in fetch(f"{base}/"), 60, "Flower to see the worker")
     return node, base

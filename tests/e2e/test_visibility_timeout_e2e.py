@@ -73,7 +73,7 @@ def test_countdown_past_the_visibility_timeout_is_delivered_again_and_runs_once(
         CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
         CELERY_TASK_SOFT_TIME_LIMIT="2",
         CELERY_TASK_TIME_LIMIT="3",
-        E2E_COUNTERS_DIR=str(counters),
+        COUNTERS_DIR=str(counters),
         METRICS_PORT="0",
     )
     procs = Processes(tmp_path, env)

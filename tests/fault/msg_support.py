@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pymongo
-from celery import Celery
 
 from campaign_worker.bootstrap import build_manager
 from campaign_worker.settings import Settings
 from tests.e2e.conftest import Broker, e2e_env
-from tests.e2e.scenario import INBOUND, kind_of, user_id
+from tests.e2e.scenario import INBOUND, Driver, kind_of, user_id
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 CREATE = "campaign_worker.create_campaign"
@@ -124,87 +123,51 @@ def reply_for(outbound: dict[str, Any]) -> str | None:
 
 
 @dataclass
-class Audience:
-    """Plays the delivering service and the audience: reads the outbox and answers each
-    outbound message as ``reply_for`` says, each reply published ``copies`` times under one
-    task id (a broker redelivery), with an optional countdown."""
+class Audience(Driver):
+    """The e2e ``Driver``, each reply published ``copies`` times under one task id (a
+    broker redelivery), with an optional countdown."""
 
-    client: Celery
-    db: Any
-    campaign_id: str
     copies: int = 1
     countdown: float | None = None
-    handled: set[str] = field(default_factory=set)
-    replies: int = 0
     published: int = 0
     task_ids: list[str] = field(default_factory=list)
-
-    def step(self) -> None:
-        rows = self.db["outbox"].find(
-            {"campaign_id": self.campaign_id}, {"user_id": 1, "stage": 1, "step": 1}
-        )
-        for row in rows:
-            if row["_id"] in self.handled:
-                continue
-            self.handled.add(row["_id"])
-            content = reply_for(row)
-            if content is not None:
-                self.send(row["user_id"], f"reply-{row['_id']}", content)
+    poll_every: float = 0.5
 
     def send(self, user: str, message_id: str, content: str) -> None:
         task_id = f"task-{message_id}"
         options: dict[str, Any] = {"queue": "inbound", "task_id": task_id}
         if self.countdown is not None and message_id.startswith("reply-"):
             options["countdown"] = self.countdown
-        kwargs = {
-            "campaign_id": self.campaign_id,
-            "user_id": user,
-            "message_id": message_id,
-            "content": content,
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        kwargs = self.reply(user, message_id, content)
+        del kwargs["metadata"]
         for _ in range(self.copies):
             self.client.send_task(INBOUND, kwargs=kwargs, **options)
             self.published += 1
         self.replies += 1
         self.task_ids.append(task_id)
 
-    def status(self) -> str | None:
-        doc = self.db["campaigns"].find_one({"_id": self.campaign_id}, {"status": 1})
-        return None if doc is None else str(doc["status"])
-
-    def run_until_completed(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            self.step()
-            if self.status() == "completed":
-                return
-            if time.monotonic() > deadline:
-                counts = {
-                    s: self.db["conversation_states"].count_documents(
-                        {"campaign_id": self.campaign_id, "status": s}
-                    )
-                    for s in ("active", "completed", "failed", "opted_out")
-                }
-                stuck = [
-                    {
-                        "user": d["user_id"],
-                        "stage": d.get("current_stage"),
-                        "next": d.get("next_action_at"),
-                        "lease": d.get("lease_until"),
-                        "unpublished": len(d.get("unpublished") or []),
-                        "history": [m["direction"][0] for m in d["message_history"]][-8:],
-                        "n": len(d["message_history"]),
-                    }
-                    for d in self.db["conversation_states"]
-                    .find({"campaign_id": self.campaign_id, "status": "active"})
-                    .limit(3)
-                ]
-                raise AssertionError(
-                    f"campaign {self.campaign_id} not completed after {timeout}s "
-                    f"(status {self.status()!r}, conversations {counts}, e.g. {stuck})"
-                )
-            time.sleep(0.5)
+    def stuck(self) -> str:
+        counts = {
+            s: self.db["conversation_states"].count_documents(
+                {"campaign_id": self.campaign_id, "status": s}
+            )
+            for s in ("active", "completed", "failed", "opted_out")
+        }
+        examples = [
+            {
+                "user": d["user_id"],
+                "stage": d.get("current_stage"),
+                "next": d.get("next_action_at"),
+                "lease": d.get("lease_until"),
+                "unpublished": len(d.get("unpublished") or []),
+                "history": [m["direction"][0] for m in d["message_history"]][-8:],
+                "n": len(d["message_history"]),
+            }
+            for d in self.db["conversation_states"]
+            .find({"campaign_id": self.campaign_id, "status": "active"})
+            .limit(3)
+        ]
+        return f"status {self.status()!r}, conversations {counts}, e.g. {examples}"
 
 
 def doubled(directory: Path) -> dict[str, int]:

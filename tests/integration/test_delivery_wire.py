@@ -22,12 +22,13 @@ from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.adapters.mongo import OUTBOX
 from campaign_worker.adapters.rate_limit import NoRateLimit
 from campaign_worker.delivery_wiring import Delivery, build_delivery
+from campaign_worker.demo.embedded import free_port
 from campaign_worker.domain.delivery import DeliveryStatus, signature
 from campaign_worker.domain.documents import conversation_id_for
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.delivery_ports import Channel
 from campaign_worker.settings import Settings
-from tests.conftest import ManagerFactory, free_port
+from tests.conftest import ManagerFactory
 from tests.delivery_support import WebhookReceiver, channel_template
 
 pytestmark = pytest.mark.wire

@@ -357,10 +357,17 @@ def test_partition_ranges_read_disjoint_sets_and_old_documents_go_to_the_first(
 def test_two_readers_of_one_range_race_and_exactly_one_write_lands(
     wire_db: Any, repo: MongoConversationStateRepository, new_client: ClientFactory
 ) -> None:
-    """A doubled dispatch: both read the same documents; the compare-and-set lets one
-    write of each conversation land, the other is reported as not applied."""
+    """A doubled dispatch: all read the same documents; the compare-and-set lets one
+    write of each conversation land, the others are reported as not applied.
+
+    Every reader has read before any writes (``all_read``): a reader whose read comes
+    after another's write (a busy machine delays a thread that long) reads the new
+    version, and its write building on it rightly lands as well (see
+    ``test_a_read_after_a_write_builds_on_it_and_a_stale_write_does_not_land``)."""
     insert(repo, [conversation(u) for u in users(60)])
     applied: dict[int, set[str]] = {}
+    versions_read: dict[int, set[int]] = {}
+    all_read = threading.Barrier(3)
 
     def reader(index: int) -> Callable[[], None]:
         mine = MongoConversationStateRepository(new_client()[wire_db.name])
@@ -368,6 +375,8 @@ def test_two_readers_of_one_range_race_and_exactly_one_write_lands(
         def work() -> None:
             docs = mine.read_due("camp-1", START, limit=100)
             states = [doc for doc in docs if isinstance(doc, ConversationState)]
+            versions_read[index] = {s.version for s in states}
+            all_read.wait(timeout=30)
             applied[index] = saved(
                 mine, [(s, _with_reply(s, f"in-{index}-{s.user_id}")) for s in states]
             )
@@ -375,6 +384,7 @@ def test_two_readers_of_one_range_race_and_exactly_one_write_lands(
         return work
 
     run_threads([reader(i) for i in range(3)])
+    assert versions_read == {0: {0}, 1: {0}, 2: {0}}
     winners = [cid for ids in applied.values() for cid in ids]
     assert len(winners) == len(set(winners)) == 60
     for doc in wire_db[CONVERSATIONS].find():
@@ -397,6 +407,42 @@ def _with_reply(state: ConversationState, message_id: str) -> ConversationState:
             "last_active": START + timedelta(minutes=1),
         }
     )
+
+
+def test_a_read_after_a_write_builds_on_it_and_a_stale_write_does_not_land(
+    repo: MongoConversationStateRepository, new_client: ClientFactory, wire_db: Any
+) -> None:
+    """The interleaving a busy machine gives the racing readers above: one reads and
+    writes, a second reads only then (the new version) and its write lands on top, a
+    third read before the first write and lands nothing. Two landed writes on one
+    conversation, each built on the version it read: no lost or doubled update."""
+    insert(repo, [conversation(u) for u in users(3)])
+    first, late, stale = (
+        MongoConversationStateRepository(new_client()[wire_db.name]) for _ in range(3)
+    )
+
+    def read(mine: MongoConversationStateRepository) -> list[ConversationState]:
+        states = mine.read_due("camp-1", START, limit=10)
+        return [s for s in states if isinstance(s, ConversationState)]
+
+    def replies(states: list[ConversationState], tag: str) -> list[tuple[Any, Any]]:
+        return [(s, _with_reply(s, f"{tag}-{s.user_id}")) for s in states]
+
+    stale_states = read(stale)
+    first_states = read(first)
+    first_landed = first.write_transitions(replies(first_states, "first")).applied
+    late_states = read(late)
+    assert {s.version for s in late_states} == {1}
+    late_landed = late.write_transitions(replies(late_states, "late")).applied
+    assert set(first_landed) == set(late_landed) == {s.id for s in first_states}
+    assert saved(stale, replies(stale_states, "stale")) == set()
+    for doc in wire_db[CONVERSATIONS].find():
+        assert doc["version"] == 2
+        assert [m["message_id"] for m in doc["message_history"]] == [
+            f"first-{doc['user_id']}",
+            f"late-{doc['user_id']}",
+        ]
+        assert doc["last_write"] == [first_landed[doc["_id"]], late_landed[doc["_id"]]]
 
 
 def test_write_transitions_is_a_compare_and_set_on_version(

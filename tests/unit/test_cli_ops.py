@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from campaign_worker.demo.embedded import free_port
 from tests.cli_support import run_cli
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.wire
 

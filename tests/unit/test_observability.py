@@ -26,11 +26,11 @@ from campaign_worker.adapters import metrics
 from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.adapters.logs import REDACTED, Redactor, configure_logging, redact_uri
 from campaign_worker.bootstrap import Container
+from campaign_worker.demo.embedded import free_port
 from campaign_worker.entrypoints import cli, tasks
 from campaign_worker.entrypoints import observability as obs
 from campaign_worker.entrypoints.requests import parameter_names
 from campaign_worker.settings import Settings
-from tests.conftest import free_port
 from tests.unit import test_tasks
 from tests.unit.test_tasks import Enqueued, run, running_campaign
 
