@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck unit wire e2e bench bench-full clean
+.PHONY: demo test test-fast lint typecheck unit wire e2e bench bench-full intents-corpus intents-model clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,14 @@ bench: $(STAMP)
 
 bench-full: $(STAMP)
 	$(BIN)/python -m bench.run --full
+
+# The reply intent model: the corpus from its seeds, the shipped model from the corpus
+# (deterministic: tests/unit/test_intent_artifact.py retrains and compares).
+intents-corpus: $(STAMP)
+	$(BIN)/python -m tooling.build_intent_corpus
+
+intents-model: $(STAMP)
+	$(BIN)/campaign-worker intents train --out campaign_worker/data/intents
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -97,6 +97,7 @@ task_routes = {
     "campaign_worker.record_event": {"queue": "inbound"},
     "campaign_worker.enroll_recipients": {"queue": "initialization"},
     "campaign_worker.mark_conversation_complete": {"queue": "inbound"},
+    "campaign_worker.resolve_reply": {"queue": "inbound"},
     "campaign_worker.dispatch_deliveries": {"queue": "delivery"},
     "campaign_worker.record_delivery_status": {"queue": "inbound"},
 }

@@ -1,5 +1,6 @@
-"""The figures of issue 10's table: each measured value beside its target and the baseline
-measured in the same run, printed as a table and written as JSON."""
+"""The figures of issue 10's table (and issue 21's reply understanding): each measured
+value beside its target and the baseline measured in the same run, printed as a table and
+written as JSON."""
 
 from __future__ import annotations
 
@@ -66,6 +67,30 @@ TARGETS: dict[str, tuple[str, str]] = {
         "conversations/s with 1, 2, 4 worker processes",
         "measured, bound named",
     ),
+    # Reply understanding (issue 21), on bench/data/replies_heldout.tsv; a reply held for
+    # review counts as wrong and as no opt-out.
+    "intents_accuracy": ("reply intents: accuracy on the held-out set", ">= 0.92"),
+    "intents_opt_out_recall": ("reply intents: opt-out recall", ">= 0.99"),
+    "intents_false_opt_out_rate": (
+        "reply intents: false opt-outs / replies that were not opt-outs",
+        "<= 0.005",
+    ),
+    "intents_worst_language_accuracy": (
+        "reply intents: accuracy of the worst language (en/de/fr/es)",
+        ">= 0.90",
+    ),
+    "intents_quoted_signed_accuracy": (
+        "reply intents: accuracy on quoted or signed email replies",
+        ">= 0.95",
+    ),
+    "intents_latency_p99_ms": (
+        "reply classification p99 per reply, one core, CPU time (ms)",
+        "<= 1",
+    ),
+    "intents_startup_s": (
+        "worker start with reply understanding: import + load (s)",
+        "< 5",
+    ),
 }
 
 
@@ -92,6 +117,8 @@ class Figure:
 def fmt(value: float | int | str) -> str:
     if isinstance(value, str):
         return value
+    if 0 < abs(value) < 0.05 and not isinstance(value, int):
+        return f"{value:.4f}"  # rates such as false opt-outs (0.0084) would read 0.01
     if isinstance(value, int) or (float(value).is_integer() and abs(value) >= 100):
         return f"{int(value):,}"
     if abs(value) >= 10:

@@ -7,7 +7,10 @@ Sections (each a few small functions, through public entry points only):
   always-on campaigns' enrollment and events (bench/always_on_bench.py);
 - ``celery``: real ``celery worker`` processes on a real Redis broker (bench/celery_bench.py),
   with Celery's own no-op task cost on the same broker, and 1, 2, 4 worker processes;
-- ``memory``: peak RSS of a process initializing a streamed audience (bench/init_rss.py).
+- ``memory``: peak RSS of a process initializing a streamed audience (bench/init_rss.py);
+- ``intents``: reply understanding on the held-out set bench/data/replies_heldout.tsv (the
+  development sets' figures beside), its latency per reply and start-up
+  (bench/intents_bench.py), beside the keyword classifier.
 
 MongoDB: ``MONGODB_URI`` if set (throwaway databases ``cw_bench_*``, dropped at the end),
 else a secantusdb started on a free port. Broker: ``BENCH_BROKER_URL`` (a Redis URL) if set,
@@ -39,7 +42,7 @@ if str(ROOT) not in sys.path:
 
 import pymongo  # noqa: E402
 
-from bench import init_rss  # noqa: E402
+from bench import init_rss, intents_bench  # noqa: E402
 from bench.always_on_bench import always_on_section  # noqa: E402
 from bench.celery_bench import CeleryBench, Run  # noqa: E402
 from bench.figures import TARGETS, Figure, compare, fmt, table  # noqa: E402
@@ -259,6 +262,78 @@ def memory_section(uri: str, db_name: str, sizes: list[int]) -> Figure:
     )
 
 
+# ----------------------------------------------------------------------------- intents
+
+
+def intents_section() -> list[Figure]:
+    """Quality on the held-out set, latency per reply, start-up; keyword classifier beside."""
+    path, held_out = intents_bench.eval_path()
+    print(f"  reply understanding on {path.relative_to(ROOT)}", flush=True)
+    run = intents_bench.measure()
+    detail = intents_bench.summary(run)
+    figures, before = run.figures, run.baseline
+    source = f"{run.replies:,} replies of {path.name}" + (
+        " (held out)" if held_out else " (a development set: no held-out file)"
+    )
+    dev = "; ".join(
+        f"dev {name.rsplit('/', 1)[-1]}: {fmt(found['accuracy'])}"
+        for name, found in run.dev.items()
+    )
+    language, worst = intents_bench.worst_language(figures)
+    before_language, before_worst = intents_bench.worst_language(before)
+    languages = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in figures["by_language"].items())
+    latency = detail["latency_ms"]
+    startup = detail["startup_s"]
+    review = f"needs_review {figures['needs_review_rate']:.3f}"
+    return [
+        Figure(
+            "intents_accuracy",
+            figures["accuracy"],
+            f"keyword classifier: {fmt(before['accuracy'])}",
+            f"{source}; {review}" + (f"; {dev}" if dev else ""),
+            detail,
+        ),
+        Figure(
+            "intents_opt_out_recall",
+            figures["opt_out_recall"],
+            f"keyword classifier: {fmt(before['opt_out_recall'])}",
+            f"opt-out safety (opt-out or held): {fmt(figures['opt_out_safety'])}",
+        ),
+        Figure(
+            "intents_false_opt_out_rate",
+            figures["false_opt_out_rate"],
+            f"keyword classifier: {before['false_opt_out_rate']:.3f}",
+            f"{figures['false_opt_outs']} false opt-outs",
+        ),
+        Figure(
+            "intents_worst_language_accuracy",
+            worst if worst is not None else "n/a",
+            f"keyword classifier: {before_language} {fmt(before_worst or 0.0)}",
+            f"worst: {language}; {languages}",
+        ),
+        Figure(
+            "intents_quoted_signed_accuracy",
+            figures["quoted_or_signed"]["accuracy"] or "n/a",
+            f"keyword classifier: {fmt(before['quoted_or_signed']['accuracy'] or 0.0)}",
+            f"{figures['quoted_or_signed']['replies']} replies tagged quoted/signature",
+        ),
+        Figure(
+            "intents_latency_p99_ms",
+            latency["p99"],
+            f"p50 {latency['p50']:.3f} ms, p90 {latency['p90']:.3f} ms",
+            f"CPU time of {latency['samples']:,} classifications (extraction, rules, language, "
+            f"model), pinned to one core; wall p50 {latency['wall_p50']:.3f} ms, "
+            f"p99 {latency['wall_p99']:.3f} ms",
+        ),
+        Figure(
+            "intents_startup_s",
+            round(startup["import_s"] + startup["load_s"], 2),
+            f"import of the worker {startup['import_s']:.2f} s",
+            f"model + language detector load and a first reply {startup['load_s']:.2f} s",
+        ),
+    ]
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -303,7 +378,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     size.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
     parser.add_argument("--uri", default=os.environ.get("MONGODB_URI"))
     parser.add_argument("--broker", default=os.environ.get("BENCH_BROKER_URL"))
-    parser.add_argument("--sections", default="service,celery,memory")
+    parser.add_argument("--sections", default="intents,service,celery,memory")
     parser.add_argument("--workers", default="1,2,4", help="worker processes per scaling run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
@@ -331,6 +406,9 @@ def run_sections(args: argparse.Namespace, mongo: Server, broker: Server) -> dic
     details: dict[str, Any] = {}
     raw: dict[str, Any] = {"raw_bulk_rate": 0.0, "naive_round_trips_per_1000": 0.0}
     try:
+        if "intents" in sections:
+            print("intents (reply understanding in this process):", flush=True)
+            figures += intents_section()
         if "service" in sections:
             print("service (CampaignManager in this process):", flush=True)
             bench = ServiceBench(client[prefix], recorder, Settings(mongodb_db=prefix))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from pymongo import MongoClient
@@ -23,6 +25,7 @@ from campaign_worker.adapters.memory_records import (
     MemorySuppressionRepository,
     MemoryTemplateVersionRepository,
 )
+from campaign_worker.adapters.memory_reviews import MemoryReplyReviewRepository
 from campaign_worker.adapters.memory_store import MemoryDatabase
 from campaign_worker.adapters.mongo import MongoClientProvider
 from campaign_worker.adapters.mongo_campaigns import MongoCampaignRepository
@@ -32,6 +35,7 @@ from campaign_worker.adapters.mongo_events import MongoEnrollmentReads, MongoEve
 from campaign_worker.adapters.mongo_invariants import MongoInvariantReads
 from campaign_worker.adapters.mongo_metrics import MongoCampaignMetricsRepository
 from campaign_worker.adapters.mongo_outbox import MongoOutboxRepository
+from campaign_worker.adapters.mongo_reviews import MongoReplyReviewRepository
 from campaign_worker.adapters.mongo_send_budget import MongoSendBudgetRepository
 from campaign_worker.adapters.mongo_suppressions import MongoSuppressionRepository
 from campaign_worker.adapters.mongo_task_claims import MongoTaskClaims
@@ -53,7 +57,9 @@ from campaign_worker.service.ports import (
     SuppressionRepository,
     TemplateVersionRepository,
 )
+from campaign_worker.service.review_ports import ReplyReviewRepository
 from campaign_worker.service.send_guard import SendGuard
+from campaign_worker.service.understanding import ReplyUnderstanding
 from campaign_worker.settings import Settings, get_settings
 
 
@@ -95,6 +101,7 @@ class Repositories:
     invariant_reads: InvariantReads
     events: EventRepository
     enrollment_reads: EnrollmentReads
+    reviews: ReplyReviewRepository
 
 
 def repositories(db: Database[dict[str, Any]] | MemoryDatabase) -> Repositories:
@@ -112,6 +119,7 @@ def repositories(db: Database[dict[str, Any]] | MemoryDatabase) -> Repositories:
             MemoryInvariantReads(db),
             MemoryEventRepository(db),
             MemoryEnrollmentReads(db),
+            MemoryReplyReviewRepository(db),
         )
     return Repositories(
         MongoConversationStateRepository(db),
@@ -124,6 +132,7 @@ def repositories(db: Database[dict[str, Any]] | MemoryDatabase) -> Repositories:
         MongoInvariantReads(db),
         MongoEventRepository(db),
         MongoEnrollmentReads(db),
+        MongoReplyReviewRepository(db),
     )
 
 
@@ -134,8 +143,10 @@ def build_manager(
     clock: Clock | None = None,
     recorder: MetricsRecorder | None = None,
     config_manager: TemplateFiles | None = None,
+    understanding: ReplyUnderstanding | None = None,
 ) -> CampaignManager:
-    """The manager over ``db`` (see ``repositories``), configured from ``settings``."""
+    """The manager over ``db`` (see ``repositories``), configured from ``settings``; the
+    reply understanding is this process's (``shared_understanding``) unless given."""
     repos = repositories(db)
     return CampaignManager(
         repos.conversations,
@@ -160,6 +171,8 @@ def build_manager(
         invariant_reads=repos.invariant_reads,
         event_repository=repos.events,
         enrollment_reads=repos.enrollment_reads,
+        understanding=understanding or shared_understanding(settings),
+        reviews=repos.reviews,
     )
 
 
@@ -176,6 +189,29 @@ class Indexed(Protocol):
     def initialize(self) -> None: ...
 
 
+def build_understanding(settings: Settings | None = None) -> ReplyUnderstanding:
+    """The reply understanding engine (the shipped model, or ``INTENT_MODEL_DIR``'s).
+    Cheap to build: models load on first use or ``warm_up()``."""
+    from campaign_worker.adapters.understanding import NgramReplyUnderstanding
+
+    settings = settings or get_settings()
+    return NgramReplyUnderstanding(model_dir=settings.intent_model_dir)
+
+
+_understandings: dict[Path | None, ReplyUnderstanding] = {}
+_understandings_lock = threading.Lock()
+
+
+def shared_understanding(settings: Settings) -> ReplyUnderstanding:
+    """One engine per model directory in this process (thread-safe, immutable once
+    loaded): every manager of the process shares its model and language detector."""
+    with _understandings_lock:
+        found = _understandings.get(settings.intent_model_dir)
+        if found is None:
+            found = _understandings[settings.intent_model_dir] = build_understanding(settings)
+        return found
+
+
 def ensure_indexes(manager: CampaignManager) -> None:
     """Create every collection's indexes (idempotent; run at process start)."""
     guard = manager.send_guard
@@ -185,6 +221,7 @@ def ensure_indexes(manager: CampaignManager) -> None:
         manager.campaign_metrics,
         manager.outbox,
         None if manager.versions is None else manager.versions.repository,
+        manager.reviews,
         guard.suppressions,
         guard.budget,
         manager.events,

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     mongodb_socket_timeout_ms: int = Field(default=30000, ge=100)
 
     campaign_templates_dir: Path | None = None
+    # A retrained reply intent model (``campaign-worker intents train --out DIR``); unset:
+    # the model shipped in the package.
+    intent_model_dir: Path | None = None
     init_batch_size: int = Field(default=2000, ge=1, le=100_000)
     init_batches_per_task: int = Field(default=50, ge=1)
     # How long one initialization step inserts before it checkpoints and hands over to a

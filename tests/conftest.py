@@ -31,6 +31,7 @@ from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.bootstrap import build_manager, ensure_indexes
 from campaign_worker.demo.embedded import free_port, wait_for_port
 from campaign_worker.service.campaign_manager import CampaignManager
+from campaign_worker.service.understanding import ReplyUnderstanding
 from campaign_worker.settings import Settings
 
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -148,8 +149,12 @@ ManagerFactory = Callable[..., CampaignManager]
 
 @pytest.fixture
 def make_manager(settings: Settings, clock: ManualClock) -> ManagerFactory:
-    def factory(db: Any, **overrides: Any) -> CampaignManager:
-        manager = build_manager(db, settings.model_copy(update=overrides), clock=clock)
+    def factory(
+        db: Any, understanding: ReplyUnderstanding | None = None, **overrides: Any
+    ) -> CampaignManager:
+        manager = build_manager(
+            db, settings.model_copy(update=overrides), clock=clock, understanding=understanding
+        )
         ensure_indexes(manager)
         return manager
 

@@ -55,6 +55,9 @@ def recount_documents(docs: Iterable[Doc]) -> dict[str, float]:
         if isinstance(conversion, Mapping) and isinstance(conversion.get("event"), str):
             for path, amount in conversion_paths(Conversion.model_validate(conversion)).items():
                 counts[f"goals.{path}"] += amount
+        for review in doc.get("reviews") or []:
+            if isinstance(review, Mapping) and review.get("status") in ("pending", "resolved"):
+                counts[f"reviews.{review['status']}"] += 1
     return {key: value for key, value in counts.items() if value}
 
 

@@ -82,6 +82,13 @@ SUPPRESSED_SENDS = Counter(
     ["campaign_type"],
     namespace=NAMESPACE,
 )
+REPLY_REVIEWS = Counter(
+    "reply_reviews",
+    "Replies held for review (event=held) and reviews resolved (event=resolved); pending "
+    "is held minus resolved (exactly: the metrics document's reviews.pending)",
+    ["campaign_type", "event"],
+    namespace=NAMESPACE,
+)
 TASK_DURATION = Histogram(
     "task_duration_seconds",
     "Wall time of each task run.",
@@ -162,6 +169,9 @@ class PrometheusRecorder:
 
     def suppressed(self, campaign_type: str, count: int) -> None:
         SUPPRESSED_SENDS.labels(campaign_type).inc(count)
+
+    def reviews(self, campaign_type: str, event: str, count: int) -> None:
+        REPLY_REVIEWS.labels(campaign_type, event).inc(count)
 
     def poller_lag(self, seconds: float) -> None:
         POLLER_LAG.set(seconds)

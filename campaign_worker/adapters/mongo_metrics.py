@@ -53,6 +53,8 @@ def metrics_inc(delta: MetricsDelta) -> dict[str, float]:
         inc[f"holdout.{counter}"] = count
     for path, count in delta.goals.items():
         inc[f"goals.{path}"] = count
+    for counter, count in delta.reviews.items():
+        inc[f"reviews.{counter}"] = count
     return {key: value for key, value in inc.items() if value}
 
 

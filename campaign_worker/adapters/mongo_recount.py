@@ -80,6 +80,9 @@ def _split_counts(aggregate: Doc) -> dict[str, float]:
         counts[f"{path}.replies"] = counts.get(f"{path}.replies", 0) + row["n"]
         if isinstance(key.get("intent"), str):
             counts[f"{path}.intents.{key['intent']}"] = row["n"]
+    for row in aggregate.get("reviews", []):
+        if row["_id"] in ("pending", "resolved"):
+            counts[f"reviews.{row['_id']}"] = row["n"]
     for row in aggregate.get("variant_visits", []):
         path = f"variants.{row['_id']['stage']}.{row['_id']['variant']}"
         counts[f"{path}.conversations"] = row["visits"]
@@ -175,6 +178,12 @@ _SPLIT_FACETS: Doc = {
                 "n": {"$sum": 1},
             }
         },
+    ],
+    # Replies held for review, pending and resolved (ConversationState.reviews).
+    "reviews": [
+        {"$match": {"reviews.status": {"$exists": True}}},
+        {"$unwind": "$reviews"},
+        {"$group": {"_id": "$reviews.status", "n": {"$sum": 1}}},
     ],
     "holdout": [
         {"$match": {"holdout": True}},

@@ -126,6 +126,22 @@ class Message(DocumentModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class ReplyReview(DocumentModel):
+    """A reply held for a person (its classification was not sure enough to act on): the
+    conversation holds until it is ``resolved`` with the intent it really is
+    (``domain/reviews.py``)."""
+
+    message_id: NonEmptyStr
+    status: Literal["pending", "resolved"] = "pending"
+    held_at: UtcDatetime
+    suggested: str  # the classifier's best reading, a hint for the reviewer
+    reason: str | None = None  # low_confidence, opt_out_risk, review_intent
+    intent: str | None = None  # the resolution: what the flows act on from then
+    resolved_by: str | None = None
+    resolved_at: UtcDatetime | None = None
+    resume_at: UtcDatetime | None = None  # resolved out_of_office: follow-ups resume then
+
+
 class ConversationContext(DocumentModel):
     template_id: NonEmptyStr
     available_stages: list[NonEmptyStr] = Field(min_length=1)
@@ -219,6 +235,12 @@ class ConversationState(DocumentModel):
     events: list[ConversationEvent] = Field(default_factory=list)
     conversion: Conversion | None = None
     goal_until: UtcDatetime | None = None
+    # Replies held for review and their resolutions (the history is append-only; the
+    # messages keep what the classifier recorded), and since when the oldest still pending
+    # was held (None: none is; the review queue's index). Always stored: a resolution sets
+    # ``review_pending_since`` back to None, which an omitted field could not say.
+    reviews: list[ReplyReview] = Field(default_factory=list)
+    review_pending_since: UtcDatetime | None = None
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:

@@ -68,6 +68,8 @@ class MetricsDelta:
     holdout: Counter[str] = field(default_factory=Counter)
     # Goal conversions, by path under ``goals`` ("purchased.converted", ...: goals.py).
     goals: Counter[str] = field(default_factory=Counter)
+    # Replies held for review: "pending" (+1 held, -1 resolved) and "resolved".
+    reviews: Counter[str] = field(default_factory=Counter)
 
     def add(self, other: MetricsDelta) -> None:
         self.total_recipients += other.total_recipients
@@ -88,6 +90,7 @@ class MetricsDelta:
         self.variants.update(other.variants)
         self.holdout.update(other.holdout)
         self.goals.update(other.goals)
+        self.reviews.update(other.reviews)
 
     def is_empty(self) -> bool:
         return not (
@@ -108,6 +111,7 @@ class MetricsDelta:
             or any(self.variants.values())
             or any(self.holdout.values())
             or any(self.goals.values())
+            or any(self.reviews.values())
         )
 
 

@@ -31,6 +31,26 @@ class ConversationNotFoundError(NotFoundError):
         self.conversation_id = conversation_id
 
 
+class ReviewNotFoundError(NotFoundError):
+    """No reply held for review has this message id."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(f"no reply held for review with message id {message_id!r}")
+        self.message_id = message_id
+
+
+class ReviewConflictError(InvalidInputError):
+    """The review was already resolved with another intent: a resolution is final."""
+
+    def __init__(self, message_id: str, resolved: str, asked: str) -> None:
+        super().__init__(
+            f"reply {message_id!r} was already resolved as {resolved!r}; "
+            f"refusing to resolve it again as {asked!r}"
+        )
+        self.message_id = message_id
+        self.resolved = resolved
+
+
 class UnknownStageError(InvalidInputError):
     def __init__(self, stage: str, available: list[str]) -> None:
         super().__init__(f"unknown stage {stage!r}; available stages: {available}")

@@ -183,11 +183,15 @@ class ReplyClassifier:
         return [matcher.name for matcher in self._matchers]
 
     def classify(self, content: str) -> str:
+        return self.match(content) or OTHER
+
+    def match(self, content: str) -> str | None:
+        """The first intent whose words, answers or regexes match (None: none does)."""
         text = normalize(content)
         for matcher in self._matchers:
             if matcher.matches(text):
                 return matcher.name
-        return OTHER
+        return None
 
 
 def _words_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
@@ -240,6 +244,21 @@ def compile_classifier(
     return ReplyClassifier([*first, *custom, *last])
 
 
+def compile_rules(
+    declared: Mapping[str, IntentDeclaration], opt_out_keywords: Iterable[str] = ()
+) -> ReplyClassifier:
+    """Only what a template declares, no built-in phrases: the reply understanding's
+    explicit rules (the model reads everything else). Same order as
+    ``compile_classifier``."""
+    first = [
+        _matcher(OPT_OUT, (), declared.get(OPT_OUT), opt_out_keywords),
+        _matcher(OUT_OF_OFFICE, (), declared.get(OUT_OF_OFFICE)),
+    ]
+    custom = [_matcher(name, (), spec) for name, spec in declared.items() if name not in BUILT_IN]
+    last = [_matcher(name, (), declared[name]) for name in BUILT_IN[2:] if name in declared]
+    return ReplyClassifier([*first, *custom, *last])
+
+
 __all__ = [
     "BUILT_IN",
     "LANGUAGES",
@@ -253,5 +272,6 @@ __all__ = [
     "Language",
     "ReplyClassifier",
     "compile_classifier",
+    "compile_rules",
     "normalize",
 ]

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from campaign_worker.domain import reviews
 from campaign_worker.domain.branches import Route, event_route, reply_route, timeout_route
-from campaign_worker.domain.documents import ConversationState, Direction, to_utc
+from campaign_worker.domain.documents import ConversationState, Direction
 from campaign_worker.domain.effects import Action, Decision
 from campaign_worker.domain.intents import OPT_OUT, OUT_OF_OFFICE
 from campaign_worker.domain.rules import (
@@ -32,12 +33,25 @@ def route_decision(route: Route, reason: str) -> Decision:
 
 def opt_out(state: ConversationState, template: Template) -> Decision | None:
     """Any inbound message whose intent is ``opt_out`` ends the conversation (the intent
-    was decided when the message was recorded; older messages are classified here)."""
+    was decided when the message was recorded, or by the person who resolved its review;
+    messages recorded before intents existed are classified here)."""
     classifier = template.classifier
     for message in state.message_history:
-        if message.direction == Direction.INBOUND and intent_of(message, classifier) == OPT_OUT:
+        if (
+            message.direction == Direction.INBOUND
+            and intent_of(state, message, classifier) == OPT_OUT
+        ):
             return Decision(Action.OPT_OUT, f"opt-out in {message.message_id}")
     return None
+
+
+def held_for_review(state: ConversationState) -> Decision | None:
+    """A reply waits for a person: nothing happens until it is resolved (no advance, no
+    follow-up, no timeout), and nothing is scheduled (resolving evaluates it again)."""
+    if not reviews.held(state):
+        return None
+    waiting = ", ".join(review.message_id for review in reviews.pending(state))
+    return Decision(Action.WAIT, f"reply held for review: {waiting}", next_action_at=None)
 
 
 def reply_branch(state: ConversationState, stage: Stage) -> Decision | None:
@@ -45,8 +59,8 @@ def reply_branch(state: ConversationState, stage: Stage) -> Decision | None:
     if not stage.on_reply:
         return None
     for message in replies_in_entry(state, stage.name):
-        intent = message.metadata.get("intent")
-        route = reply_route(stage, intent) if isinstance(intent, str) else None
+        intent = reviews.acted_intent(state, message)
+        route = reply_route(stage, intent) if intent is not None else None
         if route is not None:
             return route_decision(route, f"reply {message.message_id} is {intent}")
     return None
@@ -69,12 +83,10 @@ def paused_until(state: ConversationState, now: datetime) -> datetime | None:
     for message in reversed(state.message_history):
         if message.direction != Direction.INBOUND:
             continue
-        if message.metadata.get("intent") != OUT_OF_OFFICE:
+        if reviews.acted_intent(state, message) != OUT_OF_OFFICE:
             return None  # a real reply after the auto-reply ends the pause
-        resume = message.metadata.get("resume_at")
-        if isinstance(resume, datetime) and to_utc(resume) > now:
-            return to_utc(resume)
-        return None
+        resume = reviews.resume_at(state, message)
+        return resume if resume is not None and resume > now else None
     return None
 
 
@@ -95,4 +107,12 @@ def timed_out(
     return route_decision(route, f"{why} within {stage.on_timeout.after}"), None
 
 
-__all__ = ["event_branch", "opt_out", "paused_until", "reply_branch", "route_decision", "timed_out"]
+__all__ = [
+    "event_branch",
+    "held_for_review",
+    "opt_out",
+    "paused_until",
+    "reply_branch",
+    "route_decision",
+    "timed_out",
+]

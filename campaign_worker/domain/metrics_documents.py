@@ -74,6 +74,8 @@ class CampaignMetrics(DocumentModel):
     # Goal conversions per goal event: converted, seconds_to_convert, per stage, per
     # variant and for the holdout (domain/goals.py).
     goals: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Replies held for review: {"pending": ..., "resolved": ...}.
+    reviews: dict[str, int] = Field(default_factory=dict)
     # Bumped by every write; lets the reconcile detect concurrent increments.
     revision: int = Field(default=0, ge=0)
     # Writers that may have written conversations but not yet their $inc (token -> since).
@@ -109,6 +111,7 @@ class StoredMetrics(BaseModel):
     )
     holdout: dict[str, Number] = Field(default_factory=dict)
     goals: dict[str, Any] = Field(default_factory=dict)
+    reviews: dict[str, Number] = Field(default_factory=dict)
     updated_at: UtcDatetime | None = None
     # Bumped by every write: a reader sees whether anything landed between two reads.
     revision: int = 0

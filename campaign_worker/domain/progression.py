@@ -56,6 +56,9 @@ def evaluate(
     stage = type_template.stage(state.current_stage)
     if stage is None:
         return Decision(Action.FAIL, f"stage {state.current_stage!r} no longer in template")
+    held = journeys.held_for_review(state)
+    if held is not None:
+        return held
     following = next_route(type_template, stage)
     entered_at = state.current_stage_entry().entered_at
     branched = journeys.reply_branch(state, stage) or journeys.event_branch(state, stage)

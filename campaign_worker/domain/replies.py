@@ -1,5 +1,7 @@
-"""What is recorded with an inbound message when it is appended: its intent, and for an
-out-of-office reply when follow-ups resume. Pure; called once per message."""
+"""What is recorded with an inbound message when it is appended: what the reply
+understanding made of it, and for an out-of-office reply when follow-ups resume. Pure;
+called once per message (the reply is classified once, when it is recorded; evaluation
+reads what was recorded, never the text again)."""
 
 from __future__ import annotations
 
@@ -9,24 +11,44 @@ from typing import Any
 from campaign_worker.domain.intents import OUT_OF_OFFICE
 from campaign_worker.domain.return_dates import resume_at
 from campaign_worker.domain.templates import Template
+from campaign_worker.domain.understanding import Classification
 
 
-def reply_facts(
-    content: str, received_at: datetime, timezone: str, template: Template
+def out_of_office_until(
+    text: str, received_at: datetime, timezone: str, template: Template
+) -> datetime:
+    """When follow-ups resume after an auto-reply whose text is ``text`` (its return date,
+    at most the template's ``max_pause`` away, else its ``pause``)."""
+    policy = template.out_of_office
+    return resume_at(
+        text, received_at, timezone, default_pause=policy.pause, max_pause=policy.max_pause
+    )
+
+
+def understood_facts(
+    understood: Classification, received_at: datetime, timezone: str, template: Template
 ) -> dict[str, Any]:
-    """``{"intent": ...}`` plus ``resume_at`` for an out-of-office reply."""
-    intent = template.classifier.classify(content)
-    facts: dict[str, Any] = {"intent": intent}
-    if intent == OUT_OF_OFFICE:
-        policy = template.out_of_office
-        facts["resume_at"] = resume_at(
-            content,
-            received_at,
-            timezone,
-            default_pause=policy.pause,
-            max_pause=policy.max_pause,
+    """``intent`` (the best reading, also when held), ``needs_review`` (a flow acts on the
+    intent only when False; a held reply's resolution replaces it), ``extracted_text``
+    (the author's own words: what every rule reads; the content is kept as it came),
+    ``confidence``, ``language``, ``intent_source`` (rule, model, example), the
+    ``review_reason`` of a held reply, and ``resume_at`` for a decided out-of-office
+    reply."""
+    facts: dict[str, Any] = {
+        "intent": understood.intent,
+        "needs_review": understood.needs_review,
+        "extracted_text": understood.extracted_text,
+        "confidence": round(understood.confidence, 4),
+        "language": understood.language,
+        "intent_source": understood.source,
+    }
+    if understood.review_reason is not None:
+        facts["review_reason"] = understood.review_reason
+    if understood.decided == OUT_OF_OFFICE:
+        facts["resume_at"] = out_of_office_until(
+            understood.extracted_text, received_at, timezone, template
         )
     return facts
 
 
-__all__ = ["reply_facts"]
+__all__ = ["out_of_office_until", "understood_facts"]

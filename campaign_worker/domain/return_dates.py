@@ -3,7 +3,11 @@
 Dates are read in the recipient's timezone relative to when the reply arrived; the
 follow-ups resume at 09:00 local time on the day found. Day-first numeric dates
 (``3.12.2026``) and ISO dates (``2026-12-03``) are read; a date without a year is the
-next one on or after the reply's day.
+next one on or after the reply's day. Month and weekday names, "tomorrow", "next week"
+and the words that lead to a return date are read in English, German, French and
+Spanish ("bis zum 10. Januar", "de retour le 5 janvier", "vuelvo el 7 de enero"). The
+reply understanding passes the extracted text (the quoted message's dates are not the
+sender's).
 """
 
 from __future__ import annotations
@@ -14,38 +18,72 @@ from zoneinfo import ZoneInfo
 
 RESUME_AT = time(9, 0)  # local time follow-ups resume on the return day
 
-_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+# Each weekday's names (en, de, fr, es), Monday first.
+_WEEKDAY_NAMES = (
+    ("monday", "montag", "lundi", "lunes"),
+    ("tuesday", "dienstag", "mardi", "martes"),
+    ("wednesday", "mittwoch", "mercredi", "miércoles", "miercoles"),
+    ("thursday", "donnerstag", "jeudi", "jueves"),
+    ("friday", "freitag", "vendredi", "viernes"),
+    ("saturday", "samstag", "sonnabend", "samedi", "sábado", "sabado"),
+    ("sunday", "sonntag", "dimanche", "domingo"),
+)
+_WEEKDAYS = {name: number for number, names in enumerate(_WEEKDAY_NAMES) for name in names}
+_TOMORROW = ("tomorrow", "morgen", "demain", "mañana", "manana")
+_NEXT_WEEK = (
+    "next week", "nächste woche", "nächster woche", "naechste woche", "la semaine prochaine",
+    "semaine prochaine", "la próxima semana", "la proxima semana", "la semana que viene",
+)  # fmt: skip
 _MONTHS = {
     name: number
     for number, names in enumerate(
         (
-            ("january", "jan"),
-            ("february", "feb"),
-            ("march", "mar"),
-            ("april", "apr"),
-            ("may",),
-            ("june", "jun"),
-            ("july", "jul"),
-            ("august", "aug"),
-            ("september", "sep", "sept"),
-            ("october", "oct"),
-            ("november", "nov"),
-            ("december", "dec"),
+            ("january", "jan", "januar", "jänner", "janvier", "janv", "enero", "ene"),
+            ("february", "feb", "februar", "février", "fevrier", "févr", "fevr", "febrero"),
+            ("march", "mar", "märz", "maerz", "mars", "marzo"),
+            ("april", "apr", "avril", "avr", "abril", "abr"),
+            ("may", "mai", "mayo"),
+            ("june", "jun", "juni", "juin", "junio"),
+            ("july", "jul", "juli", "juillet", "juil", "julio"),
+            ("august", "aug", "août", "aout", "agosto", "ago"),
+            ("september", "sep", "sept", "septembre", "septiembre", "setiembre"),
+            ("october", "oct", "oktober", "okt", "octobre", "octubre"),
+            ("november", "nov", "novembre", "noviembre"),
+            (
+                "december",
+                "dec",
+                "dezember",
+                "dez",
+                "décembre",
+                "decembre",
+                "déc",
+                "diciembre",
+                "dic",
+            ),
         ),
         start=1,
     )
     for name in names
 }
 _MONTH = "(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\b\.?"
-_DAY = r"(\d{1,2})(?:st|nd|rd|th)?"
+_DAY = r"(\d{1,2})(?:st|nd|rd|th|er|\.)?"
 _ISO = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
-_DOTTED = re.compile(r"\b(\d{1,2})\.(\d{1,2})\.(\d{4})\b")
-_DAY_MONTH = re.compile(rf"\b{_DAY}\s+(?:of\s+)?{_MONTH}(?:\s+(\d{{4}}))?", re.I)
+_DOTTED = re.compile(r"\b(\d{1,2})[./](\d{1,2})[./](\d{4})\b")
+_DAY_MONTH = re.compile(rf"\b{_DAY}\s+(?:of\s+|de\s+)?{_MONTH}(?:\s+(?:de\s+)?(\d{{4}}))?", re.I)
 _MONTH_DAY = re.compile(rf"\b{_MONTH}\s+{_DAY}\b(?:,?\s+(\d{{4}}))?", re.I)
-_RELATIVE = re.compile(r"\b(tomorrow|next week|" + "|".join(_WEEKDAYS) + r")\b", re.I)
+_RELATIVE = re.compile(
+    r"\b("
+    + "|".join(sorted([*_TOMORROW, *_NEXT_WEEK, *_WEEKDAYS], key=len, reverse=True))
+    + r")\b",
+    re.I,
+)
 # Words after which a date is the return date rather than, say, when the leave began.
 _TRIGGER = re.compile(
-    r"\b(back|return|returning|returns|until|till|til|through|reachable|available)\b", re.I
+    r"\b(back|return|returning|returns|until|till|til|through|reachable|available"
+    r"|zurück|zurueck|wieder|bis|ab"
+    r"|retour|jusqu|jusqu'au|à partir|a partir|de nouveau"
+    r"|hasta|regreso|vuelvo|vuelta|volveré|volvere|a partir)\b",
+    re.I,
 )
 
 
@@ -61,11 +99,11 @@ def _next_on_or_after(today: date, month: int, day: int, year: int | None) -> da
 
 def _relative(word: str, today: date) -> date:
     word = word.lower()
-    if word == "tomorrow":
+    if word in _TOMORROW:
         return today + timedelta(days=1)
-    if word == "next week":
+    if word in _NEXT_WEEK:
         return today + timedelta(days=7 - today.weekday())
-    ahead = (_WEEKDAYS.index(word) - today.weekday()) % 7
+    ahead = (_WEEKDAYS[word] - today.weekday()) % 7
     return today + timedelta(days=ahead or 7)  # "back on Monday" said on a Monday: next week
 
 

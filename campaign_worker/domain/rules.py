@@ -15,7 +15,8 @@ from campaign_worker.domain.documents import (
     Message,
     to_utc,
 )
-from campaign_worker.domain.intents import NOT_A_REPLY, ReplyClassifier
+from campaign_worker.domain.intents import NOT_A_REPLY, OTHER, ReplyClassifier
+from campaign_worker.domain.reviews import acted_intent
 from campaign_worker.domain.templates import Rule, SendWindow, Stage
 
 
@@ -67,13 +68,35 @@ def _entry_names(state: ConversationState, stage: str, entry: int) -> set[str]:
     return {stage}
 
 
-def intent_of(message: Message, classifier: ReplyClassifier | None = None) -> str | None:
-    """The intent recorded with an inbound message (classified then, once); a message
+def reply_text(message: Message) -> str:
+    """The words every rule reads: the author's own, extracted when the reply was recorded
+    (quotes, signatures and footers removed); the content for a reply stored before."""
+    text = message.metadata.get("extracted_text")
+    return text if isinstance(text, str) else message.content
+
+
+def intent_of(
+    state: ConversationState, message: Message, classifier: ReplyClassifier | None = None
+) -> str | None:
+    """The intent the flows act on (``reviews.acted_intent``: None while held); a message
     recorded before intents existed is classified now if a classifier is given."""
-    intent = message.metadata.get("intent")
-    if isinstance(intent, str):
+    intent = acted_intent(state, message)
+    if intent is not None or classifier is None or _classified(message):
         return intent
-    return None if classifier is None else classifier.classify(message.content)
+    return classifier.classify(reply_text(message))
+
+
+def _classified(message: Message) -> bool:
+    return "intent" in message.metadata or message.metadata.get("needs_review") is True
+
+
+def understood(state: ConversationState, message: Message) -> bool:
+    """A reply whose meaning is known: an intent other than ``other`` (a reply recorded
+    before intents existed counts, as it did then). A held reply is not, until resolved."""
+    intent = acted_intent(state, message)
+    if intent is None:
+        return not _classified(message)
+    return intent != OTHER
 
 
 def replies_in_entry(state: ConversationState, stage: str) -> list[Message]:
@@ -93,7 +116,7 @@ def inbound_in_stage(state: ConversationState, stage: str) -> list[Message]:
     return [
         message
         for message in replies_in_entry(state, stage)
-        if message.metadata.get("intent") not in NOT_A_REPLY
+        if acted_intent(state, message) not in NOT_A_REPLY
     ]
 
 
@@ -129,25 +152,25 @@ def evaluate_rule(rule: Rule, state: ConversationState, now: datetime) -> tuple[
                 return False, reason
             reasons.append(reason)
         return True, " and ".join(reasons)
-    if rule.reply_received:
-        replied = bool(inbound_in_stage(state, stage))
-        return replied, "reply received" if replied else "no reply yet"
+    if rule.reply_received is not None:
+        return _reply_received(state, stage, rule.reply_received == "any")
     if rule.keywords is not None:
         for message in inbound_in_stage(state, stage):
             for keyword in rule.keywords:
-                if _keyword_pattern(keyword).search(message.content):
+                if _keyword_pattern(keyword).search(reply_text(message)):
                     return True, f"reply matched keyword {keyword!r}"
         return False, "no reply matched the keywords"
     if rule.regex is not None:
         pattern = re.compile(rule.regex, re.I)
         for message in inbound_in_stage(state, stage):
-            if pattern.search(message.content):
+            if pattern.search(reply_text(message)):
                 return True, f"reply matched /{rule.regex}/"
         return False, "no reply matched the regex"
     if rule.intent is not None:
         for message in inbound_in_stage(state, stage):
-            if message.metadata.get("intent") in rule.intent:
-                return True, f"reply is {message.metadata['intent']}"
+            intent = acted_intent(state, message)
+            if intent in rule.intent:
+                return True, f"reply is {intent}"
         return False, "no reply with the intents"
     if rule.event is not None:
         for event in events_in_entry(state):
@@ -162,6 +185,17 @@ def evaluate_rule(rule: Rule, state: ConversationState, now: datetime) -> tuple[
         enough = elapsed >= rule.min_time_in_stage
         return enough, f"{int(elapsed.total_seconds())}s in stage (min {rule.min_time_in_stage})"
     raise AssertionError("validated Rule has exactly one condition")  # pragma: no cover
+
+
+def _reply_received(state: ConversationState, stage: str, any_reply: bool) -> tuple[bool, str]:
+    """``reply_received: true``: an understood reply (not ``other``, not held);
+    ``reply_received: any``: any reply at all (out-of-office auto-replies aside)."""
+    replies = inbound_in_stage(state, stage)
+    if not replies:
+        return False, "no reply yet"
+    if any_reply or any(understood(state, message) for message in replies):
+        return True, "reply received"
+    return False, "no understood reply yet (only replies of intent other)"
 
 
 def rule_wakeups(rule: Rule, entered_at: datetime) -> list[datetime]:
@@ -226,8 +260,10 @@ __all__ = [
     "last_outbound_in_stage",
     "next_send_time",
     "replies_in_entry",
+    "reply_text",
     "rule_wakeups",
     "should_advance",
+    "understood",
     "visit_of",
     "wait_after",
 ]

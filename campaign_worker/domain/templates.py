@@ -11,7 +11,7 @@ A template file maps campaign types to stages::
             messages:
               - text: "Hi {first_name}!"
                 wait: 1d            # before the next follow-up / next check
-            advance_when: {any: [{reply_received: true}, {min_time_in_stage: 3d}]}
+            advance_when: {any: [{intent: [positive]}, {min_time_in_stage: 3d}]}
             max_time_in_stage: {after: 7d, then: fail}
             max_followups_without_reply: {count: 2, then: fail}
 
@@ -25,44 +25,29 @@ from datetime import time, timedelta
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from campaign_worker.domain import branches
 from campaign_worker.domain.delivery import inherit_channels
+from campaign_worker.domain.examples import example_problems
 from campaign_worker.domain.intents import BUILT_IN, OTHER, Language, ReplyClassifier
 from campaign_worker.domain.intents import compile_classifier as _compile_classifier
-from campaign_worker.domain.placeholders import check_placeholders as _check_placeholders
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def _parse_duration(value: Any) -> Any:
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text and _DURATION_PART.sub("", text) == "":
-            seconds = sum(
-                float(amount) * _UNIT_SECONDS[unit] for amount, unit in _DURATION_PART.findall(text)
-            )
-            return timedelta(seconds=seconds)
-    return value  # let pydantic handle ints, floats and ISO 8601
-
-
-parse_duration = _parse_duration  # "30m", "1d12h" -> timedelta; anything else unchanged
-Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
-StageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-IntentName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
-# Events other services report (``record_event``): a metrics field name (no dots, no "$").
-EventName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
-ExitOutcome = Literal["completed", "failed", "opted_out"]
-# webhook, smtp, outbox, default (DELIVERY_DEFAULT_CHANNEL), or a name for an external deliverer.
-ChannelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-# A/B split variant ids: a metrics field name (no dots, no "$").
-VariantId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from campaign_worker.domain.intents import compile_rules as _compile_rules
+from campaign_worker.domain.placeholders import check_placeholders
+from campaign_worker.domain.placeholders import placeholder_problem as placeholder_problem
+from campaign_worker.domain.template_fields import (
+    ChannelName,
+    Duration,
+    EventName,
+    ExitOutcome,
+    IntentName,
+    IntentSpec,
+    StageName,
+    VariantId,
+)
+from campaign_worker.domain.template_fields import TemplateModel as _Model
+from campaign_worker.domain.template_fields import parse_duration as parse_duration
+from campaign_worker.domain.understanding import UnderstandingPolicy
 
 
 class MessageVariant(_Model):
@@ -76,7 +61,7 @@ class MessageVariant(_Model):
     @field_validator("text")
     @classmethod
     def _valid_placeholders(cls, value: str) -> str:
-        return _check_placeholders(value)
+        return check_placeholders(value)
 
 
 class OutboundMessage(_Model):
@@ -89,7 +74,7 @@ class OutboundMessage(_Model):
     @field_validator("text")
     @classmethod
     def _valid_placeholders(cls, value: str | None) -> str | None:
-        return None if value is None else _check_placeholders(value)
+        return None if value is None else check_placeholders(value)
 
     @field_validator("variants")
     @classmethod
@@ -124,7 +109,9 @@ class Rule(_Model):
 
     any: list[Rule] | None = Field(default=None, min_length=1)
     all: list[Rule] | None = Field(default=None, min_length=1)
-    reply_received: Literal[True] | None = None
+    # true: a reply whose meaning is understood (any intent but ``other``; a reply held
+    # for review never counts until resolved); "any": any reply at all, ``other`` too.
+    reply_received: Literal[True, "any"] | None = None
     keywords: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
     regex: str | None = None
     min_messages_sent: int | None = Field(default=None, ge=0)
@@ -201,26 +188,6 @@ class OutOfOffice(_Model):
 
     pause: Duration = timedelta(days=3)
     max_pause: Duration = timedelta(days=30)
-
-
-class IntentSpec(_Model):
-    """A template's own intent, or additions to a built-in one."""
-
-    keywords: list[Annotated[str, Field(pattern=r"\w")]] = Field(default_factory=list)
-    phrases: list[Annotated[str, Field(pattern=r"\w")]] = Field(default_factory=list)
-    exact: list[Annotated[str, Field(pattern=r"\w")]] = Field(default_factory=list)
-    regex: list[str] = Field(default_factory=list)
-    replace_defaults: bool = False
-
-    @field_validator("regex")
-    @classmethod
-    def _compiles(cls, value: list[str]) -> list[str]:
-        for pattern in value:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regex {pattern!r}: {exc}") from exc
-        return value
 
 
 class Stage(_Model):
@@ -300,7 +267,7 @@ class CampaignTypeTemplate(_Model):
     holdout: float = Field(default=0.0, ge=0.0, lt=1.0)
     # Always-on campaigns (domain/enrollment.py): ``open`` never completes for lack of
     # active conversations; people enroll while it runs, by task or by ``entry`` event.
-    audience: Literal["fixed", "open"] = "fixed"
+    audience: Literal["fixed", "open"] | None = None  # None: fixed (a content hash unchanged)
     entry: Entry | None = None
     re_entry: ReEntry | None = None
     goal: Goal | None = None
@@ -346,6 +313,9 @@ class SendWindow(_Model):
         return self
 
 
+_DEFAULT_POLICY = UnderstandingPolicy()
+
+
 def _english() -> list[Language]:
     return ["en"]
 
@@ -365,6 +335,9 @@ class Template(_Model):
     languages: list[Language] = Field(default_factory=_english, min_length=1)
     intents: dict[IntentName, IntentSpec] = Field(default_factory=dict)
     out_of_office: OutOfOffice = Field(default_factory=OutOfOffice)
+    # Reply understanding thresholds (domain/understanding.py has the defaults); None when
+    # absent, so a template that sets none keeps its content hash (domain/versions.py).
+    understanding: UnderstandingPolicy | None = None
     channel: ChannelName | None = None  # for its campaign types that name none
     campaign_types: dict[str, CampaignTypeTemplate] = Field(min_length=1)
 
@@ -384,14 +357,44 @@ class Template(_Model):
             for where, intent in branches.intents_used(stage)
             if intent not in known
         ]
+        problems += [
+            f"understanding.review_intents: unknown intent {intent!r} (known: {sorted(known)})"
+            for intent in self.understanding_policy.review_intents
+            if intent not in known
+        ]
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _examples_apart(self) -> Template:
+        problems = example_problems(
+            {name: spec.examples for name, spec in self.intents.items() if spec.examples}
+        )
+        if problems:
+            raise ValueError("intents: " + "; ".join(problems))
         return self
 
     @cached_property
     def classifier(self) -> ReplyClassifier:
         """This template's intents, compiled once (templates are immutable)."""
         return _compile_classifier(self.languages, self.intents, self.opt_out_keywords)
+
+    @cached_property
+    def rules(self) -> ReplyClassifier:
+        """Only the intents it declares (no built-in phrases): the reply understanding's
+        explicit rules, read before its model."""
+        return _compile_rules(self.intents, self.opt_out_keywords)
+
+    @property
+    def examples(self) -> dict[str, list[str]]:
+        """Each intent's example replies (intents without examples left out)."""
+        return {name: spec.examples for name, spec in self.intents.items() if spec.examples}
+
+    @property
+    def understanding_policy(self) -> UnderstandingPolicy:
+        """Its reply understanding thresholds, the defaults where it sets none."""
+        return self.understanding or _DEFAULT_POLICY
 
     def for_type(self, campaign_type: str) -> CampaignTypeTemplate | None:
         return self.campaign_types.get(campaign_type)

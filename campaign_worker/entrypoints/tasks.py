@@ -247,6 +247,18 @@ def mark_conversation_complete(conversation_id: Id) -> dict[str, Any]:
     }
 
 
+@public_task("campaign_worker.resolve_reply")
+def resolve_reply(message_id: Id, intent: Id, resolved_by: Id | None = None) -> dict[str, Any]:
+    """Resolve a reply held for review with the intent it really is, exactly as if it had
+    been classified so: {message_id, conversation_id, intent, already_resolved, status,
+    current_stage, actions}. Sent twice: the second is a no-op (``already_resolved``);
+    another intent for a resolved reply is refused (dead letter, ``invalid_input``)."""
+    result: dict[str, Any] = jsonable(
+        container().manager.resolve_reply(message_id, intent, resolved_by)
+    )
+    return result
+
+
 def _status(doc: dict[str, Any]) -> dict[str, Any]:
     return {"campaign_id": doc["_id"], "status": doc["status"]}
 
@@ -336,6 +348,7 @@ PUBLIC_TASKS = (
     process_conversations,
     record_inbound_message,
     mark_conversation_complete,
+    resolve_reply,
     pause_campaign,
     resume_campaign,
     cancel_campaign,

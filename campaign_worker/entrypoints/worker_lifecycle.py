@@ -4,7 +4,11 @@ called as the app is built).
 Process model: the worker's parent process checks that it can serve and ensures the
 MongoDB indexes once at start (``worker_init``), then closes its client before forking;
 each prefork child builds one Container (MongoClient, repositories, CampaignManager) in
-``worker_process_init`` and closes it in ``worker_process_shutdown``. SIGTERM is Celery's
+``worker_process_init`` and closes it in ``worker_process_shutdown``. The reply
+understanding (the process's one engine, ``bootstrap.shared_understanding``) is loaded in
+the parent before the fork, so the pool processes share its pages and start without
+loading it; each warms it again after the fork (at once, or the load itself if the parent
+could not). SIGTERM is Celery's
 warm shutdown: consuming stops, running tasks finish, unfinished (late-acked) messages go
 back to the broker.
 
@@ -15,6 +19,7 @@ conflicts with an existing one) stops at start with exit code 78 instead of cons
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, NoReturn
 
 import structlog
@@ -70,6 +75,8 @@ def _start(**_: Any) -> None:
         # (running campaigns stay on the version they pinned).
         registered = built.manager.register_templates()
         log.info("templates_registered", versions=registered)
+        # Loaded once, before the fork: every pool process shares the model's pages.
+        _warm_up(built)
     except ConfigurationError as exc:
         _refuse_to_start(exc)
     except TransientError as exc:
@@ -82,16 +89,25 @@ def _start(**_: Any) -> None:
     log.info("indexes_ensured", db=built.settings.mongodb_db)
 
 
+def _warm_up(built: Container) -> None:
+    """Load the reply understanding (model, language detector) before the first reply."""
+    begun = time.perf_counter()
+    built.manager.understanding.warm_up()
+    log.info("reply_understanding_loaded", seconds=round(time.perf_counter() - begun, 3))
+
+
 def _refuse_to_start(exc: ConfigurationError) -> NoReturn:
     log.critical("worker_not_started", error=str(exc))
     raise SystemExit(EXIT_CONFIG)
 
 
 def _init_process(**_: Any) -> None:
-    """Prefork child: one Container per process, built after the fork."""
+    """Prefork child: one Container per process, built after the fork, its reply
+    understanding loaded (model and language detector) before the first reply."""
     process.set_container(None)  # the parent's, if any: not ours to close
     built = build_container()
     process.set_container(built)
+    _warm_up(built)  # loaded in the parent before the fork: at once (else here)
     if not _indexes_ready:
         try:
             ensure_indexes(built.manager)

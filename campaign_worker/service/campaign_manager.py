@@ -36,22 +36,21 @@ from campaign_worker.service import (
     queries,
     reconcile,
     replies,
-    suppression_admin,
 )
 from campaign_worker.service.campaigns import campaign_id_for_key
-from campaign_worker.service.context import Services
 from campaign_worker.service.dispatch_tokens import Dispatch
 from campaign_worker.service.enrollment import EnrollResult
 from campaign_worker.service.event_recording import EventOutcome, InboundEvent
 from campaign_worker.service.initialization import InitResult
 from campaign_worker.service.invariants import InvariantReport
 from campaign_worker.service.migrations import MigrationResult
+from campaign_worker.service.operator_commands import OperatorCommands
 from campaign_worker.service.polling import PollResult
 from campaign_worker.service.processing import BatchResult
 from campaign_worker.service.reply_recording import InboundReply, ReplyOutcome
 
 
-class CampaignManager(Services):
+class CampaignManager(OperatorCommands):
     """Runs campaigns: initialization, progression, inbound replies and metrics."""
 
     # ------------------------------------------------------------------ campaigns
@@ -335,39 +334,6 @@ class CampaignManager(Services):
         return invariants.check_invariants(self, campaign_id, quiet=quiet)
 
     # ------------------------------------------------------------------ polling
-
-    # ------------------------------------------------------------------ suppressions
-
-    def list_suppressions(
-        self, user_id: str | None = None, channel: str | None = None, limit: int = 100
-    ) -> list[Doc]:
-        """Entries of the suppression list (opt-outs, bounces, complaints)."""
-        return suppression_admin.list_suppressions(self, user_id, channel, limit)
-
-    def add_suppression(
-        self,
-        user_id: str | None = None,
-        channel: str | None = None,
-        address: str | None = None,
-        reason: str = "added by an operator",
-        source: str = "operator",
-    ) -> Doc:
-        """Suppress a user (``user_id``) or a channel address (``channel``, ``address``)."""
-        return suppression_admin.add_suppression(
-            self, user_id=user_id, channel=channel, address=address, reason=reason, source=source
-        )
-
-    def lift_suppression(
-        self,
-        key: str | None = None,
-        user_id: str | None = None,
-        channel: str | None = None,
-        address: str | None = None,
-    ) -> Doc:
-        """Lift one entry (``key``, or ``user_id``, or ``channel`` and ``address``)."""
-        return suppression_admin.lift_suppression(
-            self, key=key, user_id=user_id, channel=channel, address=address
-        )
 
     def poll_campaigns(self, owner: str | None = None, claim_limit: int = 10) -> PollResult:
         """One poller pass (see ``service.polling``)."""

@@ -35,6 +35,7 @@ from campaign_worker.service.ports import (
     TemplateSource,
     TemplateVersionRepository,
 )
+from campaign_worker.service.review_ports import ReplyReviewRepository
 from campaign_worker.service.send_guard import SendGuard
 from campaign_worker.service.template_versions import (
     CampaignTemplates,
@@ -42,6 +43,7 @@ from campaign_worker.service.template_versions import (
     TemplateVersions,
     type_of,
 )
+from campaign_worker.service.understanding import ReplyUnderstanding
 
 
 class Services:
@@ -67,20 +69,18 @@ class Services:
         invariant_reads: InvariantReads | None = None,
         event_repository: EventRepository | None = None,
         enrollment_reads: EnrollmentReads | None = None,
+        understanding: ReplyUnderstanding,
+        reviews: ReplyReviewRepository,
     ) -> None:
         self.conversation_state_repository = conversation_state_repository
         self.config_manager = config_manager
         self.metrics = metrics or NullRecorder()
-        self.campaigns = campaign_repository
-        self.campaign_metrics = metrics_repository
-        self.outbox = outbox_repository
-        self.clock = clock
-        self.init_batch_size = init_batch_size
-        self.process_batch_size = process_batch_size
-        # Most processing tasks one campaign runs in parallel (partition ranges).
-        self.process_fanout = process_fanout
-        # How long a dispatched task (an initializer) keeps its range (its campaign) alone.
-        self.lease_seconds = lease_seconds
+        self.campaigns, self.campaign_metrics = campaign_repository, metrics_repository
+        self.outbox, self.clock = outbox_repository, clock
+        self.init_batch_size, self.process_batch_size = init_batch_size, process_batch_size
+        # Most processing tasks one campaign runs in parallel (partition ranges); how long
+        # a dispatched task (an initializer) keeps its range (its campaign) alone.
+        self.process_fanout, self.lease_seconds = process_fanout, lease_seconds
         # A registered writer older than this is dead (beyond any task's time limit).
         self.inflight_timeout = timedelta(seconds=inflight_timeout_seconds)
         # Messages still unpublished this long after their write are a crash's leftovers.
@@ -97,6 +97,8 @@ class Services:
         # Checker reads, users' events, enrollment reads (None: those flows unavailable).
         self.invariant_reads = invariant_reads
         self._events, self._enrollment_reads = event_repository, enrollment_reads
+        # Replies: each understood once, as recorded; those held for a person (reviews).
+        self.understanding, self.reviews = understanding, reviews
 
     @property
     def events(self) -> EventRepository:
@@ -181,6 +183,11 @@ class Services:
                     )
         for channel, count in sent_by_channel.items():
             self.metrics.messages_sent(channel, count)
+        held = sum(max(0, effects.delta.reviews["pending"]) for effects in landed)
+        resolved = sum(effects.delta.reviews["resolved"] for effects in landed)
+        for event, count in (("held", held), ("resolved", resolved)):
+            if count:
+                self.metrics.reviews(campaign_type, event, count)
 
 
 __all__ = ["Services"]

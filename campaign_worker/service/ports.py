@@ -358,6 +358,7 @@ class MetricsRecorder(Protocol):
     def poller_lag(self, seconds: float) -> None: ...
     def messages_deferred(self, channel: str, count: int) -> None: ...
     def suppressed(self, campaign_type: str, count: int) -> None: ...
+    def reviews(self, campaign_type: str, event: str, count: int) -> None: ...
 
 
 class NullRecorder:
@@ -386,4 +387,7 @@ class NullRecorder:
         return None
 
     def suppressed(self, campaign_type: str, count: int) -> None:
+        return None
+
+    def reviews(self, campaign_type: str, event: str, count: int) -> None:
         return None

@@ -89,6 +89,10 @@ def get_campaign_metrics(svc: Services, campaign_id: str) -> Doc:
     doc = metrics.model_dump(mode="python", exclude={"revision", "inflight", "delivery_counted"})
     if not doc["delivery"]:
         del doc["delivery"]  # the seed's shape until a channel reported something
+    if any(doc["reviews"].values()):
+        doc["reviews"] = {key: doc["reviews"].get(key, 0) for key in ("pending", "resolved")}
+    else:
+        del doc["reviews"]  # the seed's shape until a reply was held for review
     _splits(doc, type_template)
     doc["stage_metrics"] = {
         name: metrics.stage_metrics[name].model_dump(exclude={"total_duration_seconds"})

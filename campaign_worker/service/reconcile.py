@@ -119,6 +119,7 @@ def stored_counts(stored: StoredMetrics) -> dict[str, float]:
     _flatten("variants", doc.get("variants") or {}, counts)
     _flatten("holdout", doc.get("holdout") or {}, counts)
     _flatten("goals", doc.get("goals") or {}, counts)
+    _flatten("reviews", doc.get("reviews") or {}, counts)
     return {key: value for key, value in counts.items() if value}
 
 

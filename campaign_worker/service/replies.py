@@ -1,12 +1,13 @@
 """Inbound replies, recorded in batches: a handful of round trips per batch, whatever its size.
 
 A batch reads each campaign once and every affected conversation in one ``find``; each
-conversation gets its new replies appended in arrival order (a ``message_id`` already in
-its history, or earlier in the batch, is a duplicate) and is evaluated after each, in
-memory; then all conversations are written in one bulk compare-and-set, published and
-accounted once. A conversation whose write lost a race is re-read and recomputed
-(bounded by ``CAS_ATTEMPTS``). Each reply gets its own outcome: a result, or the error
-that refuses it (``InvalidInputError``: dead letter) or defers it
+new reply is understood once (``ReplyUnderstanding``: extraction, rules, model,
+thresholds); each conversation gets its new replies appended in arrival order (a
+``message_id`` already in its history, or earlier in the batch, is a duplicate) and is
+evaluated after each, in memory; then all conversations are written in one bulk compare-
+and-set, published and accounted once. A conversation whose write lost a race is re-read
+and recomputed (bounded by ``CAS_ATTEMPTS``). Each reply gets its own outcome: a result,
+or the error that refuses it (``InvalidInputError``: dead letter) or defers it
 (``ConcurrencyConflictError``: retry); infrastructure errors fail the whole call.
 """
 
@@ -71,6 +72,7 @@ def record_inbound_messages(svc: Services, replies: Sequence[InboundReply]) -> l
     for index in [i for i in checked if replies[i].campaign_id not in campaigns]:
         outcomes[index].error = CampaignNotFoundError(replies[index].campaign_id)
     conversations = _conversations(svc, replies, wanted, checked, campaigns, outcomes)
+    _understand(svc, conversations)
     ledgers: dict[str, MetricsLedger] = {}
     try:
         _write_all(svc, conversations, outcomes, ledgers)
@@ -140,6 +142,17 @@ def _latest(known: object, read: ConversationState) -> bool:
     if not isinstance(known, ConversationState):
         return True
     return (read.enrollment or 0) > (known.enrollment or 0)
+
+
+def _understand(svc: Services, conversations: dict[str, _Conversation]) -> None:
+    """Each new reply understood once, before the first attempt to record it (a reply
+    already in its conversation's history is a duplicate: nothing to understand)."""
+    for conversation in conversations.values():
+        recorded = {message.message_id for message in conversation.state.message_history}
+        template = conversation.templates[0]
+        for _, reply in conversation.replies:
+            if reply.message_id not in recorded:
+                reply.understand(svc.understanding, conversation.state, template)
 
 
 def _write_all(

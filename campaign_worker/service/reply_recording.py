@@ -1,13 +1,18 @@
 """One inbound reply: the request as sent (``InboundReply``), checked and cut to the
 size limits (``CheckedReply``: the one place a reply is appended to a conversation, then
-evaluated), and what became of it (``ReplyOutcome``). The batch flow is ``replies.py``."""
+evaluated), and what became of it (``ReplyOutcome``). The batch flow is ``replies.py``.
+
+A reply is understood once (``CheckedReply.understand``, before the first attempt to
+record it) and recorded with what that found (``domain.replies.understood_facts``); a
+reply that needs review is held (``domain.reviews.hold``): its conversation waits for a
+person."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from campaign_worker.domain import splits
+from campaign_worker.domain import reviews, splits
 from campaign_worker.domain.aliases import Doc
 from campaign_worker.domain.campaign_documents import CampaignStatus, StoredCampaign
 from campaign_worker.domain.documents import (
@@ -25,10 +30,12 @@ from campaign_worker.domain.limits import (
     check_size,
     truncate_utf8,
 )
-from campaign_worker.domain.replies import reply_facts
+from campaign_worker.domain.replies import understood_facts
 from campaign_worker.domain.rules import entry_index
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
+from campaign_worker.domain.understanding import Classification
 from campaign_worker.service.send_guard import Verdict
+from campaign_worker.service.understanding import ReplyUnderstanding
 from campaign_worker.service.writes import Current
 
 # Replies to these campaigns are recorded and change nothing else.
@@ -66,6 +73,17 @@ class CheckedReply:
         self.content = content
         self.timestamp = timestamp
         self.metadata = metadata
+        self.understood: Classification | None = None
+
+    def understand(
+        self, understanding: ReplyUnderstanding, state: ConversationState, template: Template
+    ) -> None:
+        """Classify the reply, once (a retried write reuses it): the recipient's
+        ``language`` attribute, then the template's, for a reply too short to tell."""
+        if self.understood is None:
+            hint = state.context.attributes.get("language")
+            languages = [hint[:2].lower()] if isinstance(hint, str) and hint else []
+            self.understood = understanding.understand(self.content, template, languages=languages)
 
     @classmethod
     def checked(cls, reply: InboundReply) -> CheckedReply:
@@ -95,20 +113,33 @@ class CheckedReply:
         updated = self.recorded_in(state, now, template)
         reply = updated.message_history[-1]
         effects = Effects()
-        if state.status in FINISHED_STATUSES or campaign.status in _WOUND_DOWN:
+        live = state.status not in FINISHED_STATUSES and campaign.status not in _WOUND_DOWN
+        if live and self.classification.needs_review:
+            # Held for a person: nothing happens to the conversation until it is resolved.
+            updated = reviews.hold(updated, reply, self.classification.review_reason)
+            effects.delta.reviews["pending"] += 1
+        if not live:
             pass
         elif campaign.status == CampaignStatus.RUNNING:
             verdict = verdict or Verdict()
             current = Current(
                 state, template, type_template, now, verdict.suppressed, verdict.holds
             )
-            updated, effects = current.run(updated)
+            updated, step = current.run(updated)
+            step.delta.add(effects.delta)
+            effects = step
         else:
             # Paused campaign: keep the reply due so it is evaluated on resume.
             updated = updated.model_copy(update={"next_action_at": now})
         effects.delta.received += 1
         splits.count_reply(state, reply, effects.delta)
         return updated, effects
+
+    @property
+    def classification(self) -> Classification:
+        if self.understood is None:
+            raise AssertionError(f"reply {self.message_id!r} recorded before it was understood")
+        return self.understood
 
     def recorded_in(
         self, state: ConversationState, now: datetime, template: Template
@@ -134,9 +165,12 @@ class CheckedReply:
                 "received_at": now,
                 "entry": entry,
                 **({"variant": variant} if variant is not None else {}),
-                # Classified once, here; evaluation reads the intent, never the text again.
-                **reply_facts(
-                    self.content, self.timestamp or now, state.context.timezone, template
+                # Understood once; evaluation reads what is recorded, never the text again.
+                **understood_facts(
+                    self.classification,
+                    self.timestamp or now,
+                    state.context.timezone,
+                    template,
                 ),
             },
         )

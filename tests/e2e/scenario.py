@@ -1,8 +1,9 @@
 """The e2e campaign: four kinds of recipients, replies fed by task name, exact outcomes.
 
 Template ``e2e`` / type ``quick`` (tests/e2e/templates/e2e.yaml): stage ``hello`` (a
-message, an 8 s wait, one follow-up, then 3 s) advances on any reply; stage ``offer`` (one
-message, 8 s) completes on BUY. User ``i`` behaves by ``i % 4``:
+message, an 8 s wait, one follow-up, then 3 s) advances on an understood reply (any intent
+but ``other``); stage ``offer`` (one message, 8 s) completes on BUY. User ``i`` behaves
+by ``i % 4``:
 
 ====  =====================  ==========  ====  ========  ===================
 kind  replies                outcome     sent  received  stages entered

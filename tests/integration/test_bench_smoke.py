@@ -108,3 +108,21 @@ def test_ratios_rates_and_memory_are_sane(smoke: dict[str, Any]) -> None:
     rss = figures["init_peak_rss_mib"]["detail"]["runs"]
     assert len(rss) == 2 and all(0 < run["peak_rss_mib"] < 4096 for run in rss)
     assert [run["created"] for run in rss] == [run["recipients"] for run in rss]
+
+
+@pytest.mark.timeout(900)
+def test_reply_understanding_figures_are_sane(smoke: dict[str, Any]) -> None:
+    figures = smoke["figures"]
+    for key in ("intents_accuracy", "intents_opt_out_recall", "intents_quoted_signed_accuracy",
+                "intents_worst_language_accuracy"):  # fmt: skip
+        value = figures[key]["value"]
+        assert isinstance(value, int | float) and 0 <= value <= 1, key
+        assert figures[key]["baseline"].startswith("keyword classifier: "), key
+    assert 0 <= figures["intents_false_opt_out_rate"]["value"] <= 1
+    detail = figures["intents_accuracy"]["detail"]
+    assert detail["replies"] > 0 and detail["latency_ms"]["samples"] >= detail["replies"]
+    assert "needs_review" in next(iter(detail["figures"]["confusion"].values()))
+    latency = detail["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p99"] <= latency["max"]
+    assert figures["intents_latency_p99_ms"]["value"] == latency["p99"]
+    assert 0 < figures["intents_startup_s"]["value"] < 300

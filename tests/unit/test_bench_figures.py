@@ -91,3 +91,4 @@ def test_table_and_compare_show_every_figure_with_target() -> None:
     assert "| broker messages per 1,000 advanced | <= 2 | 7.00 | **7.00** |" in both
     assert "(not run)" in both
     assert fmt(7000.0) == "7,000" and fmt(0.294) == "0.29" and fmt("a / b") == "a / b"
+    assert fmt(0.0084) == "0.0084" and fmt(0.0) == "0.00"

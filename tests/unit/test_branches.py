@@ -21,11 +21,13 @@ from campaign_worker.domain.effects import Action
 from campaign_worker.domain.errors import InvalidTemplateError
 from campaign_worker.domain.intents import ReplyClassifier
 from campaign_worker.domain.progression import evaluate, run
-from campaign_worker.domain.replies import reply_facts
+from campaign_worker.domain.replies import understood_facts
 from campaign_worker.domain.rules import entry_index
 from campaign_worker.domain.templates import CampaignTypeTemplate, Template
+from tests.fakes import ScriptedUnderstanding
 
 T0 = datetime(2026, 11, 25, 14, 0, tzinfo=UTC)  # a Wednesday
+KEYWORDS = ScriptedUnderstanding()  # the template's keyword classifier, sure of itself
 DAY = timedelta(days=1)
 
 JOURNEY: dict[str, Any] = {
@@ -108,7 +110,7 @@ def reply(
         metadata={
             "stage": state.current_stage,
             "entry": entry_index(state),
-            **reply_facts(text, at, state.context.timezone, f[0]),
+            **understood_facts(KEYWORDS.understand(text, f[0]), at, state.context.timezone, f[0]),
         },
     )
     return state.model_copy(update={"message_history": [*state.message_history, message]})

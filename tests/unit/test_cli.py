@@ -30,7 +30,7 @@ def test_the_bare_command_prints_help_and_exits_0() -> None:
     assert result.returncode == 0, result.stderr
     assert "Usage: campaign-worker" in result.stdout
     for command in ("campaigns", "conversations", "metrics", "check", "simulate", "templates",
-                    "dead-letters", "health", "demo"):  # fmt: skip
+                    "dead-letters", "health", "demo", "intents"):  # fmt: skip
         assert command in result.stdout
 
 
@@ -55,7 +55,8 @@ def test_help_shows_defaults(argv: list[str], default: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "group", ["", "campaigns", "conversations", "templates", "dead-letters", "suppressions"]
+    "group",
+    ["", "campaigns", "conversations", "templates", "dead-letters", "suppressions", "intents"],
 )
 def test_every_command_summary_is_one_line(group: str) -> None:
     # A docstring whose first paragraph spans lines is listed with its line breaks.

@@ -55,9 +55,9 @@ def test_a_batch_records_each_reply_once_in_order_as_if_one_by_one(
     started(manager, 3)
     clock.advance(HOUR)
     batch = [
-        r(0, "m-1", "hello"),
+        r(0, "m-1", "Interested!"),
         r(1, "m-2", "STOP"),
-        r(0, "m-1", "hello"),  # the same reply delivered twice in one batch
+        r(0, "m-1", "Interested!"),  # the same reply delivered twice in one batch
         r(0, "m-3", "Yes, tell me more"),
         r(2, "m-4", "later"),
     ]
@@ -67,7 +67,7 @@ def test_a_batch_records_each_reply_once_in_order_as_if_one_by_one(
     assert [o.error for o in outcomes] == [None] * 5
     results = [o.result or {} for o in outcomes]
     assert [res["duplicate"] for res in results] == [False, False, True, False, False]
-    assert results[0]["actions"] == ["advance", "send", "wait"]  # any reply moves awareness
+    assert results[0]["actions"] == ["advance", "send", "wait"]  # a yes moves awareness
     assert results[0]["current_stage"] == "consideration"
     assert results[1]["status"] == "opted_out"
     assert results[2]["actions"] == []
@@ -173,3 +173,24 @@ def test_a_reply_to_a_paused_campaign_is_recorded_and_kept_due(
     assert outcome.result is not None and outcome.result["actions"] == []
     doc = manager.get_conversation(conversation_id_for("camp-1", user(0)))
     assert doc["current_stage"] == "awareness" and doc["next_action_at"] == clock.now()
+
+
+def test_understood_facts_read_the_return_date_from_the_extracted_text() -> None:
+    from datetime import UTC, datetime
+
+    from campaign_worker.adapters.template_files import TemplateFiles
+    from campaign_worker.domain.replies import understood_facts
+    from campaign_worker.domain.understanding import Classification
+
+    template = TemplateFiles().get_template("default")
+    received = datetime(2026, 11, 25, 14, 0, tzinfo=UTC)
+    away = Classification(
+        "out_of_office", 0.97, "de", "Ich bin bis zum 1. Dezember im Urlaub.", False, 0.0, "model"
+    )
+    facts = understood_facts(away, received, "UTC", template)
+    assert facts["intent"] == "out_of_office" and facts["needs_review"] is False
+    assert facts["resume_at"] == datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    assert (facts["language"], facts["intent_source"], facts["confidence"]) == ("de", "model", 0.97)
+    held = Classification("out_of_office", 0.4, "en", "back 1 Dec?", True, 0.0, "model")
+    facts = understood_facts(held, received, "UTC", template)
+    assert facts["needs_review"] is True and "resume_at" not in facts

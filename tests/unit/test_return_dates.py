@@ -55,3 +55,24 @@ def test_resume_falls_back_to_the_pause_and_is_capped() -> None:
     )
     far = resume_at("back on 1 June 2027", RECEIVED, "UTC", default_pause=pause, max_pause=cap)
     assert far == RECEIVED + cap
+
+
+@pytest.mark.parametrize(
+    ("text", "local_day"),
+    [
+        ("Ich bin bis zum 10. Januar nicht im Büro.", "2027-01-10"),
+        ("Abwesend, ab Montag wieder erreichbar.", "2026-11-30"),
+        ("Vom 20. November bis 4. Dezember im Urlaub.", "2026-12-04"),
+        ("Je suis absent jusqu'au 5 janvier.", "2027-01-05"),
+        ("En congés, de retour le 1er décembre.", "2026-12-01"),
+        ("Absente aujourd'hui, je vous réponds demain.", "2026-11-26"),
+        ("Estoy de vacaciones hasta el 7 de enero.", "2027-01-07"),
+        ("Fuera de la oficina, vuelvo el viernes.", "2026-11-27"),
+        ("De vacaciones, regreso el 3/12/2026.", "2026-12-03"),
+        ("Ausente hasta el miércoles.", "2026-12-02"),
+    ],
+)
+def test_return_days_in_german_french_and_spanish(text: str, local_day: str) -> None:
+    found = parse_return_date(text, RECEIVED, "UTC")
+    assert found is not None, text
+    assert found.date().isoformat() == local_day

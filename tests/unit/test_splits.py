@@ -518,7 +518,7 @@ campaign_types:
         max_time_in_stage: {after: 5d, then: fail}
       - name: faq
         messages: [{text: "Here is how it works", wait: 1d}]
-        advance_when: {reply_received: true}
+        advance_when: {reply_received: any}  # "I see" (other) too
         next: pitch
         max_time_in_stage: {after: 5d, then: fail}
 """

@@ -151,6 +151,7 @@ def test_config_is_json_only_late_ack_and_limits_below_visibility_timeout() -> N
         ("campaign_worker.record_event", "inbound"),
         ("campaign_worker.enroll_recipients", "initialization"),
         ("campaign_worker.mark_conversation_complete", "inbound"),
+        ("campaign_worker.resolve_reply", "inbound"),
         ("campaign_worker.create_campaign", celeryconfig.task_default_queue),
     ],
 )
@@ -170,6 +171,7 @@ def test_public_task_names_are_registered() -> None:
             "process_conversations",
             "record_inbound_message",
             "mark_conversation_complete",
+            "resolve_reply",
             "pause_campaign",
             "resume_campaign",
             "cancel_campaign",

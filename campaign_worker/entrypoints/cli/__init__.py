@@ -23,8 +23,10 @@ from campaign_worker.entrypoints.cli import (
     check,
     conversations,
     dead_letters,
+    intents,
     metrics,
     ops,
+    replies,
     simulate,
     suppressions,
     templates,
@@ -49,6 +51,8 @@ app.command()(simulate.simulate)
 app.add_typer(templates.app, name="templates")
 app.add_typer(dead_letters.app, name="dead-letters")
 app.add_typer(suppressions.app, name="suppressions")
+app.add_typer(intents.app, name="intents")
+app.add_typer(replies.app, name="replies")
 app.command()(ops.health)
 app.command()(ops.demo)
 

@@ -1,0 +1,1 @@
+"""Held-out data for bench figures (see README.md)."""
