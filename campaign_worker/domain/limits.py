@@ -1,8 +1,9 @@
 """Size limits on what callers send, so no document can outgrow MongoDB's 16 MiB.
 
 A conversation holds at most ``MAX_HISTORY_MESSAGES`` messages, each with content of at
-most ``MAX_CONTENT_BYTES`` and metadata of at most ``MAX_METADATA_BYTES``, plus recipient
-attributes of at most ``MAX_ATTRIBUTES_BYTES``: about 11 MiB in the worst case, whatever
+most ``MAX_CONTENT_BYTES``, metadata of at most ``MAX_METADATA_BYTES`` and, for a reply whose
+own words differ from its content, those words cut at ``MAX_EXTRACTED_BYTES``, plus recipient
+attributes of at most ``MAX_ATTRIBUTES_BYTES``: about 12 MiB in the worst case, whatever
 how long the conversation runs. A size is the larger of the JSON (UTF-8) and the BSON
 encodings: JSON alone let 4 KiB of metadata take 19 KiB in the document (an array of
 zeros), and 500 such replies outgrow 16 MiB (tests/integration/test_document_limit_wire.py).
@@ -19,6 +20,9 @@ from campaign_worker.domain.errors import LimitExceededError
 
 MAX_CONTENT_BYTES = 16_384
 MAX_METADATA_BYTES = 4_096
+# The author's own words are stored beside the content only when they differ from it; a
+# second full copy of a 16 KiB reply would let 500 of them outgrow 16 MiB.
+MAX_EXTRACTED_BYTES = 4_096
 MAX_ATTRIBUTES_BYTES = 8_192
 MAX_HISTORY_MESSAGES = 500
 # BSON integers are signed 64-bit; a larger one fails the whole write.
@@ -96,6 +100,7 @@ def truncate_utf8(text: str, limit: int) -> tuple[str, int]:
 __all__ = [
     "MAX_ATTRIBUTES_BYTES",
     "MAX_CONTENT_BYTES",
+    "MAX_EXTRACTED_BYTES",
     "MAX_HISTORY_MESSAGES",
     "MAX_METADATA_BYTES",
     "bson_size",

@@ -29,6 +29,7 @@ from campaign_worker.domain.rules import (
     next_send_time,
     rule_wakeups,
     should_advance,
+    understood,
     wait_after,
 )
 from campaign_worker.domain.templates import (
@@ -132,7 +133,7 @@ def _drip(
     """The stage's messages: end after too many follow-ups without reply, send the next
     one when due (inside the send window), or note when that will be."""
     last = last_outbound_in_stage(state, stage.name)
-    replied = bool(inbound_in_stage(state, stage.name))
+    replied = _answered(state, stage)
     limit = stage.max_followups_without_reply
     if (
         limit is not None
@@ -142,7 +143,8 @@ def _drip(
     ):
         quiet_until = last.timestamp + wait_after(stage, state.stage_step - 1)
         if now >= quiet_until:
-            why = f"{state.stage_step - 1} follow-ups without reply"
+            heard = " an understood" if inbound_in_stage(state, stage.name) else ""
+            why = f"{state.stage_step - 1} follow-ups without{heard} reply"
             return Decision(Action.COMPLETE if limit.then == "complete" else Action.FAIL, why)
         wait.wakeups.append(quiet_until)
     elif state.stage_step < len(stage.messages):
@@ -150,6 +152,17 @@ def _drip(
     elif last is not None and (stage.advance_when is None or (limit is not None and not replied)):
         wait.wakeups.append(last.timestamp + wait_after(stage, state.stage_step - 1))
     return None
+
+
+def _answered(state: ConversationState, stage: Stage) -> bool:
+    """A reply that ends the follow-up count: any reply, but under ``reply_received: true``
+    only an understood one. An ``other`` reply there neither advances the stage nor would
+    count as silence, so the conversation would wait forever."""
+    replies = inbound_in_stage(state, stage.name)
+    rule = stage.advance_when
+    if rule is not None and rule.reply_received is True:
+        return any(understood(state, message) for message in replies)
+    return bool(replies)
 
 
 def _next_message(

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from campaign_worker.domain.intents import OUT_OF_OFFICE
+from campaign_worker.domain.limits import MAX_EXTRACTED_BYTES, truncate_utf8
 from campaign_worker.domain.return_dates import resume_at
 from campaign_worker.domain.templates import Template
 from campaign_worker.domain.understanding import Classification
@@ -26,18 +27,23 @@ def out_of_office_until(
 
 
 def understood_facts(
-    understood: Classification, received_at: datetime, timezone: str, template: Template
+    understood: Classification,
+    received_at: datetime,
+    timezone: str,
+    template: Template,
+    content: str | None = None,
 ) -> dict[str, Any]:
     """``intent`` (the best reading, also when held), ``needs_review`` (a flow acts on the
     intent only when False; a held reply's resolution replaces it), ``extracted_text``
-    (the author's own words: what every rule reads; the content is kept as it came),
+    (the author's own words: what every rule reads; the content is kept as it came; left
+    out when the words are the ``content`` itself, cut at ``MAX_EXTRACTED_BYTES``),
     ``confidence``, ``language``, ``intent_source`` (rule, model, example), the
     ``review_reason`` of a held reply, and ``resume_at`` for a decided out-of-office
     reply."""
     facts: dict[str, Any] = {
         "intent": understood.intent,
         "needs_review": understood.needs_review,
-        "extracted_text": understood.extracted_text,
+        **_own_words(understood.extracted_text, content),
         "confidence": round(understood.confidence, 4),
         "language": understood.language,
         "intent_source": understood.source,
@@ -49,6 +55,12 @@ def understood_facts(
             understood.extracted_text, received_at, timezone, template
         )
     return facts
+
+
+def _own_words(extracted: str, content: str | None) -> dict[str, str]:
+    if extracted == content:
+        return {}  # rules read the content (``rules.reply_text``)
+    return {"extracted_text": truncate_utf8(extracted, MAX_EXTRACTED_BYTES)[0]}
 
 
 __all__ = ["out_of_office_until", "understood_facts"]

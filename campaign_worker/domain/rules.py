@@ -70,7 +70,8 @@ def _entry_names(state: ConversationState, stage: str, entry: int) -> set[str]:
 
 def reply_text(message: Message) -> str:
     """The words every rule reads: the author's own, extracted when the reply was recorded
-    (quotes, signatures and footers removed); the content for a reply stored before."""
+    (quotes, signatures and footers removed); the content when they are the content itself
+    (nothing else is stored then), and for a reply stored before extraction existed."""
     text = message.metadata.get("extracted_text")
     return text if isinstance(text, str) else message.content
 

@@ -40,6 +40,7 @@ from campaign_worker.service.writes import Current
 
 # Replies to these campaigns are recorded and change nothing else.
 _WOUND_DOWN = frozenset({CampaignStatus.CANCELLED, CampaignStatus.COMPLETED})
+_RESERVED_METADATA = frozenset({"variant", "extracted_text"})
 
 
 @dataclass(frozen=True)
@@ -159,8 +160,9 @@ class CheckedReply:
             content=self.content,
             timestamp=self.timestamp or now,
             metadata={
-                # "variant" is ours (it names a metrics field): a client's is not kept.
-                **{key: value for key, value in self.metadata.items() if key != "variant"},
+                # "variant" and "extracted_text" are ours (a metrics field, what rules
+                # read): a client's are not kept.
+                **{k: v for k, v in self.metadata.items() if k not in _RESERVED_METADATA},
                 "stage": state.current_stage,
                 "received_at": now,
                 "entry": entry,
@@ -171,6 +173,7 @@ class CheckedReply:
                     self.timestamp or now,
                     state.context.timezone,
                     template,
+                    self.content,
                 ),
             },
         )

@@ -42,6 +42,12 @@ def kind_of(user: str) -> int:
     return int(user.rsplit("-", 1)[1]) % 4
 
 
+def messaged(campaign_id: str) -> dict[str, Any]:
+    """Conversations whose first message is recorded *and* in the outbox: a write records
+    a message in the conversation first and publishes it to the outbox after."""
+    return {"campaign_id": campaign_id, "stage_step": 1, "publish_due_at": None}
+
+
 def campaign_payload(n: int, campaign_id: str | None = None) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "name": "e2e quick campaign",

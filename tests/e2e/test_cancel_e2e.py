@@ -10,7 +10,7 @@ import pytest
 from celery import Celery
 
 from tests.e2e.conftest import Broker, Processes, wait_for_workers, wait_until
-from tests.e2e.scenario import CREATE, INBOUND, METRICS, campaign_payload, user_id
+from tests.e2e.scenario import CREATE, INBOUND, METRICS, campaign_payload, messaged, user_id
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -29,7 +29,7 @@ def test_cancel_settles_every_conversation_on_a_real_worker(
     client.send_task(CREATE, kwargs=payload).get(timeout=60)
     conversations = mongo["conversation_states"]
     wait_until(
-        lambda: conversations.count_documents({"campaign_id": CAMPAIGN, "stage_step": 1}) == N,
+        lambda: conversations.count_documents(messaged(CAMPAIGN)) == N,
         90,
         "every conversation to get its first message",
     )

@@ -42,7 +42,7 @@ def test_migrate_task_previews_applies_and_reverses_on_a_worker(
     wait_for_workers(client, [node])
     # The worker stored its template files' contents as versions as it started.
     stored = {d["_id"].split("@")[0]: d["version"] for d in mongo["template_versions"].find()}
-    assert stored == {"default": 1, "e2e": 1, "reviewed": 1}
+    assert stored == {"always_on": 1, "default": 1, "e2e": 1, "reviewed": 1}
     payload = {**campaign_payload(N, "edit"), "campaign_type": "slow"}
     client.send_task(CREATE, kwargs={"campaign": payload}).get(timeout=60)
     states = mongo["conversation_states"]

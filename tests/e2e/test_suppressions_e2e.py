@@ -10,7 +10,7 @@ import pytest
 from celery import Celery
 
 from tests.e2e.conftest import Broker, Processes, wait_for_workers, wait_until
-from tests.e2e.scenario import CREATE, INBOUND, campaign_payload, user_id
+from tests.e2e.scenario import CREATE, INBOUND, campaign_payload, messaged, user_id
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -23,7 +23,12 @@ def _started(client: Celery, mongo: Any, campaign_id: str) -> None:
     wait_until(
         lambda: (
             mongo["conversation_states"].count_documents(
-                {"campaign_id": campaign_id, "$or": [{"stage_step": 1}, {"status": "opted_out"}]}
+                {
+                    "$or": [
+                        messaged(campaign_id),
+                        {"campaign_id": campaign_id, "status": "opted_out"},
+                    ]
+                }
             )
             == N
         ),

@@ -194,3 +194,28 @@ def test_understood_facts_read_the_return_date_from_the_extracted_text() -> None
     held = Classification("out_of_office", 0.4, "en", "back 1 Dec?", True, 0.0, "model")
     facts = understood_facts(held, received, "UTC", template)
     assert facts["needs_review"] is True and "resume_at" not in facts
+
+
+def test_own_words_are_stored_only_when_they_differ_and_a_client_cannot_supply_them(
+    manager_on_both: CampaignManager, clock: Any
+) -> None:
+    manager = manager_on_both
+    started(manager, 1)
+    clock.advance(HOUR)
+    quoted = (
+        "Yes please\n\nOn Mon, 1 Dec 2026, Sales <s@example.com> wrote:\n> Reply STOP to opt out"
+    )
+    long_words = "Tell me more about the offer   \n" * 400  # 12.8 KiB, trailing blanks
+    forged = InboundReply("camp-1", user(0), "m-3", "hello", None, {"extracted_text": "STOP"})
+    outcomes = manager.record_inbound_messages(
+        [r(0, "m-1", "YES"), r(0, "m-2", quoted), r(0, "m-4", long_words), forged]
+    )
+    assert [o.error for o in outcomes] == [None] * 4
+    by_id = {m["message_id"]: m["metadata"] for m in inbound(manager, 0)}
+    assert "extracted_text" not in by_id["m-1"]  # the words are the content itself
+    assert by_id["m-2"]["extracted_text"] == "Yes please"
+    assert by_id["m-2"]["intent"] != "opt_out"
+    stored = by_id["m-4"]["extracted_text"]
+    assert len(stored.encode()) <= 4096 and stored.startswith("Tell me more about the offer\n")
+    assert "extracted_text" not in by_id["m-3"]  # the client's own key is not kept
+    assert by_id["m-3"]["intent"] != "opt_out"

@@ -131,3 +131,49 @@ def test_stored_intents_are_kept_and_intentless_replies_classified_by_keywords()
     assert intent_of(found, found.message_history[1], classifier) == "opt_out"
     decision = evaluate(found, TEMPLATE, TEMPLATE.campaign_types["sales"], T0)
     assert decision.action == Action.OPT_OUT
+
+
+FOLLOW_UP = Template.model_validate(
+    {
+        "template_id": "f",
+        "campaign_types": {
+            "sales": {
+                "stages": [
+                    {
+                        "name": "hello",
+                        "messages": [{"text": "Reply YES", "wait": "1d"}],
+                        "advance_when": {"reply_received": True},
+                        "max_followups_without_reply": {"count": 0, "then": "fail"},
+                    },
+                    {"name": "bye", "messages": [{"text": "bye", "wait": "1d"}]},
+                ]
+            }
+        },
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("intent", "action"),
+    [
+        ("other", Action.FAIL),  # not understood: as silent, the limit ends it
+        ("not_interested", Action.ADVANCE),  # understood: the rule holds
+    ],
+)
+def test_under_reply_received_true_only_an_understood_reply_stops_the_follow_up_limit(
+    intent: str, action: Action
+) -> None:
+    found = state({"intent": intent, "needs_review": False, "content": "hmm, maybe"})
+    sent = Message(
+        message_id="out-0",
+        direction=Direction.OUTBOUND,
+        content="Reply YES",
+        timestamp=T0 - timedelta(hours=1),
+        metadata={"stage": "hello", "entry": 0, "step": 0},
+    )
+    found = found.model_copy(update={"message_history": [sent, *found.message_history]})
+    when = T0 + timedelta(days=2)
+    decision = evaluate(found, FOLLOW_UP, FOLLOW_UP.campaign_types["sales"], when)
+    assert decision.action == action, decision.reason
+    if action == Action.FAIL:
+        assert decision.reason == "0 follow-ups without an understood reply"
