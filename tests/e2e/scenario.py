@@ -85,10 +85,17 @@ class Driver:
     replies: int = 0
     poll_every: float = 0.25
 
+    def outbox(self) -> list[dict[str, Any]]:
+        """The outbound messages the audience can see (the fault suite's see only what a
+        channel delivered, or nothing while the database is down)."""
+        return list(
+            self.db["outbox"].find(
+                {"campaign_id": self.campaign_id}, {"user_id": 1, "stage": 1, "step": 1}
+            )
+        )
+
     def step(self) -> None:
-        for row in self.db["outbox"].find(
-            {"campaign_id": self.campaign_id}, {"user_id": 1, "stage": 1, "step": 1}
-        ):
+        for row in self.outbox():
             if row["_id"] in self.handled:
                 continue
             self.handled.add(row["_id"])

@@ -36,7 +36,7 @@ from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.settings import Settings
 from tests.e2e.conftest import APP, Broker, Processes, e2e_env, wait_until
 from tests.e2e.private_redis import PrivateRedis
-from tests.e2e.scenario import CREATE, INBOUND, campaign_payload, reply_for
+from tests.e2e.scenario import CREATE, INBOUND, Driver, campaign_payload
 
 # Seconds, chosen so that a dead writer, a lost task or a lost broker message is noticed
 # within a scenario: the poller re-dispatches a range whose task died after LEASE_SECONDS,
@@ -151,47 +151,32 @@ def busy_pids(client: Celery, node: str, names: tuple[str, ...]) -> list[int]:
 
 
 @dataclass
-class Audience:
-    """The delivering service and the audience: reads the outbox, answers by task name,
-    and sends a reply again (same message id) until it is recorded, as a producer that
-    wants at-least-once does when its broker may lose messages."""
+class Audience(Driver):
+    """The e2e ``Driver`` for a world where the broker and the database fail: it sends a
+    reply again (same message id) until it is recorded, as a producer that wants
+    at-least-once does when its broker may lose messages."""
 
-    client: Celery
-    db: Any
-    campaign_id: str
-    handled: set[str] = field(default_factory=set)
     pending: dict[str, tuple[dict[str, Any], float, int]] = field(default_factory=dict)
-    replies: int = 0
     resent: int = 0
     last_check: float = 0.0
     delivered_only: bool = False  # answer only what the channel delivered (webhook)
 
+    def outbox(self) -> list[dict[str, Any]]:
+        query = {"campaign_id": self.campaign_id}
+        if self.delivered_only:
+            query["status"] = "sent"
+        try:
+            return list(self.db["outbox"].find(query, {"user_id": 1, "stage": 1, "step": 1}))
+        except PyMongoError:
+            return []
+
+    def send(self, user: str, message_id: str, content: str) -> None:
+        self.pending[message_id] = (self.reply(user, message_id, content), 0.0, 0)
+        self.replies += 1
+
     def step(self) -> None:
+        super().step()
         with contextlib.suppress(PyMongoError):
-            rows = list(
-                self.db["outbox"].find(
-                    {"campaign_id": self.campaign_id}
-                    | ({"status": "sent"} if self.delivered_only else {}),
-                    {"user_id": 1, "stage": 1, "step": 1},
-                )
-            )
-            for message in rows:
-                if message["_id"] in self.handled:
-                    continue
-                self.handled.add(message["_id"])
-                content = reply_for(message)
-                if content is None:
-                    continue
-                kwargs = {
-                    "campaign_id": self.campaign_id,
-                    "user_id": message["user_id"],
-                    "message_id": f"reply-{message['_id']}",
-                    "content": content,
-                    "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "metadata": {"channel": "sms"},
-                }
-                self.pending[str(kwargs["message_id"])] = (kwargs, 0.0, 0)
-                self.replies += 1
             self._forget_recorded()
         self._send_due()
 
@@ -229,10 +214,9 @@ class Audience:
 
     def status(self) -> str | None:
         try:
-            doc = self.db["campaigns"].find_one({"_id": self.campaign_id}, {"status": 1})
+            return super().status()
         except PyMongoError:
             return None
-        return None if doc is None else str(doc["status"])
 
 
 Fault = Callable[["Scenario"], bool]  # called every loop; True when it fired (once)

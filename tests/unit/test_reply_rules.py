@@ -23,24 +23,23 @@ from campaign_worker.domain.rules import evaluate_rule, intent_of
 from campaign_worker.domain.templates import Rule, Template
 
 T0 = datetime(2026, 11, 25, 14, 0, tzinfo=UTC)
-TEMPLATE = Template.model_validate(
-    {
-        "template_id": "t",
-        "campaign_types": {
-            "sales": {
-                "stages": [
-                    {
-                        "name": "hello",
-                        "messages": [{"text": "Reply YES", "wait": "1d"}],
-                        "advance_when": {"reply_received": True},
-                        "on_timeout": {"after": "2d", "goto": "bye"},
-                    },
-                    {"name": "bye", "messages": [{"text": "bye", "wait": "1d"}]},
-                ]
-            }
-        },
+
+
+def hello_then_bye(**limit: Any) -> Template:
+    """Stage ``hello`` (advances on an understood reply) with ``limit``, then ``bye``."""
+    hello = {
+        "name": "hello",
+        "messages": [{"text": "Reply YES", "wait": "1d"}],
+        "advance_when": {"reply_received": True},
+        **limit,
     }
-)
+    bye = {"name": "bye", "messages": [{"text": "bye", "wait": "1d"}]}
+    return Template.model_validate(
+        {"template_id": "t", "campaign_types": {"sales": {"stages": [hello, bye]}}}
+    )
+
+
+TEMPLATE = hello_then_bye(on_timeout={"after": "2d", "goto": "bye"})
 
 
 def state(*metadata: dict[str, Any]) -> ConversationState:
@@ -133,24 +132,7 @@ def test_stored_intents_are_kept_and_intentless_replies_classified_by_keywords()
     assert decision.action == Action.OPT_OUT
 
 
-FOLLOW_UP = Template.model_validate(
-    {
-        "template_id": "f",
-        "campaign_types": {
-            "sales": {
-                "stages": [
-                    {
-                        "name": "hello",
-                        "messages": [{"text": "Reply YES", "wait": "1d"}],
-                        "advance_when": {"reply_received": True},
-                        "max_followups_without_reply": {"count": 0, "then": "fail"},
-                    },
-                    {"name": "bye", "messages": [{"text": "bye", "wait": "1d"}]},
-                ]
-            }
-        },
-    }
-)
+FOLLOW_UP = hello_then_bye(max_followups_without_reply={"count": 0, "then": "fail"})
 
 
 @pytest.mark.parametrize(
