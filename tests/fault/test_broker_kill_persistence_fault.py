@@ -16,12 +16,16 @@ them, plus published/kept/lost per half.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
+from celery import Celery
 
+import celeryconfig
 from tests.e2e.private_rabbitmq import PrivateRabbitMQ
 from tests.e2e.private_redis import PrivateRedis
+from tests.e2e.scenario import INBOUND
 from tests.fault.broker_kill_support import broker_scenario, kill_with_replies_queued
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
@@ -60,3 +64,29 @@ def test_rabbitmq_durable_queue_keeps_every_confirmed_reply(
         figures = kill_with_replies_queued(s, "fault-broker-rabbitmq", N)
     assert figures["kept_in_broker"] == N, figures
     assert figures["lost_early"] == figures["lost_late"] == 0, figures
+
+
+def test_the_workers_own_publishes_survive_a_rabbitmq_kill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the worker publishes itself - a task's retry (published, then the message it
+    came from acknowledged), a fan-out - goes through an app configured by celeryconfig. On
+    RabbitMQ each publish returns once the broker confirmed it (``confirm_publish``), so a
+    kill -9 right after keeps every one. Without confirms, a kill -9 within a second or two
+    of the publishes lost every one of them (measured: 500 of 500; 2,000 of 2,000)."""
+    rabbit = PrivateRabbitMQ(tmp_path / "rabbitmq")
+    rabbit.start()
+    monkeypatch.setenv("CELERY_BROKER_URL", rabbit.url)
+    try:
+        app = Celery("worker-side")
+        app.config_from_object(importlib.reload(celeryconfig))
+        for i in range(500):
+            app.send_task(INBOUND, kwargs={"message_id": f"m-{i}"}, queue="inbound")
+        app.close()
+        rabbit.kill()
+        rabbit.start()
+        assert rabbit.queue_counts().get("inbound", (0, 0))[0] == 500
+    finally:
+        monkeypatch.undo()
+        importlib.reload(celeryconfig)
+        rabbit.stop()
