@@ -66,6 +66,19 @@ def test_rabbitmq_durable_queue_keeps_every_confirmed_reply(
     assert figures["lost_early"] == figures["lost_late"] == 0, figures
 
 
+def test_redis_without_persistence_loses_every_queued_reply(
+    wire_uri: str, e2e_db_name: str, tmp_path: Path
+) -> None:
+    """The control: the same scenario on a Redis with neither AOF nor snapshots. Every
+    queued reply is gone (what the settings above prevent); their conversations wait out
+    the first message's 40 s and fail, the campaign completes, and the checker passes."""
+    redis = PrivateRedis(tmp_path / "redis", persistent=False)
+    with broker_scenario("broker_kill_redis_no_aof", redis, tmp_path, wire_uri, e2e_db_name) as s:
+        figures = kill_with_replies_queued(s, "fault-broker-no-aof", N)
+    assert figures["kept_in_broker"] == 0, figures
+    assert figures["lost_early"] + figures["lost_late"] == N, figures
+
+
 def test_the_workers_own_publishes_survive_a_rabbitmq_kill(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
