@@ -40,7 +40,14 @@ broker_connection_retry = True
 broker_connection_max_retries = None
 
 visibility_timeout = _settings.celery_visibility_timeout
-broker_transport_options = {"visibility_timeout": visibility_timeout}
+# RabbitMQ: publisher confirms. Whatever the worker publishes itself (a task's retry, which
+# is published before the message it came from is acknowledged; a fan-out) returns only once
+# the broker confirmed it - for a durable queue, written to disk. Without them a kill -9 of
+# the node a second after the publishes lost every one (tests/fault/
+# test_broker_kill_persistence_fault.py). Redis answers each write after appending it to the
+# AOF; the option is not passed to it.
+_confirm = {"confirm_publish": True} if broker_url.startswith(("amqp", "pyamqp")) else {}
+broker_transport_options = {"visibility_timeout": visibility_timeout, **_confirm}
 result_backend_transport_options = {"visibility_timeout": visibility_timeout}
 
 # --------------------------------------------------------------------- serialization

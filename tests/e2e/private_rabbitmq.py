@@ -76,6 +76,13 @@ class PrivateRabbitMQ:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
 
+    def kill(self) -> None:
+        """SIGKILL to the node's whole process group (the Erlang VM and its helpers): no
+        clean stop; what survives is what the node had written to its data directory."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
     def restart(self) -> None:
         self.stop()
         self.start()

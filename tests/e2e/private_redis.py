@@ -36,11 +36,15 @@ class PrivateRedis:
     Persistence as in docker-compose.yml: the append-only file, fsynced every second, and
     no RDB snapshots (so whatever survives a restart survived through the AOF). With
     ``persistent=False`` neither: a restart starts empty, every queue lost (fault tests).
+    ``appendfsync="always"`` fsyncs the AOF before every reply instead.
     """
 
-    def __init__(self, directory: Path, *, persistent: bool = True) -> None:
+    def __init__(
+        self, directory: Path, *, persistent: bool = True, appendfsync: str = "everysec"
+    ) -> None:
         self.dir = directory
         self.persistent = persistent
+        self.appendfsync = appendfsync
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +65,7 @@ class PrivateRedis:
                 "--dir",
                 str(self.dir),
                 *(
-                    ("--appendonly", "yes", "--appendfsync", "everysec")
+                    ("--appendonly", "yes", "--appendfsync", self.appendfsync)
                     if self.persistent
                     else ("--appendonly", "no")
                 ),

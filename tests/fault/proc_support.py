@@ -35,6 +35,7 @@ from campaign_worker.bootstrap import build_manager
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.settings import Settings
 from tests.e2e.conftest import APP, Broker, Processes, e2e_env, wait_until
+from tests.e2e.private_rabbitmq import PrivateRabbitMQ
 from tests.e2e.private_redis import PrivateRedis
 from tests.e2e.scenario import CREATE, INBOUND, Driver, campaign_payload
 
@@ -228,28 +229,37 @@ class Scenario:
 
     name: str
     workdir: Path
-    redis: PrivateRedis
+    redis: PrivateRedis | PrivateRabbitMQ  # the broker (a private RabbitMQ node: backend rpc)
     mongo_uri: str
     db_name: str
     extra_env: dict[str, str] = field(default_factory=dict)
     faults: Counter[str] = field(default_factory=Counter)
     notes: dict[str, Any] = field(default_factory=dict)
     fault_times: list[str] = field(default_factory=list)
+    client_transport_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        broker = Broker("redis", self.redis.url, self.redis.url)
+        rabbit = isinstance(self.redis, PrivateRabbitMQ)
+        backend = "rpc://" if rabbit else self.redis.url
+        broker = Broker("rabbitmq" if rabbit else "redis", self.redis.url, backend)
         self.env = e2e_env(broker, self.mongo_uri, self.db_name, **{**FAULT_ENV, **self.extra_env})
         self.procs = Processes(self.workdir, self.env)
         self.supervisor = Supervisor(self.procs)
-        self.client = Celery("other-service", broker=self.redis.url)
-        self.client.conf.broker_connection_retry = False
-        self.client.conf.broker_connection_max_retries = 1
+        self.client = self.new_client()
         self.mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
             self.mongo_uri, tz_aware=True, tzinfo=UTC, serverSelectionTimeoutMS=2000
         )
         self.db = self.mongo[self.db_name]
         self.started = time.monotonic()
         self.audience: Audience | None = None
+
+    def new_client(self) -> Celery:
+        """The other service's bare Celery app (what publishes replies)."""
+        client = Celery("other-service", broker=self.redis.url)
+        client.conf.broker_connection_retry = False
+        client.conf.broker_connection_max_retries = 1
+        client.conf.broker_transport_options = dict(self.client_transport_options)
+        return client
 
     def close(self) -> None:
         self.procs.stop_all()

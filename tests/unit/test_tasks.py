@@ -202,6 +202,27 @@ def test_time_limits_must_stay_below_visibility_timeout(
         importlib.reload(celeryconfig)
 
 
+@pytest.mark.parametrize(
+    ("url", "confirmed"),
+    [("amqp://guest:guest@localhost:5672//", True), ("redis://localhost:6379/0", False)],
+)
+def test_rabbitmq_publishes_wait_for_the_brokers_confirm(
+    monkeypatch: pytest.MonkeyPatch, url: str, confirmed: bool
+) -> None:
+    """A retry is published before its message is acknowledged: on RabbitMQ, only once
+    confirmed (tests/fault/test_broker_kill_persistence_fault.py shows a kill -9 otherwise)."""
+    import importlib
+
+    monkeypatch.setenv("CELERY_BROKER_URL", url)
+    try:
+        options = importlib.reload(celeryconfig).broker_transport_options
+        assert options.get("confirm_publish", False) is confirmed
+        assert options["visibility_timeout"] == celeryconfig.visibility_timeout
+    finally:
+        monkeypatch.undo()
+        importlib.reload(celeryconfig)
+
+
 # --------------------------------------------------------------------- create_campaign
 
 
