@@ -23,7 +23,7 @@ from campaign_worker.adapters.mongo import OUTBOX
 from campaign_worker.adapters.rate_limit import NoRateLimit
 from campaign_worker.delivery_wiring import Delivery, build_delivery
 from campaign_worker.demo.embedded import free_port
-from campaign_worker.domain.delivery import DeliveryStatus, signature
+from campaign_worker.domain.delivery import DeliveryStatus, RowMove, RowStatus, signature
 from campaign_worker.domain.documents import conversation_id_for
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.delivery_ports import Channel
@@ -253,7 +253,8 @@ def test_an_expired_lease_is_claimed_again_and_the_late_owner_cannot_finish(
         assert dispatcher.dispatch("live").claimed == 0  # leased
         clock.advance(timedelta(seconds=31))
         assert dispatcher.dispatch("live").claimed == 2
-    assert not dispatcher.rows.mark_sent(dead[0].id, "dead-owner", clock.now(), None)
+    late = RowMove(dead[0].id, RowStatus.SENT, at=clock.now())
+    assert dispatcher.rows.finish_many("dead-owner", [late]) == set()
     assert set(receiver.accepted().values()) == {1} and len(receiver.accepted()) == 2
 
 

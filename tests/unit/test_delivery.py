@@ -191,8 +191,8 @@ class SlowLimit:
     def __init__(self, wait: float) -> None:
         self.wait = wait
 
-    def acquire(self, channel: str) -> float:
-        return self.wait
+    def take(self, channel: str, wanted: int) -> tuple[int, float]:
+        return (0, self.wait) if self.wait > 0 else (wanted, 0.0)
 
 
 @pytest.fixture
