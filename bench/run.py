@@ -180,7 +180,7 @@ def bound(run: Run, cores: int) -> str:
 def celery_section(
     bench: CeleryBench, sizes: tuple[Any, ...], workers: list[int], raw: dict[str, Any]
 ) -> tuple[list[Figure], dict[str, Any]]:
-    _, m, replies_n, noop_n, scale_m, _ = sizes
+    _, m, replies_n, noop_n, scale_m, *_ = sizes
     print(f"  no-op baseline: {noop_n:,} tasks, 1 worker process", flush=True)
     noop = bench.noop(noop_n)
     runs: dict[int, Run] = {}
