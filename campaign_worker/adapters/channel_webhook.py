@@ -35,6 +35,7 @@ class WebhookChannel:
     pool of up to ``max_in_flight`` kept-alive connections)."""
 
     name = "webhook"
+    needs_attributes = False
 
     def __init__(
         self,

@@ -49,6 +49,32 @@ def _claimable(channels: Sequence[str], now: datetime) -> Doc:
     }
 
 
+def _still_claimable(channels: Sequence[str], now: datetime) -> Doc:
+    """``_claimable`` without ``$or`` (which secantusdb evaluates on every document of the
+    collection): the same rows, as pending rows have no lease and sending rows were due
+    when claimed (``next_attempt_at`` unset or past)."""
+    return {
+        "channel": {"$in": list(channels)},
+        "status": {"$in": [RowStatus.PENDING.value, RowStatus.SENDING.value]},
+        "next_attempt_at": {"$not": {"$gt": now}},
+        "lease_until": {"$not": {"$gte": now}},
+    }
+
+
+def _latest_ops(message_id: str, latest: LatestStatus, stored: Doc) -> list[UpdateOne]:
+    """``_older_than`` on the row as two updates by id, neither with ``$or`` (a collection
+    scan on secantusdb): none yet or a lower rank; the same rank at an earlier time."""
+    put = {"$set": {"delivery": stored}}
+    return [
+        # No status yet (no field, or null: no rank) or a lower rank.
+        UpdateOne({"_id": message_id, "delivery.rank": {"$not": {"$gte": latest.rank}}}, put),
+        UpdateOne(
+            {"_id": message_id, "delivery.rank": latest.rank, "delivery.at": {"$lte": latest.at}},
+            put,
+        ),
+    ]
+
+
 def _older_than(latest: LatestStatus, path: str) -> list[Doc]:
     """What ``latest`` replaces at ``path``: nothing yet, a lower rank, or the same rank
     at an earlier or equal time."""
@@ -122,12 +148,13 @@ class MongoDeliveryRows:
     ) -> list[OutboxRow]:
         """Lease up to ``limit`` claimable rows to ``owner``; returns the rows it won."""
         query = _claimable(channels, now)
-        ids = [doc["_id"] for doc in self._outbox.find(query, {"_id": 1}, limit=limit)]
+        found = self._outbox.find(query, {"_id": 1}, limit=limit, batch_size=limit or 101)
+        ids = [doc["_id"] for doc in found]
         if not ids:
             return []
         # The filter is repeated: a concurrent dispatcher's claim in between wins those rows.
         self._outbox.update_many(
-            {"_id": {"$in": ids}, **query},
+            {"_id": {"$in": ids}, **_still_claimable(channels, now)},
             {
                 "$set": {
                     "status": RowStatus.SENDING.value,
@@ -136,7 +163,9 @@ class MongoDeliveryRows:
                 }
             },
         )
-        won = self._outbox.find({"lease_owner": owner, "status": RowStatus.SENDING.value})
+        won = self._outbox.find(
+            {"lease_owner": owner, "status": RowStatus.SENDING.value}, batch_size=len(ids)
+        )
         return [OutboxRow.model_validate(doc) for doc in won.sort("created_at", ASCENDING)]
 
     @translate_errors
@@ -178,7 +207,9 @@ class MongoDeliveryRows:
     def attributes_of(self, conversation_ids: Sequence[str]) -> dict[str, Attributes]:
         """Recipient attributes by conversation (for addresses such as an email)."""
         found = self._conversations.find(
-            {"_id": {"$in": list(conversation_ids)}}, {"context.attributes": 1}
+            {"_id": {"$in": list(conversation_ids)}},
+            {"context.attributes": 1},
+            batch_size=max(len(conversation_ids), 1),
         )
         return {doc["_id"]: dict(doc.get("context", {}).get("attributes") or {}) for doc in found}
 
@@ -280,12 +311,7 @@ class MongoDeliveryStatuses:
                     {"$push": {"events": write.event.model_dump(mode="python")}},
                 )
             )
-            rows.append(
-                UpdateOne(
-                    {"_id": write.message_id, "$or": _older_than(write.latest, "delivery")},
-                    {"$set": {"delivery": stored}},
-                )
-            )
+            rows += _latest_ops(write.message_id, write.latest, stored)
             entry = {
                 "message_id": write.message_id,
                 "$or": _older_than(write.latest, "metadata.delivery"),

@@ -143,7 +143,12 @@ class Dispatcher:
     def _triage(self, rows: list[OutboxRow], ledger: Ledger) -> list[Job]:
         """The rows to send; the others' outcomes (cancelled, paused, no address,
         suppressed) into the ledger."""
-        attributes = self.rows.attributes_of(sorted({row.conversation_id for row in rows}))
+        reading = [r for r in rows if self._channel(r).needs_attributes]
+        attributes = (
+            self.rows.attributes_of(sorted({row.conversation_id for row in reading}))
+            if reading
+            else {}
+        )
         campaigns = self.rows.campaign_statuses(sorted({row.campaign_id for row in rows}))
         candidates: list[tuple[OutboxRow, str, str]] = []
         for row in rows:
@@ -157,7 +162,7 @@ class Dispatcher:
                 ledger.requeue(row, name, "held", later, uncount=False)
                 continue
             try:
-                address = self.channels[name].address(
+                address = self._channel(row).address(
                     row.user_id, attributes.get(row.conversation_id, {})
                 )
             except PermanentDeliveryError as exc:
@@ -173,6 +178,9 @@ class Dispatcher:
             else:
                 jobs.append(Job(row, name, _outgoing(row, name, address)))
         return jobs
+
+    def _channel(self, row: OutboxRow) -> Channel:
+        return self.channels[resolve_channel(row.channel, self.policy.default_channel)]
 
     def _start(self, jobs: list[Job], owner: str, budget: Budget) -> list[Job]:
         """Count the attempt and extend the lease of these rows (one write); from now on

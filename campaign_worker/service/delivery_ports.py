@@ -27,6 +27,8 @@ class Channel(Protocol):
     """Hands one message to a provider; raises Transient/PermanentDeliveryError."""
 
     name: str
+    # Whether ``address`` reads the recipient's attributes (else a batch does not read them).
+    needs_attributes: bool
 
     def address(self, user_id: str, attributes: Attributes) -> str: ...
     def send(self, message: Outgoing) -> str | None: ...

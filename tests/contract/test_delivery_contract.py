@@ -174,6 +174,22 @@ def test_many_statuses_are_recorded_once_with_the_latest_on_row_and_history(
     assert row.delivery is not None and row.delivery.status == "sent"
     other = statuses.row("m-2")
     assert other is not None and [e.status for e in other.events] == ["sent"]
+    # The latest wins by rank, then time, as with set_latest.
+    report = DeliveryEvent(status="delivered", at=LEASE, recorded_at=LEASE)
+    delivered = LatestStatus(status="delivered", rank=1, at=LEASE)
+    statuses.record_many([StatusWrite("m-2", "nobody", report, delivered)])
+    late_sent = latest.model_copy(update={"at": LEASE + MINUTE})
+    statuses.record_many([StatusWrite("m-2", "nobody", event, late_sent)])
+    other = statuses.row("m-2")
+    assert other is not None and other.delivery is not None
+    assert other.delivery.status == "delivered"
+    later = delivered.model_copy(update={"status": "bounced", "at": LEASE + MINUTE})
+    bounced = report.model_copy(update={"status": "bounced"})
+    statuses.record_many([StatusWrite("m-2", "nobody", bounced, later)])
+    other = statuses.row("m-2")
+    assert other is not None and other.delivery is not None
+    assert other.delivery.status == "bounced"
+    assert [e.status for e in other.events] == ["sent", "delivered", "bounced"]
     stored = store.repos.conversations.get_state(conversation.id)
     assert isinstance(stored, ConversationState)
     assert stored.message_history[0].metadata["delivery"]["status"] == "sent"

@@ -175,6 +175,7 @@ def test_webhook_answers_map_to_sent_retry_or_fail() -> None:
 
 class FakeChannel:
     name = "webhook"
+    needs_attributes = False
 
     def __init__(self) -> None:
         self.sent: list[str] = []

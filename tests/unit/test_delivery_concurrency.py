@@ -39,6 +39,7 @@ class GateChannel:
     are in flight at once (a sequential sender breaks the barrier). Counts the peak."""
 
     name = "webhook"
+    needs_attributes = False
 
     def __init__(self, parties: int, answer: Callable[[str], str | None] | None = None) -> None:
         self.barrier = threading.Barrier(parties, timeout=WAIT)
