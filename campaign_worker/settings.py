@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     # Delivery (docs/architecture.md "Delivery"). Secrets are SecretStr: never printed.
     delivery_default_channel: str = Field(default="outbox", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
     delivery_interval_seconds: float = Field(default=5.0, gt=0)
-    delivery_batch_size: int = Field(default=500, ge=1, le=1000)
+    delivery_batch_size: int = Field(default=1000, ge=1, le=1000)
     delivery_lease_seconds: int = Field(default=60, ge=5, le=3600)
     delivery_max_attempts: int = Field(default=8, ge=1, le=100)
     delivery_backoff_base_seconds: float = Field(default=2.0, gt=0)

@@ -51,7 +51,7 @@ PAUSED_RECHECK = 60
 
 @dataclass(frozen=True)
 class DispatchPolicy:
-    batch_size: int = 500
+    batch_size: int = 1000
     lease_seconds: int = 60
     max_attempts: int = 8
     backoff_base: float = 2.0
