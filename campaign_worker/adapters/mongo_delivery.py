@@ -164,7 +164,9 @@ class MongoDeliveryRows:
             },
         )
         won = self._outbox.find(
-            {"lease_owner": owner, "status": RowStatus.SENDING.value}, batch_size=len(ids)
+            {"lease_owner": owner, "status": RowStatus.SENDING.value},
+            limit=len(ids),  # what this claim won, in one reply
+            batch_size=len(ids),
         )
         return [OutboxRow.model_validate(doc) for doc in won.sort("created_at", ASCENDING)]
 
