@@ -1,11 +1,12 @@
 """A dispatcher batch's bookkeeping: each row's outcome is noted as the batch goes and
 written at its end, one write per kind rather than per message.
 
-Order, so that a crash at any point is completed by the row's next send (its lease
+Order, so that a crash before the moves is completed by the row's next send (its lease
 expires; same ``Idempotency-Key``): the ``sent`` counts first (one metrics update per
 campaign, guarded by their keys), then the ``sent`` events and latest statuses (a write on
 the outbox, one on the conversations), then every row's move (one write, each conditional
-on the lease), and last the ``failed`` statuses of the rows that did move to ``failed``.
+on the lease), and last the ``failed`` statuses of the rows that did move to ``failed``
+(as before batching, a crash right after a failure's move leaves its status unrecorded).
 """
 
 from __future__ import annotations
