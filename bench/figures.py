@@ -67,6 +67,24 @@ TARGETS: dict[str, tuple[str, str]] = {
         "conversations/s with 1, 2, 4 worker processes",
         "measured, bound named",
     ),
+    # The webhook dispatcher (issue 23): one process, rate limit not binding, a local
+    # receiver answering after the latency; the ideal client has the same max_in_flight.
+    "dispatch_over_ideal_0ms": (
+        "dispatcher msgs/s / ideal httpx client, 0 ms provider latency",
+        "report (bound: the stand-in)",
+    ),
+    "dispatch_over_ideal_50ms": (
+        "dispatcher msgs/s / ideal httpx client, 50 ms provider latency",
+        ">= 0.6",
+    ),
+    "dispatch_over_ideal_200ms": (
+        "dispatcher msgs/s / ideal httpx client, 200 ms provider latency",
+        ">= 0.8",
+    ),
+    "dispatch_round_trips_per_1000": (
+        "MongoDB round trips per 1,000 messages sent (dispatcher)",
+        "<= 20",
+    ),
     # Reply understanding (issue 21), on bench/data/replies_heldout.tsv; a reply held for
     # review counts as wrong and as no opt-out.
     "intents_accuracy": ("reply intents: accuracy on the held-out set", ">= 0.92"),

@@ -7,6 +7,8 @@ Sections (each a few small functions, through public entry points only):
   always-on campaigns' enrollment and events (bench/always_on_bench.py);
 - ``celery``: real ``celery worker`` processes on a real Redis broker (bench/celery_bench.py),
   with Celery's own no-op task cost on the same broker, and 1, 2, 4 worker processes;
+- ``dispatch``: the webhook dispatcher at 0, 50, 200 ms provider latency beside an ideal
+  httpx client on the same local receiver, and its round trips (bench/dispatch_bench.py);
 - ``memory``: peak RSS of a process initializing a streamed audience (bench/init_rss.py);
 - ``intents``: reply understanding on the held-out set bench/data/replies_heldout.tsv (the
   development sets' figures beside), its latency per reply and start-up
@@ -45,6 +47,7 @@ import pymongo  # noqa: E402
 from bench import init_rss, intents_bench  # noqa: E402
 from bench.always_on_bench import always_on_section  # noqa: E402
 from bench.celery_bench import CeleryBench, Run  # noqa: E402
+from bench.dispatch_bench import dispatch_section  # noqa: E402
 from bench.figures import TARGETS, Figure, compare, fmt, table  # noqa: E402
 from bench.service_bench import ServiceBench, Timed, claim_share, compare_and_sets  # noqa: E402
 from bench.wire import Recorder, Server, mongo_server, redis_broker  # noqa: E402
@@ -52,12 +55,13 @@ from campaign_worker.adapters.logs import configure_logging, redact_uri  # noqa:
 from campaign_worker.settings import Settings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-SIZE_NAMES = ("recipients", "advance", "replies", "noop", "scale", "rss")
+SIZE_NAMES = ("recipients", "advance", "replies", "noop", "scale", "rss", "dispatch")
 SIZES = {
-    # recipients, advance, replies, noop tasks, conversations per scaling run, RSS sizes
-    "default": (10_000, 1_000, 1_000, 1_000, 1_000, [10_000, 50_000]),
-    "full": (10_000, 1_000, 1_000, 1_000, 1_000, [10_000, 1_000_000]),
-    "smoke": (1_200, 250, 30, 60, 250, [500, 1_500]),
+    # recipients, advance, replies, noop tasks, conversations per scaling run, RSS sizes,
+    # messages dispatched per latency
+    "default": (10_000, 1_000, 1_000, 1_000, 1_000, [10_000, 50_000], 2_000),
+    "full": (10_000, 1_000, 1_000, 1_000, 1_000, [10_000, 1_000_000], 2_000),
+    "smoke": (1_200, 250, 30, 60, 250, [500, 1_500], 100),
 }
 
 
@@ -176,7 +180,7 @@ def bound(run: Run, cores: int) -> str:
 def celery_section(
     bench: CeleryBench, sizes: tuple[Any, ...], workers: list[int], raw: dict[str, Any]
 ) -> tuple[list[Figure], dict[str, Any]]:
-    _, m, replies_n, noop_n, scale_m, _ = sizes
+    _, m, replies_n, noop_n, scale_m, *_ = sizes
     print(f"  no-op baseline: {noop_n:,} tasks, 1 worker process", flush=True)
     noop = bench.noop(noop_n)
     runs: dict[int, Run] = {}
@@ -378,7 +382,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     size.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
     parser.add_argument("--uri", default=os.environ.get("MONGODB_URI"))
     parser.add_argument("--broker", default=os.environ.get("BENCH_BROKER_URL"))
-    parser.add_argument("--sections", default="intents,service,celery,memory")
+    parser.add_argument("--sections", default="intents,service,dispatch,celery,memory")
     parser.add_argument("--workers", default="1,2,4", help="worker processes per scaling run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
@@ -417,6 +421,9 @@ def run_sections(args: argparse.Namespace, mongo: Server, broker: Server) -> dic
             print("  always-on: enrollment and events", flush=True)
             db, settings = client[f"{prefix}_always"], Settings(mongodb_db=f"{prefix}_always")
             figures += always_on_section(db, recorder, settings, sizes[2])
+        if "dispatch" in sections:
+            print("dispatch (the webhook dispatcher in this process):", flush=True)
+            figures += dispatch_section(client, recorder, prefix, sizes[6])
         if "celery" in sections:
             print(f"celery (real workers, broker {redact_uri(broker.uri)}):", flush=True)
             celery = CeleryBench(broker, mongo, client, prefix)

@@ -56,6 +56,7 @@ def build_channels(settings: Settings) -> list[Channel]:
                 settings.webhook_secret.get_secret_value().encode(),
                 connect_timeout=settings.webhook_connect_timeout_seconds,
                 read_timeout=settings.webhook_read_timeout_seconds,
+                max_in_flight=settings.webhook_max_in_flight,
             )
         )
     if settings.smtp_host:
@@ -117,6 +118,11 @@ def build_delivery(
         backoff_cap=settings.delivery_backoff_max_seconds,
         default_channel=settings.delivery_default_channel,
         batch_seconds=settings.celery_task_soft_time_limit / 2,
+        longest_send=settings.longest_send_seconds,
+        max_in_flight={
+            "webhook": settings.webhook_max_in_flight,
+            "smtp": settings.smtp_max_in_flight,
+        },
     )
     dispatcher = Dispatcher(
         rows,

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     # Delivery (docs/architecture.md "Delivery"). Secrets are SecretStr: never printed.
     delivery_default_channel: str = Field(default="outbox", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
     delivery_interval_seconds: float = Field(default=5.0, gt=0)
-    delivery_batch_size: int = Field(default=50, ge=1, le=1000)
+    delivery_batch_size: int = Field(default=1000, ge=1, le=1000)
     delivery_lease_seconds: int = Field(default=60, ge=5, le=3600)
     delivery_max_attempts: int = Field(default=8, ge=1, le=100)
     delivery_backoff_base_seconds: float = Field(default=2.0, gt=0)
@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     webhook_connect_timeout_seconds: float = Field(default=3.0, gt=0)
     webhook_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Requests in flight at once per dispatcher process (a pool of kept-alive connections).
+    webhook_max_in_flight: int = Field(default=32, ge=1, le=512)
     smtp_host: str | None = None
     smtp_port: int = Field(default=25, ge=1, le=65535)
     smtp_username: str | None = None
@@ -94,6 +96,7 @@ class Settings(BaseSettings):
     smtp_subject: str = "A message for you"
     smtp_timeout_seconds: float = Field(default=10.0, gt=0)
     smtp_address_attribute: str = "email"
+    smtp_max_in_flight: int = Field(default=4, ge=1, le=64)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console", "auto"] = "auto"
@@ -194,17 +197,22 @@ class Settings(BaseSettings):
         if self.webhook_url and self.webhook_secret is None:
             raise ValueError("WEBHOOK_URL needs WEBHOOK_SECRET (the signing key)")
         # A send must end before its lease does, or another dispatcher may send it too.
+        if self.longest_send_seconds * 2 >= self.delivery_lease_seconds:
+            raise ValueError(
+                "DELIVERY_LEASE_SECONDS must exceed twice the longest send (webhook connect + "
+                f"read timeouts, twice SMTP_TIMEOUT_SECONDS): {self.longest_send_seconds:g} s"
+            )
+        return self
+
+    @property
+    def longest_send_seconds(self) -> float:
+        """The longest one send of a configured channel may take (its timeouts)."""
         sends = [0.0]
         if self.webhook_url:
             sends.append(self.webhook_connect_timeout_seconds + self.webhook_read_timeout_seconds)
         if self.smtp_host:
             sends.append(self.smtp_timeout_seconds * 2)  # connect, then each reply
-        if max(sends) * 2 >= self.delivery_lease_seconds:
-            raise ValueError(
-                "DELIVERY_LEASE_SECONDS must exceed twice the longest send (webhook connect + "
-                f"read timeouts, twice SMTP_TIMEOUT_SECONDS): {max(sends):g} s"
-            )
-        return self
+        return max(sends)
 
 
 def parse_rate_limits(text: str) -> dict[str, str]:

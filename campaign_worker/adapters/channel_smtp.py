@@ -20,6 +20,7 @@ class SmtpChannel:
     """Sends through one SMTP server (optionally STARTTLS and login)."""
 
     name = "smtp"
+    needs_attributes = True
 
     def __init__(
         self,

@@ -31,9 +31,11 @@ _TRANSIENT_STATUS = frozenset({408, 425, 429})
 
 
 class WebhookChannel:
-    """POSTs each message to one URL."""
+    """POSTs each message to one URL; safe to call from several threads at once (one
+    pool of up to ``max_in_flight`` kept-alive connections)."""
 
     name = "webhook"
+    needs_attributes = False
 
     def __init__(
         self,
@@ -43,12 +45,21 @@ class WebhookChannel:
         connect_timeout: float,
         read_timeout: float,
         transport: httpx.BaseTransport | None = None,
+        max_in_flight: int = 32,
     ) -> None:
         self._url = url
         self._secret = secret
+        self.max_in_flight = max_in_flight
         timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        # Connections kept alive between batches, as many as sends in flight; waiting for a
+        # free one counts against the connect timeout (pool timeout).
+        limits = httpx.Limits(
+            max_connections=max_in_flight, max_keepalive_connections=max_in_flight
+        )
         # No redirects: a signed POST is not replayed to wherever a 3xx points.
-        self._client = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
+        self._client = httpx.Client(
+            timeout=timeout, transport=transport, follow_redirects=False, limits=limits
+        )
 
     def address(self, user_id: str, attributes: Mapping[str, Any]) -> str:
         """The receiver routes by user id."""

@@ -12,14 +12,21 @@ from typing import Any
 
 from campaign_worker.adapters.memory_store import MemoryDatabase, apply_update
 from campaign_worker.adapters.mongo import CAMPAIGNS, CONVERSATIONS, METRICS, OUTBOX
-from campaign_worker.adapters.mongo_delivery import COUNTED_KEYS_KEPT, RowMoves
+from campaign_worker.adapters.mongo_delivery import (
+    COUNTED_KEYS_KEPT,
+    attempt_update,
+    move_update,
+)
 from campaign_worker.domain.aliases import Attributes, Doc
 from campaign_worker.domain.delivery import (
     Attempt,
     DeliveryEvent,
     LatestStatus,
     OutboxRow,
+    RowMove,
     RowStatus,
+    StatusCount,
+    StatusWrite,
 )
 
 
@@ -41,7 +48,7 @@ def _leased(row: Doc | None, owner: str) -> bool:
     )
 
 
-class MemoryDeliveryRows(RowMoves):
+class MemoryDeliveryRows:
     def __init__(self, db: MemoryDatabase) -> None:
         self._db = db
         self._outbox = db.documents(OUTBOX)
@@ -60,29 +67,27 @@ class MemoryDeliveryRows(RowMoves):
             won.sort(key=lambda row: row["created_at"])
             return [OutboxRow.model_validate(copy.deepcopy(row)) for row in won]
 
-    def start_attempt(self, message_id: str, owner: str, until: datetime, attempt: Attempt) -> bool:
+    def start_attempts(
+        self, owner: str, until: datetime, attempts: Sequence[tuple[str, Attempt]]
+    ) -> set[str]:
+        ours: set[str] = set()
         with self._db.lock:
-            row = self._outbox.get(message_id)
-            if row is None or not _leased(row, owner):
-                return False
-            fields = {
-                "lease_until": until,
-                "delivered_via": attempt.delivered_via,
-                "address": attempt.address,
-                "attempted_at": attempt.attempted_at,
-                "attempted_by": attempt.attempted_by,
-            }
-            apply_update(row, {"$set": fields, "$inc": {"attempts": 1}})
-            return True
+            for message_id, attempt in attempts:
+                row = self._outbox.get(message_id)
+                if row is not None and _leased(row, owner):
+                    apply_update(row, attempt_update(attempt, until))
+                    ours.add(message_id)
+        return ours
 
-    def finish(self, message_id: str, owner: str, status: RowStatus, fields: Doc) -> bool:
+    def finish_many(self, owner: str, moves: Sequence[RowMove]) -> set[str]:
+        moved: set[str] = set()
         with self._db.lock:
-            row = self._outbox.get(message_id)
-            if row is None or not _leased(row, owner):
-                return False
-            moved = {"$set": {"status": status.value, **fields}}
-            apply_update(row, {**moved, "$unset": {"lease_owner": "", "lease_until": ""}})
-            return True
+            for move in moves:
+                row = self._outbox.get(move.message_id)
+                if row is not None and _leased(row, owner):
+                    apply_update(row, move_update(move, owner))
+                    moved.add(move.message_id)
+        return moved
 
     def attributes_of(self, conversation_ids: Sequence[str]) -> dict[str, Attributes]:
         conversations = self._db.documents(CONVERSATIONS)
@@ -170,6 +175,14 @@ class MemoryDeliveryStatuses:
                 },
             )
             return True
+
+    def count_many(self, campaign_id: str, counts: Sequence[StatusCount]) -> set[str]:
+        return {c.key for c in counts if self.count(campaign_id, c.channel, c.status, c.key)}
+
+    def record_many(self, writes: Sequence[StatusWrite]) -> None:
+        for write in writes:
+            self.add_event(write.message_id, write.event)
+            self.set_latest(write.message_id, write.conversation_id, write.latest)
 
 
 __all__ = ["MemoryDeliveryRows", "MemoryDeliveryStatuses"]

@@ -1,10 +1,12 @@
 """Delivery's view of the shared suppression list (``adapters/mongo_suppressions.py``,
 collection ``suppressions``): a hard bounce or a complaint adds the channel address
-(``address:<channel>:<address>``, source ``bounce``/``complaint``); before each send the
-dispatcher checks the address and the user (an opt-out since the message was written)."""
+(``address:<channel>:<address>``, source ``bounce``/``complaint``); before sending a batch
+the dispatcher checks its addresses and users in one read (an opt-out since the message
+was written)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from pymongo.database import Database
@@ -17,6 +19,7 @@ from campaign_worker.domain.suppressions import (
     normalize_address,
     user_key,
 )
+from campaign_worker.service.delivery_ports import Target
 from campaign_worker.service.ports import SuppressionRepository
 
 
@@ -48,8 +51,15 @@ class ListedSuppressions:
         )
         self._list.add_many([entry])
 
-    def is_suppressed(self, user_id: str, channel: str, address: str) -> bool:
-        return bool(self._list.matching([user_key(user_id), address_key(channel, address)]))
+    def suppressed(self, targets: Sequence[Target]) -> set[Target]:
+        """Those whose user or channel address is on the list (one read for all)."""
+        keys = {
+            target: (user_key(target[0]), address_key(target[1], target[2])) for target in targets
+        }
+        found = self._list.matching(sorted({key for pair in keys.values() for key in pair}))
+        return {
+            target for target, (user, address) in keys.items() if user in found or address in found
+        }
 
 
 class MongoDeliverySuppressions(ListedSuppressions):

@@ -44,9 +44,17 @@ def demo_status(user_id: str) -> str:
     return "bounced" if zlib.crc32(user_id.encode()) % 25 == 0 else "delivered"
 
 
+class _Server(ThreadingHTTPServer):
+    # A sender keeps tens of requests in flight: the default backlog of 5 would refuse
+    # (or delay by a SYN retry) the connections beyond it.
+    request_queue_size = 256
+    daemon_threads = True
+
+
 class LocalReceiver:
     """A threaded HTTP server on a free 127.0.0.1 port whose POSTs go to ``handle``: the
-    receiving end of a webhook, for the demo and the tests (which subclass it)."""
+    receiving end of a webhook, for the demo and the tests (which subclass it). HTTP/1.1:
+    connections are kept alive (every answer has a ``Content-Length``)."""
 
     path = "/campaign-webhook"
 
@@ -54,14 +62,15 @@ class LocalReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
                 receiver.handle(self)
 
             def log_message(self, format: str, *args: Any) -> None:
                 return None
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property

@@ -255,3 +255,38 @@ class Attempt:
     address: str
     attempted_at: datetime
     attempted_by: str
+
+
+@dataclass(frozen=True)
+class RowMove:
+    """A leased row's move out of ``sending``: to ``sent``, ``failed``, or back to
+    ``pending`` (a retry at ``next_attempt_at``, a deferral, a hand-back)."""
+
+    message_id: str
+    status: RowStatus
+    at: datetime | None = None  # sent_at or failed_at
+    provider_id: str | None = None
+    reason: str | None = None  # last_error
+    channel: str | None = None  # delivered_via, on a failure
+    next_attempt_at: datetime | None = None
+    uncount_attempt: bool = False  # an attempt was counted but no send started
+
+
+@dataclass(frozen=True)
+class StatusWrite:
+    """A status the dispatcher records for one message: the event on its row (once per
+    status) and the latest status on the row and on its history entry."""
+
+    message_id: str
+    conversation_id: str
+    event: DeliveryEvent
+    latest: LatestStatus
+
+
+@dataclass(frozen=True)
+class StatusCount:
+    """One message in ``delivery.<channel>.<status>`` of its campaign, once per key."""
+
+    channel: str
+    status: str
+    key: str

@@ -14,13 +14,21 @@ from campaign_worker.domain.delivery import (
     LatestStatus,
     OutboxRow,
     Outgoing,
+    RowMove,
+    StatusCount,
+    StatusWrite,
 )
+
+# Whom a message goes to: (user id, channel, address).
+Target = tuple[str, str, str]
 
 
 class Channel(Protocol):
     """Hands one message to a provider; raises Transient/PermanentDeliveryError."""
 
     name: str
+    # Whether ``address`` reads the recipient's attributes (else a batch does not read them).
+    needs_attributes: bool
 
     def address(self, user_id: str, attributes: Attributes) -> str: ...
     def send(self, message: Outgoing) -> str | None: ...
@@ -35,28 +43,18 @@ class DeliveryRows(Protocol):
         """Lease up to ``limit`` due rows of ``channels`` to ``owner``; the rows won."""
         ...
 
-    def start_attempt(self, message_id: str, owner: str, until: datetime, attempt: Attempt) -> bool:
-        """Extend the lease and count an attempt, if the row is still ``owner``'s."""
+    def start_attempts(
+        self, owner: str, until: datetime, attempts: Sequence[tuple[str, Attempt]]
+    ) -> set[str]:
+        """Extend the lease and count an attempt on each row still ``owner``'s (one
+        write); the ids of those rows."""
         ...
 
-    def requeue(
-        self,
-        message_id: str,
-        owner: str,
-        *,
-        next_attempt_at: datetime | None = None,
-        last_error: str | None = None,
-    ) -> bool:
-        """Back to pending (not before ``next_attempt_at``, when given; with the error of
-        the attempt, when given), if still ``owner``'s."""
+    def finish_many(self, owner: str, moves: Sequence[RowMove]) -> set[str]:
+        """Move each row still ``owner``'s as its ``RowMove`` says (one write); the ids
+        of the rows moved."""
         ...
 
-    def mark_sent(
-        self, message_id: str, owner: str, sent_at: datetime, provider_id: str | None
-    ) -> bool: ...
-    def mark_failed(
-        self, message_id: str, owner: str, failed_at: datetime, reason: str, channel: str
-    ) -> bool: ...
     def attributes_of(self, conversation_ids: Sequence[str]) -> dict[str, Attributes]:
         """Recipient attributes by conversation (for addresses such as an email)."""
         ...
@@ -79,9 +77,23 @@ class DeliveryStatuses(Protocol):
         ``key``; False if ``key`` was counted before."""
         ...
 
+    def count_many(self, campaign_id: str, counts: Sequence[StatusCount]) -> set[str]:
+        """``count`` for many messages of one campaign (one write when none was counted
+        before); the keys newly counted."""
+        ...
+
+    def record_many(self, writes: Sequence[StatusWrite]) -> None:
+        """For each message: its event once per status, and the latest status on the row
+        and on the history entry (as ``add_event`` and ``set_latest``; a write per
+        collection)."""
+        ...
+
 
 class RateLimiter(Protocol):
-    def acquire(self, channel: str) -> float: ...
+    def take(self, channel: str, wanted: int) -> tuple[int, float]:
+        """Take up to ``wanted`` send slots of ``channel`` now: how many were taken, and
+        when fewer, the seconds until the next one is expected."""
+        ...
 
 
 class Suppressions(Protocol):
@@ -94,7 +106,10 @@ class Suppressions(Protocol):
         campaign_id: str | None,
         now: datetime,
     ) -> None: ...
-    def is_suppressed(self, user_id: str, channel: str, address: str) -> bool: ...
+    def suppressed(self, targets: Sequence[Target]) -> set[Target]:
+        """The (user id, channel, address) targets whose user or address is suppressed
+        (one read)."""
+        ...
 
 
-__all__ = ["Channel", "DeliveryRows", "DeliveryStatuses", "RateLimiter", "Suppressions"]
+__all__ = ["Channel", "DeliveryRows", "DeliveryStatuses", "RateLimiter", "Suppressions", "Target"]

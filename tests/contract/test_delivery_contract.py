@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from campaign_worker.domain.delivery import Attempt, DeliveryEvent, LatestStatus
+from campaign_worker.domain.delivery import (
+    Attempt,
+    DeliveryEvent,
+    LatestStatus,
+    RowMove,
+    RowStatus,
+    StatusCount,
+    StatusWrite,
+)
 from campaign_worker.domain.documents import ConversationState
 from campaign_worker.domain.effects import MetricsDelta
 from tests.contract.support import MINUTE, START, Store, campaign, envelope, sent, state
@@ -24,7 +32,8 @@ def test_a_claim_leases_due_rows_of_its_channels_oldest_first(store: Store) -> N
         ]
     )
     rows = store.rows
-    assert rows.requeue("m-4", "nobody") is False  # not leased: nothing moves
+    back = RowMove("m-4", RowStatus.PENDING)
+    assert rows.finish_many("nobody", [back]) == set()  # not leased: nothing moves
     claimed = rows.claim(["webhook"], START, 2, "a", LEASE)
     assert len(claimed) == 2 and all(r.channel == "webhook" for r in claimed)
     assert [r.created_at for r in claimed] == sorted(r.created_at for r in claimed)
@@ -44,13 +53,16 @@ def test_every_move_of_a_row_needs_its_lease(store: Store) -> None:
     rows = store.rows
     rows.claim(["webhook"], START, 5, "a", LEASE)
     attempt = Attempt("webhook", "u@x", START, "a")
-    assert not rows.start_attempt("m-1", "b", LEASE, attempt)
-    assert rows.start_attempt("m-1", "a", LEASE + MINUTE, attempt)
-    assert not rows.mark_sent("m-1", "b", START, "p-1")
-    assert rows.mark_sent("m-1", "a", START, None)
-    assert not rows.mark_sent("m-1", "a", START, "again")  # no longer leased
-    assert rows.requeue("m-2", "a", next_attempt_at=LEASE, last_error="timeout")
-    assert rows.mark_failed("m-3", "a", START, "gave up", "webhook")
+    assert rows.start_attempts("b", LEASE, [("m-1", attempt)]) == set()
+    both = [("m-1", attempt), ("m-3", attempt), ("m-9", attempt)]
+    assert rows.start_attempts("a", LEASE + MINUTE, both) == {"m-1", "m-3"}
+    sent = RowMove("m-1", RowStatus.SENT, at=START)
+    assert rows.finish_many("b", [sent]) == set()
+    retry = RowMove("m-2", RowStatus.PENDING, next_attempt_at=LEASE, reason="timeout")
+    failed = RowMove("m-3", RowStatus.FAILED, at=START, reason="gave up", channel="webhook")
+    assert rows.finish_many("a", [sent, retry, failed]) == {"m-1", "m-2", "m-3"}
+    again = RowMove("m-1", RowStatus.SENT, at=START, provider_id="again")
+    assert rows.finish_many("a", [again]) == set()  # no longer leased
     stored = rows_of(store)
     fields = ("status", "attempts", "provider_id", "last_error")
     assert {k: stored["m-1"].get(k) for k in fields} == {
@@ -64,6 +76,7 @@ def test_every_move_of_a_row_needs_its_lease(store: Store) -> None:
     assert (stored["m-2"]["status"], stored["m-2"]["last_error"]) == ("pending", "timeout")
     assert stored["m-2"]["next_attempt_at"] == LEASE
     assert (stored["m-3"]["status"], stored["m-3"]["last_error"]) == ("failed", "gave up")
+    assert stored["m-3"]["attempts"] == 1
     assert rows.claim(["webhook"], START, 5, "b", LEASE) == []  # m-2 not due yet
     assert [r.id for r in rows.claim(["webhook"], LEASE, 5, "b", LEASE)] == ["m-2"]
 
@@ -125,3 +138,59 @@ def test_a_delivery_is_counted_once_per_key_in_an_existing_metrics_document(stor
     assert stored is not None
     assert stored.delivery == {"webhook": {"sent": 1, "delivered": 1}}
     assert stored.delivery_counted == ["m-1:sent", "m-1:delivered"]
+
+
+def test_many_deliveries_are_counted_at_once_and_once_per_key(store: Store) -> None:
+    statuses = store.statuses
+    store.repos.metrics.apply_delta("camp-1", MetricsDelta(sent=1), START)
+    first = [StatusCount("webhook", "sent", f"m-{i}:sent") for i in range(3)]
+    assert statuses.count_many("camp-1", first) == {"m-0:sent", "m-1:sent", "m-2:sent"}
+    again = [*first[1:], StatusCount("smtp", "failed", "m-7:failed")]
+    assert statuses.count_many("camp-1", again) == {"m-7:failed"}  # repeats are not counted
+    assert statuses.count_many("missing", first) == set()
+    stored = store.repos.metrics.get("camp-1")
+    assert stored is not None
+    assert stored.delivery == {"webhook": {"sent": 3}, "smtp": {"failed": 1}}
+
+
+def test_many_statuses_are_recorded_once_with_the_latest_on_row_and_history(
+    store: Store,
+) -> None:
+    conversation = state("user-0000")
+    store.repos.conversations.insert_states([conversation])
+    written = sent(conversation, "m-1")
+    store.repos.conversations.write_transitions([(conversation, written)], START)
+    store.repos.outbox.enqueue_many(
+        [envelope("m-1", conversation_id=conversation.id), envelope("m-2")]
+    )
+    statuses = store.statuses
+    event = DeliveryEvent(status="sent", at=START, detail=None, recorded_at=START)
+    latest = LatestStatus(status="sent", rank=0, at=START)
+    writes = [StatusWrite("m-1", conversation.id, event, latest)]
+    statuses.record_many([*writes, StatusWrite("m-2", "nobody", event, latest)])
+    statuses.record_many(writes)  # a repeat adds no second event
+    row = statuses.row("m-1")
+    assert row is not None and [e.status for e in row.events] == ["sent"]
+    assert row.delivery is not None and row.delivery.status == "sent"
+    other = statuses.row("m-2")
+    assert other is not None and [e.status for e in other.events] == ["sent"]
+    # The latest wins by rank, then time, as with set_latest.
+    report = DeliveryEvent(status="delivered", at=LEASE, recorded_at=LEASE)
+    delivered = LatestStatus(status="delivered", rank=1, at=LEASE)
+    statuses.record_many([StatusWrite("m-2", "nobody", report, delivered)])
+    late_sent = latest.model_copy(update={"at": LEASE + MINUTE})
+    statuses.record_many([StatusWrite("m-2", "nobody", event, late_sent)])
+    other = statuses.row("m-2")
+    assert other is not None and other.delivery is not None
+    assert other.delivery.status == "delivered"
+    later = delivered.model_copy(update={"status": "bounced", "at": LEASE + MINUTE})
+    bounced = report.model_copy(update={"status": "bounced"})
+    statuses.record_many([StatusWrite("m-2", "nobody", bounced, later)])
+    other = statuses.row("m-2")
+    assert other is not None and other.delivery is not None
+    assert other.delivery.status == "bounced"
+    assert [e.status for e in other.events] == ["sent", "delivered", "bounced"]
+    stored = store.repos.conversations.get_state(conversation.id)
+    assert isinstance(stored, ConversationState)
+    assert stored.message_history[0].metadata["delivery"]["status"] == "sent"
+    assert stored.version == written.version + 1  # the status did not bump the version

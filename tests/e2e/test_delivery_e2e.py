@@ -17,6 +17,7 @@ import pytest
 import yaml
 from celery import Celery
 
+from campaign_worker.adapters.rate_limit import RedisRateLimiter
 from tests.delivery_support import WebhookReceiver, channel_template
 from tests.e2e.conftest import Broker, Processes, e2e_env, wait_for_workers, wait_until
 
@@ -197,3 +198,41 @@ def test_two_worker_processes_share_one_rate_limit(
             "span_seconds": round(span, 2),
         },
     )
+
+
+def test_slots_taken_in_blocks_by_two_limiters_never_exceed_the_limit(
+    redis_broker: Broker,
+) -> None:
+    """Two limiters (as two processes hold) take blocks of slots of one channel as fast as
+    they can: no window of the limit's length ever holds more than the limit, and the
+    limit is reached (the blocks lose no slot)."""
+    limit, seconds = 10, 2.5
+    prefix = f"cw-e2e-blocks-{uuid.uuid4().hex[:8]}"
+    limiters = [
+        RedisRateLimiter(redis_broker.url, {"webhook": f"{limit}/second"}, prefix) for _ in range(2)
+    ]
+    grants: list[tuple[float, int]] = []
+    lock = threading.Lock()
+    end = time.monotonic() + seconds
+
+    def take(limiter: RedisRateLimiter, block: int) -> None:
+        while time.monotonic() < end:
+            granted, wait = limiter.take("webhook", block)
+            with lock:
+                if granted:
+                    grants.append((time.monotonic(), granted))
+            if granted < block:
+                time.sleep(min(wait, 0.05))
+
+    threads = [
+        threading.Thread(target=take, args=(lim, b))
+        for lim, b in zip(limiters, (4, 7), strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    # A grant is timed when its call returned, so the window is taken a little short.
+    busiest = max(sum(n for t, n in grants if start <= t < start + 0.95) for start, _ in grants)
+    assert busiest <= limit, grants
+    assert sum(n for _, n in grants) >= 2 * limit, grants  # about 2.5 windows' worth

@@ -6,11 +6,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pymongo
 import pytest
 import yaml
 from aiosmtpd.controller import Controller
@@ -23,13 +24,14 @@ from campaign_worker.adapters.mongo import OUTBOX
 from campaign_worker.adapters.rate_limit import NoRateLimit
 from campaign_worker.delivery_wiring import Delivery, build_delivery
 from campaign_worker.demo.embedded import free_port
-from campaign_worker.domain.delivery import DeliveryStatus, signature
+from campaign_worker.domain.delivery import DeliveryStatus, RowMove, RowStatus, signature
 from campaign_worker.domain.documents import conversation_id_for
 from campaign_worker.service.campaign_manager import CampaignManager
 from campaign_worker.service.delivery_ports import Channel
 from campaign_worker.settings import Settings
 from tests.conftest import ManagerFactory
 from tests.delivery_support import WebhookReceiver, channel_template
+from tooling.mongo_monitoring import CommandCounter
 
 pytestmark = pytest.mark.wire
 
@@ -253,7 +255,8 @@ def test_an_expired_lease_is_claimed_again_and_the_late_owner_cannot_finish(
         assert dispatcher.dispatch("live").claimed == 0  # leased
         clock.advance(timedelta(seconds=31))
         assert dispatcher.dispatch("live").claimed == 2
-    assert not dispatcher.rows.mark_sent(dead[0].id, "dead-owner", clock.now(), None)
+    late = RowMove(dead[0].id, RowStatus.SENT, at=clock.now())
+    assert dispatcher.rows.finish_many("dead-owner", [late]) == set()
     assert set(receiver.accepted().values()) == {1} and len(receiver.accepted()) == 2
 
 
@@ -387,3 +390,29 @@ def test_smtp_refusals_fail_on_5xx_and_retry_on_4xx(
     )
     assert by_user["u-1"]["next_attempt_at"] > clock.now()
     assert by_user["u-2"]["status"] == "sent"
+
+
+def test_a_batch_costs_the_same_round_trips_whatever_its_size(
+    wire_uri: str, wire_db: Any, manager: CampaignManager
+) -> None:
+    """Sends are concurrent and the bookkeeping is per batch: the claim (find, update,
+    find), campaigns, suppressions, attempts, the metrics count, events and latest on the
+    outbox and on the conversations, the moves. No recipient read for the webhook."""
+    campaign(manager, 40)
+    counter = CommandCounter()
+    client: Any = pymongo.MongoClient(
+        wire_uri, tz_aware=True, tzinfo=UTC, event_listeners=[counter]
+    )
+    try:
+        with WebhookReceiver(SECRET) as receiver:
+            delivery = delivery_for(client[wire_db.name], manager, [webhook(receiver.url)])
+            with counter.measure() as span:
+                result = delivery.dispatcher.dispatch("counted")
+    finally:
+        client.close()
+    assert result.as_dict() == {"claimed": 40, "sent": 40}
+    assert set(receiver.accepted().values()) == {1} and len(receiver.accepted()) == 40
+    assert dict(span.counts.by_name) == {"find": 4, "update": 6}
+    assert manager.get_campaign_metrics("camp-d")["delivery"] == {"webhook": {"sent": 40}}
+    history = manager.get_conversation(conversation_id_for("camp-d", "u-7"))["message_history"]
+    assert history[0]["metadata"]["delivery"]["status"] == "sent"

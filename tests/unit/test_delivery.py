@@ -175,6 +175,7 @@ def test_webhook_answers_map_to_sent_retry_or_fail() -> None:
 
 class FakeChannel:
     name = "webhook"
+    needs_attributes = False
 
     def __init__(self) -> None:
         self.sent: list[str] = []
@@ -191,8 +192,8 @@ class SlowLimit:
     def __init__(self, wait: float) -> None:
         self.wait = wait
 
-    def acquire(self, channel: str) -> float:
-        return self.wait
+    def take(self, channel: str, wanted: int) -> tuple[int, float]:
+        return (0, self.wait) if self.wait > 0 else (wanted, 0.0)
 
 
 @pytest.fixture
