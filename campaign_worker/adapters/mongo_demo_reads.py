@@ -92,6 +92,11 @@ class MongoDemoReads:
         recorded = {"campaign_id": campaign_id, "delivery.status": {"$in": list(statuses)}}
         return self._outbox.count_documents(recorded)
 
+    def sends_retried(self, campaign_id: str) -> int:
+        """Messages sent more than once: a send that failed or timed out is tried again
+        under the same Idempotency-Key (the receiver may have taken the first one)."""
+        return self._outbox.count_documents({"campaign_id": campaign_id, "attempts": {"$gt": 1}})
+
     def suppressed_by_delivery(self) -> int:
         """Addresses the delivering side suppressed (bounces, complaints)."""
         return self._suppressions.count_documents({"source": {"$in": ["bounce", "complaint"]}})

@@ -84,7 +84,8 @@ def _summary(out: TextIO, reads: MongoDemoReads, campaign_id: str, receiver: Dem
     out.write(
         "\nWebhook receiver: "
         f"{counts.get('accepted', 0)} messages accepted (each Idempotency-Key once), "
-        f"{counts.get('repeats', 0)} repeats, {counts.get('rejected', 0)} bad signatures; "
+        f"{counts.get('repeats', 0)} repeats (of {reads.sends_retried(campaign_id)} sends "
+        f"retried), {counts.get('rejected', 0)} bad signatures; "
         f"reported {counts.get('reported_delivered', 0)} delivered, "
         f"{counts.get('reported_bounced', 0)} bounced\n"
         f"Metrics document, delivery per channel and status: {delivery}\n"

@@ -19,14 +19,17 @@ def test_demo_delivers_by_webhook_with_statuses_back() -> None:
     output = result.stdout
     assert result.returncode == 0, output + result.stderr
     receiver = re.search(
-        r"Webhook receiver: (\d+) messages accepted \(each Idempotency-Key once\), (\d+) repeats, "
-        r"(\d+) bad signatures; reported (\d+) delivered, (\d+) bounced",
+        r"Webhook receiver: (\d+) messages accepted \(each Idempotency-Key once\), (\d+) repeats "
+        r"\(of (\d+) sends retried\), (\d+) bad signatures; reported (\d+) delivered, "
+        r"(\d+) bounced",
         output,
     )
     assert receiver is not None, output
-    accepted, repeats, bad, delivered, bounced = map(int, receiver.groups())
+    accepted, repeats, retried, bad, delivered, bounced = map(int, receiver.groups())
     sent = int(re.search(r"messages sent (\d+)", output).group(1))  # type: ignore[union-attr]
-    assert bad == 0 and repeats == 0
+    # A repeat only ever follows a send the dispatcher saw fail or time out (at least once,
+    # under one Idempotency-Key); on a quiet machine there are none.
+    assert bad == 0 and repeats <= retried
     assert delivered + bounced == accepted
     counted = re.search(r"Metrics document, delivery per channel and status: (\{.*\})", output)
     assert counted is not None

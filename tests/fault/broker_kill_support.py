@@ -26,7 +26,8 @@ from tests.e2e.scenario import INBOUND, reply_for, user_id
 from tests.fault.proc_support import Audience, Scenario
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-SETTLE_SECONDS = 2.0  # between the early half and the late half (then the kill at once)
+# Between the halves (then the kill at once): past the 2 s Redis may postpone a write.
+SETTLE_SECONDS = 3.0
 
 
 def answering_payload(n: int, campaign_id: str) -> dict[str, Any]:

@@ -3,10 +3,10 @@ README recommends, restarted on its data (support: tests/fault/broker_kill_suppo
 
 - Redis, ``--appendonly yes --appendfsync always``: every acknowledged publish is kept.
 - Redis, ``--appendonly yes --appendfsync everysec`` (docker-compose.yml): a reply published
-  seconds before the kill is kept, and so is the late half (acknowledged milliseconds
-  before the kill). A kill -9 ends the process, not the host: what Redis had written to the
-  file is in the kernel's page cache and survives; the window ``everysec`` leaves is a host
-  crash (power loss), or a write Redis postponed while a slow fsync was still running.
+  seconds before the kill is kept; the late half (acknowledged milliseconds before the
+  kill) usually too: what Redis wrote to the file is in the kernel's page cache, which a
+  kill -9 of the process does not take. Not while a slow fsync made Redis postpone its
+  writes (up to 2 s), and not on a host crash (power loss).
 - The control: Redis without persistence keeps none.
 - RabbitMQ (a private node), durable queues, persistent messages and publisher confirms on
   the client (``confirm_publish``): every confirmed publish is kept.
@@ -50,12 +50,13 @@ def test_redis_aof_everysec_keeps_every_acknowledged_reply_through_a_kill(
     redis = PrivateRedis(tmp_path / "redis", appendfsync="everysec")
     with broker_scenario("broker_kill_redis_everysec", redis, tmp_path, wire_uri, e2e_db_name) as s:
         figures = kill_with_replies_queued(s, "fault-broker-everysec", N)
-    assert figures["lost_early"] == 0, figures  # published 2 s before the kill: kept
-    # The late half, acknowledged milliseconds before the kill: already written to the file,
-    # so kept too (the README's figure). Only a host crash, or a kill while a slow disk made
-    # Redis postpone its writes (an fsync over a second), could lose it.
-    assert figures["lost_late"] == 0, figures
-    assert figures["kept_in_broker"] == N, figures
+    assert figures["lost_early"] == 0, figures  # published 3 s before the kill: kept
+    # The late half, acknowledged milliseconds before the kill, is usually on file already
+    # (0 lost in six quiet runs), but while an fsync is slow (a busy disk) Redis postpones
+    # its writes for up to 2 s and answers anyway: then a kill loses them (19 of 20 in one
+    # run of the whole suite). So only the bound: nothing older than that window is lost.
+    assert figures["lost_late"] <= N // 2, figures
+    assert figures["kept_in_broker"] >= N // 2, figures
 
 
 def test_rabbitmq_durable_queue_keeps_every_confirmed_reply(
