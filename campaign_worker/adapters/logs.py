@@ -331,7 +331,10 @@ def configure_logging(
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
-    logging.captureWarnings(True)  # warnings become records of this pipeline too
+    # Warnings become records of this pipeline too. Installed afresh: captureWarnings(True)
+    # does nothing if it ran before, even when warnings.showwarning was replaced since.
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
     # Chatty libraries stay at WARNING unless we debug.
     for name in ("pymongo", "kombu", "amqp", "urllib3"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))

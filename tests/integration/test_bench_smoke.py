@@ -8,6 +8,7 @@ MongoDB (``MONGODB_URI`` or the session's secantusdb).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -43,9 +44,29 @@ RATIOS = (
 )
 
 
-@pytest.fixture(scope="module")
+def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One directory for every pytest-xdist worker of this run (the run's own otherwise)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
 def smoke(wire_uri: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("bench-results")
+    """The smoke bench, run once per test run: the first worker to need it runs it (about
+    90 s of both cores), the others wait for its result under a file lock."""
+    shared = _shared_dir(tmp_path_factory)
+    result = shared / "bench-smoke.json"
+    with open(shared / "bench-smoke.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not result.exists():
+            result.write_text(json.dumps(_run_smoke(wire_uri, shared)))
+    report: dict[str, Any] = json.loads(result.read_text())
+    return report
+
+
+def _run_smoke(wire_uri: str, shared: Path) -> dict[str, Any]:
+    out = shared / "bench-results"
+    out.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "BENCH_"))}
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--smoke", "--uri", wire_uri, "--out", str(out)],

@@ -509,3 +509,16 @@ def test_task_results_become_structured_fields() -> None:
     odd = task_result_fields(None, "info", {"event": "e", "data": {"return_value": "<obj>"}})
     assert odd["result"] == "<obj>"
     assert task_result_fields(None, "info", {"event": "plain"}) == {"event": "plain"}
+
+
+def test_warnings_reach_the_pipeline_after_showwarning_was_replaced_since_the_last_setup(
+    log_stream: io.StringIO,
+) -> None:
+    # An earlier configuration, then something (pytest, a library) replaces showwarning: a
+    # plain captureWarnings(True) would think it still captures and warnings were lost.
+    configure_logging("INFO", "json", redact_bodies=True, stream=io.StringIO())
+    with warnings.catch_warnings(record=True):
+        configure_logging("INFO", "json", redact_bodies=True, stream=log_stream)
+        warnings.simplefilter("always")
+        warnings.warn("careful again", UserWarning, stacklevel=1)
+    assert any("careful again" in json.dumps(line) for line in lines(log_stream))
