@@ -14,6 +14,8 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from campaign_worker.demo.webhook_receiver import LocalReceiver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,4 +135,31 @@ def channel_template(channel: str, template_id: str = "deliver") -> dict[str, An
     }
 
 
-__all__ = ["Received", "WebhookReceiver", "channel_template", "readme_verifier"]
+def webhook_campaign(
+    make_manager: Callable[..., Any], db: Any, templates_dir: Path, users: list[str]
+) -> Any:
+    """A manager over ``db`` whose campaign ``c`` (``channel_template("webhook")``) has
+    recorded its first message to each of ``users``: their outbox rows wait to be sent."""
+    (templates_dir / "deliver.yaml").write_text(yaml.safe_dump(channel_template("webhook")))
+    manager = make_manager(db, campaign_templates_dir=templates_dir)
+    manager.create_campaign(
+        {
+            "_id": "c",
+            "name": "n",
+            "campaign_type": "notice",
+            "template_id": "deliver",
+            "recipients": [{"user_id": user, "attributes": {}} for user in users],
+        }
+    )
+    manager.initialize_campaign_conversations("c")
+    manager.process_due_conversations("c")
+    return manager
+
+
+__all__ = [
+    "Received",
+    "WebhookReceiver",
+    "channel_template",
+    "readme_verifier",
+    "webhook_campaign",
+]

@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from pydantic import ValidationError
 
 from campaign_worker.adapters.channel_webhook import WebhookChannel
@@ -33,7 +32,7 @@ from campaign_worker.domain.templates import Template
 from campaign_worker.settings import Settings, describe_settings_error
 from tests import fakes
 from tests.conftest import ManagerFactory
-from tests.delivery_support import channel_template, readme_verifier
+from tests.delivery_support import channel_template, readme_verifier, webhook_campaign
 
 any_db = fakes.any_db  # fixture: each test on the in-memory fakes, and over the wire
 
@@ -198,21 +197,7 @@ class SlowLimit:
 
 @pytest.fixture
 def delivering(db: Any, make_manager: ManagerFactory, tmp_path: Path) -> Any:
-    (tmp_path / "deliver.yaml").write_text(yaml.safe_dump(channel_template("webhook")))
-    manager = make_manager(db, campaign_templates_dir=tmp_path)
-    recipients = [{"user_id": f"u-{i}", "attributes": {}} for i in range(3)]
-    manager.create_campaign(
-        {
-            "_id": "c",
-            "name": "n",
-            "campaign_type": "notice",
-            "template_id": "deliver",
-            "recipients": recipients,
-        }
-    )
-    manager.initialize_campaign_conversations("c")
-    manager.process_due_conversations("c")
-    return manager
+    return webhook_campaign(make_manager, db, tmp_path, [f"u-{i}" for i in range(3)])
 
 
 def test_a_rate_limited_row_goes_back_to_pending_until_its_slot(

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from campaign_worker.adapters.clock import ManualClock
 from campaign_worker.adapters.memory_store import MemoryDatabase
@@ -27,7 +26,7 @@ from campaign_worker.service.delivery_ports import RateLimiter
 from campaign_worker.settings import Settings
 from tests import fakes
 from tests.conftest import ManagerFactory
-from tests.delivery_support import channel_template
+from tests.delivery_support import webhook_campaign
 
 fake_db = fakes.fake_db
 
@@ -86,20 +85,8 @@ class Unlimited:
 @pytest.fixture
 def campaign(fake_db: MemoryDatabase, make_manager: ManagerFactory, tmp_path: Path) -> Any:
     def create(n: int) -> CampaignManager:
-        (tmp_path / "deliver.yaml").write_text(yaml.safe_dump(channel_template("webhook")))
-        manager = make_manager(fake_db, campaign_templates_dir=tmp_path)
-        recipients = [{"user_id": f"u-{i:02d}", "attributes": {}} for i in range(n)]
-        manager.create_campaign(
-            {
-                "_id": "c",
-                "name": "n",
-                "campaign_type": "notice",
-                "template_id": "deliver",
-                "recipients": recipients,
-            }
-        )
-        manager.initialize_campaign_conversations("c")
-        manager.process_due_conversations("c")
+        users = [f"u-{i:02d}" for i in range(n)]
+        manager: CampaignManager = webhook_campaign(make_manager, fake_db, tmp_path, users)
         return manager
 
     return create
